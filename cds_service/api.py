@@ -1,0 +1,125 @@
+"""HTTP surface (CDS Hooks 2.0): discovery, service calls, feedback, the contract, health.
+
+Each view: read and validate the body with a schema, hand it to the service, dump the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from marshmallow import Schema, ValidationError
+
+from cds_service.errors import BadRequest, UnsupportedMediaType
+from cds_service.schemas import (
+    DiscoveryOut,
+    FeedbackSchema,
+    HookRequestSchema,
+    HookResponseOut,
+    field_errors,
+)
+from cds_service.service import CdsService
+
+log = logging.getLogger("cds_service.calls")
+bp = Blueprint("cds", __name__)
+OPENAPI_PATH = Path(__file__).parent / "openapi.yaml"
+MAX_JSON_DEPTH = 64
+
+
+def cds() -> CdsService:
+    service: CdsService = current_app.extensions["cds_service"]
+    return service
+
+
+def read_json(schema: Schema) -> dict[str, Any]:
+    """Parse the body as JSON and load it with ``schema``; every failure is a named 400/415."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as application/json")
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The body is not UTF-8 encoded") from exc
+    except RecursionError as exc:
+        raise BadRequest("The JSON body is nested too deeply") from exc
+    except ValueError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}") from exc
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object")
+    try:
+        loaded: dict[str, Any] = schema.load(body)
+    except ValidationError as exc:
+        raise BadRequest("The request does not follow CDS Hooks 2.0",
+                         fields=field_errors(exc.messages)) from exc
+    return loaded
+
+
+def _depth(value: Any) -> int:
+    """Depth of nested containers, without recursion (a hostile body must not blow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    services = [s.discovery() for s in cds().services.values()]
+    return jsonify(DiscoveryOut().dump({"services": services}))
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    service = cds().service(service_id)
+    hook_request = read_json(HookRequestSchema())
+    outcome = cds().call(service, hook_request)
+    g.hook_outcome = outcome
+    log.info(json.dumps({
+        "event": "hook-call",
+        "hookInstance": outcome.hook_instance,
+        "service": service.id,
+        "rulesFired": [card.rule_id for card in outcome.cards],
+        "unavailable": list(outcome.unavailable),
+        "fetched": list(outcome.fetched),
+        "durationMs": round(outcome.duration_ms, 1),
+    }))
+    return jsonify(HookResponseOut().dump(outcome.response()))
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    service = cds().service(service_id)
+    entries = read_json(FeedbackSchema())["feedback"]
+    stored = current_app.extensions["cds_feedback"](service.id, entries)
+    return jsonify({"received": len(entries), "stored": stored})
+
+
+@bp.get("/openapi.yaml")
+def openapi() -> Response:
+    return Response(OPENAPI_PATH.read_text(encoding="utf-8"), mimetype="application/yaml")
+
+
+@bp.get("/healthz")
+def health() -> Response:
+    service = cds()
+    return jsonify({
+        "status": "ok",
+        "knowledgeVersion": service.knowledge.full_version,
+        "services": sorted(service.services),
+        "clientAuthentication": current_app.config["CDS_AUTH_STATE"],
+        "fhirServerPolicy": (
+            "allowlist" if service.chart_settings.policy.uses_allowlist
+            else "public https only (no allowlist)"
+        ),
+    })

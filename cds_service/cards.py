@@ -1,0 +1,160 @@
+"""Findings -> CDS Hooks 2.0 cards: source with the label section, suggestions with full-resource
+actions, override reasons, fresh uuids. Severity order is kept from the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cds_service.rules.engine import DATA_UNAVAILABLE
+from cds_service.rules.model import Finding, RemoveOrder, ReplaceDosage, Suggestion
+from fhir_mappings.codes import UCUM
+from fhir_mappings.knowledge import Knowledge
+
+RULE_SYSTEM = "urn:voclosporin-cds:rule"
+SUMMARY_MAX = 139  # spec: "<140 characters"; the Inferno kit fails at 140
+_FREQUENCY = {1: "once daily", 2: "twice daily", 3: "three times daily"}
+
+
+@dataclass(frozen=True)
+class BuiltCard:
+    """A card as sent, with the ids feedback and the audit trail refer to."""
+
+    rule_id: str
+    indicator: str
+    uuid: str
+    suggestion_uuids: tuple[str, ...]
+    body: dict[str, Any]
+
+
+def build_cards(findings: tuple[Finding, ...], knowledge: Knowledge) -> list[BuiltCard]:
+    return [_card(finding, knowledge) for finding in findings]
+
+
+def _card(finding: Finding, knowledge: Knowledge) -> BuiltCard:
+    citation = knowledge.rules.get(finding.rule_id)
+    title = citation.title if citation else finding.rule_id
+    suggestions = [_suggestion(s, knowledge) for s in _one_recommended(finding.suggestions)]
+    if finding.rule_id == DATA_UNAVAILABLE:
+        source = {"label": "Voclosporin safety service: data access"}
+    elif finding.rule_id == "prior-authorization":
+        source = {"label": knowledge.payer_policy_title}
+    else:
+        source = {"label": f"LUPKYNIS label: {finding.citation}"[:200], "url": knowledge.label_url}
+    source["topic"] = {"system": RULE_SYSTEM, "code": finding.rule_id, "display": title}
+    footer = (
+        f"\n\n---\n_Rule `{finding.rule_id}` · {finding.citation} · knowledge "
+        f"{knowledge.full_version}_"
+    )
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": _clip(finding.summary),
+        "indicator": finding.indicator,
+        "detail": finding.detail + footer,
+        "source": source,
+        "override_reasons": [
+            {"system": r.system, "code": r.code, "display": r.display}
+            for r in knowledge.override_reasons
+        ],
+    }
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selection_behavior"] = "at-most-one"
+    return BuiltCard(
+        rule_id=finding.rule_id,
+        indicator=finding.indicator,
+        uuid=card["uuid"],
+        suggestion_uuids=tuple(s["uuid"] for s in suggestions),
+        body=card,
+    )
+
+
+def _clip(summary: str) -> str:
+    return summary if len(summary) <= SUMMARY_MAX else summary[: SUMMARY_MAX - 1] + "…"
+
+
+def _one_recommended(suggestions: tuple[Suggestion, ...]) -> list[Suggestion]:
+    """at-most-one allows a single recommended suggestion (spec #suggestion)."""
+    seen = False
+    result = []
+    for suggestion in suggestions:
+        if suggestion.is_recommended and seen:
+            suggestion = Suggestion(suggestion.label, suggestion.actions, False)
+        seen = seen or suggestion.is_recommended
+        result.append(suggestion)
+    return result
+
+
+def _suggestion(suggestion: Suggestion, knowledge: Knowledge) -> dict[str, Any]:
+    actions = []
+    for action in suggestion.actions:
+        if isinstance(action, RemoveOrder):
+            actions.append({
+                "type": "delete",
+                "description": f"Remove the draft order for {action.order.name}",
+                "resource_id": action.order.reference,
+            })
+        elif isinstance(action, ReplaceDosage):
+            actions.append({
+                "type": "update",
+                "description": f"Change {action.order.name} to {action.description}",
+                "resource": with_dosage(action, knowledge),
+            })
+    result: dict[str, Any] = {
+        "label": suggestion.label[:200],
+        "uuid": str(uuid.uuid4()),
+        "actions": actions,
+    }
+    if suggestion.is_recommended:
+        result["is_recommended"] = True
+    return result
+
+
+def with_dosage(action: ReplaceDosage, knowledge: Knowledge) -> dict[str, Any]:
+    """The whole draft resource with new dosageInstruction (update = full resource, not a diff)."""
+    resource = copy.deepcopy(action.order.resource or {})
+    template = {}
+    for instruction in resource.get("dosageInstruction") or []:
+        if isinstance(instruction, dict):
+            template = {k: v for k, v in instruction.items()
+                        if k in ("route", "method", "site", "additionalInstruction")}
+            break
+    capsule = knowledge.dose.capsule_mg
+    amounts = {mg for mg, _ in action.doses}
+    timed = all(when for _, when in action.doses)
+    instructions = []
+    if len(amounts) == 1 and not timed:
+        mg = action.doses[0][0]
+        count = len(action.doses)
+        instructions.append(_instruction(
+            template, mg, capsule, count,
+            f"{mg:g} mg ({mg / capsule:.0f} x {capsule:g} mg capsules) by mouth "
+            f"{_FREQUENCY.get(count, f'{count} times daily')}", None))
+    else:
+        for sequence, (mg, when) in enumerate(action.doses, start=1):
+            label = {"MORN": "in the morning", "EVE": "in the evening"}.get(when or "", "")
+            instruction = _instruction(
+                template, mg, capsule, 1,
+                f"{mg:g} mg ({mg / capsule:.0f} x {capsule:g} mg capsules) by mouth {label}".strip(),
+                when)
+            instruction["sequence"] = sequence
+            instructions.append(instruction)
+    resource["dosageInstruction"] = instructions
+    return resource
+
+
+def _instruction(template: dict[str, Any], mg: float, capsule: float, per_day: int, text: str,
+                 when: str | None) -> dict[str, Any]:
+    repeat: dict[str, Any] = {"frequency": per_day, "period": 1, "periodUnit": "d"}
+    if when:
+        repeat["when"] = [when]
+    return {
+        **copy.deepcopy(template),
+        "text": text,
+        "timing": {"repeat": repeat},
+        "doseAndRate": [{"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM,
+                                          "code": "mg"}}],
+    }

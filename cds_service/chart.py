@@ -1,0 +1,242 @@
+"""Assemble the patient's chart from prefetch, fetching from the EHR's FHIR server what is missing.
+
+Per prefetch key (CDS Hooks 2.0 #prefetch, knowledge A.5):
+- a resource or Bundle: use it (and follow its ``next`` link when the server may be used);
+- ``null``: the EHR has no data for it (a clinical fact, not an error);
+- absent, or an OperationOutcome: fetch it; when the FHIR server cannot be used, the call
+  answers 412 (spec #http-status-codes);
+- a fetch that fails (timeout, 5xx, 401 ...) leaves the category *unavailable*, which the rules
+  report on the data-unavailable card.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from cds_service.errors import PreconditionFailed
+from cds_service.fhir_access import FhirServerNotAllowed, FhirServerPolicy
+from cds_service.fhir_client import (
+    FhirClient,
+    FhirFetchError,
+    bundle_entries,
+    next_link,
+    operation_outcome_text,
+    run_concurrently,
+)
+from fhir_mappings.extract import reference_of
+from fhir_mappings.facts import DataCategory as D
+from fhir_mappings.facts import Unreadable
+from fhir_mappings.knowledge import Knowledge
+
+log = logging.getLogger(__name__)
+
+Resource = dict[str, Any]
+PATIENT_TOKEN = "{{context.patientId}}"
+
+# Which resource types may appear under each key (anything else is reported and skipped).
+EXPECTED_TYPES: dict[D, frozenset[str]] = {
+    D.PATIENT: frozenset({"Patient"}),
+    D.MEDICATIONS: frozenset({"MedicationRequest", "Medication"}),
+    D.EGFR: frozenset({"Observation"}),
+    D.CREATININE: frozenset({"Observation"}),
+    D.BLOOD_PRESSURE: frozenset({"Observation"}),
+    D.POTASSIUM: frozenset({"Observation"}),
+    D.UPCR: frozenset({"Observation"}),
+    D.CONDITIONS: frozenset({"Condition"}),
+    D.IMMUNIZATIONS: frozenset({"Immunization"}),
+    D.ALLERGIES: frozenset({"AllergyIntolerance"}),
+}
+_OBSERVATION_KINDS: dict[D, tuple[str, ...]] = {
+    D.EGFR: ("egfr",),
+    D.CREATININE: ("creatinine",),
+    D.BLOOD_PRESSURE: ("bp-panel", "systolic", "diastolic"),
+    D.POTASSIUM: ("potassium",),
+    D.UPCR: ("upcr",),
+}
+
+
+def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
+    """The discovery prefetch: everything the rules read, filtered by code where it helps."""
+    templates = {
+        D.PATIENT: f"Patient/{PATIENT_TOKEN}",
+        D.MEDICATIONS: f"MedicationRequest?patient={PATIENT_TOKEN}&status=active",
+        D.CONDITIONS: f"Condition?patient={PATIENT_TOKEN}&clinical-status=active",
+        D.IMMUNIZATIONS: f"Immunization?patient={PATIENT_TOKEN}",
+        D.ALLERGIES: f"AllergyIntolerance?patient={PATIENT_TOKEN}",
+    }
+    for category, kinds in _OBSERVATION_KINDS.items():
+        codes = ",".join(f"http://loinc.org|{c}" for c in knowledge.loinc_codes(*kinds))
+        templates[category] = (
+            f"Observation?patient={PATIENT_TOKEN}&code={codes}&_sort=-date&_count=100"
+        )
+    return {str(key): value for key, value in templates.items()}
+
+
+@dataclass(frozen=True)
+class FhirAccess:
+    """How this call may reach the EHR's FHIR server (None server: prefetch only)."""
+
+    server: str | None
+    token: str | None
+    refusal: str | None = None
+
+
+@dataclass
+class Chart:
+    patient: Resource | None = None
+    resources: dict[D, list[Resource]] = field(default_factory=dict)
+    unavailable: dict[D, str] = field(default_factory=dict)
+    unreadable: list[Unreadable] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChartSettings:
+    policy: FhirServerPolicy
+    session: requests.Session
+    executor: Executor
+    allow_unauthenticated: bool
+    max_pages: int = 20
+
+
+def decide_access(
+    fhir_server: str | None, token: str | None, settings: ChartSettings
+) -> FhirAccess:
+    """May we query ``fhir_server``? Spec: only with fhirAuthorization (dev flag aside)."""
+    if not fhir_server:
+        return FhirAccess(None, None, "the request has no fhirServer")
+    if not token and not settings.allow_unauthenticated:
+        return FhirAccess(None, None, "the request has no fhirAuthorization token")
+    try:
+        settings.policy.check(fhir_server)
+    except FhirServerNotAllowed as exc:
+        log.warning("fhirServer refused: %s", exc)
+        return FhirAccess(None, None, f"fhirServer not allowed: {exc}")
+    return FhirAccess(fhir_server, token)
+
+
+def gather_chart(
+    prefetch: Mapping[str, Any],
+    patient_id: str,
+    templates: Mapping[str, str],
+    access: FhirAccess,
+    settings: ChartSettings,
+    deadline: float,
+) -> Chart:
+    """Use prefetch where given, fetch the rest concurrently, raise 412 if neither is possible."""
+    chart = Chart()
+    client = None
+    if access.server:
+        client = FhirClient(
+            access.server, access.token, settings.session, deadline,
+            max_pages=settings.max_pages,
+        )
+    jobs: dict[str, Callable[[], Any]] = {}
+    missing: list[str] = []
+    for key, template in templates.items():
+        category = D(key)
+        query = template.replace(PATIENT_TOKEN, patient_id)
+        value = prefetch.get(key, _ABSENT)
+        if value is None:
+            chart.resources[category] = []
+            continue
+        if value is not _ABSENT and value.get("resourceType") != "OperationOutcome":
+            _use_prefetch(chart, category, value, client, jobs)
+            continue
+        if value is not _ABSENT:
+            log.info("prefetch %s held an OperationOutcome: %s", key,
+                     operation_outcome_text(value))
+        if client is None:
+            missing.append(key)
+            continue
+        jobs[key] = _fetch_job(client, category, query)
+    if missing:
+        raise PreconditionFailed(
+            "Prefetch data is missing and the FHIR server cannot be used "
+            f"({access.refusal}): {', '.join(missing)}",
+            extra={"missingPrefetch": missing},
+        )
+    if jobs:
+        for key, result in run_concurrently(settings.executor, jobs, deadline).items():
+            category = D(key)
+            if isinstance(result, FhirFetchError):
+                chart.unavailable[category] = str(result)
+                chart.resources.pop(category, None)
+                continue
+            chart.fetched.append(key)
+            _store(chart, category, result)
+    return chart
+
+
+_ABSENT: Any = object()
+
+
+def _fetch_job(client: FhirClient, category: D, query: str) -> Callable[[], Any]:
+    if category == D.PATIENT:
+        def read_patient() -> Any:
+            patient = client.read(query)
+            if patient is None:
+                raise FhirFetchError("patient not found on the FHIR server (404)")
+            return patient
+        return read_patient
+    return lambda: client.search(query)
+
+
+def _use_prefetch(
+    chart: Chart,
+    category: D,
+    value: Resource,
+    client: FhirClient | None,
+    jobs: dict[str, Callable[[], Any]],
+) -> None:
+    if value.get("resourceType") != "Bundle":
+        _store(chart, category, value)
+        return
+    if next_link(value) is None:
+        _store(chart, category, list(bundle_entries(value)))
+    elif client is not None:
+        jobs[str(category)] = lambda: client.continue_paging(value)
+    else:
+        _store(chart, category, list(bundle_entries(value)))
+        chart.unreadable.append(Unreadable(
+            f"prefetch {category}", "only the first page was prefetched; later pages could "
+            "not be fetched without FHIR server access"))
+
+
+def _store(chart: Chart, category: D, value: Resource | list[Resource]) -> None:
+    """Keep resources of the expected types; report the others."""
+    resources = value if isinstance(value, list) else [value]
+    expected = EXPECTED_TYPES[category]
+    kept = []
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        resource_type = resource.get("resourceType")
+        if resource_type == "OperationOutcome":
+            chart.unreadable.append(Unreadable(
+                f"prefetch {category}", "OperationOutcome: " + operation_outcome_text(resource)))
+        elif resource_type in expected:
+            kept.append(resource)
+        else:
+            chart.unreadable.append(Unreadable(
+                reference_of(resource), f"a {resource_type} is not expected under '{category}'"))
+    if category == D.PATIENT:
+        chart.patient = kept[0] if kept else None
+        chart.resources[category] = kept[:1]
+    else:
+        chart.resources.setdefault(category, []).extend(kept)
+
+
+def deadline_from(start: float, deadline_ms: int) -> float:
+    return start + deadline_ms / 1000.0
+
+
+def now_monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,189 @@
+"""The only user of ``requests``: FHIR R4 reads and searches when prefetch is missing.
+
+Every call is bounded by the request's deadline, sends the bearer token only to the allowed
+``fhirServer`` (redirects are not followed; paging ``next`` links must stay under the base URL),
+and ends in either data or a ``FhirFetchError`` whose message is safe to show on a card (no
+token, no response body).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from cds_service.fhir_access import safe_next_link
+
+log = logging.getLogger(__name__)
+
+Resource = dict[str, Any]
+MIN_TIMEOUT_SECONDS = 0.05
+
+
+class FhirFetchError(Exception):
+    """A FHIR query failed; ``str(exc)`` is a short reason fit for the data-unavailable card."""
+
+
+@dataclass(frozen=True)
+class FhirQuery:
+    """One read or search, relative to the FHIR base (``Patient/1``, ``Observation?...``)."""
+
+    path: str
+
+
+class FhirClient:
+    """A small FHIR R4 client for one hook call (one server, one token, one deadline)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str | None,
+        session: requests.Session,
+        deadline: float,
+        *,
+        connect_timeout: float = 2.0,
+        max_pages: int = 20,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = access_token
+        self._session = session
+        self._deadline = deadline
+        self._connect_timeout = connect_timeout
+        self._max_pages = max_pages
+
+    def _timeout(self) -> tuple[float, float]:
+        remaining = self._deadline - time.monotonic()
+        if remaining < MIN_TIMEOUT_SECONDS:
+            raise FhirFetchError("request deadline reached before the FHIR query")
+        return min(self._connect_timeout, remaining), remaining
+
+    def _get(self, url: str) -> Any:
+        headers = {"Accept": "application/fhir+json, application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            response = self._session.get(
+                url, headers=headers, timeout=self._timeout(), allow_redirects=False
+            )
+        except requests.Timeout as exc:
+            raise FhirFetchError("FHIR server did not answer before the deadline") from exc
+        except requests.RequestException as exc:
+            raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise FhirFetchError(_status_reason(response))
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise FhirFetchError("FHIR server answered with invalid JSON") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise FhirFetchError("FHIR server answered with something that is not a resource")
+        if body["resourceType"] == "OperationOutcome":
+            raise FhirFetchError("FHIR server answered with an OperationOutcome: "
+                                 + operation_outcome_text(body))
+        return body
+
+    def read(self, path: str) -> Resource | None:
+        """Read one resource; None when the server says 404."""
+        result = self._get(f"{self.base_url}/{path}")
+        return result if isinstance(result, dict) else None
+
+    def search(self, path: str) -> list[Resource]:
+        """Run a search and follow ``next`` links (bounded) to collect every entry."""
+        return list(self.iter_search(path))
+
+    def iter_search(self, path: str) -> Iterator[Resource]:
+        """Entries of a search given relative to the base (or as an already-checked URL)."""
+        absolute = path.startswith(("http://", "https://"))
+        url: str | None = path if absolute else f"{self.base_url}/{path}"
+        pages = 0
+        while url is not None:
+            bundle = self._get(url)
+            if bundle is None:
+                raise FhirFetchError("FHIR server answered 404 to a search")
+            if bundle.get("resourceType") != "Bundle":
+                raise FhirFetchError("FHIR search did not return a Bundle")
+            yield from bundle_entries(bundle)
+            pages += 1
+            url = next_link(bundle)
+            if url is None:
+                return
+            if pages >= self._max_pages:
+                raise FhirFetchError(f"more than {self._max_pages} pages of results")
+            if not safe_next_link(self.base_url, url):
+                raise FhirFetchError("paging link points outside the FHIR server; not followed")
+
+    def continue_paging(self, bundle: Resource) -> list[Resource]:
+        """Entries of a prefetched Bundle plus any pages behind its ``next`` link."""
+        entries = list(bundle_entries(bundle))
+        url = next_link(bundle)
+        if url is None:
+            return entries
+        if not safe_next_link(self.base_url, url):
+            raise FhirFetchError("prefetch paging link points outside the FHIR server")
+        return entries + self.search(url)
+
+
+def bundle_entries(bundle: Resource) -> Iterator[Resource]:
+    for entry in bundle.get("entry") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        if (entry.get("search") or {}).get("mode") == "outcome":
+            continue
+        yield entry["resource"]
+
+
+def next_link(bundle: Resource) -> str | None:
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
+
+
+def operation_outcome_text(outcome: Resource) -> str:
+    """First issue of an OperationOutcome as short text (diagnostics or details)."""
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+        code = issue.get("code") or "error"
+        return f"{code}: {str(text)[:200]}" if text else str(code)
+    return "no issue given"
+
+
+def _status_reason(response: requests.Response) -> str:
+    reasons = {
+        401: "FHIR server refused the token (401)",
+        403: "FHIR server denied access (403)",
+        429: "FHIR server is rate limiting (429)",
+    }
+    if response.status_code in reasons:
+        return reasons[response.status_code]
+    return f"FHIR server error (HTTP {response.status_code})"
+
+
+def run_concurrently(
+    executor: Executor, jobs: dict[str, Callable[[], Any]], deadline: float
+) -> dict[str, Any | FhirFetchError]:
+    """Run independent fetches at once; each result is its value or a FhirFetchError."""
+    futures: dict[str, Future[Any]] = {key: executor.submit(job) for key, job in jobs.items()}
+    results: dict[str, Any | FhirFetchError] = {}
+    for key, future in futures.items():
+        try:
+            results[key] = future.result(timeout=max(deadline - time.monotonic(), 0) + 0.5)
+        except FhirFetchError as exc:
+            results[key] = exc
+        except TimeoutError:
+            future.cancel()
+            results[key] = FhirFetchError("FHIR query still running at the request deadline")
+        except Exception as exc:  # a bug in one fetch must not fail the whole hook call
+            log.exception("FHIR fetch %s failed unexpectedly", key)
+            results[key] = FhirFetchError(f"unexpected error while fetching ({type(exc).__name__})")
+    return results

@@ -1,0 +1,168 @@
+"""Run every registered rule over the facts and stamp each finding with its rule id and source.
+
+A rule that lacks data it ``needs`` is not run and is listed on the data-unavailable card; a rule
+that raises is listed there too (and logged): a checker that could not check never looks like one
+that found nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from cds_service.rules import coverage, interactions, regimen, renal, vitals
+from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec
+from fhir_mappings.facts import DataCategory as D
+from fhir_mappings.facts import PatientFacts
+from fhir_mappings.knowledge import Knowledge
+
+log = logging.getLogger(__name__)
+
+DATA_UNAVAILABLE = "data-unavailable"
+_MEDS = frozenset({D.MEDICATIONS})
+_RENAL = frozenset({D.EGFR, D.CREATININE, D.PATIENT})
+
+REGISTRY: tuple[RuleSpec, ...] = (
+    RuleSpec("hypersensitivity", interactions.hypersensitivity, needs=frozenset({D.ALLERGIES})),
+    RuleSpec("strong-cyp3a4-inhibitor", interactions.strong_cyp3a4_inhibitor, reads=_MEDS),
+    RuleSpec("moderate-cyp3a4-inhibitor", interactions.moderate_cyp3a4_inhibitor, reads=_MEDS),
+    RuleSpec("cyp3a4-inducer", interactions.cyp3a4_inducer, reads=_MEDS),
+    RuleSpec("live-vaccine", interactions.live_vaccine, reads=_MEDS | {D.IMMUNIZATIONS}),
+    RuleSpec("egfr-baseline-missing", renal.egfr_baseline_missing, needs=_RENAL),
+    RuleSpec("egfr-baseline-low", renal.egfr_baseline_low, needs=_RENAL),
+    RuleSpec("egfr-decline", renal.egfr_decline, needs=_RENAL | _MEDS),
+    RuleSpec(
+        "blood-pressure-high", vitals.blood_pressure_high, needs=frozenset({D.BLOOD_PRESSURE})
+    ),
+    RuleSpec(
+        "blood-pressure-missing", vitals.blood_pressure_missing, needs=frozenset({D.BLOOD_PRESSURE})
+    ),
+    RuleSpec("cyclophosphamide", interactions.cyclophosphamide, reads=_MEDS),
+    RuleSpec("pediatric", regimen.pediatric, needs=frozenset({D.PATIENT})),
+    RuleSpec("background-therapy-missing", regimen.background_therapy_missing, needs=_MEDS),
+    RuleSpec("hyperkalemia", vitals.hyperkalemia, needs=frozenset({D.POTASSIUM})),
+    RuleSpec(
+        "calcineurin-inhibitor-duplicate", interactions.calcineurin_inhibitor_duplicate, reads=_MEDS
+    ),
+    RuleSpec("p-gp-substrate", interactions.p_gp_substrate, reads=_MEDS),
+    RuleSpec("dose-check", regimen.dose_check, reads=_RENAL),
+    RuleSpec("treatment-duration", regimen.treatment_duration, needs=_MEDS),
+    RuleSpec(
+        "prior-authorization",
+        coverage.prior_authorization,
+        reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _MEDS,
+    ),
+)
+RULE_IDS: tuple[str, ...] = (*(spec.rule_id for spec in REGISTRY), DATA_UNAVAILABLE)
+
+# Roles that make a drafted order matter to voclosporin even when we cannot see the med list.
+_INTERACTING_ROLES = frozenset(
+    {
+        "strong-cyp3a4-inhibitor",
+        "moderate-cyp3a4-inhibitor",
+        "strong-cyp3a4-inducer",
+        "moderate-cyp3a4-inducer",
+        "cyclophosphamide",
+        "calcineurin-inhibitor",
+        "p-gp-substrate",
+        "live-vaccine",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    findings: tuple[Finding, ...]
+    rules_evaluated: tuple[str, ...]
+    not_checked: tuple[NotChecked, ...]
+
+
+def _unknown_voclosporin_status(facts: PatientFacts) -> bool:
+    """An interacting drug is ordered but the medication list could not be read."""
+    return D.MEDICATIONS in facts.unavailable and any(
+        m.is_selected and m.roles & _INTERACTING_ROLES for m in facts.draft_orders
+    )
+
+
+def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
+    """Run the registry; no voclosporin anywhere means no voclosporin cards."""
+    if not facts.voclosporin_involved:
+        if _unknown_voclosporin_status(facts):
+            gap = NotChecked(
+                "interacting order placed, but the medication list could not be "
+                "read, so it is unknown whether the patient takes voclosporin",
+                "strong-cyp3a4-inhibitor",
+            )
+            return _finish(facts, knowledge, [], [gap], ())
+        return Evaluation((), (), ())
+    findings: list[Finding] = []
+    gaps: list[NotChecked] = []
+    for spec in REGISTRY:
+        missing = sorted((spec.needs | spec.reads) & facts.unavailable)
+        if spec.needs & facts.unavailable:
+            gaps.append(NotChecked("not run: " + ", ".join(missing) + " unavailable", spec.rule_id))
+            continue
+        try:
+            for outcome in spec.check(facts, knowledge):
+                if isinstance(outcome, NotChecked):
+                    gaps.append(replace(outcome, rule_id=spec.rule_id))
+                else:
+                    findings.append(_stamp(outcome, spec.rule_id, knowledge))
+        except Exception:  # a broken rule must surface as "could not check", not as silence
+            log.exception("rule %s raised", spec.rule_id)
+            gaps.append(NotChecked("internal error while checking (logged)", spec.rule_id))
+            continue
+        if missing:
+            gaps.append(
+                NotChecked(
+                    "checked the orders only: " + ", ".join(missing) + " unavailable", spec.rule_id
+                )
+            )
+    return _finish(facts, knowledge, findings, gaps, tuple(s.rule_id for s in REGISTRY))
+
+
+def _stamp(finding: Finding, rule_id: str, knowledge: Knowledge) -> Finding:
+    citation = knowledge.rules[rule_id].section if rule_id in knowledge.rules else ""
+    return replace(finding, rule_id=rule_id, citation=citation)
+
+
+def _finish(
+    facts: PatientFacts,
+    knowledge: Knowledge,
+    findings: list[Finding],
+    gaps: list[NotChecked],
+    evaluated: tuple[str, ...],
+) -> Evaluation:
+    unavailable_card = _data_unavailable(facts, gaps)
+    if unavailable_card is not None:
+        findings.append(_stamp(unavailable_card, DATA_UNAVAILABLE, knowledge))
+    order = {rule_id: n for n, rule_id in enumerate(RULE_IDS)}
+    findings.sort(key=lambda f: (SEVERITY[f.indicator], order.get(f.rule_id, 99)))
+    return Evaluation(tuple(findings), (*evaluated, DATA_UNAVAILABLE), tuple(gaps))
+
+
+def _data_unavailable(facts: PatientFacts, gaps: list[NotChecked]) -> Finding | None:
+    if not gaps and not facts.unavailable_reasons and not facts.unreadable:
+        return None
+    lines = []
+    if facts.unavailable_reasons:
+        lines.append("**Data that could not be obtained**")
+        lines += [f"- {category}: {reason}" for category, reason in facts.unavailable_reasons]
+    if gaps:
+        lines.append("\n**Checks not run or incomplete**")
+        lines += [f"- {gap.rule_id}: {gap.reason}" for gap in gaps]
+    if facts.unreadable:
+        lines.append("\n**Resources skipped (failed FHIR R4 validation or unusable)**")
+        lines += [f"- `{u.reference}`: {u.reason}" for u in facts.unreadable[:20]]
+        if len(facts.unreadable) > 20:
+            lines.append(f"- ... and {len(facts.unreadable) - 20} more")
+    affected = sorted({gap.rule_id for gap in gaps})
+    if affected:
+        summary = f"{len(affected)} voclosporin check(s) could not run: " + ", ".join(affected)
+    else:
+        summary = "Some chart data could not be read: voclosporin checks may be incomplete"
+    return Finding(
+        "warning",
+        summary if len(summary) < 140 else summary[:136] + "...",
+        "A check that could not run has **not** found the chart safe.\n\n" + "\n".join(lines),
+    )

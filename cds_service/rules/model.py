@@ -1,0 +1,133 @@
+"""What rules produce: findings (with proposed order changes) and "could not check" notes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal, TypeVar
+
+from fhir_mappings.facts import BloodPressure, DataCategory, Measurement, Medication, PatientFacts
+from fhir_mappings.knowledge import Knowledge
+
+Indicator = Literal["info", "warning", "critical"]
+SEVERITY: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class RemoveOrder:
+    """Take a draft order out of the order session (CDS Hooks `delete` action)."""
+
+    order: Medication
+
+
+@dataclass(frozen=True)
+class ReplaceDosage:
+    """Replace the dosing of a draft order (CDS Hooks `update` action with the full resource).
+
+    ``doses`` holds (mg, time of day or None) for each administration in a day.
+    """
+
+    order: Medication
+    doses: tuple[tuple[float, str | None], ...]
+    description: str
+
+
+Action = RemoveOrder | ReplaceDosage
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    label: str
+    actions: tuple[Action, ...]
+    is_recommended: bool = False
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a clinician should see; the engine stamps rule id and citation."""
+
+    indicator: Indicator
+    summary: str
+    detail: str
+    suggestions: tuple[Suggestion, ...] = ()
+    rule_id: str = ""
+    citation: str = ""
+
+
+@dataclass(frozen=True)
+class NotChecked:
+    """A rule could not (fully) run; it is said out loud on the data-unavailable card."""
+
+    reason: str
+    rule_id: str = ""
+
+
+Outcome = Finding | NotChecked
+Rule = Callable[[PatientFacts, Knowledge], Iterator[Outcome]]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A registered rule.
+
+    ``needs``: data without which the rule must not run (its silence would be a false all-clear).
+    ``reads``: data it reads when available; when missing the rule still runs on what it has
+    (e.g. the draft orders) and the gap is reported.
+    """
+
+    rule_id: str
+    check: Rule
+    needs: frozenset[DataCategory] = field(default_factory=frozenset)
+    reads: frozenset[DataCategory] = field(default_factory=frozenset)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by the rule modules: pure functions of the facts.
+
+T = TypeVar("T", Measurement, BloodPressure)
+
+
+def recent(items: Iterable[T], now: datetime, max_age_days: int) -> list[T]:
+    """Items dated within ``max_age_days`` before now (future-dated ones count as now)."""
+    oldest = now - timedelta(days=max_age_days)
+    return [i for i in items if i.when is not None and i.when >= oldest]
+
+
+def latest(items: Iterable[T]) -> T | None:
+    dated = [i for i in items if i.when is not None]
+    return max(dated, key=lambda i: i.when) if dated else None  # type: ignore[arg-type,return-value]
+
+
+def when_text(when: datetime | None) -> str:
+    return when.date().isoformat() if when else "date unknown"
+
+
+def describe(m: Measurement) -> str:
+    """Markdown line with the value, unit, date, source and whether it was computed."""
+    origin = "computed" if m.computed else "measured"
+    return f"{m.value:g} {m.unit} on {when_text(m.when)} ({origin}; {m.method}; `{m.source}`)"
+
+
+def names(orders: Iterable[Medication]) -> str:
+    return ", ".join(dict.fromkeys(o.name for o in orders))
+
+
+def order_line(order: Medication) -> str:
+    where = "draft order" if order.is_draft else f"active order ({order.status})"
+    return f"- {order.name} — {where}, `{order.reference}`"
+
+
+def remove_suggestions(
+    orders: Iterable[Medication], verb: str = "Remove"
+) -> tuple[Suggestion, ...]:
+    """One suggestion per draft order that can be taken out of the session."""
+    return tuple(
+        Suggestion(f"{verb} the draft order for {o.name}", (RemoveOrder(o),))
+        for o in orders
+        if o.is_draft
+    )
+
+
+def days_between(start: datetime, end: datetime) -> float:
+    return (end - start).total_seconds() / 86400

@@ -1,0 +1,276 @@
+"""Marshmallow wire schemas: hook request, per-hook context, feedback, discovery and cards.
+
+camelCase exists only here (``data_key``); everything the schemas load is snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_dump,
+    validate,
+    validates_schema,
+)
+
+# FHIR R4 id (R4 caps it at 64; a little room for EHRs that overshoot). It goes into FHIR URLs,
+# so nothing outside this alphabet may pass.
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
+USER_REFERENCE = re.compile(
+    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,128}$"
+)
+
+
+class _Lenient(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+def _bundle(value: Any) -> None:
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        raise ValidationError("must be a FHIR Bundle (resourceType 'Bundle')")
+    entries = value.get("entry", [])
+    if not isinstance(entries, list):
+        raise ValidationError("Bundle.entry must be an array")
+    for number, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise ValidationError(f"entry[{number}] has no resource with a resourceType")
+
+
+class _Context(_Lenient):
+    user_id = fields.String(
+        required=True,
+        data_key="userId",
+        validate=validate.Regexp(
+            USER_REFERENCE,
+            error="must reference a Practitioner, PractitionerRole, Patient or RelatedPerson",
+        ),
+    )
+    patient_id = fields.String(
+        required=True,
+        data_key="patientId",
+        validate=validate.Regexp(FHIR_ID, error="must be a FHIR resource id (Patient.id)"),
+    )
+    encounter_id = fields.String(
+        data_key="encounterId",
+        validate=validate.Regexp(FHIR_ID, error="must be a FHIR resource id (Encounter.id)"),
+    )
+
+
+class OrderSelectContext(_Context):
+    selections = fields.List(
+        fields.String(validate=validate.Length(min=1)),
+        required=True,
+        validate=validate.Length(min=1),
+    )
+    draft_orders = fields.Dict(required=True, data_key="draftOrders", validate=_bundle)
+
+    @validates_schema
+    def _selections_in_drafts(self, data: dict[str, Any], **_: Any) -> None:
+        bundle = data.get("draft_orders") or {}
+        present = {
+            f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}"
+            for e in bundle.get("entry", [])
+        }
+        unknown = [s for s in data.get("selections", []) if s not in present]
+        if unknown:
+            raise ValidationError(
+                f"not found in draftOrders: {', '.join(unknown)}", field_name="selections"
+            )
+
+
+class OrderSignContext(_Context):
+    draft_orders = fields.Dict(required=True, data_key="draftOrders", validate=_bundle)
+
+
+class MedicationPrescribeContext(_Context):
+    medications = fields.Dict(required=True, validate=_bundle)
+
+
+CONTEXT_SCHEMAS: dict[str, type[_Context]] = {
+    "order-select": OrderSelectContext,
+    "order-sign": OrderSignContext,
+    "medication-prescribe": MedicationPrescribeContext,
+}
+
+
+class FhirAuthorizationSchema(_Lenient):
+    access_token = fields.String(required=True, validate=validate.Length(min=1))
+    token_type = fields.String(
+        required=True, validate=validate.OneOf(["Bearer"], error="must be 'Bearer'")
+    )
+    expires_in = fields.Integer(required=True, strict=True)
+    scope = fields.String(required=True)
+    subject = fields.String(required=True)
+    patient = fields.String()
+
+
+class HookRequestSchema(_Lenient):
+    hook = fields.String(required=True)
+    hook_instance = fields.UUID(required=True, data_key="hookInstance")
+    fhir_server = fields.Url(
+        data_key="fhirServer", require_tld=False, schemes={"http", "https"}
+    )
+    fhir_authorization = fields.Nested(FhirAuthorizationSchema, data_key="fhirAuthorization")
+    context = fields.Dict(required=True)
+    prefetch = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
+    extension = fields.Dict()
+
+    @validates_schema
+    def _authorization_needs_server(self, data: dict[str, Any], **_: Any) -> None:
+        if "fhir_authorization" in data and "fhir_server" not in data:
+            raise ValidationError(
+                "fhirServer is required when fhirAuthorization is present",
+                field_name="fhirServer",
+            )
+        for key, value in (data.get("prefetch") or {}).items():
+            if value is not None and not (
+                isinstance(value, dict) and isinstance(value.get("resourceType"), str)
+            ):
+                raise ValidationError(
+                    {key: ["must be a FHIR resource, a Bundle, or null"]}, field_name="prefetch"
+                )
+
+
+class CodingSchema(_Lenient):
+    system = fields.String(required=True, validate=validate.Length(min=1))
+    code = fields.String(required=True, validate=validate.Length(min=1))
+    display = fields.String()
+
+
+class OverrideReasonSchema(_Lenient):
+    reason = fields.Nested(CodingSchema)
+    user_comment = fields.String(data_key="userComment", validate=validate.Length(max=4000))
+
+    @validates_schema
+    def _reason_or_comment(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("needs a reason and/or a userComment")
+
+
+class AcceptedSuggestionSchema(_Lenient):
+    id = fields.String(required=True, validate=validate.Length(min=1, max=100))
+
+
+class FeedbackItemSchema(_Lenient):
+    card = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    outcome = fields.String(required=True, validate=validate.OneOf(["accepted", "overridden"]))
+    accepted_suggestions = fields.List(
+        fields.Nested(AcceptedSuggestionSchema), data_key="acceptedSuggestions"
+    )
+    override_reason = fields.Nested(OverrideReasonSchema, data_key="overrideReason")
+    outcome_timestamp = fields.AwareDateTime(required=True, data_key="outcomeTimestamp")
+
+    @validates_schema
+    def _accepted_needs_suggestions(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("outcome") == "accepted" and not data.get("accepted_suggestions"):
+            raise ValidationError(
+                "required when outcome is 'accepted'", field_name="acceptedSuggestions"
+            )
+
+
+class FeedbackSchema(_Lenient):
+    feedback = fields.List(
+        fields.Nested(FeedbackItemSchema),
+        required=True,
+        validate=validate.Length(min=1, max=500),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses. CDS Hooks 2.0: no null or empty values anywhere except "cards": [].
+
+
+def _drop_empty(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None and v != "" and v != [] and v != {}}
+
+
+class _Out(Schema):
+    @post_dump
+    def _strip(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        return _drop_empty(data)
+
+
+class CodingOut(_Out):
+    system = fields.String()
+    code = fields.String()
+    display = fields.String()
+
+
+class SourceOut(_Out):
+    label = fields.String()
+    url = fields.String()
+    topic = fields.Nested(CodingOut)
+
+
+class ActionOut(_Out):
+    type = fields.String()
+    description = fields.String()
+    resource = fields.Dict()
+    resource_id = fields.String(data_key="resourceId")
+
+
+class SuggestionOut(_Out):
+    label = fields.String()
+    uuid = fields.String()
+    is_recommended = fields.Boolean(data_key="isRecommended")
+    actions = fields.List(fields.Nested(ActionOut))
+
+
+class LinkOut(_Out):
+    label = fields.String()
+    url = fields.String()
+    type = fields.String()
+
+
+class CardOut(_Out):
+    uuid = fields.String()
+    summary = fields.String()
+    detail = fields.String()
+    indicator = fields.String()
+    source = fields.Nested(SourceOut)
+    suggestions = fields.List(fields.Nested(SuggestionOut))
+    selection_behavior = fields.String(data_key="selectionBehavior")
+    override_reasons = fields.List(fields.Nested(CodingOut), data_key="overrideReasons")
+    links = fields.List(fields.Nested(LinkOut))
+
+
+class HookResponseOut(Schema):
+    cards = fields.List(fields.Nested(CardOut))
+
+
+class ServiceOut(_Out):
+    hook = fields.String()
+    id = fields.String()
+    title = fields.String()
+    description = fields.String()
+    prefetch = fields.Dict(keys=fields.String(), values=fields.String())
+    usage_requirements = fields.String(data_key="usageRequirements")
+
+
+class DiscoveryOut(Schema):
+    services = fields.List(fields.Nested(ServiceOut))
+
+
+def field_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Flatten marshmallow's nested error dict into {"context.patientId": [...]}."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = key if key != "_schema" else ""
+            path = f"{prefix}.{name}" if prefix and name else (name or prefix or "(body)")
+            flat.update(field_errors(value, path))
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        flat[prefix or "(body)"] = list(messages)
+    elif isinstance(messages, list):
+        for item in messages:
+            flat.update(field_errors(item, prefix))
+    else:
+        flat[prefix or "(body)"] = [str(messages)]
+    return flat

@@ -1,0 +1,116 @@
+"""Trusting CDS clients (JWT, CDS Hooks 2.0 #trusting-cds-clients) and CORS for browser clients.
+
+When ``CDS_JWT_ISSUERS`` is set, every service call and feedback call must carry a valid
+``Authorization: Bearer <JWT>``; failures get a bare 401 (best practice: no detail). Discovery,
+health, the contract and CORS preflights stay open. When unset, authentication is off and the
+service says so at start-up and in ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, current_app, request
+
+from cds_service.auth import (
+    AuthenticationError,
+    AuthUnavailable,
+    ClientAuthenticator,
+    MemoryReplayCache,
+    RedisReplayCache,
+    ReplayCache,
+    bearer_token,
+    endpoint_audience,
+    validate_key_location,
+)
+from cds_service.errors import ServiceUnavailable, Unauthorized
+
+log = logging.getLogger(__name__)
+PROTECTED_PREFIX = "/cds-services/"
+
+
+def init_security(app: Flask) -> None:
+    issuers = app.config["CDS_JWT_ISSUERS"]
+    if issuers:
+        app.extensions["cds_authenticator"] = _authenticator(app, issuers)
+        app.config["CDS_AUTH_STATE"] = "on: JWT required on service and feedback calls"
+        app.before_request(_require_jwt)
+    else:
+        app.config["CDS_AUTH_STATE"] = "OFF: CDS_JWT_ISSUERS is not set; any caller is trusted"
+        log.warning("CLIENT AUTHENTICATION IS OFF: set CDS_JWT_ISSUERS before exposing this "
+                    "service to patient data")
+    origins = app.config["CDS_CORS_ORIGINS"]
+    if origins:
+        app.config["CDS_CORS_ORIGIN_SET"] = frozenset(o.strip() for o in origins.split(","))
+        app.before_request(_preflight)
+        app.after_request(_cors_headers)
+
+
+def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
+    if not app.config["CDS_PUBLIC_BASE_URL"]:
+        raise RuntimeError("CDS_PUBLIC_BASE_URL must be set when CDS_JWT_ISSUERS is set: the "
+                           "JWT audience is the public URL of each endpoint")
+    for iss, location in issuers.items():
+        if not isinstance(location, str):
+            raise RuntimeError(f"CDS_JWT_ISSUERS[{iss!r}] must be a JWKS URL or file: path")
+        validate_key_location(location, iss=iss)
+    cache: ReplayCache
+    if app.config["CDS_REDIS_URL"]:
+        redis_cache = RedisReplayCache(app.config["CDS_REDIS_URL"])
+        app.extensions.setdefault("cds_closers", []).append(redis_cache.close)
+        cache = redis_cache
+    else:
+        log.warning("JWT replay cache is in-process (CDS_REDIS_URL unset): replays across "
+                    "workers or instances are not detected")
+        cache = MemoryReplayCache()
+    authenticator = ClientAuthenticator(
+        issuers, cache, leeway_seconds=int(app.config["CDS_JWT_LEEWAY_SECONDS"])
+    )
+    app.extensions.setdefault("cds_closers", []).append(authenticator.close)
+    return authenticator
+
+
+def _require_jwt() -> None:
+    if request.method != "POST" or not request.path.startswith(PROTECTED_PREFIX):
+        return
+    authenticator: ClientAuthenticator = current_app.extensions["cds_authenticator"]
+    audience = endpoint_audience(current_app.config["CDS_PUBLIC_BASE_URL"], request.path)
+    try:
+        authenticator.verify(bearer_token(request.headers.get("Authorization")), audience)
+    except AuthenticationError as exc:
+        log.info("JWT refused: %s (iss=%s kid=%s)", exc.reason, exc.iss, exc.kid)
+        raise Unauthorized("") from None
+    except AuthUnavailable as exc:
+        log.error("cannot verify client JWTs: %s", exc)
+        raise ServiceUnavailable("Client authentication is temporarily unavailable") from None
+
+
+def _allowed_origin() -> str | None:
+    origin = request.headers.get("Origin")
+    allowed: frozenset[str] = current_app.config["CDS_CORS_ORIGIN_SET"]
+    if origin and origin in allowed:
+        return origin
+    if "*" in allowed:
+        return "*"
+    return None
+
+
+def _preflight() -> Response | None:
+    """Answer CORS preflights before authentication (browsers send them without a JWT)."""
+    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        return None
+    return Response(status=204)
+
+
+def _cors_headers(response: Response) -> Response:
+    origin = _allowed_origin()
+    if origin is None:
+        return response
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+    response.headers["Access-Control-Max-Age"] = "600"
+    if origin != "*":
+        response.headers["Vary"] = "Origin"
+    return response

@@ -1,0 +1,184 @@
+"""Orchestration without Flask: hook request -> chart -> facts -> rules -> cards."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from marshmallow import ValidationError
+
+from cds_service.cards import BuiltCard, build_cards
+from cds_service.chart import ChartSettings, decide_access, gather_chart, prefetch_templates
+from cds_service.errors import BadRequest, NotFound
+from cds_service.rules.engine import Evaluation, evaluate
+from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
+from fhir_mappings.codes import Terminology
+from fhir_mappings.facts import PatientFacts, Unreadable
+from fhir_mappings.extract import bundle_resources, build_facts
+from fhir_mappings.knowledge import Knowledge
+
+log = logging.getLogger(__name__)
+
+SERVICE_PREFIX = "voclosporin-"
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+
+    def discovery(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": self.prefetch,
+            "usage_requirements": (
+                "Send prefetch for every key, or fhirServer with fhirAuthorization so the "
+                "service can fetch what is missing (otherwise 412)."
+            ),
+        }
+
+
+_DESCRIPTIONS = {
+    "order-select": "Voclosporin (LUPKYNIS) safety checks when a medication order is selected: "
+    "CYP3A4 interactions, live vaccines, renal function, blood pressure, potassium, dose, "
+    "background therapy and prior-authorization criteria.",
+    "order-sign": "Voclosporin (LUPKYNIS) safety checks before orders are signed: CYP3A4 "
+    "interactions, live vaccines, baseline and falling eGFR, blood pressure, potassium, dose, "
+    "treatment duration and prior-authorization criteria.",
+    "medication-prescribe": "Deprecated hook, kept for older EHRs: the same voclosporin "
+    "(LUPKYNIS) safety checks, on the draft medications being prescribed.",
+}
+
+
+def service_definitions(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
+    templates = prefetch_templates(knowledge)
+    return {
+        f"{SERVICE_PREFIX}{hook}": ServiceDefinition(
+            id=f"{SERVICE_PREFIX}{hook}",
+            hook=hook,
+            title=f"Voclosporin (LUPKYNIS) safety ({hook})",
+            description=description,
+            prefetch=templates,
+        )
+        for hook, description in _DESCRIPTIONS.items()
+    }
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """Everything one hook call produced: cards for the EHR, the rest for logs and audit."""
+
+    service: ServiceDefinition
+    hook_instance: str
+    patient_id: str
+    cards: list[BuiltCard]
+    evaluation: Evaluation
+    unavailable: tuple[str, ...]
+    fetched: tuple[str, ...]
+    started_at: datetime
+    duration_ms: float
+    knowledge_version: str
+
+    def response(self) -> dict[str, Any]:
+        return {"cards": [card.body for card in self.cards]}
+
+
+class CdsService:
+    """Holds the loaded knowledge and the shared I/O settings; one instance per app."""
+
+    def __init__(
+        self,
+        knowledge: Knowledge,
+        chart_settings: ChartSettings,
+        deadline_ms: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.knowledge = knowledge
+        self.terminology = Terminology(knowledge)
+        self.services = service_definitions(knowledge)
+        self.chart_settings = chart_settings
+        self.deadline_ms = deadline_ms
+        self.clock = clock
+
+    def service(self, service_id: str) -> ServiceDefinition:
+        try:
+            return self.services[service_id]
+        except KeyError:
+            raise NotFound(f"No CDS service with id '{service_id}'") from None
+
+    def call(self, service: ServiceDefinition, request: dict[str, Any]) -> HookOutcome:
+        """Run one hook call; ``request`` is the loaded HookRequestSchema (snake_case)."""
+        started = time.monotonic()
+        started_at = self.clock()
+        if request["hook"] != service.hook:
+            raise BadRequest(
+                f"Service '{service.id}' handles hook '{service.hook}', not '{request['hook']}'",
+                fields={"hook": [f"must be '{service.hook}' for this service"]},
+            )
+        context = load_context(service.hook, request["context"])
+        draft_bundle = context.get("draft_orders") or context.get("medications") or {}
+        selections = frozenset(context["selections"]) if "selections" in context else None
+        authorization = request.get("fhir_authorization") or {}
+        access = decide_access(
+            request.get("fhir_server"), authorization.get("access_token"), self.chart_settings
+        )
+        chart = gather_chart(
+            request.get("prefetch") or {},
+            context["patient_id"],
+            service.prefetch,
+            access,
+            self.chart_settings,
+            started + self.deadline_ms / 1000.0,
+        )
+        facts = build_facts(
+            terminology=self.terminology,
+            now=started_at,
+            hook=service.hook,
+            patient_id=context["patient_id"],
+            patient=chart.patient,
+            chart=chart.resources,
+            draft_orders=bundle_resources(draft_bundle),
+            selections=selections,
+            unavailable=chart.unavailable,
+        )
+        if chart.unreadable:
+            facts = _with_unreadable(facts, chart.unreadable)
+        evaluation = evaluate(facts, self.knowledge)
+        return HookOutcome(
+            service=service,
+            hook_instance=str(request["hook_instance"]),
+            patient_id=context["patient_id"],
+            cards=build_cards(evaluation.findings, self.knowledge),
+            evaluation=evaluation,
+            unavailable=tuple(sorted(chart.unavailable)),
+            fetched=tuple(chart.fetched),
+            started_at=started_at,
+            duration_ms=(time.monotonic() - started) * 1000,
+            knowledge_version=self.knowledge.full_version,
+        )
+
+
+def load_context(hook: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Validate the hook's context with its schema; a bad field is a 400 naming it."""
+    try:
+        loaded: dict[str, Any] = CONTEXT_SCHEMAS[hook]().load(context)
+    except ValidationError as exc:
+        raise BadRequest(
+            f"The context does not fit the '{hook}' hook",
+            fields=field_errors(exc.messages, "context"),
+        ) from exc
+    return loaded
+
+
+def _with_unreadable(facts: PatientFacts, extra: list[Unreadable]) -> PatientFacts:
+    return replace(facts, unreadable=(*extra, *facts.unreadable))

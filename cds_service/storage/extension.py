@@ -1,0 +1,123 @@
+"""Wire storage into a Flask app: config, start-up migration, audit writer, CLI, analytics.
+
+Config keys (set by create_app from ``CDS_*`` environment variables):
+
+``CDS_DATABASE_URL``
+    SQLAlchemy URL of the audit and feedback database. Default (None or empty): the SQLite
+    file ``cds.sqlite3`` in the app's instance folder. ``postgresql://user@host/db`` means
+    psycopg 3 (``postgresql+psycopg://``); use PostgreSQL when several instances run.
+``CDS_AUDIT_HASH_KEY``
+    Secret key (str or bytes) for the HMAC-SHA256 of patient ids in the audit trail. Unset:
+    a random key per process, so hashes stay unlinkable to ids but do not link one
+    patient's calls across restarts or instances; set it in production.
+
+At start-up an *empty* database gets the schema; a database that already has data is only
+upgraded by ``flask --app cds_service db upgrade``, so one instance never changes a schema
+under others still running. A database that cannot be reached at start-up is logged and
+the service starts anyway: cards must go out; the writer retries the schema check later.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import weakref
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from .audit import AuditWriter
+from .records import StorageUnavailableError
+from .store import Storage
+
+log = logging.getLogger(__name__)
+
+STORAGE_EXTENSION = "cds_storage"
+WRITER_EXTENSION = "cds_audit_writer"
+HASH_KEY_EXTENSION = "cds_audit_hash_key"
+
+db_cli = AppGroup("db", help="Manage the audit and feedback database.")
+
+
+@db_cli.command("upgrade")
+def upgrade_command() -> None:
+    """Upgrade the database to the newest migration shipped with this code."""
+    storage = get_storage()
+    storage.migrate()
+    click.echo(f"{storage!r} is at migration {storage.current_revision()}")
+
+
+@db_cli.command("current")
+def current_command() -> None:
+    """Show the database's migration and the newest one this code ships."""
+    storage = get_storage()
+    click.echo(f"{storage!r}: at {storage.current_revision()}, newest {storage.head_revision()}")
+
+
+def get_storage(app: Flask | None = None) -> Storage:
+    """Return the app's Storage (init_storage must have run)."""
+    storage = (app or current_app).extensions[STORAGE_EXTENSION]
+    assert isinstance(storage, Storage)
+    return storage
+
+
+def get_audit_writer(app: Flask | None = None) -> AuditWriter:
+    """Return the app's AuditWriter (init_storage must have run)."""
+    writer = (app or current_app).extensions[WRITER_EXTENSION]
+    assert isinstance(writer, AuditWriter)
+    return writer
+
+
+def default_database_url(app: Flask) -> str:
+    """Return the SQLite file in the instance folder, creating the folder."""
+    os.makedirs(app.instance_path, exist_ok=True)
+    return "sqlite:///" + os.path.join(app.instance_path, "cds.sqlite3")
+
+
+def _hash_key(app: Flask) -> bytes:
+    """Return the patient-hash key from config, or a random one with a warning."""
+    key = app.config.get("CDS_AUDIT_HASH_KEY")
+    if isinstance(key, bytes) and key:
+        return key
+    if isinstance(key, str) and key:
+        return key.encode("utf-8")
+    log.warning(
+        "CDS_AUDIT_HASH_KEY is not set: patient hashes use a random per-process key "
+        "and will not link one patient's calls across restarts or instances"
+    )
+    return secrets.token_bytes(32)
+
+
+def _close_at_exit(writer_ref: weakref.ReferenceType[AuditWriter]) -> None:
+    """Write what is still queued when the process exits."""
+    writer = writer_ref()
+    if writer is not None:
+        writer.close()
+
+
+def init_storage(app: Flask) -> None:
+    """Create Storage and AuditWriter for ``app``, migrate an empty database, add CLI and
+    the analytics blueprint."""
+    from cds_service.analytics import analytics_bp  # imports storage: avoid a cycle
+
+    storage = Storage(app.config.get("CDS_DATABASE_URL") or default_database_url(app))
+    try:
+        storage.prepare()
+    except StorageUnavailableError as exc:
+        log.error("audit database unavailable at start-up; serving cards without it: %s", exc)
+    writer = AuditWriter(storage)
+    atexit.register(_close_at_exit, weakref.ref(writer))
+    app.extensions[STORAGE_EXTENSION] = storage
+    app.extensions[WRITER_EXTENSION] = writer
+    app.extensions[HASH_KEY_EXTENSION] = _hash_key(app)
+    app.cli.add_command(db_cli)
+    app.register_blueprint(analytics_bp)
+
+
+def shutdown_storage(app: Flask, timeout: float = 5.0) -> None:
+    """Write queued audit records, stop the writer and close connections (tests, shutdown)."""
+    get_audit_writer(app).close(timeout)
+    get_storage(app).dispose()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the audit and feedback database, shipped inside the package."""

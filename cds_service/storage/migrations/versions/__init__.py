@@ -1,0 +1,1 @@
+"""One module per migration; Alembic reads them by file, this file only makes them a package."""

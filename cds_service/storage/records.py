@@ -1,0 +1,109 @@
+"""What the service hands to storage: audit records, feedback entries and their errors.
+
+These are plain frozen values so the hook path builds them without touching the database;
+the only Flask-free, database-free helper here is the keyed patient hash.
+
+Error tree::
+
+    Exception
+     +-- UnknownCardError          feedback names a card this service never issued (HTTP 404)
+     +-- StorageUnavailableError   the database cannot be reached or used now (HTTP 503)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+Outcome = Literal["accepted", "overridden"]
+OUTCOMES: tuple[Outcome, ...] = ("accepted", "overridden")
+
+
+def _require_utc_aware(name: str, value: datetime) -> None:
+    """Refuse naive datetimes: an audit time without a zone cannot be compared."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """One card the service returned, with the rule that raised it (for feedback checks)."""
+
+    uuid: str
+    rule_id: str
+    indicator: str
+    suggestion_uuids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """The audit record of one hook call: what ran, what fired, what was missing.
+
+    ``patient_hash`` is ``hash_patient_id(key, patient_id)``: never the id itself, never a
+    name or an access token.
+    """
+
+    hook_instance: str
+    service_id: str
+    hook: str
+    called_at: datetime
+    duration_ms: float
+    rules_evaluated: tuple[str, ...]
+    cards: tuple[IssuedCard, ...]
+    knowledge_version: str
+    unavailable_data: tuple[str, ...]
+    patient_hash: str | None
+
+    def __post_init__(self) -> None:
+        """Check the time has a zone, so stored times compare across instances."""
+        _require_utc_aware("called_at", self.called_at)
+
+    @property
+    def rules_fired(self) -> tuple[str, ...]:
+        """Return the distinct rule ids that produced a card, in card order."""
+        return tuple(dict.fromkeys(card.rule_id for card in self.cards))
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    """One CDS Hooks 2.0 feedback object (section "Feedback"), in snake_case."""
+
+    card_uuid: str
+    outcome: Outcome
+    accepted_suggestion_ids: tuple[str, ...]
+    override_reason_system: str | None
+    override_reason_code: str | None
+    override_reason_display: str | None
+    user_comment: str | None
+    outcome_timestamp: datetime
+
+    def __post_init__(self) -> None:
+        """Check the outcome and the timestamp, the two fields analytics relies on."""
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        _require_utc_aware("outcome_timestamp", self.outcome_timestamp)
+
+
+def hash_patient_id(key: bytes, patient_id: str) -> str:
+    """Return HMAC-SHA256(key, patient_id) as hex: links calls for one patient, reveals no id."""
+    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+class UnknownCardError(Exception):
+    """Feedback named card uuids that this service id never issued; nothing was stored."""
+
+    def __init__(self, service_id: str, card_uuids: Iterable[str]) -> None:
+        self.service_id = service_id
+        self.card_uuids: tuple[str, ...] = tuple(card_uuids)
+        super().__init__(
+            f"no card issued by service {service_id!r} has uuid "
+            + ", ".join(repr(uuid) for uuid in self.card_uuids)
+        )
+
+
+class StorageUnavailableError(Exception):
+    """The database could not be reached or used; the caller should answer 503 or log."""

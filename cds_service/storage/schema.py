@@ -1,0 +1,132 @@
+"""The audit and feedback tables (SQLAlchemy Core), mirrored by the Alembic migrations.
+
+Times are stored in UTC: ``timestamptz`` on PostgreSQL, UTC text on SQLite; both come back
+as aware datetimes through ``UTCDateTime``. Change a table here *and* add a migration;
+``tests/test_storage.py`` fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+# Stable constraint names, so later migrations can refer to them on both databases.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store aware datetimes as UTC and always return them aware (SQLite drops zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC; naive datetimes are refused rather than guessed."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored as UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Attach UTC to SQLite's naive values; normalise PostgreSQL's to UTC."""
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+hook_call = Table(
+    "cds_hook_call",
+    metadata,
+    Column("id", String(36), primary_key=True),  # a uuid4 made by the writer
+    Column("hook_instance", String(255), nullable=False),
+    Column("service_id", String(255), nullable=False),
+    Column("hook", String(255), nullable=False),
+    Column("called_at", UTCDateTime(), nullable=False),
+    Column("duration_ms", Float(), nullable=False),
+    Column("knowledge_version", String(255), nullable=False),
+    Column("unavailable_data", JSON(), nullable=False),
+    Column("patient_hash", String(64), nullable=True),  # HMAC-SHA256 of the patient id
+    Index(None, "called_at"),
+    Index(None, "hook_instance"),
+)
+
+rule_evaluation = Table(
+    "cds_rule_evaluation",
+    metadata,
+    Column("call_id", String(36), ForeignKey(hook_call.c.id, ondelete="CASCADE"), primary_key=True),
+    Column("rule_id", String(255), primary_key=True),
+    # Copied from the call so "how often was this rule evaluated since X" needs no join.
+    Column("evaluated_at", UTCDateTime(), nullable=False),
+    Index(None, "rule_id", "evaluated_at"),
+)
+
+issued_card = Table(
+    "cds_issued_card",
+    metadata,
+    Column("uuid", String(255), primary_key=True),
+    Column("call_id", String(36), ForeignKey(hook_call.c.id, ondelete="CASCADE"), nullable=False),
+    Column("service_id", String(255), nullable=False),
+    Column("rule_id", String(255), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("suggestion_uuids", JSON(), nullable=False),
+    Column("issued_at", UTCDateTime(), nullable=False),
+    Index(None, "rule_id", "issued_at"),
+    Index(None, "issued_at"),
+    Index(None, "call_id"),
+)
+
+feedback = Table(
+    "cds_feedback",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    # SHA-256 of the entry's content: the same feedback sent twice collides here.
+    Column("dedup_key", String(64), nullable=False, unique=True),
+    Column(
+        "card_uuid", String(255), ForeignKey(issued_card.c.uuid, ondelete="CASCADE"), nullable=False
+    ),
+    Column("service_id", String(255), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("accepted_suggestion_ids", JSON(), nullable=False),
+    Column("override_reason_system", String(255), nullable=True),
+    Column("override_reason_code", String(255), nullable=True),
+    Column("override_reason_display", Text(), nullable=True),
+    Column("user_comment", Text(), nullable=True),
+    Column("outcome_timestamp", UTCDateTime(), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome"),
+    Index(None, "card_uuid", "outcome_timestamp"),
+)
+
+TABLES = (hook_call, rule_evaluation, issued_card, feedback)

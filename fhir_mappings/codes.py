@@ -1,0 +1,136 @@
+"""Code systems and terminology matching (RxNorm, NDC, CVX, LOINC, SNOMED CT, ICD-10-CM).
+
+RxNorm SCD codes are product-level and the voclosporin RxCUI is unverified, so medications are
+matched by every means at once: verified ingredient/product RxCUIs, the LUPKYNIS NDC, CVX for
+vaccines, and ingredient or brand names found as whole words in displays and text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fhir_mappings.knowledge import Knowledge, normalize_cvx
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+NDC = "http://hl7.org/fhir/sid/ndc"
+CVX = "http://hl7.org/fhir/sid/cvx"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+UCUM = "http://unitsofmeasure.org"
+
+# Names that mean lupus nephritis when a Condition carries only text (payer policy wording).
+LUPUS_NEPHRITIS_TEXT = re.compile(r"\blupus\s+nephritis\b|\bsle\s+glomerulonephritis\b", re.I)
+
+
+@dataclass(frozen=True)
+class Coding:
+    system: str
+    code: str
+    display: str = ""
+
+
+@dataclass(frozen=True)
+class MedicationMatch:
+    ingredients: frozenset[str]
+    roles: frozenset[str]
+    live_vaccine_codes: tuple[str, ...]
+
+    @property
+    def is_live_vaccine(self) -> bool:
+        return "live-vaccine" in self.roles
+
+
+def _word_pattern(terms: Iterable[str]) -> re.Pattern[str]:
+    """One alternation of whole-word terms, longest first so 'levoketoconazole' wins."""
+    escaped = sorted({re.escape(t) for t in terms}, key=len, reverse=True)
+    return re.compile(r"(?<![a-z0-9])(" + "|".join(escaped) + r")(?![a-z0-9])")
+
+
+def normalize_ndc(code: str) -> tuple[int, int] | None:
+    """Return (labeler, product) of an NDC in 5-4-2 (11 digit) or hyphenated form."""
+    code = code.strip()
+    if "-" in code:
+        parts = code.split("-")
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            return int(parts[0]), int(parts[1])
+        return None
+    if len(code) == 11 and code.isdigit():
+        return int(code[:5]), int(code[5:9])
+    return None
+
+
+class Terminology:
+    """Matchers built once from the knowledge base; pure and thread-safe afterwards."""
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self.knowledge = knowledge
+        self._by_term: dict[str, list[tuple[str, str]]] = {}
+        self._by_rxcui: dict[str, list[tuple[str, str]]] = {}
+        for entry in knowledge.drugs:
+            for term in entry.terms:
+                self._by_term.setdefault(term, []).append((entry.ingredient, entry.role))
+            for code in entry.rxnorm:
+                self._by_rxcui.setdefault(code, []).append((entry.ingredient, entry.role))
+        self._drug_pattern = _word_pattern(self._by_term)
+        self._live_pattern = _word_pattern(knowledge.live_vaccine_terms)
+        self._voclosporin_terms = _word_pattern(
+            t for e in knowledge.drugs if e.role == "voclosporin" for t in e.terms
+        )
+        self._ndc = {
+            parsed: ingredient
+            for prefix, ingredient in knowledge.ndc_prefixes.items()
+            if (parsed := normalize_ndc(prefix)) is not None
+        }
+
+    def match_medication(self, codings: Iterable[Coding], texts: Iterable[str]) -> MedicationMatch:
+        """Find the ingredients and roles a medication concept carries."""
+        pairs: set[tuple[str, str]] = set()
+        live_codes: list[str] = []
+        all_texts = list(texts)
+        for coding in codings:
+            if coding.display:
+                all_texts.append(coding.display)
+            if coding.system == RXNORM:
+                pairs.update(self._by_rxcui.get(coding.code, ()))
+            elif coding.system == NDC:
+                ingredient = self._ndc.get(normalize_ndc(coding.code) or (-1, -1))
+                if ingredient:
+                    pairs.add((ingredient, ingredient))
+            elif coding.system == CVX:
+                vaccine = self.knowledge.vaccines.get(normalize_cvx(coding.code))
+                if vaccine and vaccine.live:
+                    live_codes.append(vaccine.cvx)
+        for text in all_texts:
+            lowered = text.lower()
+            for term in self._drug_pattern.findall(lowered):
+                pairs.update(self._by_term[term])
+        roles = {role for _, role in pairs}
+        if live_codes or any(self._live_pattern.search(t.lower()) for t in all_texts):
+            roles.add("live-vaccine")
+        return MedicationMatch(
+            ingredients=frozenset(ingredient for ingredient, _ in pairs),
+            roles=frozenset(roles),
+            live_vaccine_codes=tuple(live_codes),
+        )
+
+    def mentions_voclosporin(self, texts: Iterable[str]) -> bool:
+        return any(self._voclosporin_terms.search(t.lower()) for t in texts)
+
+    def observation_kind(self, codings: Iterable[Coding]) -> str | None:
+        for coding in codings:
+            if coding.system == LOINC and coding.code in self.knowledge.observation_kinds:
+                return self.knowledge.observation_kinds[coding.code]
+        return None
+
+    def condition_kinds(self, codings: Iterable[Coding], texts: Iterable[str]) -> frozenset[str]:
+        kinds = {
+            kind
+            for coding in codings
+            if (kind := self.knowledge.condition_kinds.get((coding.system, coding.code)))
+        }
+        if any(LUPUS_NEPHRITIS_TEXT.search(t) for t in texts):
+            kinds.add("lupus-nephritis")
+        return frozenset(kinds)

@@ -1,0 +1,704 @@
+"""FHIR R4 resources (raw JSON) -> PatientFacts, one function per resource type.
+
+The hook path is hot: parsing every resource into fhir.resources models costs ~0.3 ms each, so
+resources are first picked from the raw JSON by code (only the ones a rule reads), then only those
+are validated with the R4B models. A resource that fails validation is skipped and reported on the
+data-unavailable card; it never fails the request.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from fhir_mappings.codes import UCUM, Coding, Terminology
+from fhir_mappings.egfr import ckd_epi_2021
+from fhir_mappings.facts import (
+    Allergy,
+    BloodPressure,
+    Condition,
+    DataCategory,
+    Dosage,
+    DoseAmount,
+    Immunization,
+    Measurement,
+    Medication,
+    PatientFacts,
+    Unreadable,
+)
+
+Resource = dict[str, Any]
+
+# Observation statuses that carry no usable result.
+_UNUSABLE_OBSERVATION = frozenset({"entered-in-error", "cancelled", "registered"})
+_UNUSABLE_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+_INACTIVE_CLINICAL = frozenset({"inactive", "resolved", "remission"})
+# UCUM/common spellings of the units the rules read.
+_MG_DL = frozenset({"mg/dl"})
+_UMOL_L = frozenset({"umol/l", "µmol/l", "μmol/l", "micromol/l"})
+_MMOL_L = frozenset({"mmol/l", "meq/l", "meq/liter"})
+_CAPSULE = frozenset({"capsule", "capsules", "cap", "caps", "{capsule}", "{capsules}", "{cap}"})
+# HL7 v3 GTSAbbreviation timing codes -> administrations per day.
+_TIMING_CODES = {
+    "QD": 1.0,
+    "BID": 2.0,
+    "TID": 3.0,
+    "QID": 4.0,
+    "Q12H": 2.0,
+    "Q8H": 3.0,
+    "Q6H": 4.0,
+    "Q4H": 6.0,
+    "QOD": 0.5,
+    "AM": 1.0,
+    "PM": 1.0,
+    "WK": 1 / 7,
+}
+_PERIOD_DAYS = {
+    "s": 1 / 86400,
+    "min": 1 / 1440,
+    "h": 1 / 24,
+    "d": 1.0,
+    "wk": 7.0,
+    "mo": 30.0,
+    "a": 365.0,
+}
+
+
+class FhirInputError(ValueError):
+    """The request's FHIR data has the wrong shape (e.g. draftOrders is not a Bundle)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Small readers over raw JSON
+
+
+def codings(concept: Any) -> list[Coding]:
+    """Codings of a CodeableConcept, tolerating junk."""
+    if not isinstance(concept, dict):
+        return []
+    result = []
+    for c in concept.get("coding") or []:
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            result.append(
+                Coding(str(c.get("system") or ""), c["code"], str(c.get("display") or ""))
+            )
+    return result
+
+
+def concept_texts(concept: Any) -> list[str]:
+    if not isinstance(concept, dict):
+        return []
+    texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
+    texts += [c.display for c in codings(concept) if c.display]
+    return texts
+
+
+def concept_name(concept: Any) -> str:
+    texts = concept_texts(concept)
+    return texts[0] if texts else "(unnamed)"
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """FHIR date/dateTime/instant (partial dates allowed) -> aware UTC datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 4:
+            return datetime(int(text), 1, 1, tzinfo=UTC)
+        if len(text) == 7:
+            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_date(value: Any) -> date | None:
+    parsed = parse_datetime(value)
+    return parsed.date() if parsed else None
+
+
+def reference_of(resource: Resource) -> str:
+    return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
+
+
+def observation_time(resource: Resource) -> datetime | None:
+    when = parse_datetime(resource.get("effectiveDateTime")) or parse_datetime(
+        resource.get("effectiveInstant")
+    )
+    period = resource.get("effectivePeriod")
+    if when is None and isinstance(period, dict):
+        when = parse_datetime(period.get("end")) or parse_datetime(period.get("start"))
+    return when or parse_datetime(resource.get("issued"))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _quantity(value: Any) -> tuple[float, str, str | None] | None:
+    """(value, unit, comparator) of a Quantity, or None."""
+    if not isinstance(value, dict):
+        return None
+    number = _number(value.get("value"))
+    if number is None:
+        return None
+    unit = value.get("code") if value.get("system") == UCUM else None
+    unit = unit or value.get("unit") or value.get("code") or ""
+    comparator = value.get("comparator") if isinstance(value.get("comparator"), str) else None
+    return number, str(unit), comparator
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation gate
+
+
+@cache
+def _model(resource_type: str) -> Any:
+    module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
+    return getattr(module, resource_type)
+
+
+def validation_problem(resource: Resource) -> str | None:
+    """Validate one picked resource against the R4B model; return a short reason or None."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type.isalpha():
+        return "resource has no valid resourceType"
+    try:
+        model = _model(resource_type)
+    except (ImportError, AttributeError):
+        return f"unknown FHIR resource type {resource_type!r}"
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return (
+            f"invalid FHIR R4 {resource_type} ({exc.error_count()} problem(s); first at "
+            f"{where or 'root'}: {first.get('msg', 'invalid')})"
+        )
+    except (ValueError, TypeError) as exc:
+        return f"invalid FHIR R4 {resource_type}: {exc}"
+    return None
+
+
+def bundle_resources(bundle: Any) -> list[Resource]:
+    """The resources of a Bundle (or a single resource), skipping search outcomes."""
+    if not isinstance(bundle, dict):
+        return []
+    if bundle.get("resourceType") != "Bundle":
+        return [bundle] if isinstance(bundle.get("resourceType"), str) else []
+    result = []
+    for entry in bundle.get("entry") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        if (entry.get("search") or {}).get("mode") == "outcome":
+            continue
+        result.append(entry["resource"])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The mapping
+
+
+@dataclass
+class _Mapper:
+    terminology: Terminology
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+    def accept(self, resource: Resource) -> bool:
+        """Validate a picked resource; record and skip it when invalid or a duplicate."""
+        problem = validation_problem(resource)
+        if problem:
+            self.unreadable.append(Unreadable(reference_of(resource), problem))
+            return False
+        return True
+
+    def skip(self, resource: Resource, reason: str) -> None:
+        self.unreadable.append(Unreadable(reference_of(resource), reason))
+
+    # -- medications ---------------------------------------------------------------------------
+
+    def medication(
+        self,
+        resource: Resource,
+        medications_by_ref: Mapping[str, Resource],
+        *,
+        draft: bool = False,
+        selected: bool = False,
+    ) -> Medication:
+        concept, extra_texts = self._medication_concept(resource, medications_by_ref)
+        match = self.terminology.match_medication(
+            codings(concept), concept_texts(concept) + extra_texts
+        )
+        dispense = (
+            resource.get("dispenseRequest")
+            if isinstance(resource.get("dispenseRequest"), dict)
+            else {}
+        )
+        quantity = _quantity(dispense.get("quantity"))
+        supply = _quantity(dispense.get("expectedSupplyDuration"))
+        repeats = dispense.get("numberOfRepeatsAllowed")
+        name = (concept_texts(concept) + extra_texts + ["(unnamed medication)"])[0]
+        return Medication(
+            reference=reference_of(resource),
+            name=name,
+            ingredients=match.ingredients,
+            roles=match.roles,
+            status=resource.get("status") if isinstance(resource.get("status"), str) else None,
+            authored_on=parse_datetime(resource.get("authoredOn")),
+            is_draft=draft,
+            is_selected=selected,
+            dosage=self.dosage(resource) if match.roles else None,
+            live_vaccine_codes=match.live_vaccine_codes,
+            dispense_quantity=quantity[0] if quantity else None,
+            dispense_unit=quantity[1] if quantity else None,
+            expected_supply_days=_to_days(supply) if supply else None,
+            number_of_repeats=repeats if isinstance(repeats, int) else None,
+            resource=resource if draft else None,
+        )
+
+    def _medication_concept(
+        self, resource: Resource, medications_by_ref: Mapping[str, Resource]
+    ) -> tuple[Any, list[str]]:
+        """The medication concept of a request: inline, contained, or a referenced Medication."""
+        for key in ("medicationCodeableConcept", "vaccineCode"):
+            if isinstance(resource.get(key), dict):
+                return resource[key], []
+        reference = resource.get("medicationReference")
+        if not isinstance(reference, dict):
+            return None, []
+        extra = [reference["display"]] if isinstance(reference.get("display"), str) else []
+        target = reference.get("reference")
+        medication: Resource | None = None
+        if isinstance(target, str) and target.startswith("#"):
+            for contained in resource.get("contained") or []:
+                if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                    medication = contained
+        elif isinstance(target, str):
+            # "Medication/1", or an absolute URL ending in it.
+            medication = medications_by_ref.get("/".join(target.rstrip("/").split("/")[-2:]))
+        if medication is None:
+            return None, extra
+        for ingredient in medication.get("ingredient") or []:
+            if isinstance(ingredient, dict):
+                extra += concept_texts(ingredient.get("itemCodeableConcept"))
+                item = ingredient.get("itemReference")
+                if isinstance(item, dict) and isinstance(item.get("display"), str):
+                    extra.append(item["display"])
+        return medication.get("code"), extra
+
+    def dosage(self, resource: Resource) -> Dosage | None:
+        """Read dose per administration (mg) and administrations per day."""
+        instructions = [d for d in resource.get("dosageInstruction") or [] if isinstance(d, dict)]
+        if not instructions:
+            return None
+        capsule_mg = self.terminology.knowledge.dose.capsule_mg
+        doses: list[DoseAmount] = []
+        per_day_total: float | None = 0.0
+        texts = []
+        for instruction in instructions:
+            if isinstance(instruction.get("text"), str):
+                texts.append(instruction["text"])
+            per_day, when = _frequency(instruction.get("timing"))
+            mg = _dose_mg(instruction, capsule_mg)
+            if per_day is None or per_day_total is None:
+                per_day_total = None
+            else:
+                per_day_total += per_day
+            if mg is None:
+                continue
+            if when:
+                doses.extend(DoseAmount(mg, w) for w in when)
+            elif per_day is not None and per_day == int(per_day) and per_day <= 6:
+                doses.extend(DoseAmount(mg) for _ in range(int(per_day)))
+            else:
+                doses.append(DoseAmount(mg))
+        return Dosage(tuple(doses), per_day_total, "; ".join(texts))
+
+    # -- observations --------------------------------------------------------------------------
+
+    def measurement(self, resource: Resource, kind: str) -> Measurement | None:
+        if resource.get("status") in _UNUSABLE_OBSERVATION:
+            return None
+        quantity = _quantity(resource.get("valueQuantity"))
+        if quantity is None:
+            self.skip(resource, f"{kind} result has no numeric valueQuantity")
+            return None
+        value, unit, comparator = quantity
+        code = next(
+            (
+                c.code
+                for c in codings(resource.get("code"))
+                if self.terminology.observation_kind([c])
+            ),
+            "",
+        )
+        if kind == "creatinine":
+            converted = self._creatinine_mg_dl(value, unit)
+            if converted is None:
+                self.skip(resource, f"creatinine unit {unit!r} not recognised (mg/dL or umol/L)")
+                return None
+            value, unit = converted, "mg/dL"
+        if kind == "potassium" and unit.lower() not in _MMOL_L:
+            self.skip(resource, f"potassium unit {unit!r} not recognised (mmol/L)")
+            return None
+        method = f"LOINC {code}" + (f", reported as '{comparator}{value:g}'" if comparator else "")
+        return Measurement(
+            value=value,
+            unit=unit,
+            when=observation_time(resource),
+            source=reference_of(resource),
+            code=code,
+            method=method,
+            reference_high=_reference_high(resource),
+        )
+
+    def _creatinine_mg_dl(self, value: float, unit: str) -> float | None:
+        lowered = unit.lower()
+        if lowered in _MG_DL:
+            return value
+        if lowered in _UMOL_L:
+            return value / self.terminology.knowledge.creatinine_umol_per_mg_dl
+        return None
+
+    def blood_pressures(self, resource: Resource, kind: str) -> Iterator[BloodPressure]:
+        if resource.get("status") in _UNUSABLE_OBSERVATION:
+            return
+        when, source = observation_time(resource), reference_of(resource)
+        if kind == "bp-panel":
+            parts: dict[str, float] = {}
+            for component in resource.get("component") or []:
+                if not isinstance(component, dict):
+                    continue
+                part = self.terminology.observation_kind(codings(component.get("code")))
+                quantity = _quantity(component.get("valueQuantity"))
+                if part in ("systolic", "diastolic") and quantity:
+                    parts[part] = quantity[0]
+            if parts:
+                yield BloodPressure(parts.get("systolic"), parts.get("diastolic"), when, source)
+            return
+        quantity = _quantity(resource.get("valueQuantity"))
+        if quantity is None:
+            self.skip(resource, f"{kind} blood pressure has no numeric valueQuantity")
+        elif kind == "systolic":
+            yield BloodPressure(quantity[0], None, when, source)
+        else:
+            yield BloodPressure(None, quantity[0], when, source)
+
+    # -- other resources -----------------------------------------------------------------------
+
+    def condition(self, resource: Resource) -> Condition | None:
+        status = _status_code(resource.get("clinicalStatus"))
+        verification = _status_code(resource.get("verificationStatus"))
+        if verification in _UNUSABLE_VERIFICATION:
+            return None
+        concept = resource.get("code")
+        kinds = self.terminology.condition_kinds(codings(concept), concept_texts(concept))
+        return Condition(reference_of(resource), concept_name(concept), kinds, status)
+
+    def immunization(self, resource: Resource) -> Immunization | None:
+        status = resource.get("status")
+        if status in ("not-done", "entered-in-error"):
+            return None
+        concept = resource.get("vaccineCode")
+        match = self.terminology.match_medication(codings(concept), concept_texts(concept))
+        return Immunization(
+            reference=reference_of(resource),
+            name=concept_name(concept),
+            cvx_codes=tuple(c.code for c in codings(concept) if "cvx" in c.system),
+            live=match.is_live_vaccine,
+            when=parse_datetime(resource.get("occurrenceDateTime"))
+            or parse_datetime(resource.get("recorded")),
+            status=status if isinstance(status, str) else None,
+        )
+
+    def allergy(self, resource: Resource) -> Allergy | None:
+        clinical = _status_code(resource.get("clinicalStatus"))
+        verification = _status_code(resource.get("verificationStatus"))
+        if verification in _UNUSABLE_VERIFICATION or clinical in _INACTIVE_CLINICAL:
+            return None
+        texts = concept_texts(resource.get("code"))
+        severities: list[str] = []
+        for reaction in resource.get("reaction") or []:
+            if not isinstance(reaction, dict):
+                continue
+            texts += concept_texts(reaction.get("substance"))
+            if isinstance(reaction.get("severity"), str):
+                severities.append(reaction["severity"])
+        match = self.terminology.match_medication(codings(resource.get("code")), texts)
+        criticality = resource.get("criticality")
+        return Allergy(
+            reference=reference_of(resource),
+            substance=(texts + ["(unnamed substance)"])[0],
+            to_voclosporin="voclosporin" in match.roles,
+            criticality=criticality if isinstance(criticality, str) else None,
+            severities=tuple(severities),
+            verification=verification,
+            clinical_status=clinical,
+        )
+
+
+def _status_code(concept: Any) -> str | None:
+    for coding in codings(concept):
+        return coding.code
+    return None
+
+
+def _reference_high(resource: Resource) -> float | None:
+    for reference_range in resource.get("referenceRange") or []:
+        if isinstance(reference_range, dict):
+            high = _quantity(reference_range.get("high"))
+            if high is not None:
+                return high[0]
+    return None
+
+
+def _to_days(quantity: tuple[float, str, str | None]) -> float | None:
+    value, unit, _ = quantity
+    factor = _PERIOD_DAYS.get(unit.lower().rstrip("s") if unit not in _PERIOD_DAYS else unit)
+    named = {"day": 1.0, "week": 7.0, "month": 30.0, "year": 365.0}
+    factor = factor or named.get(unit.lower().rstrip("s"))
+    return value * factor if factor else None
+
+
+def _frequency(timing: Any) -> tuple[float | None, tuple[str, ...]]:
+    """Administrations per day and the named times of day (MORN, EVE...) of a Timing."""
+    if not isinstance(timing, dict):
+        return None, ()
+    repeat = timing.get("repeat") if isinstance(timing.get("repeat"), dict) else {}
+    when = tuple(w for w in repeat.get("when") or [] if isinstance(w, str))
+    frequency = _number(repeat.get("frequency"))
+    period = _number(repeat.get("period"))
+    unit = repeat.get("periodUnit")
+    if frequency is not None and period and isinstance(unit, str) and unit in _PERIOD_DAYS:
+        return frequency / (period * _PERIOD_DAYS[unit]), when
+    time_of_day = [t for t in repeat.get("timeOfDay") or [] if isinstance(t, str)]
+    if when or time_of_day:
+        return float(len(when) or len(time_of_day)), when
+    for coding in codings(timing.get("code")):
+        if coding.code.upper() in _TIMING_CODES:
+            return _TIMING_CODES[coding.code.upper()], when
+    return None, when
+
+
+def _dose_mg(instruction: Resource, capsule_mg: float) -> float | None:
+    for dose_and_rate in instruction.get("doseAndRate") or []:
+        if not isinstance(dose_and_rate, dict):
+            continue
+        quantity = _quantity(dose_and_rate.get("doseQuantity"))
+        if quantity is None:
+            continue
+        value, unit, _ = quantity
+        if unit.lower() == "mg":
+            return value
+        if unit.lower() in _CAPSULE:
+            return round(value * capsule_mg, 2)
+    return None
+
+
+def build_facts(
+    *,
+    terminology: Terminology,
+    now: datetime,
+    hook: str,
+    patient_id: str,
+    patient: Resource | None,
+    chart: Mapping[DataCategory, Sequence[Resource]],
+    draft_orders: Sequence[Resource],
+    selections: frozenset[str] | None,
+    unavailable: Mapping[DataCategory, str],
+    included: Sequence[Resource] = (),
+) -> PatientFacts:
+    """Turn the chart (resources per category) and the draft orders into PatientFacts."""
+    mapper = _Mapper(terminology)
+    medications_by_ref = _medications_by_reference(
+        [*included, *chart.get(DataCategory.MEDICATIONS, ()), *draft_orders]
+    )
+    birth_date, sex = None, None
+    if patient is not None and mapper.accept(patient):
+        birth_date = parse_date(patient.get("birthDate"))
+        gender = patient.get("gender")
+        sex = gender if gender in ("female", "male") else None
+
+    drafts = []
+    for resource in draft_orders:
+        if resource.get("resourceType") not in ("MedicationRequest", "Immunization"):
+            continue
+        if not mapper.accept(resource):
+            continue
+        ref = reference_of(resource)
+        selected = selections is None or ref in selections
+        drafts.append(
+            mapper.medication(resource, medications_by_ref, draft=True, selected=selected)
+        )
+
+    medications = [
+        mapper.medication(r, medications_by_ref)
+        for r in _unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
+        if mapper.accept(r)
+    ]
+    draft_refs = {d.reference for d in drafts}
+    medications = [m for m in medications if m.reference not in draft_refs]
+
+    observations = _pick_observations(mapper, chart)
+    egfr = sorted(observations.get("egfr", []), key=_by_time)
+    creatinine = sorted(observations.get("creatinine", []), key=_by_time)
+    egfr = _with_computed_egfr(egfr, creatinine, birth_date, sex, terminology)
+    bps = sorted(
+        (
+            bp
+            for r, kind in observations_raw(mapper, chart, ("bp-panel", "systolic", "diastolic"))
+            for bp in mapper.blood_pressures(r, kind)
+        ),
+        key=_by_time,
+    )
+    conditions = [
+        c
+        for r in _unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
+        if mapper.accept(r) and (c := mapper.condition(r))
+    ]
+    immunizations = [
+        i
+        for r in _unique(chart.get(DataCategory.IMMUNIZATIONS, ()), "Immunization")
+        if mapper.accept(r) and (i := mapper.immunization(r))
+    ]
+    allergies = [
+        a
+        for r in _unique(chart.get(DataCategory.ALLERGIES, ()), "AllergyIntolerance")
+        if mapper.accept(r) and (a := mapper.allergy(r))
+    ]
+
+    return PatientFacts(
+        now=now,
+        patient_id=patient_id,
+        hook=hook,
+        birth_date=birth_date,
+        sex=sex,
+        draft_orders=tuple(drafts),
+        medications=tuple(medications),
+        egfr=tuple(egfr),
+        creatinine=tuple(creatinine),
+        blood_pressures=tuple(bps),
+        potassium=tuple(sorted(observations.get("potassium", []), key=_by_time)),
+        upcr=tuple(sorted(observations.get("upcr", []), key=_by_time)),
+        conditions=tuple(conditions),
+        immunizations=tuple(immunizations),
+        allergies=tuple(allergies),
+        unavailable=frozenset(unavailable),
+        unavailable_reasons=tuple(sorted(unavailable.items())),
+        unreadable=tuple(mapper.unreadable),
+    )
+
+
+_OBSERVATION_CATEGORIES = (
+    DataCategory.EGFR,
+    DataCategory.CREATININE,
+    DataCategory.BLOOD_PRESSURE,
+    DataCategory.POTASSIUM,
+    DataCategory.UPCR,
+)
+
+
+def observations_raw(
+    mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]], kinds: Iterable[str]
+) -> Iterator[tuple[Resource, str]]:
+    """Observations of the wanted kinds from any observation category, validated, deduplicated."""
+    wanted = set(kinds)
+    seen: set[str] = set()
+    for category in _OBSERVATION_CATEGORIES:
+        for resource in chart.get(category, ()):
+            if resource.get("resourceType") != "Observation":
+                continue
+            kind = mapper.terminology.observation_kind(codings(resource.get("code")))
+            if kind not in wanted:
+                continue
+            key = str(resource.get("id")) if resource.get("id") else str(id(resource))
+            if key in seen:
+                continue
+            seen.add(key)
+            if mapper.accept(resource):
+                yield resource, kind
+
+
+def _pick_observations(
+    mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]]
+) -> dict[str, list[Measurement]]:
+    result: dict[str, list[Measurement]] = {}
+    for resource, kind in observations_raw(
+        mapper, chart, ("egfr", "creatinine", "potassium", "upcr")
+    ):
+        measurement = mapper.measurement(resource, kind)
+        if measurement is not None:
+            result.setdefault(kind, []).append(measurement)
+    return result
+
+
+def _with_computed_egfr(
+    egfr: list[Measurement],
+    creatinine: list[Measurement],
+    birth_date: date | None,
+    sex: str | None,
+    terminology: Terminology,
+) -> list[Measurement]:
+    """Add CKD-EPI 2021 eGFR for creatinine results on days with no measured eGFR."""
+    measured_days = {m.when.date() for m in egfr if m.when}
+    k = terminology.knowledge.ckd_epi
+    computed = []
+    for result in creatinine:
+        if result.when is None or result.when.date() in measured_days:
+            continue
+        if birth_date is None or sex is None:
+            continue
+        age = (result.when.date() - birth_date).days / 365.25
+        if age < k.minimum_age:
+            continue
+        value = ckd_epi_2021(result.value, age, sex == "female", k)
+        computed.append(
+            Measurement(
+                value=round(value, 1),
+                unit="mL/min/1.73m2",
+                when=result.when,
+                source=result.source,
+                code=result.code,
+                computed=True,
+                method=f"computed with CKD-EPI 2021 from creatinine {result.value:.2f} mg/dL, "
+                f"age {int(age)}, {sex}",
+            )
+        )
+    return sorted(egfr + computed, key=_by_time)
+
+
+def _by_time(item: Measurement | BloodPressure) -> datetime:
+    return item.when or datetime.min.replace(tzinfo=UTC)
+
+
+def _unique(resources: Iterable[Resource], resource_type: str) -> Iterator[Resource]:
+    """Resources of one type, each id once (prefetch and paging can repeat entries)."""
+    seen: set[str] = set()
+    for resource in resources:
+        if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+            continue
+        key = str(resource.get("id") or id(resource))
+        if key in seen:
+            continue
+        seen.add(key)
+        yield resource
+
+
+def _medications_by_reference(resources: Iterable[Resource]) -> dict[str, Resource]:
+    result: dict[str, Resource] = {}
+    for resource in resources:
+        if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
+            result[f"Medication/{resource.get('id')}"] = resource
+    return result

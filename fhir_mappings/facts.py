@@ -1,0 +1,243 @@
+"""PatientFacts: the normalized clinical facts the rules read.
+
+Everything here is frozen and FHIR-free. ``None`` always means "unknown", never "normal"; which
+data could not be obtained at all is listed in ``PatientFacts.unavailable``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class DataCategory(StrEnum):
+    """A slice of the chart that is fetched (or prefetched) as one unit."""
+
+    PATIENT = "patient"
+    MEDICATIONS = "medications"
+    EGFR = "egfr"
+    CREATININE = "creatinine"
+    BLOOD_PRESSURE = "bloodPressure"
+    POTASSIUM = "potassium"
+    UPCR = "upcr"
+    CONDITIONS = "conditions"
+    IMMUNIZATIONS = "immunizations"
+    ALLERGIES = "allergies"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One numeric lab result in canonical units, with where it came from."""
+
+    value: float
+    unit: str
+    when: datetime | None
+    source: str
+    code: str
+    computed: bool = False
+    method: str = ""
+    reference_high: float | None = None
+
+
+@dataclass(frozen=True)
+class BloodPressure:
+    """One blood-pressure reading (either part may be missing)."""
+
+    systolic: float | None
+    diastolic: float | None
+    when: datetime | None
+    source: str
+
+
+@dataclass(frozen=True)
+class DoseAmount:
+    """One administration of a dose: amount in mg and, when stated, the time of day."""
+
+    mg: float
+    when: str | None = None
+
+
+@dataclass(frozen=True)
+class Dosage:
+    """The dosing regimen of an order, as far as it could be read."""
+
+    doses: tuple[DoseAmount, ...]
+    doses_per_day: float | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Medication:
+    """A medication order (active, historical or draft) after terminology matching."""
+
+    reference: str
+    name: str
+    ingredients: frozenset[str]
+    roles: frozenset[str]
+    status: str | None
+    authored_on: datetime | None
+    is_draft: bool = False
+    is_selected: bool = False
+    dosage: Dosage | None = None
+    live_vaccine_codes: tuple[str, ...] = ()
+    dispense_quantity: float | None = None
+    dispense_unit: str | None = None
+    expected_supply_days: float | None = None
+    number_of_repeats: int | None = None
+    resource: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_voclosporin(self) -> bool:
+        return "voclosporin" in self.roles
+
+    @property
+    def is_live_vaccine(self) -> bool:
+        return "live-vaccine" in self.roles
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class Immunization:
+    """A recorded immunization (given, not ordered)."""
+
+    reference: str
+    name: str
+    cvx_codes: tuple[str, ...]
+    live: bool
+    when: datetime | None
+    status: str | None
+
+
+@dataclass(frozen=True)
+class Allergy:
+    """A recorded allergy or intolerance, with whether it is to voclosporin."""
+
+    reference: str
+    substance: str
+    to_voclosporin: bool
+    criticality: str | None
+    severities: tuple[str, ...]
+    verification: str | None
+    clinical_status: str | None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A recorded condition and the kinds (``lupus-nephritis``) it matched."""
+
+    reference: str
+    name: str
+    kinds: frozenset[str]
+    clinical_status: str | None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A resource skipped because it failed validation; shown on the data-unavailable card."""
+
+    reference: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PatientFacts:
+    """Everything the rules may read about one patient and one order session."""
+
+    now: datetime
+    patient_id: str
+    hook: str
+    birth_date: date | None = None
+    sex: str | None = None
+    draft_orders: tuple[Medication, ...] = ()
+    medications: tuple[Medication, ...] = ()
+    egfr: tuple[Measurement, ...] = ()
+    creatinine: tuple[Measurement, ...] = ()
+    blood_pressures: tuple[BloodPressure, ...] = ()
+    potassium: tuple[Measurement, ...] = ()
+    upcr: tuple[Measurement, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    immunizations: tuple[Immunization, ...] = ()
+    allergies: tuple[Allergy, ...] = ()
+    unavailable: frozenset[DataCategory] = frozenset()
+    unavailable_reasons: tuple[tuple[DataCategory, str], ...] = ()
+    unreadable: tuple[Unreadable, ...] = ()
+
+    @property
+    def age_years(self) -> int | None:
+        """Age in whole years at ``now``; None when the birth date is unknown."""
+        if self.birth_date is None:
+            return None
+        today = self.now.date()
+        before_birthday = (today.month, today.day) < (self.birth_date.month, self.birth_date.day)
+        return today.year - self.birth_date.year - int(before_birthday)
+
+    @property
+    def active_medications(self) -> tuple[Medication, ...]:
+        """Recorded orders that are in force (not the drafts being signed)."""
+        return tuple(m for m in self.medications if m.status in ACTIVE_STATUSES)
+
+    @property
+    def draft_voclosporin(self) -> tuple[Medication, ...]:
+        """Voclosporin orders being written now (for order-select: the selected ones)."""
+        return tuple(m for m in self.draft_orders if m.is_voclosporin and m.is_selected)
+
+    @property
+    def ordering_voclosporin(self) -> bool:
+        """Voclosporin is among the orders being written (initiation or renewal)."""
+        return bool(self.draft_voclosporin)
+
+    @property
+    def takes_voclosporin(self) -> bool:
+        """Voclosporin is already in force, or drafted earlier in this ordering session."""
+        return any(m.is_voclosporin for m in self.active_medications) or any(
+            m.is_voclosporin and not m.is_selected for m in self.draft_orders
+        )
+
+    @property
+    def is_renewal(self) -> bool:
+        """A voclosporin order while a course is already running (or the order says it renews)."""
+        return self.ordering_voclosporin and (
+            any(m.is_voclosporin for m in self.active_medications)
+            or any(_has_prior_prescription(m) for m in self.draft_voclosporin)
+        )
+
+    @property
+    def is_initiation(self) -> bool:
+        return self.ordering_voclosporin and not self.is_renewal
+
+    @property
+    def voclosporin_involved(self) -> bool:
+        """Voclosporin is being ordered, or the patient takes it: the service has a say."""
+        return self.ordering_voclosporin or self.takes_voclosporin
+
+    @property
+    def course_start(self) -> datetime | None:
+        """Start of the running voclosporin course: the earliest authoredOn of its orders."""
+        dates = [m.authored_on for m in self.medications if m.is_voclosporin and m.authored_on]
+        return min(dates) if dates else None
+
+    def partners(self, role: str) -> tuple[Medication, ...]:
+        """Orders with ``role`` that would be taken together with voclosporin.
+
+        Ordering voclosporin meets every drafted and active order; a patient who already takes
+        voclosporin meets the newly written (selected) orders.
+        """
+        if self.ordering_voclosporin:
+            pool = (*self.draft_orders, *self.active_medications)
+        elif self.takes_voclosporin:
+            pool = tuple(m for m in self.draft_orders if m.is_selected)
+        else:
+            return ()
+        return tuple(m for m in pool if m.has_role(role) and not m.is_voclosporin)
+
+
+ACTIVE_STATUSES = frozenset({"active", "on-hold"})
+
+
+def _has_prior_prescription(medication: Medication) -> bool:
+    resource = medication.resource or {}
+    return bool(resource.get("priorPrescription"))

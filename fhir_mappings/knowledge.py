@@ -1,0 +1,343 @@
+"""Load and validate the reviewed knowledge data in ``fhir_mappings/data/``.
+
+The data is read once at start-up; anything malformed raises ``KnowledgeError`` so a bad data
+change stops the service from starting instead of silently weakening a check.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+DATA_DIR = Path(__file__).parent / "data"
+
+DRUG_ROLES = frozenset(
+    {
+        "voclosporin",
+        "strong-cyp3a4-inhibitor",
+        "moderate-cyp3a4-inhibitor",
+        "strong-cyp3a4-inducer",
+        "moderate-cyp3a4-inducer",
+        "cyclophosphamide",
+        "calcineurin-inhibitor",
+        "p-gp-substrate",
+        "mycophenolate",
+        "corticosteroid",
+    }
+)
+OBSERVATION_KINDS = frozenset(
+    {"egfr", "creatinine", "potassium", "bp-panel", "systolic", "diastolic", "upcr"}
+)
+CONDITION_KINDS = frozenset({"lupus-nephritis"})
+
+
+class KnowledgeError(ValueError):
+    """The knowledge data is malformed; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class DrugEntry:
+    role: str
+    ingredient: str
+    terms: tuple[str, ...]
+    rxnorm: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class VaccineEntry:
+    cvx: str
+    description: str
+    live: bool
+    note: str
+    source: str
+
+
+@dataclass(frozen=True)
+class RuleCitation:
+    rule_id: str
+    title: str
+    section: str
+
+
+@dataclass(frozen=True)
+class OverrideReason:
+    system: str
+    code: str
+    display: str
+
+
+@dataclass(frozen=True)
+class Renal:
+    baseline_low_max: float
+    baseline_max_age_days: int
+    decline_applies_below: float
+    decline_reduce_above_percent: float
+    decline_discontinue_from_percent: float
+    severe_impairment_below: float
+
+
+@dataclass(frozen=True)
+class CkdEpi2021:
+    constant: float
+    kappa_female: float
+    kappa_male: float
+    alpha_female: float
+    alpha_male: float
+    above_kappa_exponent: float
+    age_base: float
+    female_factor: float
+    minimum_age: int
+
+
+@dataclass(frozen=True)
+class BloodPressureLimits:
+    systolic_max: float
+    diastolic_max: float
+    max_age_days: int
+
+
+@dataclass(frozen=True)
+class PotassiumLimits:
+    default_high_mmol_l: float
+    max_age_days: int
+
+
+@dataclass(frozen=True)
+class DoseRules:
+    capsule_mg: float
+    doses_per_day: int
+    starting_dose_mg: float
+    max_dose_mg: float
+    reduction_step_mg: float
+    severe_renal_starting_dose_mg: float
+    moderate_inhibitor_morning_mg: float
+    moderate_inhibitor_evening_mg: float
+    mg_tolerance: float
+
+
+@dataclass(frozen=True)
+class DurationRules:
+    reassess_after_days: int
+    not_established_after_days: int
+
+
+@dataclass(frozen=True)
+class PriorAuthorizationLimits:
+    quantity_capsules: int
+    quantity_period_days: int
+    approval_months: int
+    minimum_age_years: int
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """The whole reviewed knowledge base, immutable after loading."""
+
+    version: str
+    digest: str
+    label_title: str
+    label_url: str
+    payer_policy_title: str
+    drugs: tuple[DrugEntry, ...]
+    ndc_prefixes: dict[str, str]
+    vaccines: dict[str, VaccineEntry]
+    live_vaccine_terms: tuple[str, ...]
+    observation_kinds: dict[str, str]
+    condition_kinds: dict[tuple[str, str], str]
+    renal: Renal
+    ckd_epi: CkdEpi2021
+    creatinine_umol_per_mg_dl: float
+    blood_pressure: BloodPressureLimits
+    potassium: PotassiumLimits
+    adult_from_years: int
+    live_vaccine_days_before_initiation: int
+    dose: DoseRules
+    duration: DurationRules
+    prior_authorization: PriorAuthorizationLimits
+    rules: dict[str, RuleCitation]
+    override_reasons: tuple[OverrideReason, ...]
+
+    @property
+    def full_version(self) -> str:
+        """Version plus a digest of the files, so an unreviewed edit is visible in the audit."""
+        return f"{self.version}+{self.digest[:12]}"
+
+    def loinc_codes(self, *kinds: str) -> tuple[str, ...]:
+        return tuple(code for code, kind in self.observation_kinds.items() if kind in kinds)
+
+    def with_local_policy(
+        self,
+        egfr_baseline_max_days: int | None = None,
+        bp_max_age_days: int | None = None,
+        potassium_high_default: float | None = None,
+    ) -> Knowledge:
+        """Apply the site's configured local-policy values (documented in the README)."""
+        renal, bp, potassium = self.renal, self.blood_pressure, self.potassium
+        if egfr_baseline_max_days is not None:
+            renal = replace(renal, baseline_max_age_days=_positive(egfr_baseline_max_days))
+        if bp_max_age_days is not None:
+            bp = replace(bp, max_age_days=_positive(bp_max_age_days))
+        if potassium_high_default is not None:
+            potassium = replace(potassium, default_high_mmol_l=_positive(potassium_high_default))
+        return replace(self, renal=renal, blood_pressure=bp, potassium=potassium)
+
+
+T = TypeVar("T")
+
+
+def _positive(value: T) -> T:
+    if not isinstance(value, int | float) or value <= 0:
+        raise KnowledgeError(f"local policy value must be a positive number, got {value!r}")
+    return value
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows, start=2):
+        for column in required:
+            if not (row.get(column) or "").strip():
+                raise KnowledgeError(f"{path.name} line {number}: column {column!r} is empty")
+    return rows
+
+
+def _section(cls: type[T], data: dict[str, Any], name: str) -> T:
+    """Build a typed section dataclass, refusing missing keys and wrong types."""
+    values: dict[str, Any] = {}
+    for spec in fields(cls):  # type: ignore[arg-type]
+        if spec.name not in data:
+            raise KnowledgeError(f"rules.toml [{name}]: missing {spec.name!r}")
+        value = data[spec.name]
+        wanted = int if spec.type == "int" else float
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise KnowledgeError(f"rules.toml [{name}].{spec.name}: expected a number")
+        if wanted is int and not isinstance(value, int):
+            raise KnowledgeError(f"rules.toml [{name}].{spec.name}: expected an integer")
+        values[spec.name] = wanted(value)
+    return cls(**values)
+
+
+def _drugs(directory: Path) -> tuple[DrugEntry, ...]:
+    entries = []
+    rows = _read_csv(directory / "drugs.csv", ("role", "ingredient", "terms", "source"))
+    for number, row in enumerate(rows, start=2):
+        if row["role"] not in DRUG_ROLES:
+            raise KnowledgeError(f"drugs.csv line {number}: unknown role {row['role']!r}")
+        terms = tuple(t.strip().lower() for t in row["terms"].split("|") if t.strip())
+        rxnorm = tuple(c.strip() for c in (row.get("rxnorm") or "").split("|") if c.strip())
+        if not all(code.isdigit() for code in rxnorm):
+            raise KnowledgeError(f"drugs.csv line {number}: RxCUIs must be digits")
+        entries.append(
+            DrugEntry(row["role"], row["ingredient"].lower(), terms, rxnorm, row["source"])
+        )
+    if not any(entry.role == "voclosporin" for entry in entries):
+        raise KnowledgeError("drugs.csv: no voclosporin row")
+    return tuple(entries)
+
+
+def _vaccines(directory: Path) -> dict[str, VaccineEntry]:
+    vaccines: dict[str, VaccineEntry] = {}
+    rows = _read_csv(directory / "vaccines.csv", ("cvx", "description", "live", "source"))
+    for number, row in enumerate(rows, start=2):
+        if row["live"] not in ("true", "false"):
+            raise KnowledgeError(f"vaccines.csv line {number}: live must be true or false")
+        cvx = normalize_cvx(row["cvx"])
+        vaccines[cvx] = VaccineEntry(
+            cvx, row["description"], row["live"] == "true", row.get("note") or "", row["source"]
+        )
+    return vaccines
+
+
+def _keyed_kinds(path: Path, key: str, allowed: frozenset[str]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for number, row in enumerate(_read_csv(path, (key, "kind", "source")), start=2):
+        if row["kind"] not in allowed:
+            raise KnowledgeError(f"{path.name} line {number}: unknown kind {row['kind']!r}")
+        kinds[row[key].strip()] = row["kind"]
+    return kinds
+
+
+def normalize_cvx(code: str) -> str:
+    """CVX codes arrive as "03" or "3": compare them without leading zeros."""
+    stripped = code.strip().lstrip("0")
+    return stripped or "0"
+
+
+def _digest(directory: Path) -> str:
+    sha = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            sha.update(path.name.encode())
+            sha.update(path.read_bytes())
+    return sha.hexdigest()
+
+
+def load_knowledge(directory: Path = DATA_DIR) -> Knowledge:
+    """Read every data file, validate it and return the knowledge base."""
+    try:
+        rules_doc = tomllib.loads((directory / "rules.toml").read_text(encoding="utf-8"))
+        reasons_doc = tomllib.loads((directory / "override_reasons.toml").read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise KnowledgeError(f"cannot read knowledge TOML in {directory}: {exc}") from exc
+    try:
+        return _build(directory, rules_doc, reasons_doc)
+    except KeyError as exc:
+        raise KnowledgeError(f"knowledge data in {directory}: missing key {exc}") from exc
+    except OSError as exc:
+        raise KnowledgeError(f"cannot read knowledge data in {directory}: {exc}") from exc
+
+
+def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, Any]) -> Knowledge:
+    ndc_rows = _read_csv(directory / "ndc.csv", ("ndc_prefix", "ingredient", "source"))
+    live_terms = _read_csv(directory / "live_vaccine_terms.csv", ("term", "source"))
+    condition_rows = _read_csv(directory / "conditions.csv", ("system", "code", "kind", "source"))
+    for number, row in enumerate(condition_rows, start=2):
+        if row["kind"] not in CONDITION_KINDS:
+            raise KnowledgeError(f"conditions.csv line {number}: unknown kind {row['kind']!r}")
+    creatinine = rules_doc["creatinine"]
+    citations = {
+        rule_id: RuleCitation(rule_id, str(entry["title"]), str(entry["section"]))
+        for rule_id, entry in rules_doc["rules"].items()
+    }
+    reasons = tuple(
+        OverrideReason(str(reasons_doc["system"]), str(r["code"]), str(r["display"]))
+        for r in reasons_doc["reason"]
+    )
+    if not reasons:
+        raise KnowledgeError("override_reasons.toml: no reasons")
+    return Knowledge(
+        version=str(rules_doc["version"]),
+        digest=_digest(directory),
+        label_title=str(rules_doc["label"]["title"]),
+        label_url=str(rules_doc["label"]["url"]),
+        payer_policy_title=str(rules_doc["payer_policy"]["title"]),
+        drugs=_drugs(directory),
+        ndc_prefixes={row["ndc_prefix"].strip(): row["ingredient"] for row in ndc_rows},
+        vaccines=_vaccines(directory),
+        live_vaccine_terms=tuple(row["term"].strip().lower() for row in live_terms),
+        observation_kinds=_keyed_kinds(directory / "observations.csv", "loinc", OBSERVATION_KINDS),
+        condition_kinds={
+            (r["system"].strip(), r["code"].strip()): r["kind"] for r in condition_rows
+        },
+        renal=_section(Renal, rules_doc["renal"], "renal"),
+        ckd_epi=_section(CkdEpi2021, creatinine["ckd_epi_2021"], "creatinine.ckd_epi_2021"),
+        creatinine_umol_per_mg_dl=float(creatinine["umol_per_mg_dl"]),
+        blood_pressure=_section(BloodPressureLimits, rules_doc["blood_pressure"], "blood_pressure"),
+        potassium=_section(PotassiumLimits, rules_doc["potassium"], "potassium"),
+        adult_from_years=int(rules_doc["age"]["adult_from_years"]),
+        live_vaccine_days_before_initiation=int(
+            rules_doc["live_vaccine"]["days_before_initiation"]
+        ),
+        dose=_section(DoseRules, rules_doc["dose"], "dose"),
+        duration=_section(DurationRules, rules_doc["duration"], "duration"),
+        prior_authorization=_section(
+            PriorAuthorizationLimits, rules_doc["prior_authorization"], "prior_authorization"
+        ),
+        rules=citations,
+        override_reasons=reasons,
+    )

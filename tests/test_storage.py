@@ -1,0 +1,653 @@
+"""Storage: migrations, audit trail, feedback and analytics on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+from support.factories import (
+    NRCS,
+    SERVICE_ID,
+    accepted,
+    call,
+    card,
+    make_app,
+    overridden,
+    sqlite_url,
+)
+
+from cds_service.storage import (
+    HASH_KEY_EXTENSION,
+    AuditWriter,
+    CallRecord,
+    FeedbackEntry,
+    Storage,
+    StorageUnavailableError,
+    UnknownCardError,
+    get_audit_writer,
+    get_storage,
+    hash_patient_id,
+    shutdown_storage,
+)
+from cds_service.storage.schema import TABLES, feedback, metadata
+
+pytest_plugins = ["support.databases"]
+
+DEAD_URLS = {
+    "postgresql-refused": "postgresql+psycopg://postgres@127.0.0.1:1/test",
+    "sqlite-no-directory": "sqlite:////nonexistent-cds-dir/cds.sqlite3",
+}
+NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
+
+
+def count_rows(storage: Storage, table: str) -> int:
+    """Count rows of one of our tables."""
+    with storage.engine.connect() as conn:
+        return int(conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+def store_call_with_cards(
+    storage: Storage, *rule_ids: str, at: datetime = NOW, service_id: str = SERVICE_ID
+) -> list[str]:
+    """Record one call issuing one card per rule id; return the card uuids."""
+    cards = tuple(card(rule_id) for rule_id in rule_ids)
+    record = call(f"hook-{uuid.uuid4()}", at, cards, rules=rule_ids, service_id=service_id)
+    storage.record_call(record)
+    return [item.uuid for item in cards]
+
+
+# -- migrations --------------------------------------------------------------------------
+
+
+def test_migrate_from_empty_reaches_head(empty_storage: Storage) -> None:
+    """An empty database is recognised as such and migrates to the newest revision."""
+    assert empty_storage.is_empty()
+    assert empty_storage.current_revision() is None
+    empty_storage.migrate()
+    assert not empty_storage.is_empty()
+    assert empty_storage.current_revision() == empty_storage.head_revision() == "0001"
+    with empty_storage.engine.connect() as conn:
+        assert {table.name for table in TABLES} <= set(inspect(conn).get_table_names())
+
+
+def test_migrations_match_schema(storage: Storage) -> None:
+    """The migrated database has exactly the tables, columns and indexes schema.py declares."""
+    with storage.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = [
+            item
+            for item in compare_metadata(context, metadata)
+            if not (
+                isinstance(item, tuple)
+                and item[0] == "remove_table"
+                and item[1].name == "alembic_version"
+            )
+        ]
+    assert diff == []
+
+
+def test_migrate_twice_changes_nothing(storage: Storage) -> None:
+    """Upgrading an up-to-date database is a no-op (deploys may run it every time)."""
+    store_call_with_cards(storage, "r1")
+    storage.migrate()
+    assert storage.current_revision() == storage.head_revision()
+    assert count_rows(storage, "cds_issued_card") == 1
+
+
+def test_instances_starting_together_migrate_once(database_url: str) -> None:
+    """Several instances preparing one empty database concurrently all succeed."""
+    storages = [Storage(database_url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def prepare(storage: Storage) -> None:
+        try:
+            storage.prepare()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=prepare, args=(storage,)) for storage in storages]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert storages[0].current_revision() == storages[0].head_revision()
+    finally:
+        for storage in storages:
+            storage.dispose()
+
+
+def test_prepare_warns_when_database_is_behind(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A used database below head is not upgraded silently; the log names the command."""
+    with storage.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+    restarted = Storage(storage.url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cds_service.storage"):
+            restarted.prepare()
+    finally:
+        restarted.dispose()
+    assert "flask --app cds_service db upgrade" in caplog.text
+
+
+# -- records -----------------------------------------------------------------------------
+
+
+def test_hash_patient_id_is_hmac_sha256() -> None:
+    """The patient hash is HMAC-SHA256 hex under the key, and changes with the key."""
+    expected = hmac.new(b"k1", b"Patient/123", hashlib.sha256).hexdigest()
+    assert hash_patient_id(b"k1", "Patient/123") == expected
+    assert hash_patient_id(b"k2", "Patient/123") != expected
+    assert len(expected) == 64
+
+
+def test_records_refuse_naive_times() -> None:
+    """A time without a zone is refused at construction, not stored ambiguously."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        call("h", datetime(2026, 1, 1), ())
+    with pytest.raises(ValueError, match="timezone-aware"):
+        accepted("c", datetime(2026, 1, 1))
+
+
+def test_feedback_entry_refuses_unknown_outcome() -> None:
+    """Only the two CDS Hooks outcomes exist."""
+    with pytest.raises(ValueError, match="outcome"):
+        FeedbackEntry("c", "ignored", (), None, None, None, None, NOW)  # type: ignore[arg-type]
+
+
+# -- audit trail -------------------------------------------------------------------------
+
+
+def test_audit_record_round_trips(storage: Storage) -> None:
+    """Everything in a CallRecord comes back, times as aware UTC."""
+    record = call(
+        "hook-rt",
+        NOW.astimezone(),
+        (card("r1", "critical", 2), card("r2")),
+        rules=("r1", "r2", "r3"),
+    )
+    storage.record_call(record)
+    (back,) = storage.calls_for_hook_instance("hook-rt")
+    assert back.called_at == NOW
+    assert back.called_at.tzinfo is not None
+    assert back.rules_evaluated == ("r1", "r2", "r3")
+    assert sorted(back.cards, key=lambda c: c.uuid) == sorted(record.cards, key=lambda c: c.uuid)
+    assert (
+        back.hook_instance,
+        back.service_id,
+        back.hook,
+        back.duration_ms,
+        back.knowledge_version,
+        back.unavailable_data,
+        back.patient_hash,
+    ) == (
+        record.hook_instance,
+        record.service_id,
+        record.hook,
+        record.duration_ms,
+        record.knowledge_version,
+        record.unavailable_data,
+        record.patient_hash,
+    )
+    assert record.rules_fired == ("r1", "r2")
+
+
+def test_audit_trail_never_holds_the_patient_id(storage: Storage) -> None:
+    """Only the keyed hash is stored: the raw patient id appears in no table."""
+    storage.record_call(call("hook-phi", NOW, (card("r1"),), patient="Patient/secret-4711"))
+    with storage.engine.connect() as conn:
+        dump = " ".join(str(row) for table in TABLES for row in conn.execute(select(table)))
+    assert "secret-4711" not in dump
+    assert hash_patient_id(b"test-key", "Patient/secret-4711") in dump
+
+
+# -- feedback ----------------------------------------------------------------------------
+
+
+def test_store_feedback_stores_every_field(storage: Storage) -> None:
+    """Each entry is stored with outcome, suggestions, reason coding, comment and timestamp."""
+    first, second = store_call_with_cards(storage, "r1", "r2")
+    entries = [
+        accepted(first, NOW, "sugg-1"),
+        overridden(second, NOW, "recipient-disagrees-evidence", "renal function stable"),
+    ]
+    assert storage.store_feedback(SERVICE_ID, entries) == 2
+    with storage.engine.connect() as conn:
+        rows = {
+            row.card_uuid: row for row in conn.execute(select(feedback).order_by(feedback.c.id))
+        }
+    assert rows[first].outcome == "accepted"
+    assert rows[first].accepted_suggestion_ids == ["sugg-1"]
+    assert (
+        rows[second].override_reason_system,
+        rows[second].override_reason_code,
+        rows[second].user_comment,
+    ) == (NRCS, "recipient-disagrees-evidence", "renal function stable")
+    assert rows[second].override_reason_display == "Recipient disagrees evidence"
+
+
+def test_same_feedback_twice_is_stored_once(storage: Storage) -> None:
+    """Feedback repeated in one post or a later post is stored once (idempotent)."""
+    (uuid_,) = store_call_with_cards(storage, "r1")
+    entry = overridden(uuid_, NOW)
+    assert storage.store_feedback(SERVICE_ID, [entry, entry]) == 1
+    assert storage.store_feedback(SERVICE_ID, [entry]) == 0
+    same_time_other_zone = overridden(uuid_, NOW.astimezone(timezone(timedelta(hours=2))))
+    assert storage.store_feedback(SERVICE_ID, [same_time_other_zone]) == 0
+    assert storage.feedback_count() == 1
+
+
+def test_different_feedback_on_one_card_is_kept(storage: Storage) -> None:
+    """A later, different outcome for the same card is a new entry, not a duplicate."""
+    (uuid_,) = store_call_with_cards(storage, "r1")
+    assert storage.store_feedback(SERVICE_ID, [overridden(uuid_, NOW)]) == 1
+    assert storage.store_feedback(SERVICE_ID, [accepted(uuid_, NOW + timedelta(minutes=1))]) == 1
+    assert storage.feedback_count() == 2
+
+
+def test_unknown_card_stores_nothing(storage: Storage) -> None:
+    """One unknown card uuid rejects the whole post and names every unknown uuid."""
+    (known,) = store_call_with_cards(storage, "r1")
+    post = [
+        accepted(known, NOW),
+        overridden("no-such-card-1", NOW),
+        overridden("no-such-card-2", NOW),
+    ]
+    with pytest.raises(UnknownCardError) as raised:
+        storage.store_feedback(SERVICE_ID, post)
+    assert raised.value.card_uuids == ("no-such-card-1", "no-such-card-2")
+    assert storage.feedback_count() == 0
+
+
+def test_card_of_another_service_is_unknown(storage: Storage) -> None:
+    """A card issued by another service id cannot receive feedback through this one."""
+    (other,) = store_call_with_cards(storage, "r1", service_id="another-service")
+    with pytest.raises(UnknownCardError, match="no card issued by service"):
+        storage.store_feedback(SERVICE_ID, [accepted(other, NOW)])
+    assert storage.store_feedback("another-service", [accepted(other, NOW)]) == 1
+
+
+def test_empty_feedback_post_stores_nothing(storage: Storage) -> None:
+    """An empty feedback list is valid and stores nothing."""
+    assert storage.store_feedback(SERVICE_ID, []) == 0
+
+
+def test_concurrent_feedback_loses_nothing(storage: Storage) -> None:
+    """8 writers x 25 posts with shared duplicates: every distinct entry is stored exactly once."""
+    threads_n, posts_n, shared_n = 8, 25, 5
+    card_uuids = store_call_with_cards(storage, *(["r-conc"] * (threads_n * posts_n + shared_n)))
+    unique_cards, shared_cards = card_uuids[:-shared_n], card_uuids[-shared_n:]
+    # Half the writers share the app's engine; the other half are separate instances.
+    storages = [storage if n % 2 == 0 else Storage(storage.url) for n in range(threads_n)]
+    stored = [0] * threads_n
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads_n)
+
+    def writer(n: int) -> None:
+        try:
+            start.wait(30)
+            for post in range(posts_n):
+                own = overridden(unique_cards[n * posts_n + post], NOW)
+                shared = accepted(shared_cards[post % shared_n], NOW)
+                stored[n] += storages[n].store_feedback(SERVICE_ID, [own, shared, own])
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(threads_n)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for extra in storages[1::2]:
+            extra.dispose()
+    assert errors == []
+    expected = threads_n * posts_n + shared_n
+    assert sum(stored) == expected
+    assert storage.feedback_count() == expected
+
+
+# -- analytics ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scenario(storage: Storage) -> dict[str, list[str]]:
+    """Store a small known history: rule A with every kind of outcome, rule B never firing."""
+    old = store_call_with_cards(storage, "A", at=NOW - timedelta(days=10))
+    a = [
+        store_call_with_cards(storage, "A", at=NOW - timedelta(days=day))[0]
+        for day in (0, 0, 1, 1, 2)
+    ]
+    storage.record_call(call("hook-quiet", NOW, (), rules=("A", "B")))
+    storage.store_feedback(
+        SERVICE_ID,
+        [
+            accepted(a[0], NOW),
+            overridden(a[1], NOW, "cds-not-applicable"),
+            overridden(a[2], NOW - timedelta(days=1)),
+            accepted(a[2], NOW),  # the later outcome wins
+            overridden(a[4], NOW, None, "patient already on a lower dose"),
+            overridden(old[0], NOW - timedelta(days=10), "recipient-concerns-outcomes"),
+        ],
+    )
+    return {"A": a, "old": old}
+
+
+def test_rule_analytics_counts_outcomes_per_rule(
+    storage: Storage, scenario: dict[str, list[str]]
+) -> None:
+    """Fired, accepted, overridden, no-feedback, rates and reasons come out as defined."""
+    result = storage.rule_analytics(None)
+    rules = {rule["rule_id"]: rule for rule in result["rules"]}
+    a = rules["A"]
+    assert (a["fired"], a["accepted"], a["overridden"], a["no_feedback"]) == (6, 2, 3, 1)
+    assert a["override_rate"] == pytest.approx(3 / 5)
+    assert a["feedback_rate"] == pytest.approx(5 / 6)
+    assert a["evaluated"] == 7
+    assert a["fire_rate"] == pytest.approx(6 / 7)
+    assert a["indicators"] == {"warning": 6}
+    assert [(r["code"], r["count"]) for r in a["top_override_reasons"]] == [
+        ("cds-not-applicable", 1),
+        ("recipient-concerns-outcomes", 1),
+    ]
+    assert a["overridden_without_coded_reason"] == 1
+    assert rules["B"] == {
+        **rules["B"],
+        "evaluated": 1,
+        "fired": 0,
+        "fire_rate": 0.0,
+        "override_rate": None,
+    }
+    assert result["calls"] == 7
+    assert result["totals"] == {
+        "fired": 6,
+        "accepted": 2,
+        "overridden": 3,
+        "no_feedback": 1,
+        "override_rate": pytest.approx(0.6),
+    }
+
+
+def test_rule_analytics_window_counts_cards_fired_since(
+    storage: Storage, scenario: dict[str, list[str]]
+) -> None:
+    """``since`` keeps cards fired at or after it; the 10-day-old card drops out."""
+    result = storage.rule_analytics(NOW - timedelta(days=3))
+    (a,) = [rule for rule in result["rules"] if rule["rule_id"] == "A"]
+    assert (a["fired"], a["overridden"]) == (5, 2)
+    assert [r["code"] for r in a["top_override_reasons"]] == ["cds-not-applicable"]
+    assert result["since"] == "2026-11-17T15:30:00Z"
+
+
+def test_timeseries_buckets_by_day_and_week(
+    storage: Storage, scenario: dict[str, list[str]]
+) -> None:
+    """Daily points carry fires and override rate; weekly points sum them from Monday."""
+    daily = storage.timeseries(NOW - timedelta(days=3), "day")
+    (series,) = daily["series"]
+    assert [(p["start"], p["fired"], p["overridden"]) for p in series["points"]] == [
+        ("2026-11-18", 1, 1),
+        ("2026-11-19", 2, 0),
+        ("2026-11-20", 2, 1),
+    ]
+    assert series["points"][1]["override_rate"] == 0.0
+    weekly = storage.timeseries(None, "week")
+    assert [(p["start"], p["fired"]) for p in weekly["series"][0]["points"]] == [
+        ("2026-11-09", 1),
+        ("2026-11-16", 5),
+    ]
+    assert weekly["first_issued_at"] == "2026-11-10T15:30:00Z"
+
+
+def test_timeseries_refuses_unknown_bucket(storage: Storage) -> None:
+    """Only day and week buckets exist."""
+    with pytest.raises(ValueError, match="bucket"):
+        storage.timeseries(None, "month")  # type: ignore[arg-type]
+
+
+# -- outages -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", DEAD_URLS.values(), ids=DEAD_URLS.keys())
+def test_dead_database_raises_storage_unavailable(url: str) -> None:
+    """An unreachable database surfaces as StorageUnavailableError, never a driver error."""
+    storage = Storage(url)
+    try:
+        with pytest.raises(StorageUnavailableError, match="unavailable"):
+            storage.store_feedback(SERVICE_ID, [accepted("c", NOW)])
+        with pytest.raises(StorageUnavailableError):
+            storage.rule_analytics(None)
+        assert not storage.ping()
+    finally:
+        storage.dispose()
+
+
+# -- audit writer ------------------------------------------------------------------------
+
+
+def test_audit_writer_writes_what_is_submitted(storage: Storage) -> None:
+    """Records submitted from many threads all reach the database."""
+    writer = AuditWriter(storage)
+    try:
+        threads = [
+            threading.Thread(
+                target=lambda n=n: [
+                    writer.submit(call(f"hook-{n}-{i}", NOW, (card("r1"),))) for i in range(25)
+                ]
+            )
+            for n in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert writer.flush(30)
+    finally:
+        writer.close()
+    assert count_rows(storage, "cds_hook_call") == 100
+    assert count_rows(storage, "cds_issued_card") == 100
+    assert writer.written == 100
+    assert writer.failed == writer.dropped == 0
+
+
+def test_submit_does_not_wait_for_the_database(storage: Storage) -> None:
+    """Submitting is a queue put: 1000 records take well under a second."""
+    writer = AuditWriter(storage)
+    records = [call(f"hook-{i}", NOW, (card("r1"),)) for i in range(1000)]
+    try:
+        started = time.perf_counter()
+        for record in records:
+            writer.submit(record)
+        elapsed = time.perf_counter() - started
+        assert writer.flush(60)
+    finally:
+        writer.close()
+    assert elapsed < 0.5
+    assert count_rows(storage, "cds_hook_call") == 1000
+
+
+@pytest.mark.parametrize("url", DEAD_URLS.values(), ids=DEAD_URLS.keys())
+def test_audit_writer_logs_outage_and_never_raises(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the database down, submit returns, and the log keeps the record and hookInstance."""
+    storage = Storage(url)
+    writer = AuditWriter(storage)
+    try:
+        with caplog.at_level(logging.ERROR, logger="cds_service.storage"):
+            writer.submit(call("hook-during-outage", NOW, (card("r1"),)))
+            assert writer.flush(30)
+    finally:
+        writer.close()
+        storage.dispose()
+    assert writer.failed == 1
+    (line,) = [r.getMessage() for r in caplog.records if "hook-during-outage" in r.getMessage()]
+    assert "audit record not stored" in line
+    assert '"rules_evaluated"' in line
+
+
+def test_audit_writer_recovers_when_database_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an outage the writer creates the schema and writes again, without a restart."""
+    missing = tmp_path / "not-yet"
+    storage = Storage(sqlite_url(missing))
+    writer = AuditWriter(storage)
+    try:
+        with caplog.at_level(logging.ERROR, logger="cds_service.storage"):
+            writer.submit(call("hook-lost", NOW, ()))
+            assert writer.flush(30)
+        missing.mkdir()
+        writer.submit(call("hook-kept", NOW, ()))
+        assert writer.flush(30)
+    finally:
+        writer.close()
+    try:
+        assert [r.hook_instance for r in storage.calls_for_hook_instance("hook-kept")] == [
+            "hook-kept"
+        ]
+        assert (writer.failed, writer.written) == (1, 1)
+    finally:
+        storage.dispose()
+
+
+class BlockingStorage:
+    """A stand-in storage whose writes wait until released (a very slow database)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.written: list[str] = []
+
+    def prepare(self) -> None:
+        """Nothing to prepare."""
+
+    def record_calls(self, records: Sequence[CallRecord]) -> None:
+        """Block until released, then remember what was written."""
+        self.entered.set()
+        self.release.wait(30)
+        self.written.extend(record.hook_instance for record in records)
+
+
+def test_full_queue_drops_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """When the database lags so far that the queue is full, records are dropped, not waited on."""
+    slow = BlockingStorage()
+    writer = AuditWriter(slow, max_queue=2)  # type: ignore[arg-type]
+    try:
+        writer.submit(call("hook-0", NOW, ()))
+        assert slow.entered.wait(10)  # the writer holds hook-0; the queue is empty again
+        with caplog.at_level(logging.ERROR, logger="cds_service.storage"):
+            started = time.perf_counter()
+            for n in range(1, 6):
+                writer.submit(call(f"hook-{n}", NOW, ()))
+            assert time.perf_counter() - started < 0.5
+        slow.release.set()
+        assert writer.flush(10)
+    finally:
+        slow.release.set()
+        writer.close()
+    assert writer.dropped == 3
+    assert slow.written == ["hook-0", "hook-1", "hook-2"]
+    assert (
+        sum(
+            "audit record dropped" in r.getMessage() and "queue is full" in r.getMessage()
+            for r in caplog.records
+        )
+        == 3
+    )
+
+
+def test_submit_after_close_is_dropped_quietly(storage: Storage) -> None:
+    """A record submitted during shutdown is counted as dropped; submit still returns."""
+    writer = AuditWriter(storage)
+    writer.close()
+    writer.submit(call("hook-late", NOW, ()))
+    assert writer.dropped == 1
+
+
+# -- Flask wiring ------------------------------------------------------------------------
+
+
+def test_init_storage_defaults_to_sqlite_in_instance_folder(tmp_path: Path) -> None:
+    """With no URL configured, the database is a migrated SQLite file in the instance folder."""
+    app = make_app(tmp_path / "instance")
+    try:
+        storage = get_storage(app)
+        assert storage.url.database == str(tmp_path / "instance" / "cds.sqlite3")
+        assert storage.current_revision() == storage.head_revision()
+        assert app.extensions[HASH_KEY_EXTENSION] == b"test-key"
+        assert "analytics" in app.blueprints
+    finally:
+        shutdown_storage(app)
+
+
+def test_init_storage_migrates_an_empty_configured_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """CDS_DATABASE_URL is used, and its empty database gets the schema at start-up."""
+    app = make_app(tmp_path, CDS_DATABASE_URL=database_url)
+    try:
+        writer = get_audit_writer(app)
+        writer.submit(call("hook-app", NOW, (card("r1"),)))
+        assert writer.flush(30)
+        assert len(get_storage(app).calls_for_hook_instance("hook-app")) == 1
+    finally:
+        shutdown_storage(app)
+
+
+def test_start_up_survives_an_unreachable_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database outage at start-up is logged; the app still starts to serve cards."""
+    with caplog.at_level(logging.ERROR, logger="cds_service.storage"):
+        app = make_app(tmp_path, CDS_DATABASE_URL=DEAD_URLS["postgresql-refused"])
+    try:
+        assert "unavailable at start-up" in caplog.text
+        get_audit_writer(app).submit(call("hook-x", NOW, ()))  # does not raise
+    finally:
+        shutdown_storage(app)
+
+
+def test_unset_hash_key_uses_a_random_key_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without CDS_AUDIT_HASH_KEY hashes still hide ids, and the log says they will not link."""
+    with caplog.at_level(logging.WARNING, logger="cds_service.storage"):
+        app = make_app(tmp_path, CDS_AUDIT_HASH_KEY=None)
+    try:
+        key = app.extensions[HASH_KEY_EXTENSION]
+        assert isinstance(key, bytes)
+        assert len(key) == 32
+        assert "CDS_AUDIT_HASH_KEY is not set" in caplog.text
+    finally:
+        shutdown_storage(app)
+
+
+def test_cli_db_upgrade_and_current(database_url: str, tmp_path: Path) -> None:
+    """``flask db upgrade`` migrates and ``flask db current`` reports the revision."""
+    app = make_app(tmp_path, CDS_DATABASE_URL=database_url)
+    try:
+        runner = app.test_cli_runner()
+        upgraded = runner.invoke(args=["db", "upgrade"])
+        assert upgraded.exit_code == 0, upgraded.output
+        assert "is at migration 0001" in upgraded.output
+        current = runner.invoke(args=["db", "current"])
+        assert current.exit_code == 0
+        assert "at 0001, newest 0001" in current.output
+    finally:
+        shutdown_storage(app)
