@@ -16,7 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
-from support.factories import (
+from tests.support.factories import (
     NRCS,
     SERVICE_ID,
     accepted,
@@ -42,7 +42,7 @@ from cds_service.storage import (
 )
 from cds_service.storage.schema import TABLES, feedback, metadata
 
-pytest_plugins = ["support.databases"]
+pytest_plugins = ["tests.support.databases"]
 
 DEAD_URLS = {
     "postgresql-refused": "postgresql+psycopg://postgres@127.0.0.1:1/test",

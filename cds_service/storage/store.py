@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -77,6 +79,25 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL (readers never block the writer); it stays so once set.
+
+    Switching needs a moment alone with the file and SQLite does not wait for it with the
+    busy timeout, so instances opening a new file together retry here.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     """Create a SQLite engine that is safe for several threads and processes."""
     engine = create_engine(
@@ -90,11 +111,11 @@ def _sqlite_engine(url: URL) -> Engine:
         # writers can use BEGIN IMMEDIATE; see the module docstring.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            _enable_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")

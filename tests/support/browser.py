@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support.ci import skip_or_fail
+from tests.support.ci import skip_or_fail
 
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 

@@ -1,8 +1,9 @@
-"""Skip where a developer lacks a tool; fail in CI, where nothing may be silently skipped."""
+"""Test environment helpers: skip or fail by CI, and where artefacts go."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +18,15 @@ def skip_or_fail(reason: str) -> None:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: failing instead of skipping)")
     pytest.skip(reason)
+
+
+def artifacts_dir() -> Path:
+    """Return tests/artifacts/, created with a .gitignore so what tests leave there stays local."""
+    directory = Path(__file__).resolve().parents[1] / "artifacts"
+    directory.mkdir(exist_ok=True)
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(
+            "# Screenshots and other test artefacts: kept locally and by CI, not committed.\n*\n"
+        )
+    return directory

@@ -18,8 +18,8 @@ from flask import Flask
 from sqlalchemy.engine import URL, make_url
 
 from cds_service.storage import Storage, shutdown_storage
-from support.ci import skip_or_fail
-from support.factories import make_app, sqlite_url
+from tests.support.ci import skip_or_fail
+from tests.support.factories import make_app, sqlite_url
 
 POSTGRES_ROLES = ("postgres", "root")
 

@@ -1,0 +1,234 @@
+"""FHIR R4 JSON -> PatientFacts: real Synthea charts and the awkward shapes EHRs send."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_mappings.egfr import ckd_epi_2021
+from fhir_mappings.extract import build_facts, parse_datetime
+from fhir_mappings.facts import DataCategory as D
+from fhir_mappings.facts import PatientFacts
+from tests.support.hooks import chart_resources
+
+SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea"
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def synthea(name: str) -> list[dict[str, Any]]:
+    path = next(SYNTHEA.glob(f"{name}_*.json"))
+    return chart_resources(json.loads(path.read_text()))
+
+
+def facts_from(terminology, resources, drafts=(), patient=None, **kw) -> PatientFacts:
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    chart = {
+        D.MEDICATIONS: by_type.get("MedicationRequest", []) + by_type.get("Medication", []),
+        D.EGFR: by_type.get("Observation", []),
+        D.CONDITIONS: by_type.get("Condition", []),
+        D.IMMUNIZATIONS: by_type.get("Immunization", []),
+        D.ALLERGIES: by_type.get("AllergyIntolerance", []),
+    }
+    patient = patient or (by_type.get("Patient") or [None])[0]
+    return build_facts(terminology=terminology, now=NOW, hook="order-sign", patient_id="p1",
+                       patient=patient, chart=chart, draft_orders=list(drafts),
+                       selections=None, unavailable=kw.get("unavailable", {}))
+
+
+PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1971-05-01"}
+
+
+def observation(code: str, value: float, unit: str, when: str = "2026-10-25", **extra):
+    return {"resourceType": "Observation", "id": f"o-{code}-{value}", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": when,
+            "valueQuantity": {"value": value, "unit": unit}, **extra}
+
+
+# -- Synthea: real data nobody on the team wrote -------------------------------------------------
+
+
+def test_synthea_mdrd_egfr_creatinine_potassium_and_bp_panel(terminology):
+    """Synthea's LOINC variants map: eGFR 33914-3, creatinine 38483-4, K 6298-4, BP 55284-4."""
+    f = facts_from(terminology, synthea("Neva_Hyatt"))
+    assert {m.code for m in f.egfr if not m.computed} == {"33914-3"}
+    assert {m.code for m in f.creatinine} == {"38483-4"}
+    assert {m.code for m in f.potassium} == {"6298-4"}
+    assert f.blood_pressures and all(
+        bp.systolic is not None and bp.diastolic is not None for bp in f.blood_pressures
+    )
+    assert (f.sex, f.birth_date.isoformat()) == ("female", "1970-05-28")
+    assert f.unreadable == ()
+
+
+def test_synthea_live_zoster_vaccine_is_live(terminology):
+    """CVX 121 (zoster live) in a real chart is recognised as a live vaccine."""
+    f = facts_from(terminology, synthea("Tom_Goodwin"))
+    assert any(i.live and "121" in {c.lstrip("0") for c in i.cvx_codes} for i in f.immunizations)
+
+
+def test_synthea_child_live_vaccines(terminology):
+    """MMR, varicella and rotavirus given to the child are all live."""
+    f = facts_from(terminology, synthea("Junita_Labadie"))
+    assert {i.name for i in f.immunizations if i.live} >= {"MMR", "varicella"}
+
+
+def test_synthea_carbamazepine_is_a_strong_inducer(terminology):
+    """A real RxNorm-coded order ('Carbamazepine[Tegretol]') is matched by name."""
+    f = facts_from(terminology, synthea("Dirk_Kuhlman"))
+    active = [m for m in f.active_medications if "strong-cyp3a4-inducer" in m.roles]
+    assert [m.ingredients for m in active] == [frozenset({"carbamazepine"})]
+
+
+# -- medications ---------------------------------------------------------------------------------
+
+
+def draft(**concept) -> dict[str, Any]:
+    return {"resourceType": "MedicationRequest", "id": "d1", "status": "draft",
+            "intent": "order", "subject": {"reference": "Patient/p1"}, **concept}
+
+
+@pytest.mark.parametrize(
+    "concept",
+    [
+        {"medicationCodeableConcept": {"text": "Lupkynis 7.9 mg capsule"}},
+        {"medicationCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc",
+                                                   "code": "75626-0001-01"}]}},
+        {"medicationCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc",
+                                                   "code": "75626000102"}]}},
+        {"medicationReference": {"reference": "#m1"},
+         "contained": [{"resourceType": "Medication", "id": "m1",
+                        "code": {"text": "VOCLOSPORIN 7.9 MG CAPSULE"}}]},
+        {"medicationReference": {"reference": "Medication/vm", "display": "voclosporin"}},
+    ],
+    ids=["brand-text", "ndc-hyphen", "ndc-11", "contained", "reference-display"],
+)
+def test_voclosporin_identified_without_rxcui(terminology, concept):
+    """Voclosporin is found by brand/ingredient name, NDC 75626-001, contained Medication."""
+    f = facts_from(terminology, [PATIENT], drafts=[draft(**concept)])
+    assert f.draft_orders[0].is_voclosporin
+
+
+def test_referenced_medication_resource_is_resolved(terminology):
+    """medicationReference to a Medication in the same search result is followed."""
+    medication = {"resourceType": "Medication", "id": "k1",
+                  "code": {"text": "Ketoconazole 200 MG Oral Tablet"}}
+    order = {**draft(medicationReference={"reference": "Medication/k1"}), "id": "a1",
+             "status": "active"}
+    f = facts_from(terminology, [PATIENT, medication, order])
+    assert "strong-cyp3a4-inhibitor" in f.medications[0].roles
+
+
+def test_ingredient_word_boundaries(terminology):
+    """'levoketoconazole' is not read as 'ketoconazole' twice, and substrings never match."""
+    match = terminology.match_medication([], ["Levoketoconazole 150 MG"])
+    assert match.ingredients == frozenset({"levoketoconazole"})
+    assert terminology.match_medication([], ["Tacrolimusoid"]).roles == frozenset()
+
+
+def test_dosage_in_capsules_and_bid_code(terminology):
+    """3 capsules with timing code BID read as 23.7 mg twice a day."""
+    dosage = {"timing": {"code": {"coding": [{"code": "BID"}]}},
+              "doseAndRate": [{"doseQuantity": {"value": 3, "unit": "capsule"}}]}
+    order = draft(medicationCodeableConcept={"text": "LUPKYNIS"}, dosageInstruction=[dosage])
+    f = facts_from(terminology, [PATIENT], drafts=[order])
+    assert [d.mg for d in f.draft_orders[0].dosage.doses] == [23.7, 23.7]
+    assert f.draft_orders[0].dosage.doses_per_day == 2
+
+
+# -- observations --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "mg_dl"),
+    [("2160-0", 1.1, "mg/dL", 1.1), ("14682-9", 97.24, "umol/L", 1.1),
+     ("14682-9", 97.24, "µmol/L", 1.1)],
+    ids=["mg/dL", "umol/L", "µmol/L"],
+)
+def test_creatinine_units_and_computed_egfr(terminology, code, value, unit, mg_dl):
+    """Creatinine in mg/dL or umol/L gives the same CKD-EPI 2021 eGFR, marked computed."""
+    f = facts_from(terminology, [PATIENT, observation(code, value, unit)])
+    assert f.creatinine[0].value == pytest.approx(mg_dl, rel=1e-3)
+    computed = f.egfr[-1]
+    assert computed.computed and "CKD-EPI 2021" in computed.method
+    # 142 x (1.1/0.7)^-1.200 x 0.9938^55.48 x 1.012 = 59.2 (woman aged 55.48 on the draw date)
+    assert computed.value == pytest.approx(59.2, abs=0.1)
+
+
+def test_ckd_epi_2021_worked_example(knowledge):
+    """Female, 55 y, Scr 0.9 mg/dL -> eGFR about 76 (NKF worked check)."""
+    assert ckd_epi_2021(0.9, 55, True, knowledge.ckd_epi) == pytest.approx(76, abs=1)
+
+
+def test_measured_egfr_wins_on_the_same_day(terminology):
+    """No computed eGFR is added for a day that has a measured one."""
+    f = facts_from(terminology, [PATIENT, observation("98979-8", 70, "mL/min/{1.73_m2}"),
+                                 observation("2160-0", 1.0, "mg/dL")])
+    assert [m.computed for m in f.egfr] == [False]
+
+
+def test_unknown_creatinine_unit_is_reported_not_guessed(terminology):
+    """A creatinine in mmol/L is skipped and listed, never silently misread."""
+    f = facts_from(terminology, [PATIENT, observation("2160-0", 0.09, "mmol/L")])
+    assert f.creatinine == ()
+    assert "not recognised" in f.unreadable[0].reason
+
+
+def test_bp_as_separate_observations(terminology):
+    """Systolic 8480-6 and diastolic 8462-4 sent separately are both read."""
+    f = facts_from(terminology, [PATIENT, observation("8480-6", 150, "mm[Hg]"),
+                                 observation("8462-4", 95, "mm[Hg]")])
+    assert {(bp.systolic, bp.diastolic) for bp in f.blood_pressures} == {(None, 95), (150, None)}
+
+
+def test_entered_in_error_and_missing_values(terminology):
+    """entered-in-error results are ignored; a result without a number is reported."""
+    wrong = observation("98979-8", 20, "mL/min", status="entered-in-error")
+    textual = {**observation("98979-8", 0, "x"), "id": "t1", "valueString": ">60"}
+    del textual["valueQuantity"]
+    f = facts_from(terminology, [PATIENT, wrong, textual])
+    assert f.egfr == ()
+    assert [u.reference for u in f.unreadable] == ["Observation/t1"]
+
+
+def test_comparator_is_kept_in_method(terminology):
+    """'>90' eGFR keeps its comparator visible on the card."""
+    obs = observation("98979-8", 90, "mL/min/{1.73_m2}")
+    obs["valueQuantity"]["comparator"] = ">"
+    f = facts_from(terminology, [PATIENT, obs])
+    assert "'>90'" in f.egfr[0].method
+
+
+def test_invalid_resource_is_skipped_and_reported(terminology):
+    """One resource failing R4 validation is skipped and named; the rest still map."""
+    bad = observation("2823-3", 4.0, "mmol/L")
+    bad["status"] = 17
+    good = observation("2823-3", 4.5, "mmol/L", when="2026-10-30")
+    f = facts_from(terminology, [PATIENT, bad, good])
+    assert [m.value for m in f.potassium] == [4.5]
+    assert "invalid FHIR R4 Observation" in f.unreadable[0].reason
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2026", "2026-01-01T00:00:00+00:00"), ("2026-03", "2026-03-01T00:00:00+00:00"),
+     ("2026-03-04T10:00:00-05:00", "2026-03-04T15:00:00+00:00"), ("nonsense", None)],
+)
+def test_partial_dates(text, expected):
+    """FHIR partial dates and offsets become aware UTC datetimes."""
+    parsed = parse_datetime(text)
+    assert (parsed.isoformat() if parsed else None) == expected
+
+
+def test_allergy_refuted_is_ignored(terminology):
+    """A refuted voclosporin allergy does not count."""
+    allergy = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference":
+               "Patient/p1"}, "code": {"text": "voclosporin"},
+               "verificationStatus": {"coding": [{"code": "refuted"}]}}
+    assert facts_from(terminology, [PATIENT, allergy]).allergies == ()
