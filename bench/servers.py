@@ -14,6 +14,7 @@ from types import TracebackType
 
 import requests
 
+from bench.gunicorn_hooks import READY_MARK
 from tests.support.fhir_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,7 @@ class Gunicorn:
                 *self.settings.argv(),
                 "--chdir", str(REPO_ROOT),
                 "--graceful-timeout", "5",
+                "--config", str(Path(__file__).with_name("gunicorn_hooks.py")),
                 self.app_spec,
             ],
             cwd=REPO_ROOT,
@@ -128,20 +130,15 @@ class Gunicorn:
                     ok = session.get(self.url("/healthz"), timeout=2).status_code == 200
                 except requests.RequestException:
                     ok = False
-                if ok and len(self.worker_pids()) == self.settings.workers:
-                    # Each worker imports the app on its own: give the last one time to finish.
-                    if self._all_workers_booted():
-                        return
+                # Each worker builds the app on its own: wait for all, not just the first.
+                if ok and self._all_workers_booted():
+                    return
                 time.sleep(0.2)
         raise ServerError(f"gunicorn not ready in {STARTUP_TIMEOUT_S:.0f} s:\n{self.log_text()}")
 
     def _all_workers_booted(self) -> bool:
-        """Every worker has logged its boot and the app has loaded in each (healthz served)."""
-        text = self.log_text()
-        return text.count("Booting worker") >= self.settings.workers and (
-            text.count("CLIENT AUTHENTICATION IS OFF") >= self.settings.workers
-            or "cds_service" not in self.app_spec
-        )
+        """Every live worker has built the app (the config hook logs a line per worker)."""
+        return self.log_text(limit=1_000_000).count(READY_MARK) >= self.settings.workers
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"

@@ -263,8 +263,12 @@ def field_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     flat: dict[str, list[str]] = {}
     if isinstance(messages, dict):
         for key, value in messages.items():
-            name = key if key != "_schema" else ""
-            path = f"{prefix}.{name}" if prefix and name else (name or prefix or "(body)")
+            if isinstance(key, int):
+                path = f"{prefix}[{key}]"
+            elif key == "_schema":
+                path = prefix or "(body)"
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             flat.update(field_errors(value, path))
     elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
         flat[prefix or "(body)"] = list(messages)

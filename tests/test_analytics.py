@@ -257,7 +257,7 @@ def test_page_is_self_contained_and_not_cached(client: FlaskClient) -> None:
     assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
     assert response.headers["Cache-Control"] == "no-store"
     assert "<script" not in html
-    assert re.findall(r'(?:src|href)="(?!/)[^"]*"', html) == []  # only links to this service
+    assert re.findall(r'(?:src|href)="(?!/|data:)[^"]*"', html) == []  # only links to this service
 
 
 def test_page_escapes_text_from_clients(storage_app: Flask) -> None:

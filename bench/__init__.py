@@ -1,0 +1,1 @@
+"""Benchmarks of the CDS service: `python -m bench` runs them all (see bench/README.md)."""
