@@ -43,8 +43,8 @@ _OTHER_DRUGS = (
 )
 
 
-def build_chart(observations: int, today: date, seed: int = 5) -> list[Resource]:
-    """Return the chart's resources: Patient, lupus nephritis, 100 meds, ``observations`` labs."""
+def chart_bundle(observations: int, today: date, seed: int = 5) -> Resource:
+    """The chart as a PUT transaction: Patient, lupus nephritis, 100 meds, N labs."""
     rng = random.Random(seed)
     c = ChartBuilder(PATIENT_ID, today)
     c.patient("female", 34)
@@ -65,30 +65,40 @@ def build_chart(observations: int, today: date, seed: int = 5) -> list[Resource]
             c.blood_pressure(rng.randint(108, 138), rng.randint(66, 88), days_ago=days_ago)
         else:
             c.potassium(round(rng.uniform(3.6, 4.9), 1), days_ago=days_ago)
-    return chart_resources(c.bundle())
+    return c.bundle()
+
+
+def build_chart(observations: int, today: date) -> list[Resource]:
+    """The chart's resources (see ``chart_bundle``)."""
+    return chart_resources(chart_bundle(observations, today))
 
 
 def order_sign_request(
-    observations: int,
+    patient_id: str,
     today: date,
+    chart: list[Resource] | None = None,
     *,
-    with_prefetch: bool = True,
     fhir_server: str | None = None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    """An order-sign hook request for the LUPKYNIS draft, with prefetch of the whole chart."""
+    """An order-sign call for the LUPKYNIS draft; prefetch of ``chart`` unless it is None."""
     prefetch = None
-    if with_prefetch:
+    if chart is not None:
         templates = prefetch_templates(load_knowledge())
-        prefetch = prefetch_for(build_chart(observations, today), PATIENT_ID, templates)
+        prefetch = prefetch_for(chart, patient_id, templates)
     return hook_request(
         "order-sign",
-        PATIENT_ID,
-        [voclosporin_draft_order(PATIENT_ID, today)],
+        patient_id,
+        [voclosporin_draft_order(patient_id, today)],
         prefetch,
         fhir_server=fhir_server,
         token=token,
     )
+
+
+def prefetch_request(observations: int, today: date) -> dict[str, Any]:
+    """The benchmark's standard call: order-sign with N Observations and 100 meds prefetched."""
+    return order_sign_request(PATIENT_ID, today, build_chart(observations, today))
 
 
 def encode(body: dict[str, Any]) -> bytes:

@@ -263,11 +263,8 @@ def _nice_ceiling(value: int) -> int:
     """Round an axis maximum up to 1, 2 or 5 times a power of ten."""
     if value <= 1:
         return 1
-    magnitude = 10 ** math.floor(math.log10(value))
-    for factor in (1, 2, 5, 10):
-        if value <= factor * magnitude:
-            return factor * magnitude
-    return 10 * magnitude  # pragma: no cover - the loop always returns
+    magnitude = int(10 ** math.floor(math.log10(value)))
+    return next(f * magnitude for f in (1, 2, 5, 10) if value <= f * magnitude)
 
 
 def build_chart(rule_id: str, points: list[dict[str, Any]], starts: list[date]) -> RuleChart:
@@ -316,10 +313,9 @@ def build_chart(rule_id: str, points: list[dict[str, Any]], starts: list[date]) 
         for index, start in enumerate(starts)
         if index % label_every == 0
     )
-    y_ticks = tuple(
-        Tick(bottom - plot_height * value / y_max, str(value))
-        for value in sorted({0, y_max // 2 if y_max >= 2 else 0, y_max})
-    )
+    # 0, the top, and the middle when it is a whole number (0 / 5 / 10, not 0 / 2 / 5).
+    tick_values = [0, y_max // 2, y_max] if y_max % 2 == 0 else [0, y_max]
+    y_ticks = tuple(Tick(bottom - plot_height * value / y_max, str(value)) for value in tick_values)
     rate_ticks = tuple(
         Tick(bottom - plot_height * share, f"{share:.0%}") for share in (0.0, 0.5, 1.0)
     )

@@ -54,8 +54,9 @@ def read_json(schema: Schema) -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = schema.load(body)
     except ValidationError as exc:
-        raise BadRequest("The request does not follow CDS Hooks 2.0",
-                         fields=field_errors(exc.messages)) from exc
+        raise BadRequest(
+            "The request does not follow CDS Hooks 2.0", fields=field_errors(exc.messages)
+        ) from exc
     return loaded
 
 
@@ -85,15 +86,19 @@ def call_service(service_id: str) -> Response:
     hook_request = read_json(HookRequestSchema())
     outcome = cds().call(service, hook_request)
     g.hook_outcome = outcome
-    log.info(json.dumps({
-        "event": "hook-call",
-        "hookInstance": outcome.hook_instance,
-        "service": service.id,
-        "rulesFired": [card.rule_id for card in outcome.cards],
-        "unavailable": list(outcome.unavailable),
-        "fetched": list(outcome.fetched),
-        "durationMs": round(outcome.duration_ms, 1),
-    }))
+    log.info(
+        json.dumps(
+            {
+                "event": "hook-call",
+                "hookInstance": outcome.hook_instance,
+                "service": service.id,
+                "rulesFired": [card.rule_id for card in outcome.cards],
+                "unavailable": list(outcome.unavailable),
+                "fetched": list(outcome.fetched),
+                "durationMs": round(outcome.duration_ms, 1),
+            }
+        )
+    )
     return jsonify(HookResponseOut().dump(outcome.response()))
 
 
@@ -113,13 +118,16 @@ def openapi() -> Response:
 @bp.get("/healthz")
 def health() -> Response:
     service = cds()
-    return jsonify({
-        "status": "ok",
-        "knowledgeVersion": service.knowledge.full_version,
-        "services": sorted(service.services),
-        "clientAuthentication": current_app.config["CDS_AUTH_STATE"],
-        "fhirServerPolicy": (
-            "allowlist" if service.chart_settings.policy.uses_allowlist
-            else "public https only (no allowlist)"
-        ),
-    })
+    return jsonify(
+        {
+            "status": "ok",
+            "knowledgeVersion": service.knowledge.full_version,
+            "services": sorted(service.services),
+            "clientAuthentication": current_app.config["CDS_AUTH_STATE"],
+            "fhirServerPolicy": (
+                "allowlist"
+                if service.chart_settings.policy.uses_allowlist
+                else "public https only (no allowlist)"
+            ),
+        }
+    )

@@ -92,17 +92,21 @@ def _suggestion(suggestion: Suggestion, knowledge: Knowledge) -> dict[str, Any]:
     actions = []
     for action in suggestion.actions:
         if isinstance(action, RemoveOrder):
-            actions.append({
-                "type": "delete",
-                "description": f"Remove the draft order for {action.order.name}",
-                "resource_id": action.order.reference,
-            })
+            actions.append(
+                {
+                    "type": "delete",
+                    "description": f"Remove the draft order for {action.order.name}",
+                    "resource_id": action.order.reference,
+                }
+            )
         elif isinstance(action, ReplaceDosage):
-            actions.append({
-                "type": "update",
-                "description": f"Change {action.order.name} to {action.description}",
-                "resource": with_dosage(action, knowledge),
-            })
+            actions.append(
+                {
+                    "type": "update",
+                    "description": f"Change {action.order.name} to {action.description}",
+                    "resource": with_dosage(action, knowledge),
+                }
+            )
     result: dict[str, Any] = {
         "label": suggestion.label[:200],
         "uuid": str(uuid.uuid4()),
@@ -119,35 +123,37 @@ def with_dosage(action: ReplaceDosage, knowledge: Knowledge) -> dict[str, Any]:
     template = {}
     for instruction in resource.get("dosageInstruction") or []:
         if isinstance(instruction, dict):
-            template = {k: v for k, v in instruction.items()
-                        if k in ("route", "method", "site", "additionalInstruction")}
+            template = {
+                k: v
+                for k, v in instruction.items()
+                if k in ("route", "method", "site", "additionalInstruction")
+            }
             break
     capsule = knowledge.dose.capsule_mg
     amounts = {mg for mg, _ in action.doses}
     timed = all(when for _, when in action.doses)
     instructions = []
     if len(amounts) == 1 and not timed:
-        mg = action.doses[0][0]
-        count = len(action.doses)
-        instructions.append(_instruction(
-            template, mg, capsule, count,
-            f"{mg:g} mg ({mg / capsule:.0f} x {capsule:g} mg capsules) by mouth "
-            f"{_FREQUENCY.get(count, f'{count} times daily')}", None))
+        mg, count = action.doses[0][0], len(action.doses)
+        how = _FREQUENCY.get(count, f"{count} times daily")
+        instructions.append(_instruction(template, mg, count, _dose_text(mg, capsule, how), None))
     else:
         for sequence, (mg, when) in enumerate(action.doses, start=1):
-            label = {"MORN": "in the morning", "EVE": "in the evening"}.get(when or "", "")
-            instruction = _instruction(
-                template, mg, capsule, 1,
-                f"{mg:g} mg ({mg / capsule:.0f} x {capsule:g} mg capsules) by mouth {label}".strip(),
-                when)
+            how = {"MORN": "in the morning", "EVE": "in the evening"}.get(when or "", "daily")
+            instruction = _instruction(template, mg, 1, _dose_text(mg, capsule, how), when)
             instruction["sequence"] = sequence
             instructions.append(instruction)
     resource["dosageInstruction"] = instructions
     return resource
 
 
-def _instruction(template: dict[str, Any], mg: float, capsule: float, per_day: int, text: str,
-                 when: str | None) -> dict[str, Any]:
+def _dose_text(mg: float, capsule: float, how: str) -> str:
+    return f"{mg:g} mg ({mg / capsule:.0f} x {capsule:g} mg capsules) by mouth {how}"
+
+
+def _instruction(
+    template: dict[str, Any], mg: float, per_day: int, text: str, when: str | None
+) -> dict[str, Any]:
     repeat: dict[str, Any] = {"frequency": per_day, "period": 1, "periodUnit": "d"}
     if when:
         repeat["when"] = [when]
@@ -155,6 +161,7 @@ def _instruction(template: dict[str, Any], mg: float, capsule: float, per_day: i
         **copy.deepcopy(template),
         "text": text,
         "timing": {"repeat": repeat},
-        "doseAndRate": [{"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM,
-                                          "code": "mg"}}],
+        "doseAndRate": [
+            {"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}
+        ],
     }

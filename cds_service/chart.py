@@ -135,7 +135,10 @@ def gather_chart(
     client = None
     if access.server:
         client = FhirClient(
-            access.server, access.token, settings.session, deadline,
+            access.server,
+            access.token,
+            settings.session,
+            deadline,
             max_pages=settings.max_pages,
         )
     jobs: dict[str, Callable[[], Any]] = {}
@@ -151,8 +154,7 @@ def gather_chart(
             _use_prefetch(chart, category, value, client, jobs)
             continue
         if value is not _ABSENT:
-            log.info("prefetch %s held an OperationOutcome: %s", key,
-                     operation_outcome_text(value))
+            log.info("prefetch %s held an OperationOutcome: %s", key, operation_outcome_text(value))
         if client is None:
             missing.append(key)
             continue
@@ -180,11 +182,13 @@ _ABSENT: Any = object()
 
 def _fetch_job(client: FhirClient, category: D, query: str) -> Callable[[], Any]:
     if category == D.PATIENT:
+
         def read_patient() -> Any:
             patient = client.read(query)
             if patient is None:
                 raise FhirFetchError("patient not found on the FHIR server (404)")
             return patient
+
         return read_patient
     return lambda: client.search(query)
 
@@ -205,9 +209,13 @@ def _use_prefetch(
         jobs[str(category)] = lambda: client.continue_paging(value)
     else:
         _store(chart, category, list(bundle_entries(value)))
-        chart.unreadable.append(Unreadable(
-            f"prefetch {category}", "only the first page was prefetched; later pages could "
-            "not be fetched without FHIR server access"))
+        chart.unreadable.append(
+            Unreadable(
+                f"prefetch {category}",
+                "only the first page was prefetched; later pages could "
+                "not be fetched without FHIR server access",
+            )
+        )
 
 
 def _store(chart: Chart, category: D, value: Resource | list[Resource]) -> None:
@@ -220,13 +228,19 @@ def _store(chart: Chart, category: D, value: Resource | list[Resource]) -> None:
             continue
         resource_type = resource.get("resourceType")
         if resource_type == "OperationOutcome":
-            chart.unreadable.append(Unreadable(
-                f"prefetch {category}", "OperationOutcome: " + operation_outcome_text(resource)))
+            chart.unreadable.append(
+                Unreadable(
+                    f"prefetch {category}", "OperationOutcome: " + operation_outcome_text(resource)
+                )
+            )
         elif resource_type in expected:
             kept.append(resource)
         else:
-            chart.unreadable.append(Unreadable(
-                reference_of(resource), f"a {resource_type} is not expected under '{category}'"))
+            chart.unreadable.append(
+                Unreadable(
+                    reference_of(resource), f"a {resource_type} is not expected under '{category}'"
+                )
+            )
     if category == D.PATIENT:
         chart.patient = kept[0] if kept else None
         chart.resources[category] = kept[:1]

@@ -153,14 +153,12 @@ def render_cards(response: Mapping[str, Any], out: IO[str], *, color: bool = Fal
         detail = card.get("detail")
         if isinstance(detail, str) and detail:
             print(file=out)
-            print(_wrap_markdown(detail, "   ", width), file=out)
-        _render_suggestions(card, out)
+            print(_wrap_markdown(detail, "   ", width) + "\n", file=out)
+        _render_suggestions(card, out, width)
         reasons = card.get("overrideReasons")
         if isinstance(reasons, list) and reasons:
-            shown = "; ".join(
-                f"{r.get('display', '?')} ({r.get('code', '?')})"
-                for r in reasons if isinstance(r, dict)
-            )
+            shown = "; ".join(str(r.get("display", r.get("code", "?")))
+                              for r in reasons if isinstance(r, dict))
             print(textwrap.fill(f"override reasons: {shown}", width, initial_indent="   ",
                                 subsequent_indent="     "), file=out)
         for link in card.get("links") or []:
@@ -175,7 +173,7 @@ def render_cards(response: Mapping[str, Any], out: IO[str], *, color: bool = Fal
                 print("   " + _action_line(action), file=out)
 
 
-def _render_suggestions(card: Mapping[str, Any], out: IO[str]) -> None:
+def _render_suggestions(card: Mapping[str, Any], out: IO[str], width: int) -> None:
     suggestions = card.get("suggestions")
     if not isinstance(suggestions, list) or not suggestions:
         return
@@ -188,7 +186,8 @@ def _render_suggestions(card: Mapping[str, Any], out: IO[str]) -> None:
         print(f"     - {suggestion.get('label', '?')}{flag}", file=out)
         for action in suggestion.get("actions") or []:
             if isinstance(action, dict):
-                print("         " + _action_line(action), file=out)
+                print(textwrap.fill(_action_line(action), width, initial_indent="         ",
+                                    subsequent_indent="           "), file=out)
 
 
 def _action_line(action: Mapping[str, Any]) -> str:
@@ -207,6 +206,9 @@ def _wrap_markdown(text: str, indent: str, width: int) -> str:
             lines.append("")
             continue
         stripped = line.lstrip()
+        if stripped.startswith("|"):  # a table row: wrapping would break its columns
+            lines.append(indent + line)
+            continue
         lead = line[: len(line) - len(stripped)]
         bullet = re.match(r"([-*+]|\d+\.)\s+", stripped)
         hang = " " * len(bullet.group(0)) if bullet else ""
@@ -282,23 +284,29 @@ class FhirReader:
             self.headers["Authorization"] = f"Bearer {token}"
 
     def get(self, path_or_url: str, label: str) -> requests.Response:
-        url = path_or_url if "://" in path_or_url else f"{self.base}/{path_or_url}"
         with self.progress.step(label) as step:
-            try:
-                response = self.session.get(url, headers=self.headers, timeout=self.timeout)
-            except requests.Timeout as exc:
-                raise CliError(
-                    f"The FHIR server {self.base} did not answer within {self.timeout:g} s "
-                    f"({label}); raise --timeout or check the server"
-                ) from exc
-            except requests.ConnectionError as exc:
-                raise CliError(
-                    f"Cannot reach the FHIR server at {self.base}: {_connection_reason(exc)}. "
-                    "Is it running, and is --fhir-server its base URL "
-                    "(e.g. http://127.0.0.1:8190/fhir)?"
-                ) from exc
+            response = self._get(path_or_url, label)
             step["result"] = f"HTTP {response.status_code}"
         return response
+
+    def _get(self, path_or_url: str, label: str) -> requests.Response:
+        absolute = path_or_url.startswith(("http://", "https://"))
+        url = path_or_url if absolute else f"{self.base}/{path_or_url}"
+        try:
+            return self.session.get(url, headers=self.headers, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise CliError(
+                f"The FHIR server {self.base} did not answer within {self.timeout:g} s "
+                f"({label}); raise --timeout or check the server"
+            ) from exc
+        except requests.ConnectionError as exc:
+            raise CliError(
+                f"Cannot reach the FHIR server at {self.base}: {_connection_reason(exc)}. "
+                "Is it running, and is --fhir-server its base URL "
+                "(e.g. http://127.0.0.1:8190/fhir)?"
+            ) from exc
+        except requests.RequestException as exc:
+            raise CliError(f"Cannot query {url}: {exc}", EXIT_USAGE) from exc
 
     def read_patient(self, patient_id: str) -> dict[str, Any]:
         """Read the Patient; a wrong id or base URL stops here with what to check."""
@@ -348,30 +356,39 @@ class FhirReader:
             and entry["resource"].get("resourceType") == "Patient" and entry["resource"].get("id")
         ]
 
-    def prefetch_value(self, key: str, query: str) -> tuple[bool, Any]:
+    def prefetch_value(self, key: str, query: str) -> Any:
         """Answer one template the way the spec asks of a client (#prefetch-template).
 
-        Returns (send, value): a read that finds nothing is ``null``; a search is one searchset
-        Bundle with every page merged; a failed query sends an OperationOutcome in its place.
+        A read that finds nothing is ``null``; a search is one searchset Bundle with every page
+        merged; a failed query sends an OperationOutcome in its place.
         """
-        response = self.get(query, f"prefetch {key}")
-        body = _json_or_none(response)
-        is_read = "?" not in query
-        if is_read and response.status_code in (404, 410):
-            return True, None
-        if not response.ok or not isinstance(body, dict):
-            self.progress.say(f"  prefetch {key}: sending an OperationOutcome "
-                              f"(HTTP {response.status_code})")
-            return True, _operation_outcome(body, response)
-        if is_read or body.get("resourceType") != "Bundle":
-            return True, body
-        return True, self._all_pages(key, body)
+        with self.progress.step(f"prefetch {key}") as step:
+            response = self._get(query, f"prefetch {key}")
+            body = _json_or_none(response)
+            if "?" not in query and response.status_code in (404, 410):
+                step["result"] = f"HTTP {response.status_code}, sending null (no data)"
+                return None
+            if not response.ok or not isinstance(body, dict):
+                step["result"] = f"HTTP {response.status_code}, sending an OperationOutcome"
+                return _operation_outcome(body, response)
+            if body.get("resourceType") != "Bundle":
+                step["result"] = f"HTTP {response.status_code}, {body.get('resourceType')}"
+                return body
+            merged, pages = self._all_pages(key, body)
+            matches = sum(
+                1 for e in merged.get("entry", [])
+                if (e.get("search") or {}).get("mode", "match") == "match"
+            )
+            step["result"] = f"HTTP {response.status_code}, {matches} resource(s)" + (
+                f" in {pages} pages" if pages > 1 else ""
+            )
+            return merged
 
-    def _all_pages(self, key: str, first: dict[str, Any]) -> dict[str, Any]:
+    def _all_pages(self, key: str, first: dict[str, Any]) -> tuple[dict[str, Any], int]:
         entries = list(first.get("entry") or [])
         bundle, pages = first, 1
         while (url := _next_link(bundle)) is not None and pages < MAX_PAGES:
-            response = self.get(url, f"prefetch {key} page {pages + 1}")
+            response = self._get(url, f"prefetch {key} page {pages + 1}")
             body = _json_or_none(response)
             if not response.ok or not isinstance(body, dict):
                 break
@@ -380,11 +397,12 @@ class FhirReader:
         merged: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         if "total" in first:
             merged["total"] = first["total"]
-        if _next_link(bundle) is not None:  # page cap hit: let the service follow the rest
-            merged["link"] = [{"relation": "next", "url": _next_link(bundle)}]
+        last_next = _next_link(bundle)
+        if last_next is not None:  # page cap hit: let the service follow the rest
+            merged["link"] = [{"relation": "next", "url": last_next}]
         if entries:
             merged["entry"] = entries
-        return merged
+        return merged, pages
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
@@ -598,9 +616,7 @@ def fill_prefetch(
             # #prefetch-template: a client MUST NOT send a key it chose not to satisfy.
             fhir.progress.say(f"  prefetch {key}: skipped, cannot fill {template!r}")
             continue
-        send, value = fhir.prefetch_value(key, query)
-        if send:
-            prefetch[key] = value
+        prefetch[key] = fhir.prefetch_value(key, query)
     return prefetch
 
 

@@ -44,47 +44,103 @@ def _json_object(value: str) -> dict[str, Any] | None:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("CDS_PUBLIC_BASE_URL", None, _optional,
-            "External base URL of the service (scheme, host, mount prefix); the expected JWT "
-            "`aud` is built from it. Required when CDS_JWT_ISSUERS is set."),
-    Setting("CDS_JWT_ISSUERS", None, _json_object,
-            "JSON object: trusted client `iss` -> its JWKS URL (https) or `file:/path`. When set, "
-            "service and feedback calls need a valid JWT; unset turns client authentication off."),
+    Setting(
+        "CDS_PUBLIC_BASE_URL",
+        None,
+        _optional,
+        "External base URL of the service (scheme, host, mount prefix); the expected JWT "
+        "`aud` is built from it. Required when CDS_JWT_ISSUERS is set.",
+    ),
+    Setting(
+        "CDS_JWT_ISSUERS",
+        None,
+        _json_object,
+        "JSON object: trusted client `iss` -> its JWKS URL (https) or `file:/path`. When set, "
+        "service and feedback calls need a valid JWT; unset turns client authentication off.",
+    ),
     Setting("CDS_JWT_LEEWAY_SECONDS", 30, int, "Clock leeway for exp / iat / nbf."),
-    Setting("CDS_REDIS_URL", None, _optional,
-            "Redis for the JWT replay (jti) cache shared by workers and instances; unset uses an "
-            "in-process cache (single-process development only)."),
-    Setting("CDS_FHIR_ALLOWED_SERVERS", None, _optional,
-            "Comma-separated FHIR base URLs the service may query. Unset: https only and no "
-            "loopback, private or link-local addresses."),
-    Setting("CDS_ALLOW_UNAUTHENTICATED_FHIR", False, _bool,
-            "Query `fhirServer` even when the request has no `fhirAuthorization` (open sandbox "
-            "servers only; the spec allows fetching only with a token)."),
-    Setting("CDS_REQUEST_DEADLINE_MS", 2500, int,
-            "Time budget for FHIR fetching in one hook call; checks whose data is late are "
-            "reported as unavailable."),
+    Setting(
+        "CDS_REDIS_URL",
+        None,
+        _optional,
+        "Redis for the JWT replay (jti) cache shared by workers and instances; unset uses an "
+        "in-process cache (single-process development only).",
+    ),
+    Setting(
+        "CDS_FHIR_ALLOWED_SERVERS",
+        None,
+        _optional,
+        "Comma-separated FHIR base URLs the service may query. Unset: https only and no "
+        "loopback, private or link-local addresses.",
+    ),
+    Setting(
+        "CDS_ALLOW_UNAUTHENTICATED_FHIR",
+        False,
+        _bool,
+        "Query `fhirServer` even when the request has no `fhirAuthorization` (open sandbox "
+        "servers only; the spec allows fetching only with a token).",
+    ),
+    Setting(
+        "CDS_REQUEST_DEADLINE_MS",
+        2500,
+        int,
+        "Time budget for FHIR fetching in one hook call; checks whose data is late are "
+        "reported as unavailable.",
+    ),
     Setting("CDS_FHIR_MAX_PAGES", 20, int, "Most Bundle pages followed per FHIR search."),
     Setting("CDS_FHIR_WORKERS", 16, int, "Threads for concurrent FHIR queries (per process)."),
-    Setting("CDS_CORS_ORIGINS", None, _optional,
-            "Comma-separated browser origins allowed by CORS (e.g. the CDS Hooks Sandbox), or `*`."),
-    Setting("CDS_EGFR_BASELINE_MAX_DAYS", None, lambda v: int(v) if v.strip() else None,
-            "Local policy: how recent a baseline eGFR must be (default from rules.toml: 30)."),
-    Setting("CDS_BP_MAX_AGE_DAYS", None, lambda v: int(v) if v.strip() else None,
-            "Local policy: how recent the pre-initiation BP must be (default rules.toml: 30)."),
-    Setting("CDS_POTASSIUM_HIGH_DEFAULT", None, lambda v: float(v) if v.strip() else None,
-            "Local policy: potassium upper limit when the lab sends no reference range "
-            "(default rules.toml: 5.0 mmol/L)."),
-    Setting("CDS_DATABASE_URL", None, _optional,
-            "SQLAlchemy URL of the audit/feedback database; default a SQLite file in the "
-            "instance folder."),
-    Setting("CDS_AUDIT_HASH_KEY", None, _optional,
-            "Secret key for the keyed hash of patient ids in the audit trail (set it in "
-            "production; a random per-process key is used otherwise)."),
-    Setting("CDS_ANALYTICS_TOKEN", None, _optional,
-            "Token protecting /analytics (Bearer or HTTP Basic password). Unset: open when client "
-            "authentication is off, refused (403) when it is on."),
-    Setting("MAX_CONTENT_LENGTH", 5 * 1024 * 1024, int,
-            "Largest accepted request body in bytes (413 above it)."),
+    Setting(
+        "CDS_CORS_ORIGINS",
+        None,
+        _optional,
+        "Comma-separated browser origins allowed by CORS (e.g. the CDS Hooks Sandbox), or `*`.",
+    ),
+    Setting(
+        "CDS_EGFR_BASELINE_MAX_DAYS",
+        None,
+        lambda v: int(v) if v.strip() else None,
+        "Local policy: how recent a baseline eGFR must be (default from rules.toml: 30).",
+    ),
+    Setting(
+        "CDS_BP_MAX_AGE_DAYS",
+        None,
+        lambda v: int(v) if v.strip() else None,
+        "Local policy: how recent the pre-initiation BP must be (default rules.toml: 30).",
+    ),
+    Setting(
+        "CDS_POTASSIUM_HIGH_DEFAULT",
+        None,
+        lambda v: float(v) if v.strip() else None,
+        "Local policy: potassium upper limit when the lab sends no reference range "
+        "(default rules.toml: 5.0 mmol/L).",
+    ),
+    Setting(
+        "CDS_DATABASE_URL",
+        None,
+        _optional,
+        "SQLAlchemy URL of the audit/feedback database; default a SQLite file in the "
+        "instance folder.",
+    ),
+    Setting(
+        "CDS_AUDIT_HASH_KEY",
+        None,
+        _optional,
+        "Secret key for the keyed hash of patient ids in the audit trail (set it in "
+        "production; a random per-process key is used otherwise).",
+    ),
+    Setting(
+        "CDS_ANALYTICS_TOKEN",
+        None,
+        _optional,
+        "Token protecting /analytics (Bearer or HTTP Basic password). Unset: open when client "
+        "authentication is off, refused (403) when it is on.",
+    ),
+    Setting(
+        "MAX_CONTENT_LENGTH",
+        5 * 1024 * 1024,
+        int,
+        "Largest accepted request body in bytes (413 above it).",
+    ),
 )
 
 

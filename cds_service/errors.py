@@ -28,8 +28,13 @@ class CdsError(Exception):
     status = 500
     title = "Internal Server Error"
 
-    def __init__(self, detail: str, *, fields: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        fields: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.fields = fields
@@ -60,9 +65,13 @@ class ServiceUnavailable(CdsError):
     status, title = 503, "Service Unavailable"
 
 
-def error_response(status: int, title: str, detail: str | None = None,
-                   fields: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None) -> Response:
+def error_response(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    fields: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
     body: dict[str, Any] = {"status": status, "title": title}
     if detail:
         body["detail"] = detail
@@ -96,5 +105,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
-        return error_response(500, "Internal Server Error",
-                              "The service failed unexpectedly; the error has been logged.")
+        return error_response(
+            500,
+            "Internal Server Error",
+            "The service failed unexpectedly; the error has been logged.",
+        )

@@ -85,8 +85,9 @@ class FhirClient:
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirFetchError("FHIR server answered with something that is not a resource")
         if body["resourceType"] == "OperationOutcome":
-            raise FhirFetchError("FHIR server answered with an OperationOutcome: "
-                                 + operation_outcome_text(body))
+            raise FhirFetchError(
+                "FHIR server answered with an OperationOutcome: " + operation_outcome_text(body)
+            )
         return body
 
     def read(self, path: str) -> Resource | None:

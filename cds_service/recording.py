@@ -68,7 +68,8 @@ def store_feedback(service_id: str, items: list[dict[str, Any]]) -> int:
     except UnknownCardError as exc:
         raise NotFound(
             f"No card issued by service '{service_id}' has uuid "
-            + ", ".join(exc.card_uuids) + "; nothing was stored",
+            + ", ".join(exc.card_uuids)
+            + "; nothing was stored",
             extra={"unknownCards": list(exc.card_uuids)},
         ) from exc
     except StorageUnavailableError as exc:

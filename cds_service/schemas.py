@@ -114,9 +114,7 @@ class FhirAuthorizationSchema(_Lenient):
 class HookRequestSchema(_Lenient):
     hook = fields.String(required=True)
     hook_instance = fields.UUID(required=True, data_key="hookInstance")
-    fhir_server = fields.Url(
-        data_key="fhirServer", require_tld=False, schemes={"http", "https"}
-    )
+    fhir_server = fields.Url(data_key="fhirServer", require_tld=False, schemes={"http", "https"})
     fhir_authorization = fields.Nested(FhirAuthorizationSchema, data_key="fhirAuthorization")
     context = fields.Dict(required=True)
     prefetch = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))

@@ -38,8 +38,10 @@ def init_security(app: Flask) -> None:
         app.before_request(_require_jwt)
     else:
         app.config["CDS_AUTH_STATE"] = "OFF: CDS_JWT_ISSUERS is not set; any caller is trusted"
-        log.warning("CLIENT AUTHENTICATION IS OFF: set CDS_JWT_ISSUERS before exposing this "
-                    "service to patient data")
+        log.warning(
+            "CLIENT AUTHENTICATION IS OFF: set CDS_JWT_ISSUERS before exposing this "
+            "service to patient data"
+        )
     origins = app.config["CDS_CORS_ORIGINS"]
     if origins:
         app.config["CDS_CORS_ORIGIN_SET"] = frozenset(o.strip() for o in origins.split(","))
@@ -49,8 +51,10 @@ def init_security(app: Flask) -> None:
 
 def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
     if not app.config["CDS_PUBLIC_BASE_URL"]:
-        raise RuntimeError("CDS_PUBLIC_BASE_URL must be set when CDS_JWT_ISSUERS is set: the "
-                           "JWT audience is the public URL of each endpoint")
+        raise RuntimeError(
+            "CDS_PUBLIC_BASE_URL must be set when CDS_JWT_ISSUERS is set: the "
+            "JWT audience is the public URL of each endpoint"
+        )
     for iss, location in issuers.items():
         if not isinstance(location, str):
             raise RuntimeError(f"CDS_JWT_ISSUERS[{iss!r}] must be a JWKS URL or file: path")
@@ -61,8 +65,10 @@ def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
         app.extensions.setdefault("cds_closers", []).append(redis_cache.close)
         cache = redis_cache
     else:
-        log.warning("JWT replay cache is in-process (CDS_REDIS_URL unset): replays across "
-                    "workers or instances are not detected")
+        log.warning(
+            "JWT replay cache is in-process (CDS_REDIS_URL unset): replays across "
+            "workers or instances are not detected"
+        )
         cache = MemoryReplayCache()
     authenticator = ClientAuthenticator(
         issuers, cache, leeway_seconds=int(app.config["CDS_JWT_LEEWAY_SECONDS"])

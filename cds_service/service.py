@@ -17,8 +17,8 @@ from cds_service.errors import BadRequest, NotFound
 from cds_service.rules.engine import Evaluation, evaluate
 from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
 from fhir_mappings.codes import Terminology
+from fhir_mappings.extract import build_facts, bundle_resources
 from fhir_mappings.facts import PatientFacts, Unreadable
-from fhir_mappings.extract import bundle_resources, build_facts
 from fhir_mappings.knowledge import Knowledge
 
 log = logging.getLogger(__name__)

@@ -440,7 +440,7 @@ class _Mapper:
         criticality = resource.get("criticality")
         return Allergy(
             reference=reference_of(resource),
-            substance=(texts + ["(unnamed substance)"])[0],
+            substance=([*texts, "(unnamed substance)"])[0],
             to_voclosporin="voclosporin" in match.roles,
             criticality=criticality if isinstance(criticality, str) else None,
             severities=tuple(severities),

@@ -1,4 +1,4 @@
-"""The HTTP contract through the Flask test client: each hook, prefetch vs fetch, errors, feedback."""
+"""The HTTP contract via the Flask test client: hooks, prefetch vs fetch, errors, feedback."""
 
 from __future__ import annotations
 
@@ -52,36 +52,59 @@ def test_discovery_is_spec_valid(client):
 def test_each_hook_returns_spec_valid_cards(app, client, hook):
     """Every hook answers a voclosporin initiation with spec-valid cards."""
     patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
-    body = hook_request(hook, patient_id, [voclosporin_draft_order(patient_id, TODAY)],
-                        prefetch_for(resources, patient_id, templates(app, hook)))
+    body = hook_request(
+        hook,
+        patient_id,
+        [voclosporin_draft_order(patient_id, TODAY)],
+        prefetch_for(resources, patient_id, templates(app, hook)),
+    )
     response = client.post(f"/cds-services/voclosporin-{hook}", json=body)
     assert response.status_code == 200, response.json
     assert errors_only(check_response(response.json)) == []
     assert rule_ids(response) == [
-        "blood-pressure-high", "egfr-baseline-low", "hyperkalemia", "prior-authorization"]
+        "blood-pressure-high",
+        "egfr-baseline-low",
+        "hyperkalemia",
+        "prior-authorization",
+    ]
     assert response.headers["Cache-Control"] == "no-store"
 
 
 def test_card_detail_names_the_facts_used(app, client):
     """The eGFR card shows value, unit, date, source resource and measured/computed."""
     patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
-    body = hook_request("order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)],
-                        prefetch_for(resources, patient_id, templates(app)))
+    body = hook_request(
+        "order-sign",
+        patient_id,
+        [voclosporin_draft_order(patient_id, TODAY)],
+        prefetch_for(resources, patient_id, templates(app)),
+    )
     card = client.post(SIGN, json=body).json["cards"][1]
-    assert "42 mL/min" in card["detail"] and "measured" in card["detail"]
-    assert "Observation/" in card["detail"] and str(TODAY.year) in card["detail"]
+    assert "42 mL/min" in card["detail"]
+    assert "measured" in card["detail"]
+    assert "Observation/" in card["detail"]
+    assert str(TODAY.year) in card["detail"]
     assert card["source"]["url"].startswith("https://dailymed.nlm.nih.gov/")
 
 
 def test_moderate_inhibitor_update_is_a_full_resource(app, client):
     """The dose-change suggestion carries the whole draft MedicationRequest, new dosage."""
     patient_id, resources = chart("ln-initiation-clean")
-    diltiazem = {"resourceType": "MedicationRequest", "id": "dilt", "status": "active",
-                 "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
-                 "medicationCodeableConcept": {"text": "diltiazem 120 MG Extended Release"}}
+    diltiazem = {
+        "resourceType": "MedicationRequest",
+        "id": "dilt",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "medicationCodeableConcept": {"text": "diltiazem 120 MG Extended Release"},
+    }
     draft = voclosporin_draft_order(patient_id, TODAY)
-    body = hook_request("order-sign", patient_id, [draft],
-                        prefetch_for([*resources, diltiazem], patient_id, templates(app)))
+    body = hook_request(
+        "order-sign",
+        patient_id,
+        [draft],
+        prefetch_for([*resources, diltiazem], patient_id, templates(app)),
+    )
     cards = client.post(SIGN, json=body).json["cards"]
     card = next(c for c in cards if c["source"]["topic"]["code"] == "moderate-cyp3a4-inhibitor")
     action = card["suggestions"][0]["actions"][0]
@@ -89,8 +112,10 @@ def test_moderate_inhibitor_update_is_a_full_resource(app, client):
     resource = action["resource"]
     assert resource["id"] == draft["id"]
     assert resource["medicationCodeableConcept"] == draft["medicationCodeableConcept"]
-    doses = [(d["doseAndRate"][0]["doseQuantity"]["value"], d["timing"]["repeat"]["when"])
-             for d in resource["dosageInstruction"]]
+    doses = [
+        (d["doseAndRate"][0]["doseQuantity"]["value"], d["timing"]["repeat"]["when"])
+        for d in resource["dosageInstruction"]
+    ]
     assert doses == [(15.8, ["MORN"]), (7.9, ["EVE"])]
     assert card["selectionBehavior"] == "at-most-one"
 
@@ -98,19 +123,26 @@ def test_moderate_inhibitor_update_is_a_full_resource(app, client):
 def test_no_voclosporin_gives_empty_cards(app, client):
     """An unrelated order for a patient not on voclosporin: {"cards": []}."""
     patient_id, resources = chart("ln-initiation-clean")
-    lisinopril = {"resourceType": "MedicationRequest", "id": "l1", "status": "draft",
-                  "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
-                  "medicationCodeableConcept": {"text": "lisinopril 10 MG Oral Tablet"}}
-    body = hook_request("order-sign", patient_id, [lisinopril],
-                        prefetch_for(resources, patient_id, templates(app)))
+    lisinopril = {
+        "resourceType": "MedicationRequest",
+        "id": "l1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "medicationCodeableConcept": {"text": "lisinopril 10 MG Oral Tablet"},
+    }
+    body = hook_request(
+        "order-sign", patient_id, [lisinopril], prefetch_for(resources, patient_id, templates(app))
+    )
     assert client.post(SIGN, json=body).json == {"cards": []}
 
 
 # -- prefetch versus fetch ----------------------------------------------------------------------
 
 
-def serve_chart(mocked: responses.RequestsMock, app, patient_id: str, resources,
-                page_size: int = 0) -> None:
+def serve_chart(
+    mocked: responses.RequestsMock, app, patient_id: str, resources, page_size: int = 0
+) -> None:
     """Answer the service's own templates from ``resources`` like a FHIR server would."""
     for key, template in templates(app).items():
         query = template.replace("{{context.patientId}}", patient_id)
@@ -119,14 +151,21 @@ def serve_chart(mocked: responses.RequestsMock, app, patient_id: str, resources,
         if bundle is None:
             mocked.get(url, status=404, json={"resourceType": "OperationOutcome", "issue": []})
             continue
-        if page_size and bundle.get("resourceType") == "Bundle" and len(bundle["entry"]) > page_size:
+        if (
+            page_size
+            and bundle.get("resourceType") == "Bundle"
+            and len(bundle["entry"]) > page_size
+        ):
             first, rest = copy.deepcopy(bundle), copy.deepcopy(bundle)
             first["entry"], rest["entry"] = bundle["entry"][:page_size], bundle["entry"][page_size:]
             first["link"] = [{"relation": "next", "url": f"{FHIR}/page2/{key}"}]
             mocked.get(f"{FHIR}/page2/{key}", json=rest)
             bundle = first
-        mocked.get(url, json=bundle, match=[responses.matchers.header_matcher(
-            {"Authorization": "Bearer secret-token"})])
+        mocked.get(
+            url,
+            json=bundle,
+            match=[responses.matchers.header_matcher({"Authorization": "Bearer secret-token"})],
+        )
 
 
 def comparable(cards) -> list[tuple[str, str, str]]:
@@ -141,13 +180,23 @@ def test_fetched_chart_gives_same_cards_as_prefetch(tmp_path, name):
         client = app.test_client()
         patient_id, resources = chart(name)
         drafts = [voclosporin_draft_order(patient_id, TODAY)]
-        with_prefetch = client.post(SIGN, json=hook_request(
-            "order-sign", patient_id, drafts, prefetch_for(resources, patient_id,
-                                                           templates(app))))
+        with_prefetch = client.post(
+            SIGN,
+            json=hook_request(
+                "order-sign",
+                patient_id,
+                drafts,
+                prefetch_for(resources, patient_id, templates(app)),
+            ),
+        )
         with responses.RequestsMock(assert_all_requests_are_fired=False) as mocked:
             serve_chart(mocked, app, patient_id, resources, page_size=1)
-            fetched = client.post(SIGN, json=hook_request(
-                "order-sign", patient_id, drafts, fhir_server=FHIR, token="secret-token"))
+            fetched = client.post(
+                SIGN,
+                json=hook_request(
+                    "order-sign", patient_id, drafts, fhir_server=FHIR, token="secret-token"
+                ),
+            )
             assert any("page2" in call.request.url for call in mocked.calls)
         assert fetched.status_code == 200
         assert comparable(fetched.json["cards"]) == comparable(with_prefetch.json["cards"])
@@ -161,15 +210,27 @@ def test_operation_outcome_in_prefetch_is_refetched(tmp_path):
     try:
         patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
         prefetch = prefetch_for(resources, patient_id, templates(app))
-        prefetch["egfr"] = {"resourceType": "OperationOutcome",
-                            "issue": [{"severity": "error", "code": "timeout"}]}
+        prefetch["egfr"] = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "timeout"}],
+        }
         with responses.RequestsMock() as mocked:
             egfr_query = templates(app)["egfr"].replace("{{context.patientId}}", patient_id)
-            mocked.get(f"{FHIR}/{egfr_query}", json=prefetch_for(
-                resources, patient_id, {"egfr": templates(app)["egfr"]})["egfr"])
-            response = app.test_client().post(SIGN, json=hook_request(
-                "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch,
-                fhir_server=FHIR, token="secret-token"))
+            mocked.get(
+                f"{FHIR}/{egfr_query}",
+                json=prefetch_for(resources, patient_id, {"egfr": templates(app)["egfr"]})["egfr"],
+            )
+            response = app.test_client().post(
+                SIGN,
+                json=hook_request(
+                    "order-sign",
+                    patient_id,
+                    [voclosporin_draft_order(patient_id, TODAY)],
+                    prefetch,
+                    fhir_server=FHIR,
+                    token="secret-token",
+                ),
+            )
         assert "egfr-baseline-low" in rule_ids(response)
     finally:
         close_app(app)
@@ -184,12 +245,21 @@ def test_fetch_failure_is_said_on_a_card(tmp_path):
         del prefetch["egfr"]
         with responses.RequestsMock() as mocked:
             mocked.get(f"{FHIR}/Observation", status=500)
-            response = app.test_client().post(SIGN, json=hook_request(
-                "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch,
-                fhir_server=FHIR, token="secret-token"))
+            response = app.test_client().post(
+                SIGN,
+                json=hook_request(
+                    "order-sign",
+                    patient_id,
+                    [voclosporin_draft_order(patient_id, TODAY)],
+                    prefetch,
+                    fhir_server=FHIR,
+                    token="secret-token",
+                ),
+            )
         assert response.status_code == 200
         ids = rule_ids(response)
-        assert "data-unavailable" in ids and "egfr-baseline-missing" not in ids
+        assert "data-unavailable" in ids
+        assert "egfr-baseline-missing" not in ids
         card = response.json["cards"][ids.index("data-unavailable")]
         assert "egfr: FHIR server error (HTTP 500)" in card["detail"]
     finally:
@@ -201,8 +271,12 @@ def test_missing_prefetch_without_server_is_412(app, client):
     patient_id, resources = chart("ln-initiation-clean")
     prefetch = prefetch_for(resources, patient_id, templates(app))
     del prefetch["potassium"], prefetch["allergies"]
-    response = client.post(SIGN, json=hook_request(
-        "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch))
+    response = client.post(
+        SIGN,
+        json=hook_request(
+            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
+        ),
+    )
     assert response.status_code == 412
     assert sorted(response.json["error"]["missingPrefetch"]) == ["allergies", "potassium"]
 
@@ -212,8 +286,12 @@ def test_null_prefetch_means_no_data_not_an_error(app, client):
     patient_id, resources = chart("ln-initiation-clean")
     prefetch = prefetch_for(resources, patient_id, templates(app))
     prefetch["bloodPressure"] = None
-    response = client.post(SIGN, json=hook_request(
-        "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch))
+    response = client.post(
+        SIGN,
+        json=hook_request(
+            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
+        ),
+    )
     assert "blood-pressure-missing" in rule_ids(response)
 
 
@@ -223,9 +301,16 @@ def test_disallowed_fhir_server_is_never_contacted(tmp_path):
     try:
         patient_id, _ = chart("ln-initiation-clean")
         with responses.RequestsMock() as mocked:
-            response = app.test_client().post(SIGN, json=hook_request(
-                "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)],
-                fhir_server="https://attacker.example.net/fhir", token="secret-token"))
+            response = app.test_client().post(
+                SIGN,
+                json=hook_request(
+                    "order-sign",
+                    patient_id,
+                    [voclosporin_draft_order(patient_id, TODAY)],
+                    fhir_server="https://attacker.example.net/fhir",
+                    token="secret-token",
+                ),
+            )
             assert len(mocked.calls) == 0
         assert response.status_code == 412
         assert "not allowed" in response.json["error"]["detail"]
@@ -243,16 +328,35 @@ def test_disallowed_fhir_server_is_never_contacted(tmp_path):
         (lambda b: b.update(hookInstance="not-a-uuid"), "hookInstance"),
         (lambda b: b["context"].pop("patientId"), "context.patientId"),
         (lambda b: b["context"].update(patientId="1&_include=*"), "context.patientId"),
-        (lambda b: b["context"].update(draftOrders={"resourceType": "Patient"}),
-         "context.draftOrders"),
-        (lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "Bearer",
-                                               "expires_in": 60, "scope": "s", "subject": "c"}),
-         "fhirServer"),
+        (
+            lambda b: b["context"].update(draftOrders={"resourceType": "Patient"}),
+            "context.draftOrders",
+        ),
+        (
+            lambda b: b.update(
+                fhirAuthorization={
+                    "access_token": "t",
+                    "token_type": "Bearer",
+                    "expires_in": 60,
+                    "scope": "s",
+                    "subject": "c",
+                }
+            ),
+            "fhirServer",
+        ),
         (lambda b: b.update(hook="order-select"), "hook"),
         (lambda b: b.update(prefetch={"patient": "Patient/1"}), "prefetch.patient"),
     ],
-    ids=["no-hookInstance", "bad-hookInstance", "no-patientId", "injected-patientId",
-         "draftOrders-not-bundle", "auth-without-server", "wrong-hook", "prefetch-string"],
+    ids=[
+        "no-hookInstance",
+        "bad-hookInstance",
+        "no-patientId",
+        "injected-patientId",
+        "draftOrders-not-bundle",
+        "auth-without-server",
+        "wrong-hook",
+        "prefetch-string",
+    ],
 )
 def test_malformed_request_is_400_naming_the_field(client, mutate, field):
     """A request that breaks the spec gets 400 with the offending field named."""
@@ -265,8 +369,13 @@ def test_malformed_request_is_400_naming_the_field(client, mutate, field):
 
 def test_selection_not_in_draft_orders_is_400(client):
     """order-select selections must reference draftOrders entries."""
-    body = hook_request("order-select", "p1", [voclosporin_draft_order("p1", TODAY)], {},
-                        selections=["MedicationRequest/elsewhere"])
+    body = hook_request(
+        "order-select",
+        "p1",
+        [voclosporin_draft_order("p1", TODAY)],
+        {},
+        selections=["MedicationRequest/elsewhere"],
+    )
     response = client.post("/cds-services/voclosporin-order-select", json=body)
     assert response.json["error"]["fields"]["context.selections"]
 
@@ -280,15 +389,20 @@ def test_unknown_service_is_404(client):
 
 @pytest.mark.parametrize(
     ("data", "content_type", "status"),
-    [("{", "application/json", 400), (b"\xff\xfe", "application/json", 400),
-     ("[]", "application/json", 400), ("hook=x", "application/x-www-form-urlencoded", 415)],
+    [
+        ("{", "application/json", 400),
+        (b"\xff\xfe", "application/json", 400),
+        ("[]", "application/json", 400),
+        ("hook=x", "application/x-www-form-urlencoded", 415),
+    ],
     ids=["broken-json", "not-utf8", "array", "form"],
 )
 def test_unparseable_body(client, data, content_type, status):
     """Broken JSON, non-UTF-8, wrong shape or type: clear 4xx JSON, never a traceback."""
     response = client.post(SIGN, data=data, content_type=content_type)
     assert response.status_code == status
-    assert "error" in response.json and b"Traceback" not in response.data
+    assert "error" in response.json
+    assert b"Traceback" not in response.data
 
 
 def test_body_too_large_is_413(tmp_path):
@@ -305,7 +419,8 @@ def test_body_too_large_is_413(tmp_path):
 def test_wrong_method_is_json_405(client):
     """GET on a service endpoint: 405 with a JSON body."""
     response = client.get(SIGN)
-    assert response.status_code == 405 and response.json["error"]["status"] == 405
+    assert response.status_code == 405
+    assert response.json["error"]["status"] == 405
 
 
 # -- feedback ------------------------------------------------------------------------------------
@@ -313,8 +428,12 @@ def test_wrong_method_is_json_405(client):
 
 def issue_card(app, client) -> dict[str, Any]:
     patient_id, resources = chart("ln-on-voclosporin-interactions")
-    body = hook_request("order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)],
-                        prefetch_for(resources, patient_id, templates(app)))
+    body = hook_request(
+        "order-sign",
+        patient_id,
+        [voclosporin_draft_order(patient_id, TODAY)],
+        prefetch_for(resources, patient_id, templates(app)),
+    )
     cards = client.post(SIGN, json=body).json["cards"]
     app.extensions["cds_audit_writer"].flush(5.0)
     return cards[0]
@@ -323,10 +442,16 @@ def issue_card(app, client) -> dict[str, Any]:
 def test_feedback_is_stored_once(app, client):
     """Spec-valid feedback on an issued card: 200, and the same post twice stores once."""
     card = issue_card(app, client)
-    feedback = {"feedback": [{
-        "card": card["uuid"], "outcome": "overridden",
-        "overrideReason": {"reason": card["overrideReasons"][2], "userComment": "benefit"},
-        "outcomeTimestamp": "2026-11-01T12:05:00Z"}]}
+    feedback = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"reason": card["overrideReasons"][2], "userComment": "benefit"},
+                "outcomeTimestamp": "2026-11-01T12:05:00Z",
+            }
+        ]
+    }
     first = client.post(f"{SIGN}/feedback", json=feedback)
     second = client.post(f"{SIGN}/feedback", json=feedback)
     assert (first.status_code, first.json) == (200, {"received": 1, "stored": 1})
@@ -335,8 +460,15 @@ def test_feedback_is_stored_once(app, client):
 
 def test_feedback_for_unknown_card_is_404(client):
     """A card uuid this service never issued: 404, nothing stored."""
-    feedback = {"feedback": [{"card": "00000000-0000-4000-8000-000000000000",
-                              "outcome": "overridden", "outcomeTimestamp": "2026-11-01T12:05:00Z"}]}
+    feedback = {
+        "feedback": [
+            {
+                "card": "00000000-0000-4000-8000-000000000000",
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-01T12:05:00Z",
+            }
+        ]
+    }
     response = client.post(f"{SIGN}/feedback", json=feedback)
     assert response.status_code == 404
     assert response.json["error"]["unknownCards"] == ["00000000-0000-4000-8000-000000000000"]
@@ -344,8 +476,11 @@ def test_feedback_for_unknown_card_is_404(client):
 
 def test_accepted_feedback_needs_suggestions(client):
     """outcome 'accepted' without acceptedSuggestions is a 400 (spec: conditional field)."""
-    feedback = {"feedback": [{"card": "c", "outcome": "accepted",
-                              "outcomeTimestamp": "2026-11-01T12:05:00Z"}]}
+    feedback = {
+        "feedback": [
+            {"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-11-01T12:05:00Z"}
+        ]
+    }
     response = client.post(f"{SIGN}/feedback", json=feedback)
     assert response.status_code == 400
     assert "feedback[0].acceptedSuggestions" in response.json["error"]["fields"]

@@ -36,19 +36,33 @@ def facts_from(terminology, resources, drafts=(), patient=None, **kw) -> Patient
         D.ALLERGIES: by_type.get("AllergyIntolerance", []),
     }
     patient = patient or (by_type.get("Patient") or [None])[0]
-    return build_facts(terminology=terminology, now=NOW, hook="order-sign", patient_id="p1",
-                       patient=patient, chart=chart, draft_orders=list(drafts),
-                       selections=None, unavailable=kw.get("unavailable", {}))
+    return build_facts(
+        terminology=terminology,
+        now=NOW,
+        hook="order-sign",
+        patient_id="p1",
+        patient=patient,
+        chart=chart,
+        draft_orders=list(drafts),
+        selections=None,
+        unavailable=kw.get("unavailable", {}),
+    )
 
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1971-05-01"}
 
 
 def observation(code: str, value: float, unit: str, when: str = "2026-10-25", **extra):
-    return {"resourceType": "Observation", "id": f"o-{code}-{value}", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": when,
-            "valueQuantity": {"value": value, "unit": unit}, **extra}
+    return {
+        "resourceType": "Observation",
+        "id": f"o-{code}-{value}",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": value, "unit": unit},
+        **extra,
+    }
 
 
 # -- Synthea: real data nobody on the team wrote -------------------------------------------------
@@ -60,9 +74,8 @@ def test_synthea_mdrd_egfr_creatinine_potassium_and_bp_panel(terminology):
     assert {m.code for m in f.egfr if not m.computed} == {"33914-3"}
     assert {m.code for m in f.creatinine} == {"38483-4"}
     assert {m.code for m in f.potassium} == {"6298-4"}
-    assert f.blood_pressures and all(
-        bp.systolic is not None and bp.diastolic is not None for bp in f.blood_pressures
-    )
+    assert f.blood_pressures
+    assert all(bp.systolic is not None and bp.diastolic is not None for bp in f.blood_pressures)
     assert (f.sex, f.birth_date.isoformat()) == ("female", "1970-05-28")
     assert f.unreadable == ()
 
@@ -90,21 +103,40 @@ def test_synthea_carbamazepine_is_a_strong_inducer(terminology):
 
 
 def draft(**concept) -> dict[str, Any]:
-    return {"resourceType": "MedicationRequest", "id": "d1", "status": "draft",
-            "intent": "order", "subject": {"reference": "Patient/p1"}, **concept}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": "d1",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        **concept,
+    }
 
 
 @pytest.mark.parametrize(
     "concept",
     [
         {"medicationCodeableConcept": {"text": "Lupkynis 7.9 mg capsule"}},
-        {"medicationCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc",
-                                                   "code": "75626-0001-01"}]}},
-        {"medicationCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc",
-                                                   "code": "75626000102"}]}},
-        {"medicationReference": {"reference": "#m1"},
-         "contained": [{"resourceType": "Medication", "id": "m1",
-                        "code": {"text": "VOCLOSPORIN 7.9 MG CAPSULE"}}]},
+        {
+            "medicationCodeableConcept": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "75626-0001-01"}]
+            }
+        },
+        {
+            "medicationCodeableConcept": {
+                "coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "75626000102"}]
+            }
+        },
+        {
+            "medicationReference": {"reference": "#m1"},
+            "contained": [
+                {
+                    "resourceType": "Medication",
+                    "id": "m1",
+                    "code": {"text": "VOCLOSPORIN 7.9 MG CAPSULE"},
+                }
+            ],
+        },
         {"medicationReference": {"reference": "Medication/vm", "display": "voclosporin"}},
     ],
     ids=["brand-text", "ndc-hyphen", "ndc-11", "contained", "reference-display"],
@@ -117,10 +149,16 @@ def test_voclosporin_identified_without_rxcui(terminology, concept):
 
 def test_referenced_medication_resource_is_resolved(terminology):
     """medicationReference to a Medication in the same search result is followed."""
-    medication = {"resourceType": "Medication", "id": "k1",
-                  "code": {"text": "Ketoconazole 200 MG Oral Tablet"}}
-    order = {**draft(medicationReference={"reference": "Medication/k1"}), "id": "a1",
-             "status": "active"}
+    medication = {
+        "resourceType": "Medication",
+        "id": "k1",
+        "code": {"text": "Ketoconazole 200 MG Oral Tablet"},
+    }
+    order = {
+        **draft(medicationReference={"reference": "Medication/k1"}),
+        "id": "a1",
+        "status": "active",
+    }
     f = facts_from(terminology, [PATIENT, medication, order])
     assert "strong-cyp3a4-inhibitor" in f.medications[0].roles
 
@@ -134,8 +172,10 @@ def test_ingredient_word_boundaries(terminology):
 
 def test_dosage_in_capsules_and_bid_code(terminology):
     """3 capsules with timing code BID read as 23.7 mg twice a day."""
-    dosage = {"timing": {"code": {"coding": [{"code": "BID"}]}},
-              "doseAndRate": [{"doseQuantity": {"value": 3, "unit": "capsule"}}]}
+    dosage = {
+        "timing": {"code": {"coding": [{"code": "BID"}]}},
+        "doseAndRate": [{"doseQuantity": {"value": 3, "unit": "capsule"}}],
+    }
     order = draft(medicationCodeableConcept={"text": "LUPKYNIS"}, dosageInstruction=[dosage])
     f = facts_from(terminology, [PATIENT], drafts=[order])
     assert [d.mg for d in f.draft_orders[0].dosage.doses] == [23.7, 23.7]
@@ -147,8 +187,11 @@ def test_dosage_in_capsules_and_bid_code(terminology):
 
 @pytest.mark.parametrize(
     ("code", "value", "unit", "mg_dl"),
-    [("2160-0", 1.1, "mg/dL", 1.1), ("14682-9", 97.24, "umol/L", 1.1),
-     ("14682-9", 97.24, "µmol/L", 1.1)],
+    [
+        ("2160-0", 1.1, "mg/dL", 1.1),
+        ("14682-9", 97.24, "umol/L", 1.1),
+        ("14682-9", 97.24, "µmol/L", 1.1),
+    ],
     ids=["mg/dL", "umol/L", "µmol/L"],
 )
 def test_creatinine_units_and_computed_egfr(terminology, code, value, unit, mg_dl):
@@ -156,7 +199,8 @@ def test_creatinine_units_and_computed_egfr(terminology, code, value, unit, mg_d
     f = facts_from(terminology, [PATIENT, observation(code, value, unit)])
     assert f.creatinine[0].value == pytest.approx(mg_dl, rel=1e-3)
     computed = f.egfr[-1]
-    assert computed.computed and "CKD-EPI 2021" in computed.method
+    assert computed.computed
+    assert "CKD-EPI 2021" in computed.method
     # 142 x (1.1/0.7)^-1.200 x 0.9938^55.48 x 1.012 = 59.2 (woman aged 55.48 on the draw date)
     assert computed.value == pytest.approx(59.2, abs=0.1)
 
@@ -168,8 +212,14 @@ def test_ckd_epi_2021_worked_example(knowledge):
 
 def test_measured_egfr_wins_on_the_same_day(terminology):
     """No computed eGFR is added for a day that has a measured one."""
-    f = facts_from(terminology, [PATIENT, observation("98979-8", 70, "mL/min/{1.73_m2}"),
-                                 observation("2160-0", 1.0, "mg/dL")])
+    f = facts_from(
+        terminology,
+        [
+            PATIENT,
+            observation("98979-8", 70, "mL/min/{1.73_m2}"),
+            observation("2160-0", 1.0, "mg/dL"),
+        ],
+    )
     assert [m.computed for m in f.egfr] == [False]
 
 
@@ -182,8 +232,10 @@ def test_unknown_creatinine_unit_is_reported_not_guessed(terminology):
 
 def test_bp_as_separate_observations(terminology):
     """Systolic 8480-6 and diastolic 8462-4 sent separately are both read."""
-    f = facts_from(terminology, [PATIENT, observation("8480-6", 150, "mm[Hg]"),
-                                 observation("8462-4", 95, "mm[Hg]")])
+    f = facts_from(
+        terminology,
+        [PATIENT, observation("8480-6", 150, "mm[Hg]"), observation("8462-4", 95, "mm[Hg]")],
+    )
     assert {(bp.systolic, bp.diastolic) for bp in f.blood_pressures} == {(None, 95), (150, None)}
 
 
@@ -217,8 +269,12 @@ def test_invalid_resource_is_skipped_and_reported(terminology):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2026", "2026-01-01T00:00:00+00:00"), ("2026-03", "2026-03-01T00:00:00+00:00"),
-     ("2026-03-04T10:00:00-05:00", "2026-03-04T15:00:00+00:00"), ("nonsense", None)],
+    [
+        ("2026", "2026-01-01T00:00:00+00:00"),
+        ("2026-03", "2026-03-01T00:00:00+00:00"),
+        ("2026-03-04T10:00:00-05:00", "2026-03-04T15:00:00+00:00"),
+        ("nonsense", None),
+    ],
 )
 def test_partial_dates(text, expected):
     """FHIR partial dates and offsets become aware UTC datetimes."""
@@ -228,7 +284,11 @@ def test_partial_dates(text, expected):
 
 def test_allergy_refuted_is_ignored(terminology):
     """A refuted voclosporin allergy does not count."""
-    allergy = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference":
-               "Patient/p1"}, "code": {"text": "voclosporin"},
-               "verificationStatus": {"coding": [{"code": "refuted"}]}}
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "id": "a1",
+        "patient": {"reference": "Patient/p1"},
+        "code": {"text": "voclosporin"},
+        "verificationStatus": {"coding": [{"code": "refuted"}]},
+    }
     assert facts_from(terminology, [PATIENT, allergy]).allergies == ()

@@ -30,7 +30,7 @@ from tests.support.hooks import chart_resources, hook_request, prefetch_for, sea
 PATIENT_ID = "ln-initiation-clean"
 TODAY = FIXED_NOW.date()
 SERVICE_URL = "/cds-services/voclosporin-order-sign"
-TOKEN = "fhir-access-token-7c1d"  # noqa: S105 (a test value, not a secret)
+TOKEN = "fhir-access-token-7c1d"
 DEADLINE_MS = 800
 # What "timely" means: the deadline plus the engine, the cards and scheduling on a 2-core box.
 MARGIN_SECONDS = 0.75
@@ -153,7 +153,7 @@ def assert_still_serving(client: FlaskClient, fhir: FaultyFhir) -> None:
 def test_healthy_server_gives_the_whole_chart_with_the_token(
     client: FlaskClient, fhir: FaultyFhir, attacker: FaultyFhir
 ) -> None:
-    """With a healthy server every slice is fetched, with the bearer token, and nothing is missing."""
+    """A healthy server gives every slice, each fetched with the token; nothing is missing."""
     response, elapsed = timed_post(client, fetch_request(fhir.base_url))
     assert response.status_code == 200
     assert unavailable_card(response) is None
@@ -216,11 +216,13 @@ def test_observation_fault_gives_a_truthful_card_in_time(
     skipped = checks_not_run(card)
     for rule_id in OBSERVATION_RULES:
         assert skipped[rule_id].startswith("not run:"), skipped
-    assert "patient" not in missing and "medications" not in missing
+    assert "patient" not in missing
+    assert "medications" not in missing
     assert "could not run" in card["summary"]
     # The token went to the allowed server only, and never to the other host.
     assert {hit.authorization for hit in fhir.hits} == {f"Bearer {TOKEN}"}
-    assert attacker.hits == [] and attacker.connections == 0
+    assert attacker.hits == []
+    assert attacker.connections == 0
     assert_still_serving(client, fhir)
 
 
@@ -287,7 +289,7 @@ def _templates(app: Flask) -> dict[str, str]:
 def test_prefetch_next_link_to_another_host_is_not_followed(
     app: Flask, client: FlaskClient, fhir: FaultyFhir, attacker: FaultyFhir
 ) -> None:
-    """A prefetched Bundle whose next link leaves the allowed server: no token sent, slice missing."""
+    """A prefetched next link to another host is not followed; the slice is reported missing."""
     prefetch = _prefetch(_templates(app))
     prefetch["egfr"]["link"] = [
         {"relation": "next", "url": f"{attacker.base_url}/Observation?page=2"}
@@ -356,7 +358,8 @@ def test_server_outside_the_allowlist_is_never_contacted(
     assert sorted(error["missingPrefetch"]) == sorted(ALL_KEYS)
     assert "fhirServer not allowed" in error["detail"]
     assert "127.0.0.1 is not under an allowed FHIR server" in error["detail"]
-    assert fhir.connections == 0 and fhir.hits == []
+    assert fhir.connections == 0
+    assert fhir.hits == []
     assert any("fhirServer refused" in r.getMessage() for r in caplog.records)
     assert TOKEN not in caplog.text
 
@@ -384,8 +387,8 @@ def test_server_outside_the_allowlist_is_not_needed_with_full_prefetch(
         pytest.param("http://127.0.0.1:{port}/fhir", "must use https", id="http-loopback"),
         pytest.param("https://127.0.0.1:{port}/fhir", "loopback address", id="https-loopback"),
         pytest.param("https://localhost:{port}/fhir", "loopback name", id="localhost"),
-        pytest.param("https://127.1:{port}/fhir", "loopback address", id="short-loopback"),
-        pytest.param("https://[::ffff:127.0.0.1]:{port}/fhir", "loopback", id="v4-mapped"),
+        pytest.param("https://2130706433:{port}/fhir", "resolves to a loopback", id="decimal"),
+        pytest.param("https://[::1]:{port}/fhir", "::1 is a loopback address", id="ipv6-loopback"),
     ],
 )
 def test_default_policy_refuses_loopback_without_contacting_it(
@@ -404,4 +407,29 @@ def test_default_policy_refuses_loopback_without_contacting_it(
     error = response.get_json()["error"]
     assert reason in error["detail"]
     assert sorted(error["missingPrefetch"]) == sorted(ALL_KEYS)
+    assert fhir.connections == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("https://127.1:{port}/fhir", id="short-ipv4"),
+        pytest.param("https://[::ffff:127.0.0.1]:{port}/fhir", id="v4-mapped-ipv6"),
+        pytest.param("file:///etc/passwd", id="file-scheme"),
+        pytest.param("gopher://127.0.0.1:{port}/fhir", id="gopher"),
+    ],
+)
+def test_unparseable_server_urls_are_a_400_naming_fhir_server(
+    tmp_path: Path, fhir: FaultyFhir, url: str
+) -> None:
+    """URLs the wire schema cannot read as http(s) are refused as 400 on fhirServer, uncontacted."""
+    application = make_app(tmp_path, CDS_FHIR_ALLOWED_SERVERS=None)
+    try:
+        response = application.test_client().post(
+            SERVICE_URL, json=fetch_request(url.format(port=fhir.port))
+        )
+    finally:
+        close_app(application)
+    assert response.status_code == 400
+    assert "fhirServer" in response.get_json()["error"]["fields"]
     assert fhir.connections == 0

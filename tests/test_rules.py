@@ -85,8 +85,11 @@ def test_computed_egfr_counts_as_baseline(knowledge):
 
 def test_egfr_missing_is_not_claimed_when_labs_unavailable(knowledge):
     """A failed lab fetch gives a data-unavailable card, never 'no eGFR on file'."""
-    f = facts(egfr=(), unavailable=frozenset({DataCategory.EGFR}),
-              unavailable_reasons=((DataCategory.EGFR, "FHIR server error (HTTP 500)"),))
+    f = facts(
+        egfr=(),
+        unavailable=frozenset({DataCategory.EGFR}),
+        unavailable_reasons=((DataCategory.EGFR, "FHIR server error (HTTP 500)"),),
+    )
     result = fired(f, knowledge)
     assert "egfr-baseline-missing" not in result
     card = finding(f, knowledge, DATA_UNAVAILABLE)
@@ -116,8 +119,7 @@ def renewal(baseline: float, current: float):
         (72, 54.0, "warning"),  # the ln-renewal-egfr-25pct chart
         (80, 52.0, "critical"),  # the ln-renewal-egfr-35pct chart
     ],
-    ids=["20.0%", "20.0%-float", "20.1%", "29.9%", "30.0%", "40.1%", "60-not-below", "25%",
-         "35%"],
+    ids=["20.0%", "20.0%-float", "20.1%", "29.9%", "30.0%", "40.1%", "60-not-below", "25%", "35%"],
 )
 def test_egfr_decline_boundaries(knowledge, baseline, current, expected):
     """PI 2.2 Table 1: > 20% and < 30% reduce (warning), >= 30% discontinue (critical)."""
@@ -209,8 +211,9 @@ def test_strong_inhibitor_active_when_ordering_voclosporin(knowledge):
 def test_strong_inhibitor_ordered_for_patient_on_voclosporin(knowledge):
     """Ordering ketoconazole for a patient on voclosporin fires; the suggestion removes it."""
     keto = med("ketoconazole 200 MG", "strong-cyp3a4-inhibitor", draft=True)
-    f = facts(medications=(mmf(), voclosporin(draft=False, authored_days_ago=30)),
-              draft_orders=(keto,))
+    f = facts(
+        medications=(mmf(), voclosporin(draft=False, authored_days_ago=30)), draft_orders=(keto,)
+    )
     card = finding(f, knowledge, "strong-cyp3a4-inhibitor")
     assert card.suggestions[0].actions[0].order == keto
     # Initiation-only rules stay quiet when voclosporin itself is not being ordered.
@@ -239,8 +242,10 @@ def test_moderate_inhibitor_suggests_15_8_am_7_9_pm(knowledge):
 def test_moderate_inhibitor_with_dose_already_reduced_is_info(knowledge):
     """A draft already at 15.8 AM + 7.9 PM gets an info card and no suggestion."""
     reduced = Dosage((DoseAmount(15.8, "MORN"), DoseAmount(7.9, "EVE")), 2.0, "")
-    f = facts(draft_orders=(voclosporin(dosage=reduced),),
-              medications=(mmf(), med("verapamil 80 MG", "moderate-cyp3a4-inhibitor")))
+    f = facts(
+        draft_orders=(voclosporin(dosage=reduced),),
+        medications=(mmf(), med("verapamil 80 MG", "moderate-cyp3a4-inhibitor")),
+    )
     card = finding(f, knowledge, "moderate-cyp3a4-inhibitor")
     assert (card.indicator, card.suggestions) == ("info", ())
 
@@ -259,8 +264,10 @@ def test_interaction_rules_fire_both_ways(knowledge, role, rule_id, indicator):
     """Each interaction fires when voclosporin is ordered and when the partner is ordered."""
     partner_active = facts(medications=(mmf(), med("partner drug", role)))
     assert fired(partner_active, knowledge).get(rule_id) == indicator
-    partner_drafted = facts(medications=(mmf(), voclosporin(draft=False, authored_days_ago=9)),
-                            draft_orders=(med("partner drug", role, draft=True),))
+    partner_drafted = facts(
+        medications=(mmf(), voclosporin(draft=False, authored_days_ago=9)),
+        draft_orders=(med("partner drug", role, draft=True),),
+    )
     assert fired(partner_drafted, knowledge).get(rule_id) == indicator
 
 
@@ -270,8 +277,9 @@ def test_moderate_inducer_card_says_label_wording_unverified(knowledge):
     assert "not verified" in finding(f, knowledge, "cyp3a4-inducer").detail
 
 
-@pytest.mark.parametrize(("days_ago", "fires"), [(27, True), (28, True), (29, False)],
-                         ids=["27d", "28d", "29d"])
+@pytest.mark.parametrize(
+    ("days_ago", "fires"), [(27, True), (28, True), (29, False)], ids=["27d", "28d", "29d"]
+)
 def test_live_vaccine_given_before_initiation(knowledge, days_ago, fires):
     """A live vaccine in the 28 days before starting warns (IDSA: >= 4 weeks before)."""
     f = facts(immunizations=(live_vaccine_given(days_ago),))
@@ -281,8 +289,9 @@ def test_live_vaccine_given_before_initiation(knowledge, days_ago, fires):
 def test_live_vaccine_ordered_for_patient_on_voclosporin(knowledge):
     """Ordering a live vaccine while on voclosporin warns and offers to remove the order."""
     vaccine = med("MMR vaccine", "live-vaccine", draft=True)
-    f = facts(medications=(mmf(), voclosporin(draft=False, authored_days_ago=50)),
-              draft_orders=(vaccine,))
+    f = facts(
+        medications=(mmf(), voclosporin(draft=False, authored_days_ago=50)), draft_orders=(vaccine,)
+    )
     card = finding(f, knowledge, "live-vaccine")
     assert card.suggestions[0].actions[0].order == vaccine
 
@@ -296,8 +305,7 @@ def test_hypersensitivity_is_critical(knowledge):
 # -- regimen ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("birth_year", "fires"), [(2009, True), (2008, False)],
-                         ids=["17y", "18y"])
+@pytest.mark.parametrize(("birth_year", "fires"), [(2009, True), (2008, False)], ids=["17y", "18y"])
 def test_pediatric_boundary(knowledge, birth_year, fires):
     """Under 18 warns (PI 8.4); 18 does not."""
     from datetime import date
@@ -342,20 +350,22 @@ def test_dose_check_missing_dose_only_at_sign(knowledge):
     """order-select may come before the dose; order-sign without one is flagged."""
     no_dose = Dosage((), None, "")
     assert "dose-check" not in fired(
-        facts(hook="order-select", draft_orders=(voclosporin(dosage=no_dose),)), knowledge)
+        facts(hook="order-select", draft_orders=(voclosporin(dosage=no_dose),)), knowledge
+    )
     assert "dose-check" in fired(facts(draft_orders=(voclosporin(dosage=no_dose),)), knowledge)
 
 
 @pytest.mark.parametrize(
     ("days", "expected"),
-    [(168, None), (169, "reassess benefit"), (365, "reassess benefit"),
-     (366, "beyond one year")],
+    [(168, None), (169, "reassess benefit"), (365, "reassess benefit"), (366, "beyond one year")],
     ids=["24w", "24w+1d", "365d", "366d"],
 )
 def test_treatment_duration(knowledge, days, expected):
     """Renewal past 24 weeks: reassess; past a year: safety not established."""
-    f = facts(medications=(mmf(), voclosporin(draft=False, authored_days_ago=days)),
-              egfr=(egfr(90, days + 3), egfr(88, 5)))
+    f = facts(
+        medications=(mmf(), voclosporin(draft=False, authored_days_ago=days)),
+        egfr=(egfr(90, days + 3), egfr(88, 5)),
+    )
     result = [x for x in evaluate(f, knowledge).findings if x.rule_id == "treatment-duration"]
     if expected is None:
         assert result == []
@@ -367,8 +377,11 @@ def test_prior_authorization_counts_criteria(knowledge):
     """Each payer criterion is met / not met / unknown (attestations, unstated supply)."""
     card = finding(facts(), knowledge, "prior-authorization")
     assert "7 of 10 criteria met, 0 not met, 3 to confirm" in card.summary
-    teen = finding(facts(birth_date=NOW.date().replace(year=2012), medications=()), knowledge,
-                   "prior-authorization")
+    teen = finding(
+        facts(birth_date=NOW.date().replace(year=2012), medications=()),
+        knowledge,
+        "prior-authorization",
+    )
     assert "| Age 18 or older | **not met**" in teen.detail
     assert "| Background immunosuppression (e.g. MMF, corticosteroids) | **not met**" in teen.detail
 
@@ -391,6 +404,7 @@ def test_engine_stamps_rule_id_and_citation(knowledge):
 
 def test_rule_that_raises_becomes_could_not_check(knowledge, monkeypatch):
     """A broken rule is reported on the data-unavailable card, never silent."""
+
     def broken(f, k):
         raise ZeroDivisionError("boom")
         yield  # pragma: no cover
@@ -405,8 +419,11 @@ def test_rule_that_raises_becomes_could_not_check(knowledge, monkeypatch):
 
 def test_interacting_order_with_unreadable_med_list_is_reported(knowledge):
     """Ketoconazole ordered, med list unavailable: unknown whether on voclosporin, said so."""
-    f = facts(draft_orders=(med("ketoconazole 200 MG", "strong-cyp3a4-inhibitor", draft=True),),
-              medications=(), unavailable=frozenset({DataCategory.MEDICATIONS}))
+    f = facts(
+        draft_orders=(med("ketoconazole 200 MG", "strong-cyp3a4-inhibitor", draft=True),),
+        medications=(),
+        unavailable=frozenset({DataCategory.MEDICATIONS}),
+    )
     result = evaluate(f, knowledge)
     assert [x.rule_id for x in result.findings] == [DATA_UNAVAILABLE]
     assert "unknown whether the patient takes voclosporin" in result.findings[0].detail
@@ -420,5 +437,6 @@ def test_every_registered_rule_has_a_citation(knowledge):
 def test_not_checked_carries_rule_id(knowledge):
     """NotChecked outcomes are stamped with the rule that produced them."""
     result = evaluate(facts(potassium=()), knowledge)
-    assert NotChecked("no potassium result in the last 30 days", "hyperkalemia") in \
-        result.not_checked
+    assert (
+        NotChecked("no potassium result in the last 30 days", "hyperkalemia") in result.not_checked
+    )

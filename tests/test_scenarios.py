@@ -27,12 +27,15 @@ def test_scenario(tmp_path, path):
     now = datetime.fromisoformat(scenario["now"].replace("Z", "+00:00"))
     app = make_app(tmp_path, CDS_CLOCK=lambda: now)
     try:
-        response = app.test_client().post(f"/cds-services/{scenario['service']}",
-                                          json=scenario["request"])
+        response = app.test_client().post(
+            f"/cds-services/{scenario['service']}", json=scenario["request"]
+        )
     finally:
         close_app(app)
     assert response.status_code == 200, response.json
-    got = [{"rule": c["source"]["topic"]["code"], "indicator": c["indicator"]}
-           for c in response.json["cards"]]
+    got = [
+        {"rule": c["source"]["topic"]["code"], "indicator": c["indicator"]}
+        for c in response.json["cards"]
+    ]
     assert got == scenario["expect"], scenario["story"]
     assert [v for v in check_response(response.json) if v.severity == "error"] == []

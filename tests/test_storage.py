@@ -16,16 +16,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
-from tests.support.factories import (
-    NRCS,
-    SERVICE_ID,
-    accepted,
-    call,
-    card,
-    make_app,
-    overridden,
-    sqlite_url,
-)
 
 from cds_service.storage import (
     HASH_KEY_EXTENSION,
@@ -41,6 +31,16 @@ from cds_service.storage import (
     shutdown_storage,
 )
 from cds_service.storage.schema import TABLES, feedback, metadata
+from tests.support.factories import (
+    NRCS,
+    SERVICE_ID,
+    accepted,
+    call,
+    card,
+    make_app,
+    overridden,
+    sqlite_url,
+)
 
 pytest_plugins = ["tests.support.databases"]
 
@@ -443,15 +443,13 @@ def test_dead_database_raises_storage_unavailable(url: str) -> None:
 def test_audit_writer_writes_what_is_submitted(storage: Storage) -> None:
     """Records submitted from many threads all reach the database."""
     writer = AuditWriter(storage)
+
+    def submit_many(n: int) -> None:
+        for i in range(25):
+            writer.submit(call(f"hook-{n}-{i}", NOW, (card("r1"),)))
+
     try:
-        threads = [
-            threading.Thread(
-                target=lambda n=n: [
-                    writer.submit(call(f"hook-{n}-{i}", NOW, (card("r1"),))) for i in range(25)
-                ]
-            )
-            for n in range(4)
-        ]
+        threads = [threading.Thread(target=submit_many, args=(n,)) for n in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -92,14 +92,16 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
         if not _has_regimen(order, (morning, evening), dose.mg_tolerance)
     )
     already = facts.ordering_voclosporin and not suggestions
+    if already:
+        summary = f"Moderate CYP3A4 inhibitor {names(partners)}: voclosporin dose already reduced"
+    else:
+        summary = (
+            f"Moderate CYP3A4 inhibitor {names(partners)}: reduce voclosporin to "
+            f"{morning:g} mg AM + {evening:g} mg PM"
+        )
     yield Finding(
         "info" if already else "warning",
-        (
-            f"Moderate CYP3A4 inhibitor {names(partners)}: voclosporin dose already reduced"
-            if already
-            else f"Moderate CYP3A4 inhibitor {names(partners)}: reduce voclosporin to {morning:g} mg AM"
-            f" + {evening:g} mg PM"
-        )[:139],
+        summary[:139],
         f"With a moderate CYP3A4 inhibitor the label dose of LUPKYNIS is {regimen} "
         "(verapamil raised voclosporin AUC 2.7x).\n\n" + _involved(facts, partners),
         suggestions,

@@ -533,11 +533,11 @@ class Storage:
         fired_by_rule = {row["rule_id"]: row for row in fired_rows}
         rules: list[dict[str, Any]] = []
         for rule_id in sorted(set(evaluated) | set(fired_by_rule)):
-            row = fired_by_rule.get(rule_id)
-            fired = int(row["fired"]) if row else 0
-            fired_calls = int(row["fired_calls"]) if row else 0
-            accepted = int(row["accepted"] or 0) if row else 0
-            overridden = int(row["overridden"] or 0) if row else 0
+            found = fired_by_rule.get(rule_id)
+            fired = int(found["fired"]) if found else 0
+            fired_calls = int(found["fired_calls"]) if found else 0
+            accepted = int(found["accepted"] or 0) if found else 0
+            overridden = int(found["overridden"] or 0) if found else 0
             rules.append(
                 {
                     "rule_id": rule_id,

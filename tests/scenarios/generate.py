@@ -27,85 +27,162 @@ def _order(patient_id: str, order_id: str, text: str, cvx: str | None = None) ->
     concept: dict[str, Any] = {"text": text}
     if cvx:
         concept["coding"] = [{"system": "http://hl7.org/fhir/sid/cvx", "code": cvx}]
-    return {"resourceType": "MedicationRequest", "id": order_id, "status": "draft",
-            "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
-            "authoredOn": NOW.date().isoformat(), "medicationCodeableConcept": concept}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": order_id,
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": NOW.date().isoformat(),
+        "medicationCodeableConcept": concept,
+    }
 
 
 # (file name, chart, hook, story, drafts builder, expected [(rule id, indicator)])
 SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]]]] = [
-    ("initiation-ready", "ln-initiation-clean", "order-sign",
-     "34-year-old woman with active lupus nephritis on MMF and prednisone, recent eGFR 88, BP "
-     "128/82, K 4.2. Starting LUPKYNIS 23.7 mg twice daily: nothing to stop her; the payer "
-     "criteria are shown for the prior authorization.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())], [("prior-authorization", "info")]),
-    ("initiation-three-gates-fail", "ln-initiation-low-egfr-high-bp", "order-sign",
-     "29-year-old woman: eGFR 42 (<= 45), BP 170/95 (> 165 systolic), K 5.6 above the lab's "
-     "5.1. Do not start with this BP; eGFR and potassium need attention.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())],
-     [("blood-pressure-high", "critical"), ("egfr-baseline-low", "warning"),
-      ("hyperkalemia", "warning"), ("prior-authorization", "info")]),
-    ("initiation-no-recent-labs", "ln-initiation-missing-labs", "order-select",
-     "31-year-old woman whose last eGFR is 4 months old and who has no BP or potassium this "
-     "month. The baseline eGFR and BP must be measured first; the potassium check cannot run.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())],
-     [("egfr-baseline-missing", "warning"), ("blood-pressure-missing", "warning"),
-      ("data-unavailable", "warning"), ("prior-authorization", "info")]),
-    ("initiation-creatinine-only", "ln-creatinine-only-umol", "order-sign",
-     "40-year-old woman with no eGFR result but a creatinine of 97 umol/L five days ago: the "
-     "service computes eGFR (CKD-EPI 2021), which is normal, so only the payer card shows.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())], [("prior-authorization", "info")]),
-    ("renewal-egfr-down-25-percent", "ln-renewal-egfr-25pct", "order-sign",
-     "37-year-old woman on LUPKYNIS for 120 days; eGFR 72 before starting, 54 now (-25%). "
-     "Reduce by 7.9 mg twice daily and recheck in two weeks.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())], [("egfr-decline", "warning")]),
-    ("renewal-egfr-down-35-percent", "ln-renewal-egfr-35pct", "order-sign",
-     "37-year-old woman on LUPKYNIS for 120 days; eGFR 80 before starting, 52 now (-35%). "
-     "Discontinue.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())], [("egfr-decline", "critical")]),
-    ("ketoconazole-for-patient-not-on-voclosporin", "ln-initiation-clean", "order-sign",
-     "A patient not on voclosporin is prescribed ketoconazole: nothing to say (no voclosporin).",
-     lambda p: [_order(p, "keto", "ketoconazole 200 MG Oral Tablet")], []),
-    ("renewal-with-ketoconazole-active", "ln-on-voclosporin-interactions", "order-sign",
-     "Woman on LUPKYNIS and, since recently, ketoconazole. Renewing LUPKYNIS: contraindicated; "
-     "no pre-treatment eGFR is on file, so the decline check says it could not run.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())],
-     [("strong-cyp3a4-inhibitor", "critical"), ("data-unavailable", "warning")]),
-    ("clarithromycin-ordered-while-on-voclosporin", "ln-on-voclosporin-interactions",
-     "order-select",
-     "Woman on LUPKYNIS; the clinician selects clarithromycin for a chest infection. "
-     "Contraindicated (and she is already on ketoconazole, which is not what is being ordered "
-     "now, so only the new order is flagged).",
-     lambda p: [_order(p, "clari", "clarithromycin 500 MG Oral Tablet")],
-     [("strong-cyp3a4-inhibitor", "critical")]),
-    ("mmr-ordered-while-on-voclosporin", "ln-on-voclosporin-interactions", "medication-prescribe",
-     "Woman on LUPKYNIS; an MMR vaccine (live) is being prescribed: avoid live vaccines.",
-     lambda p: [_order(p, "mmr", "MMR vaccine", cvx="03")], [("live-vaccine", "warning")]),
-    ("initiation-after-recent-mmr", "ln-live-vaccine-recent", "order-sign",
-     "27-year-old woman who had MMR 14 days ago: live vaccines should be given at least 4 weeks "
-     "before immunosuppression.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())],
-     [("live-vaccine", "warning"), ("prior-authorization", "info")]),
-    ("adolescent", "ln-adolescent", "order-sign",
-     "16-year-old girl with lupus nephritis: not established under 18; the payer requires 18+.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())],
-     [("pediatric", "warning"), ("prior-authorization", "info")]),
-    ("with-cyclophosphamide", "ln-cyclophosphamide", "order-sign",
-     "33-year-old woman induced with IV cyclophosphamide and no MMF: not recommended together; "
-     "MMF background therapy is missing.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())],
-     [("cyclophosphamide", "warning"), ("background-therapy-missing", "info"),
-      ("prior-authorization", "info")]),
-    ("allergy-to-voclosporin", "ln-voclosporin-allergy", "order-sign",
-     "38-year-old woman with a severe hypersensitivity reaction to voclosporin on record.",
-     lambda p: [voclosporin_draft_order(p, NOW.date())],
-     [("hypersensitivity", "critical"), ("prior-authorization", "info")]),
+    (
+        "initiation-ready",
+        "ln-initiation-clean",
+        "order-sign",
+        "34-year-old woman with active lupus nephritis on MMF and prednisone, recent eGFR 88, BP "
+        "128/82, K 4.2. Starting LUPKYNIS 23.7 mg twice daily: nothing to stop her; the payer "
+        "criteria are shown for the prior authorization.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("prior-authorization", "info")],
+    ),
+    (
+        "initiation-three-gates-fail",
+        "ln-initiation-low-egfr-high-bp",
+        "order-sign",
+        "29-year-old woman: eGFR 42 (<= 45), BP 170/95 (> 165 systolic), K 5.6 above the lab's "
+        "5.1. Do not start with this BP; eGFR and potassium need attention.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [
+            ("blood-pressure-high", "critical"),
+            ("egfr-baseline-low", "warning"),
+            ("hyperkalemia", "warning"),
+            ("prior-authorization", "info"),
+        ],
+    ),
+    (
+        "initiation-no-recent-labs",
+        "ln-initiation-missing-labs",
+        "order-select",
+        "31-year-old woman whose last eGFR is 4 months old and who has no BP or potassium this "
+        "month. The baseline eGFR and BP must be measured first; the potassium check cannot run.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [
+            ("egfr-baseline-missing", "warning"),
+            ("blood-pressure-missing", "warning"),
+            ("data-unavailable", "warning"),
+            ("prior-authorization", "info"),
+        ],
+    ),
+    (
+        "initiation-creatinine-only",
+        "ln-creatinine-only-umol",
+        "order-sign",
+        "40-year-old woman with no eGFR result but a creatinine of 97 umol/L five days ago: the "
+        "service computes eGFR (CKD-EPI 2021), which is normal, so only the payer card shows.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("prior-authorization", "info")],
+    ),
+    (
+        "renewal-egfr-down-25-percent",
+        "ln-renewal-egfr-25pct",
+        "order-sign",
+        "37-year-old woman on LUPKYNIS for 120 days; eGFR 72 before starting, 54 now (-25%). "
+        "Reduce by 7.9 mg twice daily and recheck in two weeks.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("egfr-decline", "warning")],
+    ),
+    (
+        "renewal-egfr-down-35-percent",
+        "ln-renewal-egfr-35pct",
+        "order-sign",
+        "37-year-old woman on LUPKYNIS for 120 days; eGFR 80 before starting, 52 now (-35%). "
+        "Discontinue.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("egfr-decline", "critical")],
+    ),
+    (
+        "ketoconazole-for-patient-not-on-voclosporin",
+        "ln-initiation-clean",
+        "order-sign",
+        "A patient not on voclosporin is prescribed ketoconazole: nothing to say (no voclosporin).",
+        lambda p: [_order(p, "keto", "ketoconazole 200 MG Oral Tablet")],
+        [],
+    ),
+    (
+        "renewal-with-ketoconazole-active",
+        "ln-on-voclosporin-interactions",
+        "order-sign",
+        "Woman on LUPKYNIS and, since recently, ketoconazole. Renewing LUPKYNIS: contraindicated; "
+        "no pre-treatment eGFR is on file, so the decline check says it could not run.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("strong-cyp3a4-inhibitor", "critical"), ("data-unavailable", "warning")],
+    ),
+    (
+        "clarithromycin-ordered-while-on-voclosporin",
+        "ln-on-voclosporin-interactions",
+        "order-select",
+        "Woman on LUPKYNIS; the clinician selects clarithromycin for a chest infection. "
+        "Contraindicated (and she is already on ketoconazole, which is not what is being ordered "
+        "now, so only the new order is flagged).",
+        lambda p: [_order(p, "clari", "clarithromycin 500 MG Oral Tablet")],
+        [("strong-cyp3a4-inhibitor", "critical")],
+    ),
+    (
+        "mmr-ordered-while-on-voclosporin",
+        "ln-on-voclosporin-interactions",
+        "medication-prescribe",
+        "Woman on LUPKYNIS; an MMR vaccine (live) is being prescribed: avoid live vaccines.",
+        lambda p: [_order(p, "mmr", "MMR vaccine", cvx="03")],
+        [("live-vaccine", "warning")],
+    ),
+    (
+        "initiation-after-recent-mmr",
+        "ln-live-vaccine-recent",
+        "order-sign",
+        "27-year-old woman who had MMR 14 days ago: live vaccines should be given at least 4 weeks "
+        "before immunosuppression.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("live-vaccine", "warning"), ("prior-authorization", "info")],
+    ),
+    (
+        "adolescent",
+        "ln-adolescent",
+        "order-sign",
+        "16-year-old girl with lupus nephritis: not established under 18; the payer requires 18+.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("pediatric", "warning"), ("prior-authorization", "info")],
+    ),
+    (
+        "with-cyclophosphamide",
+        "ln-cyclophosphamide",
+        "order-sign",
+        "33-year-old woman induced with IV cyclophosphamide and no MMF: not recommended together; "
+        "MMF background therapy is missing.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [
+            ("cyclophosphamide", "warning"),
+            ("background-therapy-missing", "info"),
+            ("prior-authorization", "info"),
+        ],
+    ),
+    (
+        "allergy-to-voclosporin",
+        "ln-voclosporin-allergy",
+        "order-sign",
+        "38-year-old woman with a severe hypersensitivity reaction to voclosporin on record.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("hypersensitivity", "critical"), ("prior-authorization", "info")],
+    ),
 ]
 
 
 def build() -> None:
-    app = create_app({"TESTING": True, "CDS_DATABASE_URL": "sqlite://",
-                      "CDS_CLOCK": lambda: NOW})
+    app = create_app({"TESTING": True, "CDS_DATABASE_URL": "sqlite://", "CDS_CLOCK": lambda: NOW})
     try:
         services = app.extensions["cds_service"].services
         for name, chart, hook, story, drafts, expected in SCENARIOS:

@@ -33,6 +33,8 @@ _FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--hide-scrollbars",
+    # Paint the whole frame before the screenshot (else tall pages come out half drawn).
+    "--run-all-compositor-stages-before-draw",
 )
 
 

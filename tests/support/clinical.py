@@ -40,15 +40,20 @@ def med(
     ref: str | None = None,
     **extra: Any,
 ) -> Medication:
-    reference = ref or f"MedicationRequest/{name.split()[0].lower()}-{'draft' if draft else 'active'}"
+    reference = (
+        ref or f"MedicationRequest/{name.split()[0].lower()}-{'draft' if draft else 'active'}"
+    )
     resource = None
     if draft:
-        resource = {"resourceType": "MedicationRequest", "id": reference.split("/")[1],
-                    "status": "draft", "intent": "order",
-                    "medicationCodeableConcept": {"text": name},
-                    "subject": {"reference": "Patient/p1"},
-                    "dosageInstruction": [{"text": "as directed",
-                                           "route": {"text": "oral"}}]}
+        resource = {
+            "resourceType": "MedicationRequest",
+            "id": reference.split("/")[1],
+            "status": "draft",
+            "intent": "order",
+            "medicationCodeableConcept": {"text": name},
+            "subject": {"reference": "Patient/p1"},
+            "dosageInstruction": [{"text": "as directed", "route": {"text": "oral"}}],
+        }
     return Medication(
         reference=reference,
         name=name,
@@ -65,8 +70,13 @@ def med(
 
 
 def voclosporin(draft: bool = True, dosage: Dosage | None = None, **kw: Any) -> Medication:
-    return med("LUPKYNIS 7.9 mg capsule", "voclosporin", draft=draft,
-               dosage=dosage if dosage is not None else bid(23.7), **kw)
+    return med(
+        "LUPKYNIS 7.9 mg capsule",
+        "voclosporin",
+        draft=draft,
+        dosage=dosage if dosage is not None else bid(23.7),
+        **kw,
+    )
 
 
 def mmf(draft: bool = False) -> Medication:
@@ -74,13 +84,27 @@ def mmf(draft: bool = False) -> Medication:
 
 
 def egfr(value: float, days_ago: float, computed: bool = False) -> Measurement:
-    return Measurement(value, "mL/min/{1.73_m2}", ago(days_ago), f"Observation/egfr-{days_ago}",
-                       "98979-8", computed=computed, method="LOINC 98979-8")
+    return Measurement(
+        value,
+        "mL/min/{1.73_m2}",
+        ago(days_ago),
+        f"Observation/egfr-{days_ago}",
+        "98979-8",
+        computed=computed,
+        method="LOINC 98979-8",
+    )
 
 
 def potassium(value: float, days_ago: float = 3, high: float | None = None) -> Measurement:
-    return Measurement(value, "mmol/L", ago(days_ago), "Observation/k", "2823-3",
-                       method="LOINC 2823-3", reference_high=high)
+    return Measurement(
+        value,
+        "mmol/L",
+        ago(days_ago),
+        "Observation/k",
+        "2823-3",
+        method="LOINC 2823-3",
+        reference_high=high,
+    )
 
 
 def bp(systolic: float | None, diastolic: float | None, days_ago: float = 2) -> BloodPressure:
@@ -96,8 +120,9 @@ def live_vaccine_given(days_ago: float) -> Immunization:
 
 
 def allergy_to_voclosporin() -> Allergy:
-    return Allergy("AllergyIntolerance/a1", "voclosporin", True, "high", ("severe",),
-                   "confirmed", "active")
+    return Allergy(
+        "AllergyIntolerance/a1", "voclosporin", True, "high", ("severe",), "confirmed", "active"
+    )
 
 
 def facts(**overrides: Any) -> PatientFacts:

@@ -47,7 +47,9 @@ def _matches(resource: Resource, params: list[tuple[str, str]], patient_id: str)
         if name == "status" and resource.get("status") not in value.split(","):
             return False
         if name == "clinical-status":
-            codes = {c.get("code") for c in (resource.get("clinicalStatus") or {}).get("coding", [])}
+            codes = {
+                c.get("code") for c in (resource.get("clinicalStatus") or {}).get("coding", [])
+            }
             if not codes & set(value.split(",")):
                 return False
     return True
@@ -57,8 +59,11 @@ def search(resources: Iterable[Resource], query: str, patient_id: str) -> Resour
     """A searchset Bundle for ``query`` over ``resources`` (sorted by date when asked)."""
     resource_type, _, raw = query.partition("?")
     params = [(k, v) for k, v in parse_qsl(raw) if not k.startswith("_")]
-    hits = [r for r in resources
-            if r.get("resourceType") == resource_type and _matches(r, params, patient_id)]
+    hits = [
+        r
+        for r in resources
+        if r.get("resourceType") == resource_type and _matches(r, params, patient_id)
+    ]
     if "_sort=-date" in raw:
         hits.sort(key=lambda r: r.get("effectiveDateTime") or "", reverse=True)
     return {
@@ -77,8 +82,11 @@ def prefetch_for(
         query = template.replace("{{context.patientId}}", patient_id)
         if "?" not in query:
             resource_type, _, rid = query.partition("/")
-            found = [r for r in resources
-                     if r.get("resourceType") == resource_type and r.get("id") == rid]
+            found = [
+                r
+                for r in resources
+                if r.get("resourceType") == resource_type and r.get("id") == rid
+            ]
             prefetch[key] = found[0] if found else None
         else:
             prefetch[key] = search(resources, query, patient_id)
@@ -96,8 +104,11 @@ def hook_request(
     token: str | None = None,
 ) -> dict[str, Any]:
     """A spec-shaped hook request for ``hook`` with the given draft orders."""
-    bundle = {"resourceType": "Bundle", "type": "collection",
-              "entry": [{"resource": r} for r in draft_orders]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in draft_orders],
+    }
     context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": patient_id}
     if hook == "medication-prescribe":
         context["medications"] = bundle
@@ -114,7 +125,11 @@ def hook_request(
         body["fhirServer"] = fhir_server
     if token:
         body["fhirAuthorization"] = {
-            "access_token": token, "token_type": "Bearer", "expires_in": 300,
-            "scope": "patient/*.read", "subject": "voclosporin-cds", "patient": patient_id,
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "voclosporin-cds",
+            "patient": patient_id,
         }
     return body

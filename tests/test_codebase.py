@@ -1,0 +1,80 @@
+"""Guards on the codebase itself: layering, documented settings, lint."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cds_service.config import SETTINGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", ["fhir_mappings", "cds_service/rules"])
+def test_rules_and_mappings_never_import_flask_or_requests(package):
+    """Rules see only facts and mappings only FHIR: no web framework, no I/O library."""
+    for path in (ROOT / package).rglob("*.py"):
+        forbidden = imported_modules(path) & {"flask", "requests", "sqlalchemy", "werkzeug"}
+        assert not forbidden, f"{path.relative_to(ROOT)} imports {forbidden}"
+
+
+def test_only_fhir_client_and_auth_use_requests():
+    """requests is confined to the FHIR client and JWKS fetching."""
+    users = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "cds_service").rglob("*.py")
+        if "requests" in imported_modules(p)
+    }
+    assert users <= {
+        "cds_service/fhir_client.py",
+        "cds_service/auth.py",
+        "cds_service/__init__.py",
+        "cds_service/chart.py",
+        "cds_service/cli.py",
+    }
+
+
+def test_readme_settings_table_matches_config():
+    """Every setting in config.py is in the README table with its default, and nothing else."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- settings-table:start -->")[1].split("<!-- settings-table:end -->")[0]
+    documented = dict(re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", table, re.M))
+    assert set(documented) == {s.name for s in SETTINGS}
+    for setting in SETTINGS:
+        default = setting.default
+        shown = (
+            "unset"
+            if default is None
+            else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        )
+        assert documented[setting.name].strip() == shown, setting.name
+
+
+@pytest.mark.skipif(
+    shutil.which("ruff", path=str(Path(sys.executable).parent)) is None,
+    reason="ruff is installed with the dev extras",
+)
+def test_ruff_clean():
+    """The code is ruff clean (the house lint set in pyproject.toml)."""
+    ruff = str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run(
+        [ruff, "check", "--quiet", str(ROOT)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
