@@ -38,6 +38,7 @@ def _card(finding: Finding, knowledge: Knowledge) -> BuiltCard:
     citation = knowledge.rules.get(finding.rule_id)
     title = citation.title if citation else finding.rule_id
     suggestions = [_suggestion(s, knowledge) for s in _one_recommended(finding.suggestions)]
+    source: dict[str, Any]
     if finding.rule_id == DATA_UNAVAILABLE:
         source = {"label": "Voclosporin safety service: data access"}
     elif finding.rule_id == "prior-authorization":
@@ -89,7 +90,7 @@ def _one_recommended(suggestions: tuple[Suggestion, ...]) -> list[Suggestion]:
 
 
 def _suggestion(suggestion: Suggestion, knowledge: Knowledge) -> dict[str, Any]:
-    actions = []
+    actions: list[dict[str, Any]] = []
     for action in suggestion.actions:
         if isinstance(action, RemoveOrder):
             actions.append(

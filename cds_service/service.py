@@ -17,7 +17,7 @@ from cds_service.errors import BadRequest, NotFound
 from cds_service.rules.engine import Evaluation, evaluate
 from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
 from fhir_mappings.codes import Terminology
-from fhir_mappings.extract import build_facts, bundle_resources
+from fhir_mappings.extract import build_facts, bundle_resources, warm_up
 from fhir_mappings.facts import PatientFacts, Unreadable
 from fhir_mappings.knowledge import Knowledge
 
@@ -105,6 +105,7 @@ class CdsService:
     ) -> None:
         self.knowledge = knowledge
         self.terminology = Terminology(knowledge)
+        warm_up()
         self.services = service_definitions(knowledge)
         self.chart_settings = chart_settings
         self.deadline_ms = deadline_ms

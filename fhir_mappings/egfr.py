@@ -14,7 +14,7 @@ def ckd_epi_2021(creatinine_mg_dl: float, age_years: float, female: bool, k: Ckd
     kappa = k.kappa_female if female else k.kappa_male
     alpha = k.alpha_female if female else k.alpha_male
     ratio = creatinine_mg_dl / kappa
-    egfr = (
+    egfr: float = (
         k.constant
         * min(ratio, 1.0) ** alpha
         * max(ratio, 1.0) ** k.above_kappa_exponent

@@ -139,6 +139,11 @@ def observation_time(resource: Resource) -> datetime | None:
     return when or parse_datetime(resource.get("issued"))
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object field, or {} when it is missing or of the wrong type."""
+    return value if isinstance(value, dict) else {}
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -166,6 +171,23 @@ def _quantity(value: Any) -> tuple[float, str, str | None] | None:
 def _model(resource_type: str) -> Any:
     module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
     return getattr(module, resource_type)
+
+
+VALIDATED_TYPES = (
+    "Patient",
+    "Observation",
+    "MedicationRequest",
+    "Medication",
+    "Condition",
+    "Immunization",
+    "AllergyIntolerance",
+)
+
+
+def warm_up() -> None:
+    """Import the R4B models at start-up so the first hook call does not pay for it."""
+    for resource_type in VALIDATED_TYPES:
+        _model(resource_type)
 
 
 def validation_problem(resource: Resource) -> str | None:
@@ -241,11 +263,7 @@ class _Mapper:
         match = self.terminology.match_medication(
             codings(concept), concept_texts(concept) + extra_texts
         )
-        dispense = (
-            resource.get("dispenseRequest")
-            if isinstance(resource.get("dispenseRequest"), dict)
-            else {}
-        )
+        dispense = _object(resource.get("dispenseRequest"))
         quantity = _quantity(dispense.get("quantity"))
         supply = _quantity(dispense.get("expectedSupplyDuration"))
         repeats = dispense.get("numberOfRepeatsAllowed")
@@ -476,7 +494,7 @@ def _frequency(timing: Any) -> tuple[float | None, tuple[str, ...]]:
     """Administrations per day and the named times of day (MORN, EVE...) of a Timing."""
     if not isinstance(timing, dict):
         return None, ()
-    repeat = timing.get("repeat") if isinstance(timing.get("repeat"), dict) else {}
+    repeat = _object(timing.get("repeat"))
     when = tuple(w for w in repeat.get("when") or [] if isinstance(w, str))
     frequency = _number(repeat.get("frequency"))
     period = _number(repeat.get("period"))

@@ -15,6 +15,7 @@ every "in the last 30 days" window is empty, a fact the cards must state, not a 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -258,8 +259,24 @@ def stack(fhir_server: FhirServer, tmp_path_factory: pytest.TempPathFactory) -> 
             "load": [load_seconds], "ehr-prefetch": [], "fetch-path": [], "prefetch-path": []
         }
         yield Stack(fhir_server, client, now, patient_ids, charts, services, {}, timings)
+        print("\n" + timing_summary(timings))  # shown with -s: the figures behind the report
     finally:
         close_app(app)
+
+
+def timing_summary(timings: dict[str, list[float]]) -> str:
+    """One line per step: count, median, 95th percentile and maximum in milliseconds."""
+    lines = []
+    for step, values in timings.items():
+        if not values:
+            continue
+        ordered = sorted(values)
+        p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+        lines.append(
+            f"{step:14} n={len(ordered):4} median={statistics.median(ordered) * 1000:7.1f} ms "
+            f"p95={p95 * 1000:7.1f} ms max={ordered[-1] * 1000:7.1f} ms"
+        )
+    return "\n".join(lines)
 
 
 # ---------------- the EHR side: templates and paging ----------------
