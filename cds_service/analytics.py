@@ -39,7 +39,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 
 from cds_service.storage.extension import get_storage
 from cds_service.storage.records import StorageUnavailableError
-from cds_service.storage.store import BUCKETS, Bucket, days_ago, start_of_day
+from cds_service.storage.store import BUCKETS, TOP_REASONS, Bucket, days_ago, start_of_day
 
 analytics_bp = Blueprint("analytics", __name__, template_folder="templates")
 
@@ -359,6 +359,7 @@ def dashboard() -> Response:
         percent=percent,
         chart=_chart_constants(),
         windows=(7, 30, 90, 365),
+        top_reasons=TOP_REASONS,
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_CSP

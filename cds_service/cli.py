@@ -728,7 +728,8 @@ def discover(
     body = _json_or_none(response)
     if not response.ok:
         raise CliError(f"Discovery {url} answered HTTP {response.status_code}: "
-                       f"{_service_error_text(body, response)}", EXIT_HTTP_ERROR)
+                       f"{_service_error_text(body, response)}. Is --service-url a CDS Hooks "
+                       "service (its discovery endpoint is {base}/cds-services)?", EXIT_HTTP_ERROR)
     services = body.get("services") if isinstance(body, dict) else None
     if not isinstance(services, list):
         raise CliError(f"{url} is not a CDS Hooks discovery endpoint (no 'services' array); "
@@ -821,11 +822,17 @@ def cmd_hook(args: argparse.Namespace) -> int:
     target = parse_service_target(args.service_url, args.service_id)
     patient_id = normalise_patient_id(args.patient)
     signer = _signer(args)
+    if (args.dose_mg is not None and args.dose_mg <= 0) or args.per_day < 1:
+        raise CliError("--dose-mg and --per-day must be positive", EXIT_USAGE)
+    if args.order and (args.drug or args.rxnorm or args.dose_mg is not None):
+        raise CliError("--order takes the whole order from the file: drop --drug, --rxnorm "
+                       "and --dose-mg", EXIT_USAGE)
     if args.order:
         orders = load_orders(args.order, patient_id)
     else:
-        if args.drug is not None and not args.drug.strip():
-            raise CliError("--drug needs a drug name", EXIT_USAGE)
+        if not ((args.drug or "").strip() or (args.rxnorm or "").strip()):
+            raise CliError("say what is ordered: --drug NAME, --rxnorm CODE or --order FILE",
+                           EXIT_USAGE)
         orders = [draft_medication_request(
             patient_id, drug=args.drug, rxnorm=args.rxnorm, dose_mg=args.dose_mg,
             per_day=args.per_day,
@@ -895,9 +902,10 @@ def _report(
     if args.json:
         print(json.dumps(body, indent=2), file=out)
         return EXIT_OK
-    cards = body.get("cards") if isinstance(body.get("cards"), list) else []
+    cards = body.get("cards")
+    count = len(cards) if isinstance(cards, list) else 0
     print(f"{target.service_id}: HTTP {response.status_code} in {seconds:.2f} s, "
-          f"{len(cards)} card(s)", file=out)
+          f"{count} card(s)", file=out)
     render_cards(body, out, color=_color_enabled(out))
     return EXIT_OK
 
@@ -1040,12 +1048,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--user", default=DEFAULT_USER, metavar="REF",
                        help=f"context.userId (default {DEFAULT_USER})")
     where.add_argument("--encounter", metavar="ID", help="context.encounterId")
-    what = hook.add_argument_group("the proposed order (one of)")
-    order = what.add_mutually_exclusive_group(required=True)
-    order.add_argument("--drug", metavar="NAME", help="medication by name, e.g. 'LUPKYNIS "
-                       "(voclosporin) 7.9 mg oral capsule'")
-    order.add_argument("--rxnorm", metavar="CODE", help="medication by RxNorm code")
-    order.add_argument("--order", metavar="FILE", help="a MedicationRequest (or Bundle) JSON file")
+    what = hook.add_argument_group("the proposed order: --drug and/or --rxnorm, or --order")
+    what.add_argument("--drug", metavar="NAME", help="medication by name, e.g. 'LUPKYNIS "
+                      "(voclosporin) 7.9 mg oral capsule'")
+    what.add_argument("--rxnorm", metavar="CODE", help="medication by RxNorm code (with --drug, "
+                      "the name is the order's text)")
+    what.add_argument("--order", metavar="FILE", help="a MedicationRequest (or Bundle) JSON file")
     what.add_argument("--dose-mg", type=float, metavar="MG",
                       help="dose per administration for --drug/--rxnorm, e.g. 23.7")
     what.add_argument("--per-day", type=int, default=2, metavar="N",
@@ -1105,6 +1113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # stdout closed early (piped into head): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     return code
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -173,21 +173,112 @@ def _model(resource_type: str) -> Any:
     return getattr(module, resource_type)
 
 
-VALIDATED_TYPES = (
-    "Patient",
-    "Observation",
-    "MedicationRequest",
-    "Medication",
-    "Condition",
-    "Immunization",
-    "AllergyIntolerance",
+# One resource of each validated type using the nested elements the rules read: validating them
+# once at start-up builds pydantic's lazily compiled validators (~100 ms for the first
+# MedicationRequest), so the first hook call does not pay for it.
+_WARM_UP: tuple[Resource, ...] = (
+    {
+        "resourceType": "Patient",
+        "id": "w",
+        "gender": "female",
+        "birthDate": "1980-01-01",
+        "name": [{"family": "w", "given": ["w"]}],
+        "identifier": [{"system": "urn:w", "value": "w"}],
+        "telecom": [{"system": "phone", "value": "1"}],
+        "address": [{"city": "w"}],
+        "extension": [{"url": "urn:w", "valueCode": "F"}],
+    },
+    {
+        "resourceType": "Observation",
+        "id": "w",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "BP"},
+        "subject": {"reference": "Patient/w"},
+        "effectiveDateTime": "2026-01-01T00:00:00Z",
+        "issued": "2026-01-01T00:00:00Z",
+        "valueQuantity": {
+            "value": 1,
+            "unit": "mg/dL",
+            "system": UCUM,
+            "code": "mg/dL",
+            "comparator": ">",
+        },
+        "referenceRange": [{"low": {"value": 1}, "high": {"value": 2}}],
+        "component": [{"code": {"text": "c"}, "valueQuantity": {"value": 1}}],
+    },
+    {
+        "resourceType": "MedicationRequest",
+        "id": "w",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/w"},
+        "authoredOn": "2026-01-01",
+        "contained": [
+            {
+                "resourceType": "Medication",
+                "id": "m",
+                "code": {"text": "m"},
+                "ingredient": [{"itemCodeableConcept": {"text": "i"}}],
+            }
+        ],
+        "medicationReference": {"reference": "#m", "display": "m"},
+        "priorPrescription": {"reference": "MedicationRequest/p"},
+        "dosageInstruction": [
+            {
+                "text": "t",
+                "sequence": 1,
+                "route": {"text": "oral"},
+                "timing": {
+                    "repeat": {"frequency": 2, "period": 1, "periodUnit": "d", "when": ["MORN"]},
+                    "code": {"coding": [{"code": "BID"}]},
+                },
+                "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "mg"}}],
+            }
+        ],
+        "dispenseRequest": {
+            "quantity": {"value": 1},
+            "numberOfRepeatsAllowed": 1,
+            "expectedSupplyDuration": {"value": 30, "unit": "d"},
+            "validityPeriod": {"start": "2026-01-01"},
+        },
+    },
+    {"resourceType": "Medication", "id": "w", "code": {"text": "m"}},
+    {
+        "resourceType": "Condition",
+        "id": "w",
+        "subject": {"reference": "Patient/w"},
+        "code": {"text": "c"},
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "verificationStatus": {"coding": [{"code": "confirmed"}]},
+    },
+    {
+        "resourceType": "Immunization",
+        "id": "w",
+        "status": "completed",
+        "vaccineCode": {"text": "v"},
+        "patient": {"reference": "Patient/w"},
+        "occurrenceDateTime": "2026-01-01",
+    },
+    {
+        "resourceType": "AllergyIntolerance",
+        "id": "w",
+        "patient": {"reference": "Patient/w"},
+        "code": {"text": "a"},
+        "criticality": "high",
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "reaction": [
+            {"substance": {"text": "s"}, "manifestation": [{"text": "m"}], "severity": "severe"}
+        ],
+    },
 )
 
 
 def warm_up() -> None:
-    """Import the R4B models at start-up so the first hook call does not pay for it."""
-    for resource_type in VALIDATED_TYPES:
-        _model(resource_type)
+    """Build the R4B validators at start-up so the first hook call does not pay for it."""
+    for resource in _WARM_UP:
+        problem = validation_problem(resource)
+        if problem:  # a broken sample would mean the models changed under us
+            raise RuntimeError(f"FHIR model warm-up failed: {problem}")
 
 
 def validation_problem(resource: Resource) -> str | None:
@@ -237,14 +328,17 @@ def bundle_resources(bundle: Any) -> list[Resource]:
 class _Mapper:
     terminology: Terminology
     unreadable: list[Unreadable] = field(default_factory=list)
+    _verdicts: dict[int, bool] = field(default_factory=dict)
 
     def accept(self, resource: Resource) -> bool:
-        """Validate a picked resource; record and skip it when invalid or a duplicate."""
-        problem = validation_problem(resource)
-        if problem:
-            self.unreadable.append(Unreadable(reference_of(resource), problem))
-            return False
-        return True
+        """Validate a picked resource once; record and skip it when invalid."""
+        key = id(resource)
+        if key not in self._verdicts:
+            problem = validation_problem(resource)
+            if problem:
+                self.unreadable.append(Unreadable(reference_of(resource), problem))
+            self._verdicts[key] = problem is None
+        return self._verdicts[key]
 
     def skip(self, resource: Resource, reason: str) -> None:
         self.unreadable.append(Unreadable(reference_of(resource), reason))
@@ -536,12 +630,16 @@ def build_facts(
     draft_orders: Sequence[Resource],
     selections: frozenset[str] | None,
     unavailable: Mapping[DataCategory, str],
-    included: Sequence[Resource] = (),
 ) -> PatientFacts:
-    """Turn the chart (resources per category) and the draft orders into PatientFacts."""
+    """Turn the chart (resources per category) and the draft orders into PatientFacts.
+
+    Only what a rule reads is kept, and only that is validated: medications with a role, the
+    latest result of each lab (and the latest eGFR/creatinine at the start of a voclosporin
+    course), live vaccines, voclosporin allergies, lupus-nephritis conditions.
+    """
     mapper = _Mapper(terminology)
     medications_by_ref = _medications_by_reference(
-        [*included, *chart.get(DataCategory.MEDICATIONS, ()), *draft_orders]
+        [*chart.get(DataCategory.MEDICATIONS, ()), *draft_orders]
     )
     birth_date, sex = None, None
     if patient is not None and mapper.accept(patient):
@@ -549,53 +647,33 @@ def build_facts(
         gender = patient.get("gender")
         sex = gender if gender in ("female", "male") else None
 
-    drafts = []
-    for resource in draft_orders:
-        if resource.get("resourceType") not in ("MedicationRequest", "Immunization"):
-            continue
-        if not mapper.accept(resource):
-            continue
-        ref = reference_of(resource)
-        selected = selections is None or ref in selections
-        drafts.append(
-            mapper.medication(resource, medications_by_ref, draft=True, selected=selected)
+    drafts = [
+        mapper.medication(
+            r,
+            medications_by_ref,
+            draft=True,
+            selected=selections is None or reference_of(r) in selections,
         )
-
-    medications = [
-        mapper.medication(r, medications_by_ref)
-        for r in _unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
-        if mapper.accept(r)
+        for r in draft_orders
+        if r.get("resourceType") in ("MedicationRequest", "Immunization") and mapper.accept(r)
     ]
     draft_refs = {d.reference for d in drafts}
-    medications = [m for m in medications if m.reference not in draft_refs]
+    medications = [
+        m
+        for r in _unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
+        if (m := mapper.medication(r, medications_by_ref)).roles
+        and m.reference not in draft_refs
+        and mapper.accept(r)
+    ]
+    course_dates = [m.authored_on for m in medications if m.is_voclosporin and m.authored_on]
+    anchors = (None, min(course_dates) if course_dates else None)
 
-    observations = _pick_observations(mapper, chart)
-    egfr = sorted(observations.get("egfr", []), key=_by_time)
-    creatinine = sorted(observations.get("creatinine", []), key=_by_time)
-    egfr = _with_computed_egfr(egfr, creatinine, birth_date, sex, terminology)
-    bps = sorted(
-        (
-            bp
-            for r, kind in observations_raw(mapper, chart, ("bp-panel", "systolic", "diastolic"))
-            for bp in mapper.blood_pressures(r, kind)
-        ),
-        key=_by_time,
+    series = _observation_series(mapper, chart)
+    egfr_series = series.get("egfr", []) + _computed_egfr(
+        series.get("egfr", []), series.get("creatinine", []), birth_date, sex, terminology
     )
-    conditions = [
-        c
-        for r in _unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
-        if mapper.accept(r) and (c := mapper.condition(r))
-    ]
-    immunizations = [
-        i
-        for r in _unique(chart.get(DataCategory.IMMUNIZATIONS, ()), "Immunization")
-        if mapper.accept(r) and (i := mapper.immunization(r))
-    ]
-    allergies = [
-        a
-        for r in _unique(chart.get(DataCategory.ALLERGIES, ()), "AllergyIntolerance")
-        if mapper.accept(r) and (a := mapper.allergy(r))
-    ]
+    systolic = [(bp, r) for bp, r in series.get("bp", []) if bp.systolic is not None]
+    diastolic = [(bp, r) for bp, r in series.get("bp", []) if bp.diastolic is not None]
 
     return PatientFacts(
         now=now,
@@ -605,14 +683,31 @@ def build_facts(
         sex=sex,
         draft_orders=tuple(drafts),
         medications=tuple(medications),
-        egfr=tuple(egfr),
-        creatinine=tuple(creatinine),
-        blood_pressures=tuple(bps),
-        potassium=tuple(sorted(observations.get("potassium", []), key=_by_time)),
-        upcr=tuple(sorted(observations.get("upcr", []), key=_by_time)),
-        conditions=tuple(conditions),
-        immunizations=tuple(immunizations),
-        allergies=tuple(allergies),
+        egfr=_validated_latest(mapper, egfr_series, anchors),
+        creatinine=_validated_latest(mapper, series.get("creatinine", []), anchors),
+        blood_pressures=tuple(
+            sorted(
+                set(_validated_latest(mapper, systolic) + _validated_latest(mapper, diastolic)),
+                key=_by_time,
+            )
+        ),
+        potassium=_validated_latest(mapper, series.get("potassium", [])),
+        upcr=_validated_latest(mapper, series.get("upcr", [])),
+        conditions=tuple(
+            c
+            for r in _unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
+            if (c := mapper.condition(r)) and c.kinds and mapper.accept(r)
+        ),
+        immunizations=tuple(
+            i
+            for r in _unique(chart.get(DataCategory.IMMUNIZATIONS, ()), "Immunization")
+            if (i := mapper.immunization(r)) and i.live and mapper.accept(r)
+        ),
+        allergies=tuple(
+            a
+            for r in _unique(chart.get(DataCategory.ALLERGIES, ()), "AllergyIntolerance")
+            if (a := mapper.allergy(r)) and a.to_voclosporin and mapper.accept(r)
+        ),
         unavailable=frozenset(unavailable),
         unavailable_reasons=tuple(sorted(unavailable.items())),
         unreadable=tuple(mapper.unreadable),
@@ -626,75 +721,103 @@ _OBSERVATION_CATEGORIES = (
     DataCategory.POTASSIUM,
     DataCategory.UPCR,
 )
+_BP_KINDS = frozenset({"bp-panel", "systolic", "diastolic"})
+
+Dated = TypeVar("Dated", Measurement, BloodPressure)
 
 
-def observations_raw(
-    mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]], kinds: Iterable[str]
-) -> Iterator[tuple[Resource, str]]:
-    """Observations of the wanted kinds from any observation category, validated, deduplicated."""
-    wanted = set(kinds)
+def _observation_series(
+    mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]]
+) -> dict[str, list[Any]]:
+    """Every usable lab result read from raw JSON (not yet validated), with its resource.
+
+    Keys: the observation kinds, with all blood-pressure shapes under "bp".
+    """
+    series: dict[str, list[Any]] = {}
     seen: set[str] = set()
     for category in _OBSERVATION_CATEGORIES:
         for resource in chart.get(category, ()):
-            if resource.get("resourceType") != "Observation":
+            if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
                 continue
             kind = mapper.terminology.observation_kind(codings(resource.get("code")))
-            if kind not in wanted:
+            if kind is None:
                 continue
             key = str(resource.get("id")) if resource.get("id") else str(id(resource))
             if key in seen:
                 continue
             seen.add(key)
-            if mapper.accept(resource):
-                yield resource, kind
+            if kind in _BP_KINDS:
+                series.setdefault("bp", []).extend(
+                    (bp, resource) for bp in mapper.blood_pressures(resource, kind)
+                )
+            elif (measurement := mapper.measurement(resource, kind)) is not None:
+                series.setdefault(kind, []).append((measurement, resource))
+    return series
 
 
-def _pick_observations(
-    mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]]
-) -> dict[str, list[Measurement]]:
-    result: dict[str, list[Measurement]] = {}
-    for resource, kind in observations_raw(
-        mapper, chart, ("egfr", "creatinine", "potassium", "upcr")
-    ):
-        measurement = mapper.measurement(resource, kind)
-        if measurement is not None:
-            result.setdefault(kind, []).append(measurement)
-    return result
+def _validated_latest(
+    mapper: _Mapper,
+    series: Sequence[tuple[Dated, Resource]],
+    anchors: Sequence[datetime | None] = (None,),
+) -> tuple[Dated, ...]:
+    """The latest item overall and at or before each anchor, each from a valid resource.
+
+    An item whose resource fails validation is reported and the next older one is taken, so one
+    bad resource never hides the rest.
+    """
+    pool = sorted(
+        (item for item in series if item[0].when is not None), key=lambda item: _by_time(item[0])
+    )
+    while True:
+        chosen: dict[int, tuple[Dated, Resource]] = {}
+        for anchor in anchors:
+            for item in reversed(pool):
+                when = item[0].when
+                if anchor is None or (when is not None and when <= anchor):
+                    chosen[id(item)] = item
+                    break
+        invalid = [key for key, (_, resource) in chosen.items() if not mapper.accept(resource)]
+        if not invalid:
+            return tuple(sorted({item[0] for item in chosen.values()}, key=_by_time))
+        pool = [item for item in pool if id(item) not in invalid]
 
 
-def _with_computed_egfr(
-    egfr: list[Measurement],
-    creatinine: list[Measurement],
+def _computed_egfr(
+    measured: list[tuple[Measurement, Resource]],
+    creatinine: list[tuple[Measurement, Resource]],
     birth_date: date | None,
     sex: str | None,
     terminology: Terminology,
-) -> list[Measurement]:
-    """Add CKD-EPI 2021 eGFR for creatinine results on days with no measured eGFR."""
-    measured_days = {m.when.date() for m in egfr if m.when}
+) -> list[tuple[Measurement, Resource]]:
+    """CKD-EPI 2021 eGFR for creatinine results on days with no measured eGFR."""
+    if birth_date is None or sex is None:
+        return []
+    measured_days = {m.when.date() for m, _ in measured if m.when}
     k = terminology.knowledge.ckd_epi
     computed = []
-    for result in creatinine:
+    for result, resource in creatinine:
         if result.when is None or result.when.date() in measured_days:
-            continue
-        if birth_date is None or sex is None:
             continue
         age = (result.when.date() - birth_date).days / 365.25
         if age < k.minimum_age:
             continue
         value = ckd_epi_2021(result.value, age, sex == "female", k)
         computed.append(
-            Measurement(
-                value=round(value, 1),
-                unit="mL/min/1.73m2",
-                when=result.when,
-                source=result.source,
-                code=result.code,
-                computed=True,
-                method=f"computed with CKD-EPI 2021 from creatinine {result.value:.2f} mg/dL, "
-                f"age {int(age)}, {sex}",
+            (
+                Measurement(
+                    value=round(value, 1),
+                    unit="mL/min/1.73m2",
+                    when=result.when,
+                    source=result.source,
+                    code=result.code,
+                    computed=True,
+                    method=f"computed with CKD-EPI 2021 from creatinine {result.value:.2f} mg/dL, "
+                    f"age {int(age)}, {sex}",
+                ),
+                resource,
             )
         )
-    return sorted(egfr + computed, key=_by_time)
+    return computed
 
 
 def _by_time(item: Measurement | BloodPressure) -> datetime:

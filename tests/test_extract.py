@@ -257,14 +257,31 @@ def test_comparator_is_kept_in_method(terminology):
     assert "'>90'" in f.egfr[0].method
 
 
-def test_invalid_resource_is_skipped_and_reported(terminology):
-    """One resource failing R4 validation is skipped and named; the rest still map."""
-    bad = observation("2823-3", 4.0, "mmol/L")
+def test_invalid_latest_result_falls_back_to_the_previous_one(terminology):
+    """The latest potassium failing R4 validation is reported; the previous valid one is used."""
+    bad = observation("2823-3", 6.5, "mmol/L", when="2026-10-30")
     bad["status"] = 17
-    good = observation("2823-3", 4.5, "mmol/L", when="2026-10-30")
+    good = observation("2823-3", 4.5, "mmol/L", when="2026-10-25")
     f = facts_from(terminology, [PATIENT, bad, good])
     assert [m.value for m in f.potassium] == [4.5]
     assert "invalid FHIR R4 Observation" in f.unreadable[0].reason
+
+
+def test_only_results_the_rules_read_are_validated(terminology, monkeypatch):
+    """Of 200 eGFR results only the latest is validated (the hot path stays cheap)."""
+    import fhir_mappings.extract as extract
+
+    calls = []
+    real = extract.validation_problem
+    monkeypatch.setattr(extract, "validation_problem",
+                        lambda r: calls.append(r["resourceType"]) or real(r))
+    results = [observation("98979-8", 60 + i % 30, "mL/min/{1.73_m2}",
+                           when=f"2026-{1 + i % 9:02d}-{1 + i % 28:02d}") for i in range(200)]
+    for n, r in enumerate(results):
+        r["id"] = f"e{n}"
+    f = facts_from(terminology, [PATIENT, *results])
+    assert len(f.egfr) == 1
+    assert calls.count("Observation") == 1
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
+from sqlalchemy.engine import URL
 
 from cds_service.storage import (
     HASH_KEY_EXTENSION,
@@ -31,6 +32,7 @@ from cds_service.storage import (
     shutdown_storage,
 )
 from cds_service.storage.schema import TABLES, feedback, metadata
+from tests.support.ci import find_postgres, skip_or_fail
 from tests.support.factories import (
     NRCS,
     SERVICE_ID,
@@ -142,6 +144,20 @@ def test_prepare_warns_when_database_is_behind(
     finally:
         restarted.dispose()
     assert "flask --app cds_service db upgrade" in caplog.text
+
+
+def test_missing_postgres_skips_with_reason_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no server answers, PostgreSQL tests skip and say why; in CI they fail instead."""
+    dead = [URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=1)]
+    reason = find_postgres(dead)
+    assert isinstance(reason, str)
+    assert reason.startswith("no PostgreSQL server answers (postgres@127.0.0.1:1")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no PostgreSQL server answers"):
+        skip_or_fail(reason)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: failing instead of skipping"):
+        skip_or_fail(reason)
 
 
 # -- records -----------------------------------------------------------------------------

@@ -55,8 +55,10 @@ class AuditWriter:
         self._thread.start()
 
     def _restart_after_fork(self) -> None:
-        """Threads do not survive fork (gunicorn --preload): start ours again in the child."""
-        self.storage.engine.dispose(close=False)  # the parent's connections are not ours
+        """Threads do not survive fork (gunicorn --preload): start ours again in the child.
+
+        Storage itself drops the parent's pooled connections at fork (os.register_at_fork).
+        """
         self._start()
 
     def submit(self, record: CallRecord) -> None:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,6 +171,13 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _forget_parent_connections(storage_ref: weakref.ReferenceType[Storage]) -> None:
+    """In a forked child, drop the pool inherited from the parent without closing it."""
+    storage = storage_ref()
+    if storage is not None:
+        storage.engine.dispose(close=False)
+
+
 class Storage:
     """Read and write audit records and feedback; one instance per app, thread-safe."""
 
@@ -175,6 +185,8 @@ class Storage:
         self.url = normalise_url(url)
         self.engine = _create_engine(self.url)
         self._prepared = False
+        # A forked worker (gunicorn --preload) must not share the parent's pooled sockets.
+        os.register_at_fork(after_in_child=partial(_forget_parent_connections, weakref.ref(self)))
 
     def __repr__(self) -> str:
         return f"Storage({self.url.render_as_string(hide_password=True)!r})"

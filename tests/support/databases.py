@@ -7,7 +7,6 @@ in CI (``CI=true``) they fail instead. ``CDS_TEST_POSTGRES_URL`` overrides the s
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,39 +14,17 @@ from pathlib import Path
 import psycopg
 import pytest
 from flask import Flask
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from cds_service.storage import Storage, shutdown_storage
-from tests.support.ci import skip_or_fail
+from tests.support.ci import find_postgres, postgres_candidates, skip_or_fail
 from tests.support.factories import make_app, sqlite_url
-
-POSTGRES_ROLES = ("postgres", "root")
-
-
-def _postgres_server() -> URL | str:
-    """Return a URL of the PostgreSQL test database, or why none answers."""
-    if override := os.environ.get("CDS_TEST_POSTGRES_URL"):
-        return make_url(override)
-    errors = []
-    for role in POSTGRES_ROLES:
-        try:
-            with psycopg.connect(
-                host="127.0.0.1", port=5432, dbname="test", user=role, connect_timeout=3
-            ):
-                pass
-        except psycopg.OperationalError as exc:
-            errors.append(f"{role}: {str(exc).strip().splitlines()[0]}")
-            continue
-        return URL.create(
-            "postgresql+psycopg", username=role, host="127.0.0.1", port=5432, database="test"
-        )
-    return "no PostgreSQL server answers on 127.0.0.1:5432 (database test): " + "; ".join(errors)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> URL:
     """Find the PostgreSQL test server and a role that may log in (postgres or root)."""
-    found = _postgres_server()
+    found = find_postgres(postgres_candidates())
     if isinstance(found, str):
         skip_or_fail(found)
         raise AssertionError("unreachable")  # skip_or_fail always raises

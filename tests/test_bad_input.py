@@ -1,0 +1,480 @@
+"""Bad input never hurts (issue 3): every malformed request is a clear JSON 4xx naming the problem,
+and odd-but-valid FHIR (wrong types under a key, duplicate ids, broken references, a huge Bundle)
+is handled: 200, with what could not be used reported on the data-unavailable card.
+
+Never a 500, and never a traceback in a body.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service import close_app
+from cds_service.api import MAX_JSON_DEPTH
+from cds_service.rules.engine import DATA_UNAVAILABLE
+from tests.charts.lupus import (
+    KETOCONAZOLE,
+    ln_initiation_clean,
+    voclosporin_draft_order,
+)
+from tests.conftest import FIXED_NOW, make_app
+from tests.support.hooks import chart_resources, hook_request, prefetch_for
+
+PATIENT_ID = "ln-initiation-clean"
+TODAY = FIXED_NOW.date()
+SIGN_URL = "/cds-services/voclosporin-order-sign"
+DEFAULT_MAX_CONTENT_LENGTH = 5 * 1024 * 1024
+
+
+def assert_error(response: Any, status: int) -> dict[str, Any]:
+    """The response is a JSON error body with ``status`` and no internals; return the error."""
+    text = response.get_data(as_text=True)
+    assert response.status_code == status, text[:500]
+    assert response.mimetype == "application/json"
+    assert "Traceback" not in text
+    assert 'File "' not in text
+    error: dict[str, Any] = response.get_json()["error"]
+    assert error["status"] == status
+    return error
+
+
+def templates(app: Flask) -> dict[str, str]:
+    return dict(app.extensions["cds_service"].services["voclosporin-order-sign"].prefetch)
+
+
+def full_prefetch(app: Flask) -> dict[str, Any]:
+    """Prefetch for the clean lupus chart, answered the way an EHR would."""
+    resources = chart_resources(ln_initiation_clean(TODAY))
+    return prefetch_for(resources, PATIENT_ID, templates(app))
+
+
+def sign_request(prefetch: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    return hook_request(
+        "order-sign", PATIENT_ID, [voclosporin_draft_order(PATIENT_ID, TODAY)], prefetch, **extra
+    )
+
+
+def card_codes(response: Any) -> list[str]:
+    return [card["source"]["topic"]["code"] for card in response.get_json()["cards"]]
+
+
+def unavailable_detail(response: Any) -> str:
+    for card in response.get_json()["cards"]:
+        if card["source"]["topic"]["code"] == DATA_UNAVAILABLE:
+            return str(card["detail"])
+    raise AssertionError(f"no data-unavailable card among {card_codes(response)}")
+
+
+# --------------------------------------------------------------------------- the body
+
+
+def test_body_over_the_limit_is_413(client: FlaskClient) -> None:
+    """A body one byte over MAX_CONTENT_LENGTH is refused with a JSON 413."""
+    body = b" " * (DEFAULT_MAX_CONTENT_LENGTH + 1)
+    assert_error(client.post(SIGN_URL, data=body, content_type="application/json"), 413)
+
+
+def test_streamed_body_over_the_limit_is_413(client: FlaskClient) -> None:
+    """A body without Content-Length is cut at the limit too, not read to the end."""
+    stream = io.BytesIO(b" " * (DEFAULT_MAX_CONTENT_LENGTH + 1024))
+    assert_error(client.post(SIGN_URL, input_stream=stream, content_type="application/json"), 413)
+
+
+def test_lowered_limit_applies(tmp_path: Path) -> None:
+    """MAX_CONTENT_LENGTH is the operator's setting, not a constant."""
+    app = make_app(tmp_path, MAX_CONTENT_LENGTH=1024)
+    try:
+        body = json.dumps(sign_request(None, fhir_server="https://fhir.example.org/r4"))
+        body += " " * 1024
+        response = app.test_client().post(SIGN_URL, data=body, content_type="application/json")
+    finally:
+        close_app(app)
+    assert_error(response, 413)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        pytest.param("[" * 10_000 + "]" * 10_000, "nested", id="arrays-10000"),
+        pytest.param('{"a":' * 10_000 + "1" + "}" * 10_000, "nested", id="objects-10000"),
+        pytest.param("[" * 200_000 + "]" * 200_000, "nested", id="arrays-200000"),
+        pytest.param(
+            "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1),
+            f"deeper than {MAX_JSON_DEPTH}",
+            id="one-over-the-limit",
+        ),
+    ],
+)
+def test_deep_json_is_400(client: FlaskClient, body: str, detail: str) -> None:
+    """Deeply nested JSON is a 400, whether the parser or the depth check stops it."""
+    error = assert_error(client.post(SIGN_URL, data=body, content_type="application/json"), 400)
+    assert detail in error["detail"]
+
+
+def test_deep_json_inside_a_valid_request_is_400(app: Flask, client: FlaskClient) -> None:
+    """Depth is checked over the whole body, including deep junk inside a prefetch resource."""
+    body = sign_request(full_prefetch(app))
+    junk: Any = 1
+    for _ in range(MAX_JSON_DEPTH + 5):
+        junk = [junk]
+    body["prefetch"]["patient"]["extension"] = junk
+    error = assert_error(client.post(SIGN_URL, json=body), 400)
+    assert f"deeper than {MAX_JSON_DEPTH}" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("text/plain", id="text-plain"),
+        pytest.param("application/x-www-form-urlencoded", id="form"),
+        pytest.param("application/xml", id="xml"),
+        pytest.param(None, id="none"),
+    ],
+)
+def test_wrong_content_type_is_415(client: FlaskClient, content_type: str | None) -> None:
+    """Only JSON bodies are read; anything else is a 415 that says what to send."""
+    body = json.dumps(sign_request(None))
+    response = client.post(SIGN_URL, data=body, content_type=content_type)
+    assert "application/json" in assert_error(response, 415)["detail"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        pytest.param('{"hook": "caf\xe9"}'.encode("latin-1"), "application/json", id="latin-1"),
+        pytest.param('{"hook": "x"}'.encode("utf-16"), "application/json", id="utf-16"),
+        pytest.param(b'{"hook": "\xff\xfe"}', "application/json; charset=latin-1", id="charset"),
+        pytest.param(b'{"hook": "\xed\xa0\x80"}', "application/json", id="lone-surrogate"),
+    ],
+)
+def test_non_utf8_body_is_400(client: FlaskClient, raw: bytes, content_type: str) -> None:
+    """A body that is not UTF-8 is a 400 saying so, whatever charset the header claims."""
+    error = assert_error(client.post(SIGN_URL, data=raw, content_type=content_type), 400)
+    assert "UTF-8" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        pytest.param("[1, 2]", "must be an object", id="array"),
+        pytest.param("null", "must be an object", id="null"),
+        pytest.param('"order-sign"', "must be an object", id="string"),
+        pytest.param('{"hook": ', "not valid JSON", id="truncated"),
+        pytest.param("", "not valid JSON", id="empty"),
+        pytest.param("{'hook': 'order-sign'}", "not valid JSON", id="single-quotes"),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_400(client: FlaskClient, raw: str, detail: str) -> None:
+    """Only a JSON object can be a hook request; anything else is a 400 naming the problem."""
+    error = assert_error(client.post(SIGN_URL, data=raw, content_type="application/json"), 400)
+    assert detail in error["detail"]
+
+
+# --------------------------------------------------------------------------- the request
+
+
+def test_hook_mismatch_is_400_naming_hook(client: FlaskClient) -> None:
+    """An order-select request sent to the order-sign service is a 400 on `hook`."""
+    body = sign_request(None)
+    body["hook"] = "order-select"
+    error = assert_error(client.post(SIGN_URL, json=body), 400)
+    assert "hook" in error["fields"]
+
+
+def _drop(body: dict[str, Any], path: str) -> dict[str, Any]:
+    node = body
+    *parents, last = path.split(".")
+    for name in parents:
+        node = node[name]
+    del node[last]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("hook", "dropped"),
+    [
+        ("order-select", "context.patientId"),
+        ("order-select", "context.userId"),
+        ("order-select", "context.draftOrders"),
+        ("order-select", "context.selections"),
+        ("order-sign", "context.patientId"),
+        ("order-sign", "context.draftOrders"),
+        ("medication-prescribe", "context.patientId"),
+        ("medication-prescribe", "context.medications"),
+        ("order-sign", "hookInstance"),
+        ("order-sign", "context"),
+        ("order-sign", "hook"),
+    ],
+)
+def test_missing_field_is_400_naming_it(client: FlaskClient, hook: str, dropped: str) -> None:
+    """Each required field of each hook, when missing, is a 400 that names exactly that field."""
+    body = hook_request(hook, PATIENT_ID, [voclosporin_draft_order(PATIENT_ID, TODAY)], {})
+    response = client.post(f"/cds-services/voclosporin-{hook}", json=_drop(body, dropped))
+    error = assert_error(response, 400)
+    assert dropped in error["fields"], error
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("context.patientId", "../Patient/other"),
+        ("context.patientId", "a/b"),
+        ("context.userId", "Organization/1"),
+        ("hookInstance", "not-a-uuid"),
+        ("fhirServer", "not a url"),
+        ("context.draftOrders", {"resourceType": "Patient"}),
+        ("context.draftOrders", {"resourceType": "Bundle", "entry": [{"resource": 1}]}),
+        ("context.draftOrders", {"resourceType": "Bundle", "entry": {}}),
+    ],
+)
+def test_bad_field_value_is_400_naming_it(client: FlaskClient, path: str, value: Any) -> None:
+    """A field of the wrong shape (ids that could leave the FHIR path, bad URLs) is a named 400."""
+    body = sign_request(None, fhir_server="https://fhir.example.org/r4")
+    node = body
+    *parents, last = path.split(".")
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    error = assert_error(client.post(SIGN_URL, json=body), 400)
+    assert path in error["fields"], error
+
+
+def test_selections_not_in_draft_orders_is_400(client: FlaskClient) -> None:
+    """order-select selections must name a draft order in the request."""
+    body = hook_request(
+        "order-select", PATIENT_ID, [voclosporin_draft_order(PATIENT_ID, TODAY)], {},
+        selections=["MedicationRequest/not-in-the-bundle"],
+    )
+    error = assert_error(client.post("/cds-services/voclosporin-order-select", json=body), 400)
+    assert "MedicationRequest/not-in-the-bundle" in error["fields"]["context.selections"][0]
+
+
+def test_fhir_authorization_without_fhir_server_is_400(client: FlaskClient) -> None:
+    """A token with nowhere to use it is a 400 naming fhirServer (spec: both or neither)."""
+    body = sign_request(None, fhir_server="https://fhir.example.org/r4", token="t-1")
+    del body["fhirServer"]
+    error = assert_error(client.post(SIGN_URL, json=body), 400)
+    assert "fhirServer" in error["fields"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("Observation?patient=x", id="string"),
+        pytest.param([1, 2], id="list"),
+        pytest.param({"entry": []}, id="no-resourceType"),
+        pytest.param(42, id="number"),
+    ],
+)
+def test_prefetch_value_that_is_not_a_resource_is_400(
+    app: Flask, client: FlaskClient, value: Any
+) -> None:
+    """A prefetch key holding something other than a resource or null is a 400 naming the key."""
+    body = sign_request(full_prefetch(app))
+    body["prefetch"]["egfr"] = value
+    error = assert_error(client.post(SIGN_URL, json=body), 400)
+    assert "prefetch.egfr" in error["fields"]
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def test_unknown_service_is_404(client: FlaskClient) -> None:
+    """An unknown service id is a JSON 404 naming the id, even with a broken body."""
+    error = assert_error(
+        client.post("/cds-services/no-such-service", data="{", content_type="application/json"),
+        404,
+    )
+    assert "no-such-service" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "allow"),
+    [
+        ("GET", SIGN_URL, "POST"),
+        ("PUT", SIGN_URL, "POST"),
+        ("DELETE", f"{SIGN_URL}/feedback", "POST"),
+        ("GET", f"{SIGN_URL}/feedback", "POST"),
+        ("POST", "/cds-services", "GET"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(
+    client: FlaskClient, method: str, url: str, allow: str
+) -> None:
+    """A wrong method is a JSON 405 whose Allow header names the right one."""
+    response = client.open(url, method=method)
+    assert_error(response, 405)
+    assert allow in response.headers["Allow"]
+
+
+def test_unknown_path_is_json_404(client: FlaskClient) -> None:
+    """Paths outside the API are JSON 404s too (no HTML error page)."""
+    assert_error(client.get("/cds-services/voclosporin-order-sign/nothing-here"), 404)
+
+
+# --------------------------------------------------------------------------- odd FHIR, handled
+
+
+def test_huge_prefetch_bundle_is_answered(tmp_path: Path) -> None:
+    """20,000 potassium results (7 MB, limit raised) still give a 200 within a bounded time."""
+    app = make_app(tmp_path, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
+    try:
+        prefetch = full_prefetch(app)
+        template = prefetch["potassium"]["entry"][0]["resource"]
+        entries = []
+        for n in range(20_000):
+            resource = copy.deepcopy(template)
+            resource["id"] = f"k-{n}"
+            resource["effectiveDateTime"] = f"2026-{1 + n % 10:02d}-{1 + n % 28:02d}T09:00:00Z"
+            entries.append({"resource": resource, "search": {"mode": "match"}})
+        prefetch["potassium"]["entry"] = entries
+        raw = json.dumps(sign_request(prefetch))
+        started = time.monotonic()
+        response = app.test_client().post(SIGN_URL, data=raw, content_type="application/json")
+        elapsed = time.monotonic() - started
+    finally:
+        close_app(app)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert len(raw) > DEFAULT_MAX_CONTENT_LENGTH
+    # About 5 s on an idle 2-core machine (each picked result is validated with pydantic); the
+    # bound catches quadratic work, not the constant.
+    assert elapsed < 30, f"20,000 Observations took {elapsed:.1f} s"
+
+
+def test_huge_prefetch_over_the_default_limit_is_413(app: Flask, client: FlaskClient) -> None:
+    """The same huge Bundle under the default limit is a clean 413, not a slow 200 or a 500."""
+    prefetch = full_prefetch(app)
+    template = prefetch["potassium"]["entry"][0]["resource"]
+    prefetch["potassium"]["entry"] = [
+        {"resource": {**template, "id": f"k-{n}"}} for n in range(20_000)
+    ]
+    assert_error(client.post(SIGN_URL, json=sign_request(prefetch)), 413)
+
+
+def test_wrong_resource_type_under_a_key_is_reported(app: Flask, client: FlaskClient) -> None:
+    """A Condition under `egfr` and an Observation as `patient` are skipped and named."""
+    prefetch = full_prefetch(app)
+    observation = prefetch["potassium"]["entry"][0]["resource"]
+    condition = prefetch["conditions"]["entry"][0]["resource"]
+    prefetch["egfr"]["entry"].append({"resource": condition})
+    prefetch["patient"] = observation
+    response = client.post(SIGN_URL, json=sign_request(prefetch))
+    assert response.status_code == 200
+    detail = unavailable_detail(response)
+    assert f"Condition/{condition['id']}" in detail
+    assert "not expected under 'egfr'" in detail
+    assert f"Observation/{observation['id']}" in detail
+    assert "not expected under 'patient'" in detail
+
+
+def test_repeated_entries_are_counted_once(app: Flask, client: FlaskClient) -> None:
+    """The same resource twice (paging overlap) neither fails the call nor changes the answer."""
+    clean = client.post(SIGN_URL, json=sign_request(full_prefetch(app)))
+    prefetch = full_prefetch(app)
+    for key in ("medications", "egfr", "conditions", "bloodPressure"):
+        prefetch[key]["entry"] = prefetch[key]["entry"] * 2
+    doubled = client.post(SIGN_URL, json=sign_request(prefetch))
+    assert doubled.status_code == 200
+    assert card_codes(doubled) == card_codes(clean)
+
+
+def test_conflicting_duplicate_ids_do_not_hide_an_interaction(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Two different MedicationRequests sharing an id: the ketoconazole one is not silently lost."""
+    prefetch = full_prefetch(app)
+    first = prefetch["medications"]["entry"][0]["resource"]
+    second = copy.deepcopy(first)
+    second["medicationCodeableConcept"] = {"text": KETOCONAZOLE.text}
+    prefetch["medications"]["entry"].append({"resource": second})
+    response = client.post(SIGN_URL, json=sign_request(prefetch))
+    assert response.status_code == 200
+    codes = card_codes(response)
+    reported = DATA_UNAVAILABLE in codes and f"MedicationRequest/{first['id']}" in (
+        unavailable_detail(response)
+    )
+    assert "strong-cyp3a4-inhibitor" in codes or reported, codes
+
+
+def test_broken_medication_reference_is_reported(app: Flask, client: FlaskClient) -> None:
+    """A MedicationRequest whose Medication is not in the chart is named as unidentified."""
+    prefetch = full_prefetch(app)
+    broken = copy.deepcopy(prefetch["medications"]["entry"][0]["resource"])
+    broken["id"] = "broken-reference-1"
+    del broken["medicationCodeableConcept"]
+    broken["medicationReference"] = {"reference": "Medication/not-in-the-chart"}
+    prefetch["medications"]["entry"].append({"resource": broken})
+    response = client.post(SIGN_URL, json=sign_request(prefetch))
+    assert response.status_code == 200
+    assert "MedicationRequest/broken-reference-1" in unavailable_detail(response)
+
+
+def test_resolved_medication_reference_is_used(app: Flask, client: FlaskClient) -> None:
+    """A medicationReference to a Medication in the same key identifies the drug (the control)."""
+    prefetch = full_prefetch(app)
+    request = copy.deepcopy(prefetch["medications"]["entry"][0]["resource"])
+    request["id"] = "by-reference-1"
+    del request["medicationCodeableConcept"]
+    request["medicationReference"] = {"reference": "Medication/keto"}
+    medication = {"resourceType": "Medication", "id": "keto", "code": {"text": KETOCONAZOLE.text}}
+    prefetch["medications"]["entry"] += [{"resource": request}, {"resource": medication}]
+    response = client.post(SIGN_URL, json=sign_request(prefetch))
+    assert response.status_code == 200
+    assert "strong-cyp3a4-inhibitor" in card_codes(response)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        pytest.param("valueQuantity.value", 10**400, id="huge-integer"),
+        pytest.param("valueQuantity.value", -(10**400), id="huge-negative"),
+        pytest.param("valueQuantity.value", 1e308, id="largest-float"),
+        pytest.param("effectiveDateTime", "0001-01-01T00:00:00+14:00", id="year-1-east"),
+        pytest.param("effectiveDateTime", "9999-12-31T23:59:59-14:00", id="year-9999-west"),
+        pytest.param("effectiveDateTime", "2026-02-30T09:00:00Z", id="30-february"),
+        pytest.param("effectiveDateTime", "2026-13", id="month-13"),
+        pytest.param("effectiveDateTime", "0000", id="year-0"),
+        pytest.param("valueQuantity", None, id="null-quantity"),
+        pytest.param("code", "2823-3", id="code-as-string"),
+    ],
+)
+def test_extreme_values_in_a_lab_are_handled(
+    app: Flask, client: FlaskClient, where: str, value: Any
+) -> None:
+    """Huge numbers and out-of-range dates in an eGFR are skipped or used, never a 500."""
+    prefetch = full_prefetch(app)
+    node = prefetch["egfr"]["entry"][0]["resource"]
+    *parents, last = where.split(".")
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    response = client.post(SIGN_URL, json=sign_request(prefetch))
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200, text[:300]
+    assert "Traceback" not in text
+
+
+def test_clean_chart_gives_no_gap(app: Flask, client: FlaskClient) -> None:
+    """The control for the cases above: the untouched chart gives no data-unavailable card."""
+    response = client.post(SIGN_URL, json=sign_request(full_prefetch(app)))
+    assert response.status_code == 200
+    assert card_codes(response) == ["prior-authorization"]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    """The service with default limits and no FHIR server."""
+    application = make_app(tmp_path)
+    yield application
+    close_app(application)

@@ -1,0 +1,61 @@
+"""Property-based contract test: schemathesis drives every operation of openapi.yaml through the app.
+
+The app is called over WSGI (no sockets). Its FHIR server allowlist holds one loopback URL on a
+closed port, so a generated ``fhirServer`` can never make the service reach beyond this machine.
+Bounded (examples per operation, derandomized) so it runs in the normal suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from cds_service import close_app
+from tests.conftest import make_app
+
+CONTRACT = Path(__file__).resolve().parent.parent / "openapi.yaml"
+# Port 9 (discard) is closed on loopback: a fetch fails at once and the call reports it.
+UNREACHABLE_FHIR = "http://127.0.0.1:9/fhir"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+schema = schemathesis.openapi.from_path(CONTRACT)
+
+
+@pytest.fixture(scope="module")
+def wsgi_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    application = make_app(
+        tmp_path_factory.mktemp("schemathesis"),
+        CDS_FHIR_ALLOWED_SERVERS=UNREACHABLE_FHIR,
+        CDS_REQUEST_DEADLINE_MS=500,
+    )
+    yield application
+    close_app(application)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_every_operation_honours_the_contract(case: schemathesis.Case, wsgi_app: Flask) -> None:
+    """Generated requests never get a 5xx, and every answer has a documented status, type, body."""
+    case.call_and_validate(app=wsgi_app, checks=CHECKS)
