@@ -6,6 +6,7 @@ the cards. Feedback is stored synchronously because the client needs to know it 
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC
 from typing import Any
 
@@ -26,6 +27,8 @@ from cds_service.storage import (
     init_storage,
     shutdown_storage,
 )
+
+log = logging.getLogger(__name__)
 
 
 def init_recording(app: Flask) -> None:
@@ -53,10 +56,14 @@ def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:
 
 
 def _audit_after_call(response: Any) -> Any:
+    """Queue the audit record; a failure here is logged and never touches the cards."""
     outcome: HookOutcome | None = g.pop("hook_outcome", None)
     if outcome is not None and response.status_code == 200:
-        key: bytes = current_app.extensions[HASH_KEY_EXTENSION]
-        get_audit_writer().submit(call_record(outcome, key))
+        try:
+            key: bytes = current_app.extensions[HASH_KEY_EXTENSION]
+            get_audit_writer().submit(call_record(outcome, key))
+        except Exception:  # the audit trail must never fail a hook answer
+            log.exception("audit record for hookInstance %s not queued", outcome.hook_instance)
     return response
 
 

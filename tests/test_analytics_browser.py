@@ -112,7 +112,7 @@ def test_page_loads_and_its_numbers_match_the_json(
 
 
 def test_chart_is_drawn_on_screen(chromium: Chromium, live_server: LiveServer) -> None:
-    """A screenshot shows the bars and the override-rate line (kept in tests/artifacts)."""
+    """A screenshot shows the bars and the override-rate line (kept in tests/artifacts/)."""
     shot = chromium.screenshot(live_server.url + "/analytics", artifacts_dir() / "analytics.png")
     png = read_png(shot)
     assert (png.width, png.height) == (1280, 900)
@@ -120,6 +120,10 @@ def test_chart_is_drawn_on_screen(chromium: Chromium, live_server: LiveServer) -
     line_pixels = png.count_color(hex_rgb(RATE_COLOR), tolerance=12)
     assert bar_pixels > 2000, f"too few bar pixels ({bar_pixels}): is the chart drawn?"
     assert line_pixels > 300, f"too few override-rate pixels ({line_pixels})"
+    # The whole page (charts and both tables) for a person reviewing the CI artefacts.
+    chromium.screenshot(
+        live_server.url + "/analytics", artifacts_dir() / "analytics-full.png", height=1800
+    )
 
 
 def test_protected_page_opens_with_the_token_only(

@@ -256,7 +256,10 @@ def stack(fhir_server: FhirServer, tmp_path_factory: pytest.TempPathFactory) -> 
         discovery = client.get("/cds-services").get_json()
         services = {s["hook"]: s for s in discovery["services"]}
         timings: dict[str, list[float]] = {
-            "load": [load_seconds], "ehr-prefetch": [], "fetch-path": [], "prefetch-path": []
+            "load": [load_seconds],
+            "ehr-prefetch": [],
+            "fetch-path": [],
+            "prefetch-path": [],
         }
         yield Stack(fhir_server, client, now, patient_ids, charts, services, {}, timings)
         print("\n" + timing_summary(timings))  # shown with -s: the figures behind the report
@@ -304,7 +307,8 @@ def test_ehr_prefetch_follows_paging(stack: Stack) -> None:
     prefetch = stack.prefetch("Junita_Labadie", "order-sign")
     immunizations = prefetch.prefetch["immunizations"]
     in_chart = [
-        e for e in stack.charts["Junita_Labadie"]["entry"]
+        e
+        for e in stack.charts["Junita_Labadie"]["entry"]
         if e["resource"]["resourceType"] == "Immunization"
     ]
     assert prefetch.pages["immunizations"] == 2
@@ -345,8 +349,9 @@ def test_fetching_and_prefetch_give_the_same_expected_cards(
     drafts = ORDER_SETS[order_set](patient_id, stack.today)
     fetched = stack.call(
         hook,
-        hook_request(hook, patient_id, drafts, fhir_server=stack.server.base_url,
-                     token=DUMMY_TOKEN),
+        hook_request(
+            hook, patient_id, drafts, fhir_server=stack.server.base_url, token=DUMMY_TOKEN
+        ),
         "fetch-path",
     )
     prefetched = stack.call(
@@ -376,8 +381,14 @@ def test_first_page_prefetch_is_completed_by_the_service(stack: Stack, chart: st
     drafts = _voclosporin(patient_id, stack.today)
     paged = stack.call(
         hook,
-        hook_request(hook, patient_id, drafts, first_pages, fhir_server=stack.server.base_url,
-                     token=DUMMY_TOKEN),
+        hook_request(
+            hook,
+            patient_id,
+            drafts,
+            first_pages,
+            fhir_server=stack.server.base_url,
+            token=DUMMY_TOKEN,
+        ),
         "fetch-path",
     )
     full = stack.call(hook, hook_request(hook, patient_id, drafts, whole), "prefetch-path")
@@ -395,8 +406,9 @@ def test_unknown_patient_gives_the_same_cards_on_both_paths(stack: Stack) -> Non
     drafts = _voclosporin(patient_id, stack.today)
     fetched = stack.call(
         hook,
-        hook_request(hook, patient_id, drafts, fhir_server=stack.server.base_url,
-                     token=DUMMY_TOKEN),
+        hook_request(
+            hook, patient_id, drafts, fhir_server=stack.server.base_url, token=DUMMY_TOKEN
+        ),
         "fetch-path",
     )
     prefetched = stack.call(

@@ -94,7 +94,7 @@ def run_query(server: FhirServer, query: str) -> tuple[Resource | None, int, lis
 
     Returns (prefetch value, pages fetched, OperationOutcome texts the server put in the results).
     """
-    resource_type, _, params = query.partition("?")
+    _, _, params = query.partition("?")
     if not params:  # Type/id: an instance read
         return _get(server, query), 1, []
     entries: list[Resource] = []
@@ -187,7 +187,12 @@ def card_key(card: Resource) -> tuple[Any, ...]:
             s["label"],
             bool(s.get("isRecommended")),
             tuple(
-                (a["type"], a["description"], a.get("resourceId"), json.dumps(a.get("resource"), sort_keys=True))
+                (
+                    a["type"],
+                    a["description"],
+                    a.get("resourceId"),
+                    json.dumps(a.get("resource"), sort_keys=True),
+                )
                 for a in s.get("actions", [])
             ),
         )
