@@ -491,3 +491,40 @@ def test_health_says_authentication_is_off(client):
     body = client.get("/healthz").json
     assert body["clientAuthentication"].startswith("OFF")
     assert body["knowledgeVersion"].startswith("2026.")
+
+
+def test_hook_call_is_audited_without_patient_id(app, client):
+    """Each call leaves one audit record with rules fired and a keyed patient hash."""
+    patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
+    body = hook_request(
+        "order-sign",
+        patient_id,
+        [voclosporin_draft_order(patient_id, TODAY)],
+        prefetch_for(resources, patient_id, templates(app)),
+    )
+    client.post(SIGN, json=body)
+    assert app.extensions["cds_audit_writer"].flush(5.0)
+    [record] = app.extensions["cds_storage"].calls_for_hook_instance(body["hookInstance"])
+    text = repr(record)
+    assert "blood-pressure-high" in text
+    assert patient_id not in text
+
+
+def test_audit_failure_never_fails_the_cards(app, client, monkeypatch):
+    """A broken audit step is logged; the clinician still gets the cards."""
+    import cds_service.recording as recording
+
+    def broken(*_args):
+        raise RuntimeError("audit broke")
+
+    monkeypatch.setattr(recording, "call_record", broken)
+    patient_id, resources = chart("ln-initiation-clean")
+    body = hook_request(
+        "order-sign",
+        patient_id,
+        [voclosporin_draft_order(patient_id, TODAY)],
+        prefetch_for(resources, patient_id, templates(app)),
+    )
+    response = client.post(SIGN, json=body)
+    assert response.status_code == 200
+    assert rule_ids(response) == ["prior-authorization"]
