@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 Resource = dict[str, Any]
 PATIENT_TOKEN = "{{context.patientId}}"
+# A Patient read that answers 404 and a prefetched ``null`` patient are the same fact (spec
+# #prefetch-template: prefetch must equal what the service would fetch), so both leave the
+# patient unavailable; the rules that need age or sex then say they could not run.
+PATIENT_NOT_FOUND = "patient not found on the FHIR server (404)"
 
 # Which resource types may appear under each key (anything else is reported and skipped).
 EXPECTED_TYPES: dict[D, frozenset[str]] = {
@@ -148,6 +152,9 @@ def gather_chart(
         query = template.replace(PATIENT_TOKEN, patient_id)
         value = prefetch.get(key, _ABSENT)
         if value is None:
+            if category == D.PATIENT:
+                chart.unavailable[category] = PATIENT_NOT_FOUND
+                continue
             chart.resources[category] = []
             continue
         if value is not _ABSENT and value.get("resourceType") != "OperationOutcome":
@@ -186,7 +193,7 @@ def _fetch_job(client: FhirClient, category: D, query: str) -> Callable[[], Any]
         def read_patient() -> Any:
             patient = client.read(query)
             if patient is None:
-                raise FhirFetchError("patient not found on the FHIR server (404)")
+                raise FhirFetchError(PATIENT_NOT_FOUND)
             return patient
 
         return read_patient

@@ -157,14 +157,25 @@ def render_cards(response: Mapping[str, Any], out: IO[str], *, color: bool = Fal
         _render_suggestions(card, out, width)
         reasons = card.get("overrideReasons")
         if isinstance(reasons, list) and reasons:
-            shown = "; ".join(str(r.get("display", r.get("code", "?")))
-                              for r in reasons if isinstance(r, dict))
-            print(textwrap.fill(f"override reasons: {shown}", width, initial_indent="   ",
-                                subsequent_indent="     "), file=out)
+            shown = "; ".join(
+                str(r.get("display", r.get("code", "?"))) for r in reasons if isinstance(r, dict)
+            )
+            print(
+                textwrap.fill(
+                    f"override reasons: {shown}",
+                    width,
+                    initial_indent="   ",
+                    subsequent_indent="     ",
+                ),
+                file=out,
+            )
         for link in card.get("links") or []:
             if isinstance(link, dict):
-                print(f"   link: {link.get('label', '?')} <{link.get('url', '?')}> "
-                      f"({link.get('type', '?')})", file=out)
+                print(
+                    f"   link: {link.get('label', '?')} <{link.get('url', '?')}> "
+                    f"({link.get('type', '?')})",
+                    file=out,
+                )
     actions = response.get("systemActions")
     if isinstance(actions, list) and actions:
         print("\nsystem actions:", file=out)
@@ -186,8 +197,15 @@ def _render_suggestions(card: Mapping[str, Any], out: IO[str], width: int) -> No
         print(f"     - {suggestion.get('label', '?')}{flag}", file=out)
         for action in suggestion.get("actions") or []:
             if isinstance(action, dict):
-                print(textwrap.fill(_action_line(action), width, initial_indent="         ",
-                                    subsequent_indent="           "), file=out)
+                print(
+                    textwrap.fill(
+                        _action_line(action),
+                        width,
+                        initial_indent="         ",
+                        subsequent_indent="           ",
+                    ),
+                    file=out,
+                )
 
 
 def _action_line(action: Mapping[str, Any]) -> str:
@@ -212,9 +230,16 @@ def _wrap_markdown(text: str, indent: str, width: int) -> str:
         lead = line[: len(line) - len(stripped)]
         bullet = re.match(r"([-*+]|\d+\.)\s+", stripped)
         hang = " " * len(bullet.group(0)) if bullet else ""
-        lines.append(textwrap.fill(stripped, width, initial_indent=indent + lead,
-                                   subsequent_indent=indent + lead + hang,
-                                   break_on_hyphens=False, break_long_words=False))
+        lines.append(
+            textwrap.fill(
+                stripped,
+                width,
+                initial_indent=indent + lead,
+                subsequent_indent=indent + lead + hang,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+        )
     return "\n".join(lines)
 
 
@@ -341,8 +366,10 @@ class FhirReader:
         """A few ids from the server, so a typo'd id can be corrected at once."""
         try:
             response = self.session.get(
-                f"{self.base}/Patient", params={"_count": "5", "_elements": "id"},
-                headers=self.headers, timeout=self.timeout,
+                f"{self.base}/Patient",
+                params={"_count": "5", "_elements": "id"},
+                headers=self.headers,
+                timeout=self.timeout,
             )
         except requests.RequestException:
             return []
@@ -352,8 +379,10 @@ class FhirReader:
         return [
             str(entry["resource"]["id"])
             for entry in body.get("entry") or []
-            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
-            and entry["resource"].get("resourceType") == "Patient" and entry["resource"].get("id")
+            if isinstance(entry, dict)
+            and isinstance(entry.get("resource"), dict)
+            and entry["resource"].get("resourceType") == "Patient"
+            and entry["resource"].get("id")
         ]
 
     def prefetch_value(self, key: str, query: str) -> Any:
@@ -376,7 +405,8 @@ class FhirReader:
                 return body
             merged, pages = self._all_pages(key, body)
             matches = sum(
-                1 for e in merged.get("entry", [])
+                1
+                for e in merged.get("entry", [])
                 if (e.get("search") or {}).get("mode", "match") == "match"
             )
             step["result"] = f"HTTP {response.status_code}, {matches} resource(s)" + (
@@ -417,11 +447,13 @@ def _operation_outcome(body: Any, response: requests.Response) -> dict[str, Any]
         return body
     return {
         "resourceType": "OperationOutcome",
-        "issue": [{
-            "severity": "error",
-            "code": "exception",
-            "diagnostics": f"HTTP {response.status_code} from {response.url}",
-        }],
+        "issue": [
+            {
+                "severity": "error",
+                "code": "exception",
+                "diagnostics": f"HTTP {response.status_code} from {response.url}",
+            }
+        ],
     }
 
 
@@ -436,7 +468,8 @@ def _fhir_error_text(body: Any, response: requests.Response) -> str:
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         texts = [
             str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or "")
-            for issue in body.get("issue") or [] if isinstance(issue, dict)
+            for issue in body.get("issue") or []
+            if isinstance(issue, dict)
         ]
         return "; ".join(t for t in texts if t) or "OperationOutcome without text"
     return _excerpt(response.text)
@@ -449,8 +482,13 @@ def _excerpt(text: str, limit: int = 300) -> str:
 
 def _connection_reason(exc: requests.ConnectionError) -> str:
     text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "No route to host",
-                   "Temporary failure in name resolution", "Connection reset"):
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "No route to host",
+        "Temporary failure in name resolution",
+        "Connection reset",
+    ):
         if marker in text:
             return marker.lower()
     return _excerpt(text, 200)
@@ -478,9 +516,11 @@ def dosage_instruction(dose_mg: float, per_day: int) -> dict[str, Any]:
     return {
         "text": f"{dose_mg:g} mg by mouth {times}",
         "timing": {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}},
-        "doseAndRate": [{
-            "doseQuantity": {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"},
-        }],
+        "doseAndRate": [
+            {
+                "doseQuantity": {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"},
+            }
+        ],
     }
 
 
@@ -518,7 +558,8 @@ def load_orders(path: str, patient_id: str) -> list[dict[str, Any]]:
     document = _read_json_file(path)
     if isinstance(document, dict) and document.get("resourceType") == "Bundle":
         resources = [
-            e["resource"] for e in document.get("entry") or []
+            e["resource"]
+            for e in document.get("entry") or []
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)
         ]
     else:
@@ -526,8 +567,11 @@ def load_orders(path: str, patient_id: str) -> list[dict[str, Any]]:
     orders = []
     for resource in resources:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise CliError(f"{path}: expected a FHIR resource (a JSON object with resourceType) "
-                           "or a Bundle of them", EXIT_USAGE)
+            raise CliError(
+                f"{path}: expected a FHIR resource (a JSON object with resourceType) "
+                "or a Bundle of them",
+                EXIT_USAGE,
+            )
         order = dict(resource)
         order.setdefault("id", f"draft-{uuid.uuid4().hex[:12]}")
         order.setdefault("subject", {"reference": f"Patient/{patient_id}"})
@@ -550,8 +594,11 @@ def build_hook_request(
     fhir_subject: str = "voclosporin-cds",
 ) -> dict[str, Any]:
     """A CDS Hooks 2.0 request for ``hook`` whose new orders are ``orders`` (#http-request_1)."""
-    bundle = {"resourceType": "Bundle", "type": "collection",
-              "entry": [{"resource": dict(order)} for order in orders]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": dict(order)} for order in orders],
+    }
     context: dict[str, Any] = {"userId": user_id, "patientId": patient_id}
     if encounter_id:
         context["encounterId"] = encounter_id
@@ -635,8 +682,9 @@ def load_private_key(path: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKe
             f"--jwt-key {path} is not an unencrypted PEM private key ({exc})", EXIT_USAGE
         ) from exc
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise CliError(f"--jwt-key {path}: only RSA and EC keys can sign CDS Hooks JWTs",
-                       EXIT_USAGE)
+        raise CliError(
+            f"--jwt-key {path}: only RSA and EC keys can sign CDS Hooks JWTs", EXIT_USAGE
+        )
     return key
 
 
@@ -661,8 +709,13 @@ def client_jwt(
 ) -> str:
     """Sign the JWT a CDS client sends: aud is the endpoint URL, jti fresh per call (#trusting)."""
     now = int(time.time())
-    claims = {"iss": iss, "aud": audience, "iat": now, "exp": now + lifetime,
-              "jti": str(uuid.uuid4())}
+    claims = {
+        "iss": iss,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": str(uuid.uuid4()),
+    }
     headers: dict[str, Any] = {"kid": kid, "typ": "JWT"}
     if jku:
         headers["jku"] = jku
@@ -685,8 +738,14 @@ class JwtSigner:
             return {"Authorization": f"Bearer {self.fixed}"}
         if self.key is None or not self.iss or not self.kid:
             return {}
-        token = client_jwt(self.key, iss=self.iss, kid=self.kid, audience=audience,
-                           algorithm=self.algorithm, jku=self.jku)
+        token = client_jwt(
+            self.key,
+            iss=self.iss,
+            kid=self.kid,
+            audience=audience,
+            algorithm=self.algorithm,
+            jku=self.jku,
+        )
         return {"Authorization": f"Bearer {token}"}
 
 
@@ -694,8 +753,11 @@ def _signer(args: argparse.Namespace) -> JwtSigner:
     if args.jwt and args.jwt_key:
         raise CliError("give either --jwt or --jwt-key, not both", EXIT_USAGE)
     if args.jwt_key and not (args.jwt_iss and args.jwt_kid):
-        raise CliError("--jwt-key needs --jwt-iss (your client's issuer URL) and --jwt-kid "
-                       "(the key's id in your JWK Set)", EXIT_USAGE)
+        raise CliError(
+            "--jwt-key needs --jwt-iss (your client's issuer URL) and --jwt-kid "
+            "(the key's id in your JWK Set)",
+            EXIT_USAGE,
+        )
     key = load_private_key(args.jwt_key) if args.jwt_key else None
     return JwtSigner(key, args.jwt_iss, args.jwt_kid, args.jwt_alg, args.jwt_jku, args.jwt)
 
@@ -714,11 +776,11 @@ def discover(
     url = target.services_url
     with progress.step(f"GET {url}") as step:
         try:
-            response = session.get(url, headers={"Accept": "application/json",
-                                                  **signer.headers(url)}, timeout=timeout)
+            response = session.get(
+                url, headers={"Accept": "application/json", **signer.headers(url)}, timeout=timeout
+            )
         except requests.Timeout as exc:
-            raise CliError(f"The CDS service at {url} did not answer within {timeout:g} s") \
-                from exc
+            raise CliError(f"The CDS service at {url} did not answer within {timeout:g} s") from exc
         except requests.ConnectionError as exc:
             raise CliError(
                 f"Cannot reach the CDS service at {url}: {_connection_reason(exc)}. Is it "
@@ -727,13 +789,19 @@ def discover(
         step["result"] = f"HTTP {response.status_code}"
     body = _json_or_none(response)
     if not response.ok:
-        raise CliError(f"Discovery {url} answered HTTP {response.status_code}: "
-                       f"{_service_error_text(body, response)}. Is --service-url a CDS Hooks "
-                       "service (its discovery endpoint is {base}/cds-services)?", EXIT_HTTP_ERROR)
+        raise CliError(
+            f"Discovery {url} answered HTTP {response.status_code}: "
+            f"{_service_error_text(body, response)}. Is --service-url a CDS Hooks "
+            "service (its discovery endpoint is {base}/cds-services)?",
+            EXIT_HTTP_ERROR,
+        )
     services = body.get("services") if isinstance(body, dict) else None
     if not isinstance(services, list):
-        raise CliError(f"{url} is not a CDS Hooks discovery endpoint (no 'services' array); "
-                       "check --service-url", EXIT_HTTP_ERROR)
+        raise CliError(
+            f"{url} is not a CDS Hooks discovery endpoint (no 'services' array); "
+            "check --service-url",
+            EXIT_HTTP_ERROR,
+        )
     return [s for s in services if isinstance(s, dict)]
 
 
@@ -746,14 +814,14 @@ def choose_service(
         if hook and len(matches) > 1:  # #update-stale-guidance: one id may serve several hooks
             matches = [s for s in matches if s.get("hook") == hook] or matches
         if not matches:
-            raise CliError(f"{url} lists no service '{service_id}'. Services: {listed}",
-                           EXIT_USAGE)
+            raise CliError(f"{url} lists no service '{service_id}'. Services: {listed}", EXIT_USAGE)
         return matches[0]
     matches = [s for s in services if hook is None or s.get("hook") == hook]
     if len(matches) != 1:
         raise CliError(
             f"Cannot tell which service to call at {url}: give --service-id, or a "
-            f"--service-url ending in /cds-services/{{id}}. Services: {listed}", EXIT_USAGE
+            f"--service-url ending in /cds-services/{{id}}. Services: {listed}",
+            EXIT_USAGE,
         )
     return matches[0]
 
@@ -775,11 +843,11 @@ def _service_error_text(body: Any, response: requests.Response) -> str:
 
 _STATUS_HINTS = {
     401: "The service wants a client JWT: sign one with --jwt-key PEM --jwt-iss ISS --jwt-kid "
-         "KID (the service must trust that iss and key), or pass --jwt TOKEN.",
+    "KID (the service must trust that iss and key), or pass --jwt TOKEN.",
     404: "No such service: check the id in --service-url against GET {services}.",
     412: "The service lacks chart data and could not fetch it. Add --prefetch, or pass "
-         "--fhir-token, or (sandbox only) let it query the FHIR server without a token: "
-         "CDS_ALLOW_UNAUTHENTICATED_FHIR=true and the server in CDS_FHIR_ALLOWED_SERVERS.",
+    "--fhir-token, or (sandbox only) let it query the FHIR server without a token: "
+    "CDS_ALLOW_UNAUTHENTICATED_FHIR=true and the server in CDS_FHIR_ALLOWED_SERVERS.",
 }
 
 
@@ -796,14 +864,19 @@ def send_hook(
     with progress.step(f"POST {url}") as step:
         try:
             response = session.post(
-                url, data=json.dumps(request),
-                headers={"Content-Type": "application/json", "Accept": "application/json",
-                         **signer.headers(url)},
+                url,
+                data=json.dumps(request),
+                headers={
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                    **signer.headers(url),
+                },
                 timeout=timeout,
             )
         except requests.Timeout as exc:
-            raise CliError(f"The CDS service {url} did not answer within {timeout:g} s "
-                           "(--timeout)") from exc
+            raise CliError(
+                f"The CDS service {url} did not answer within {timeout:g} s (--timeout)"
+            ) from exc
         except requests.ConnectionError as exc:
             raise CliError(
                 f"Cannot reach the CDS service at {url}: {_connection_reason(exc)}. Is it "
@@ -825,18 +898,26 @@ def cmd_hook(args: argparse.Namespace) -> int:
     if (args.dose_mg is not None and args.dose_mg <= 0) or args.per_day < 1:
         raise CliError("--dose-mg and --per-day must be positive", EXIT_USAGE)
     if args.order and (args.drug or args.rxnorm or args.dose_mg is not None):
-        raise CliError("--order takes the whole order from the file: drop --drug, --rxnorm "
-                       "and --dose-mg", EXIT_USAGE)
+        raise CliError(
+            "--order takes the whole order from the file: drop --drug, --rxnorm and --dose-mg",
+            EXIT_USAGE,
+        )
     if args.order:
         orders = load_orders(args.order, patient_id)
     else:
         if not ((args.drug or "").strip() or (args.rxnorm or "").strip()):
-            raise CliError("say what is ordered: --drug NAME, --rxnorm CODE or --order FILE",
-                           EXIT_USAGE)
-        orders = [draft_medication_request(
-            patient_id, drug=args.drug, rxnorm=args.rxnorm, dose_mg=args.dose_mg,
-            per_day=args.per_day,
-        )]
+            raise CliError(
+                "say what is ordered: --drug NAME, --rxnorm CODE or --order FILE", EXIT_USAGE
+            )
+        orders = [
+            draft_medication_request(
+                patient_id,
+                drug=args.drug,
+                rxnorm=args.rxnorm,
+                dose_mg=args.dose_mg,
+                per_day=args.per_day,
+            )
+        ]
     with requests.Session() as session:
         hook = args.hook
         templates: Mapping[str, Any] = {}
@@ -847,18 +928,28 @@ def cmd_hook(args: argparse.Namespace) -> int:
             if hook is None:
                 hook = str(service.get("hook"))
             elif service.get("hook") != hook:
-                progress.say(f"warning: service '{target.service_id}' is registered for "
-                             f"{service.get('hook')}, not {hook}")
+                progress.say(
+                    f"warning: service '{target.service_id}' is registered for "
+                    f"{service.get('hook')}, not {hook}"
+                )
             raw_templates = service.get("prefetch")
             templates = raw_templates if isinstance(raw_templates, dict) else {}
         if hook not in HOOKS:
-            raise CliError(f"this command builds {', '.join(HOOKS)} requests; the service "
-                           f"is registered for {hook!r} (give --hook)", EXIT_USAGE)
+            raise CliError(
+                f"this command builds {', '.join(HOOKS)} requests; the service "
+                f"is registered for {hook!r} (give --hook)",
+                EXIT_USAGE,
+            )
         fhir = FhirReader(args.fhir_server, args.fhir_token, session, args.timeout, progress)
         fhir.read_patient(patient_id)
         request = build_hook_request(
-            hook, patient_id, orders, user_id=args.user, encounter_id=args.encounter,
-            fhir_server=fhir.base, fhir_token=args.fhir_token,
+            hook,
+            patient_id,
+            orders,
+            user_id=args.user,
+            encounter_id=args.encounter,
+            fhir_server=fhir.base,
+            fhir_token=args.fhir_token,
         )
         if args.prefetch:
             request["prefetch"] = fill_prefetch(templates, request["context"], fhir)
@@ -883,8 +974,11 @@ def _report(
 ) -> int:
     body = _json_or_none(response)
     if not response.ok:
-        print(f"error: {target.url} answered HTTP {response.status_code}: "
-              f"{_service_error_text(body, response)}", file=err)
+        print(
+            f"error: {target.url} answered HTTP {response.status_code}: "
+            f"{_service_error_text(body, response)}",
+            file=err,
+        )
         hint = _STATUS_HINTS.get(response.status_code)
         if hint:
             print("hint: " + hint.format(services=target.services_url), file=err)
@@ -892,8 +986,11 @@ def _report(
             print(json.dumps(body, indent=2), file=out)
         return EXIT_HTTP_ERROR
     if not isinstance(body, dict):
-        print(f"error: {target.url} answered HTTP {response.status_code} but not with a JSON "
-              f"object: {_excerpt(response.text)}", file=err)
+        print(
+            f"error: {target.url} answered HTTP {response.status_code} but not with a JSON "
+            f"object: {_excerpt(response.text)}",
+            file=err,
+        )
         return EXIT_HTTP_ERROR
     violations = CHECKERS["response"](body)
     if violations and not args.quiet:
@@ -904,8 +1001,10 @@ def _report(
         return EXIT_OK
     cards = body.get("cards")
     count = len(cards) if isinstance(cards, list) else 0
-    print(f"{target.service_id}: HTTP {response.status_code} in {seconds:.2f} s, "
-          f"{count} card(s)", file=out)
+    print(
+        f"{target.service_id}: HTTP {response.status_code} in {seconds:.2f} s, {count} card(s)",
+        file=out,
+    )
     render_cards(body, out, color=_color_enabled(out))
     return EXIT_OK
 
@@ -915,48 +1014,80 @@ def cmd_validate(args: argparse.Namespace) -> int:
     document = _read_json_file(args.file)
     kind = args.kind or detect_kind(document)
     if kind is None:
-        raise CliError(f"{args.file}: cannot tell whether this is a request, response, "
-                       "discovery or feedback document; pass --kind", EXIT_USAGE)
+        raise CliError(
+            f"{args.file}: cannot tell whether this is a request, response, "
+            "discovery or feedback document; pass --kind",
+            EXIT_USAGE,
+        )
     violations = CHECKERS[kind](document)
     errors = sum(v.severity == "error" for v in violations)
     warnings = len(violations) - errors
     if args.json:
-        print(json.dumps({
-            "file": args.file, "kind": kind, "errors": errors, "warnings": warnings,
-            "violations": [{"severity": v.severity, "path": v.path, "message": v.message}
-                           for v in violations],
-        }, indent=2), file=out)
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "kind": kind,
+                    "errors": errors,
+                    "warnings": warnings,
+                    "violations": [
+                        {"severity": v.severity, "path": v.path, "message": v.message}
+                        for v in violations
+                    ],
+                },
+                indent=2,
+            ),
+            file=out,
+        )
     else:
         print_violations(violations, out)
         verdict = "breaks CDS Hooks 2.0" if errors else "follows CDS Hooks 2.0"
-        print(f"{args.file}: {kind} {verdict}: {errors} error(s), {warnings} warning(s)",
-              file=out)
+        print(f"{args.file}: {kind} {verdict}: {errors} error(s), {warnings} warning(s)", file=out)
     failed = errors > 0 or (args.strict and warnings > 0)
     return EXIT_HTTP_ERROR if failed else EXIT_OK
 
 
 def gunicorn_command(host: str, port: int, workers: int) -> str:
     """The production command: gunicorn workers around the same app factory."""
-    return shlex.join([
-        "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
-        "--timeout", "30", "--access-logfile", "-", "cds_service:create_app()",
-    ])
+    return shlex.join(
+        [
+            "gunicorn",
+            "--bind",
+            f"{host}:{port}",
+            "--workers",
+            str(workers),
+            "--timeout",
+            "30",
+            "--access-logfile",
+            "-",
+            "cds_service:create_app()",
+        ]
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.production:
         print(gunicorn_command(args.host, args.port, args.workers), file=out)
-        print("# Set CDS_PUBLIC_BASE_URL, CDS_JWT_ISSUERS, CDS_REDIS_URL, CDS_DATABASE_URL and "
-              "CDS_AUDIT_HASH_KEY first (README: Configuration); terminate TLS in front of it.",
-              file=out)
+        print(
+            "# Set CDS_PUBLIC_BASE_URL, CDS_JWT_ISSUERS, CDS_REDIS_URL, CDS_DATABASE_URL and "
+            "CDS_AUDIT_HASH_KEY first (README: Configuration); terminate TLS in front of it.",
+            file=out,
+        )
         return EXIT_OK
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: the development server on {args.host} is reachable from other "
-              "machines; use --production for real traffic", file=sys.stderr)
+        print(
+            f"warning: the development server on {args.host} is reachable from other "
+            "machines; use --production for real traffic",
+            file=sys.stderr,
+        )
     app = create_app()
-    print(f"Serving on http://{args.host}:{args.port}  (discovery: /cds-services, API docs: "
-          "/docs; Ctrl-C stops)", file=out, flush=True)
+    print(
+        f"Serving on http://{args.host}:{args.port}  (discovery: /cds-services, API docs: "
+        "/docs; Ctrl-C stops)",
+        file=out,
+        flush=True,
+    )
     try:
         app.run(host=args.host, port=args.port, debug=args.debug, use_reloader=False)
     finally:
@@ -984,11 +1115,14 @@ def cmd_jwks(args: argparse.Namespace) -> int:
     elif isinstance(public, ec.EllipticCurvePublicKey):
         jwk = ECAlgorithm.to_jwk(public, as_dict=True)
         alg = args.alg or {"secp256r1": "ES256", "secp521r1": "ES512"}.get(
-            public.curve.name, "ES384")
+            public.curve.name, "ES384"
+        )
     else:
         raise CliError(f"{args.key}: only RSA and EC keys can sign CDS Hooks JWTs", EXIT_USAGE)
-    print(json.dumps({"keys": [{**jwk, "kid": args.kid, "alg": alg, "use": "sig"}]}, indent=2),
-          file=sys.stdout)
+    print(
+        json.dumps({"keys": [{**jwk, "kid": args.kid, "alg": alg, "use": "sig"}]}, indent=2),
+        file=sys.stdout,
+    )
     return EXIT_OK
 
 
@@ -1002,8 +1136,10 @@ def _read_json_file(path: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column "
-                       f"{exc.colno}", EXIT_USAGE) from exc
+        raise CliError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            EXIT_USAGE,
+        ) from exc
 
 
 # ------------------------------------------------------------------------------------- argv
@@ -1017,70 +1153,126 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the service (development server)",
-                                description="Run the development server, or print the "
-                                "gunicorn command for production (--production).")
+    serve = commands.add_parser(
+        "serve",
+        help="run the service (development server)",
+        description="Run the development server, or print the "
+        "gunicorn command for production (--production).",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--debug", action="store_true", help="Flask debug mode (never in "
-                       "production: it exposes a debugger)")
-    serve.add_argument("--production", action="store_true",
-                       help="print the gunicorn command instead of serving")
-    serve.add_argument("--workers", type=int, default=(os.cpu_count() or 1) * 2 + 1,
-                       help="gunicorn workers for --production (default 2 x CPUs + 1)")
+    serve.add_argument(
+        "--debug",
+        action="store_true",
+        help="Flask debug mode (never in production: it exposes a debugger)",
+    )
+    serve.add_argument(
+        "--production", action="store_true", help="print the gunicorn command instead of serving"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=(os.cpu_count() or 1) * 2 + 1,
+        help="gunicorn workers for --production (default 2 x CPUs + 1)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     hook = commands.add_parser(
-        "hook", help="send a hook request like an EHR and show the cards",
+        "hook",
+        help="send a hook request like an EHR and show the cards",
         description="Build a CDS Hooks 2.0 request for a patient on a FHIR server and a "
         "proposed order, send it to a CDS service and print the cards.",
     )
     where = hook.add_argument_group("where")
-    where.add_argument("--service-url", required=True, metavar="URL",
-                       help="{base}/cds-services/{id}, or a base URL with --service-id "
-                       "(or with --hook, to pick the service from discovery)")
+    where.add_argument(
+        "--service-url",
+        required=True,
+        metavar="URL",
+        help="{base}/cds-services/{id}, or a base URL with --service-id "
+        "(or with --hook, to pick the service from discovery)",
+    )
     where.add_argument("--service-id", metavar="ID")
-    where.add_argument("--hook", choices=HOOKS,
-                       help="default: the hook the service is registered for (discovery)")
-    where.add_argument("--fhir-server", required=True, metavar="URL",
-                       help="FHIR base URL of the patient's chart (sent as fhirServer)")
+    where.add_argument(
+        "--hook", choices=HOOKS, help="default: the hook the service is registered for (discovery)"
+    )
+    where.add_argument(
+        "--fhir-server",
+        required=True,
+        metavar="URL",
+        help="FHIR base URL of the patient's chart (sent as fhirServer)",
+    )
     where.add_argument("--patient", required=True, metavar="ID", help="Patient.id on that server")
-    where.add_argument("--user", default=DEFAULT_USER, metavar="REF",
-                       help=f"context.userId (default {DEFAULT_USER})")
+    where.add_argument(
+        "--user",
+        default=DEFAULT_USER,
+        metavar="REF",
+        help=f"context.userId (default {DEFAULT_USER})",
+    )
     where.add_argument("--encounter", metavar="ID", help="context.encounterId")
     what = hook.add_argument_group("the proposed order: --drug and/or --rxnorm, or --order")
-    what.add_argument("--drug", metavar="NAME", help="medication by name, e.g. 'LUPKYNIS "
-                      "(voclosporin) 7.9 mg oral capsule'")
-    what.add_argument("--rxnorm", metavar="CODE", help="medication by RxNorm code (with --drug, "
-                      "the name is the order's text)")
+    what.add_argument(
+        "--drug",
+        metavar="NAME",
+        help="medication by name, e.g. 'LUPKYNIS (voclosporin) 7.9 mg oral capsule'",
+    )
+    what.add_argument(
+        "--rxnorm",
+        metavar="CODE",
+        help="medication by RxNorm code (with --drug, the name is the order's text)",
+    )
     what.add_argument("--order", metavar="FILE", help="a MedicationRequest (or Bundle) JSON file")
-    what.add_argument("--dose-mg", type=float, metavar="MG",
-                      help="dose per administration for --drug/--rxnorm, e.g. 23.7")
-    what.add_argument("--per-day", type=int, default=2, metavar="N",
-                      help="administrations per day with --dose-mg (default 2)")
+    what.add_argument(
+        "--dose-mg",
+        type=float,
+        metavar="MG",
+        help="dose per administration for --drug/--rxnorm, e.g. 23.7",
+    )
+    what.add_argument(
+        "--per-day",
+        type=int,
+        default=2,
+        metavar="N",
+        help="administrations per day with --dose-mg (default 2)",
+    )
     data = hook.add_argument_group("data and security")
-    data.add_argument("--prefetch", action="store_true",
-                      help="fill prefetch from the service's discovery templates, as an EHR does")
-    data.add_argument("--fhir-token", metavar="TOKEN",
-                      help="bearer token for the FHIR server; also sent as fhirAuthorization")
+    data.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="fill prefetch from the service's discovery templates, as an EHR does",
+    )
+    data.add_argument(
+        "--fhir-token",
+        metavar="TOKEN",
+        help="bearer token for the FHIR server; also sent as fhirAuthorization",
+    )
     data.add_argument("--jwt-key", metavar="PEM", help="private key to sign the client JWT")
     data.add_argument("--jwt-iss", metavar="URL", help="JWT iss: your client's identifier")
     data.add_argument("--jwt-kid", metavar="KID", help="JWT kid: the key's id in your JWK Set")
-    data.add_argument("--jwt-alg", choices=("ES384", "RS384", "ES256", "ES512", "RS256", "RS512"),
-                      help="default from the key: RS384 for RSA, ES384 for P-384")
+    data.add_argument(
+        "--jwt-alg",
+        choices=("ES384", "RS384", "ES256", "ES512", "RS256", "RS512"),
+        help="default from the key: RS384 for RSA, ES384 for P-384",
+    )
     data.add_argument("--jwt-jku", metavar="URL", help="JWT jku header (your JWK Set URL)")
     data.add_argument("--jwt", metavar="TOKEN", help="a ready-made JWT to send as Bearer")
     output = hook.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the response JSON")
-    output.add_argument("--dry-run", action="store_true",
-                        help="print the request JSON instead of sending it")
-    output.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                        help=f"seconds per HTTP request (default {DEFAULT_TIMEOUT_S:g})")
+    output.add_argument(
+        "--dry-run", action="store_true", help="print the request JSON instead of sending it"
+    )
+    output.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds per HTTP request (default {DEFAULT_TIMEOUT_S:g})",
+    )
     output.add_argument("--quiet", action="store_true", help="no progress on stderr")
     hook.set_defaults(run=cmd_hook)
 
     validate = commands.add_parser(
-        "validate", help="check a CDS Hooks JSON document against the 2.0 rules",
+        "validate",
+        help="check a CDS Hooks JSON document against the 2.0 rules",
         description="Check a hook request, response, discovery or feedback document; each "
         "violation is printed with its path. Exit 1 when there are errors.",
     )
@@ -1090,9 +1282,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
     validate.set_defaults(run=cmd_validate)
 
-    jwks = commands.add_parser("jwks", help="print the public JWK Set of a signing key",
-                               description="Print the JWK Set for a PEM key, for a service's "
-                               "CDS_JWT_ISSUERS file: location.")
+    jwks = commands.add_parser(
+        "jwks",
+        help="print the public JWK Set of a signing key",
+        description="Print the JWK Set for a PEM key, for a service's "
+        "CDS_JWT_ISSUERS file: location.",
+    )
     jwks.add_argument("key", metavar="PEM", help="private or public key, PEM")
     jwks.add_argument("--kid", required=True, help="key id, as the client puts in the JWT header")
     jwks.add_argument("--alg", help="default: RS384 for RSA, ES384 for P-384")

@@ -316,10 +316,14 @@ def test_mutated_prefetch_never_gets_a_5xx(
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
         key = data.draw(st.sampled_from(sorted(prefetch)), label="key")
         value = prefetch[key]
+        entries = [
+            e for e in (value or {}).get("entry") or []
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ] if isinstance((value or {}).get("entry"), list) else []
         if value is None:
             prefetch[key] = data.draw(st.one_of(st.none(), arbitrary_resources()), label=key)
-        elif value.get("resourceType") == "Bundle" and value.get("entry"):
-            entry = data.draw(st.sampled_from(value["entry"]), label="entry")
+        elif entries and data.draw(st.booleans(), label="mutate an entry"):
+            entry = data.draw(st.sampled_from(entries), label="entry")
             entry["resource"] = data.draw(mutated(entry["resource"]), label=key)
         else:
             prefetch[key] = data.draw(mutated(value), label=key)

@@ -103,10 +103,15 @@ def when_text(when: datetime | None) -> str:
     return when.date().isoformat() if when else "date unknown"
 
 
+def num(value: float) -> str:
+    """A lab value as a clinician reads it: 79.1, 1.1, 4.25 (no float noise from the EHR)."""
+    return f"{round(value, 1 if abs(value) >= 10 else 2):g}"
+
+
 def describe(m: Measurement) -> str:
     """Markdown line with the value, unit, date, source and whether it was computed."""
     origin = "computed" if m.computed else "measured"
-    return f"{m.value:g} {m.unit} on {when_text(m.when)} ({origin}; {m.method}; `{m.source}`)"
+    return f"{num(m.value)} {m.unit} on {when_text(m.when)} ({origin}; {m.method}; `{m.source}`)"
 
 
 def names(orders: Iterable[Medication]) -> str:

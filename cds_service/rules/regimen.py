@@ -9,6 +9,7 @@ from cds_service.rules.model import (
     NotChecked,
     Outcome,
     days_between,
+    num,
     order_line,
     when_text,
 )
@@ -120,7 +121,8 @@ def _dose_problems(order: Medication, facts: PatientFacts, knowledge: Knowledge)
             and any(d.mg > start + rules.mg_tolerance for d in dosage.doses)
         ):
             problems.append(
-                f"baseline eGFR {baseline.value:g} < {severe:g}: start at {start:g} mg twice daily"
+                f"baseline eGFR {num(baseline.value)} < {severe:g}: start at {start:g} mg "
+                "twice daily"
             )
     return problems
 

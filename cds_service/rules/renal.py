@@ -12,6 +12,7 @@ from cds_service.rules.model import (
     Suggestion,
     describe,
     latest,
+    num,
     recent,
     remove_suggestions,
     when_text,
@@ -66,7 +67,7 @@ def egfr_baseline_low(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Out
         )
     yield Finding(
         "warning",
-        f"Baseline eGFR {baseline.value:g} is <= {renal.baseline_low_max:g}: voclosporin not "
+        f"Baseline eGFR {num(baseline.value)} is <= {renal.baseline_low_max:g}: voclosporin not "
         "recommended unless benefit exceeds risk",
         detail,
     )
@@ -112,7 +113,7 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]
     if decline >= renal.decline_discontinue_from_percent:
         yield Finding(
             "critical",
-            f"eGFR down {decline:.0f}% from baseline (now {current.value:g}): discontinue "
+            f"eGFR down {decline:.0f}% from baseline (now {num(current.value)}): discontinue "
             "voclosporin",
             detail + "\n\neGFR < 60 and reduced >= 30% from baseline: discontinue LUPKYNIS and "
             "reassess eGFR within two weeks; consider re-starting at 7.9 mg twice daily only if "
@@ -122,7 +123,7 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]
         return
     yield Finding(
         "warning",
-        f"eGFR down {decline:.0f}% from baseline (now {current.value:g}): reduce voclosporin by "
+        f"eGFR down {decline:.0f}% from baseline (now {num(current.value)}): reduce voclosporin by "
         f"{knowledge.dose.reduction_step_mg:g} mg twice daily",
         detail + "\n\neGFR < 60 and reduced > 20% and < 30% from baseline: reduce LUPKYNIS by "
         f"{knowledge.dose.reduction_step_mg:g} mg twice daily and reassess eGFR within two weeks.",

@@ -10,6 +10,7 @@ from cds_service.rules.model import (
     Outcome,
     describe,
     latest,
+    num,
     recent,
     remove_suggestions,
     when_text,
@@ -41,12 +42,12 @@ def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[O
     lines = []
     if systolic is not None:
         lines.append(
-            f"- systolic {systolic.systolic:g} mmHg on {when_text(systolic.when)} "
+            f"- systolic {num(systolic.systolic or 0)} mmHg on {when_text(systolic.when)} "
             f"(`{systolic.source}`)"
         )
     if diastolic is not None:
         lines.append(
-            f"- diastolic {diastolic.diastolic:g} mmHg on {when_text(diastolic.when)} "
+            f"- diastolic {num(diastolic.diastolic or 0)} mmHg on {when_text(diastolic.when)} "
             f"(`{diastolic.source}`)"
         )
     reading = f"{_fmt(systolic, 'systolic')}/{_fmt(diastolic, 'diastolic')}"
@@ -63,7 +64,7 @@ def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[O
 
 def _fmt(bp: BloodPressure | None, part: str) -> str:
     value = getattr(bp, part) if bp is not None else None
-    return f"{value:g}" if value is not None else "?"
+    return num(value) if value is not None else "?"
 
 
 def blood_pressure_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]:
@@ -105,7 +106,7 @@ def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]
         return
     yield Finding(
         "warning",
-        f"Potassium {result.value:g} {result.unit} is above {high:g}: hyperkalemia risk with "
+        f"Potassium {num(result.value)} {result.unit} is above {high:g}: hyperkalemia risk with "
         "voclosporin",
         f"Latest potassium {describe(result)}; upper limit {high:g} from {basis}.\n\n"
         "LUPKYNIS can cause hyperkalemia, more so with other drugs that raise potassium: "
