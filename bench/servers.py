@@ -105,6 +105,8 @@ class Gunicorn:
                 *self.settings.argv(),
                 "--chdir", str(REPO_ROOT),
                 "--graceful-timeout", "5",
+                # Three masters run at once: no shared control socket in ~/.gunicorn.
+                "--no-control-socket",
                 "--config", str(Path(__file__).with_name("gunicorn_hooks.py")),
                 self.app_spec,
             ],

@@ -21,6 +21,7 @@ from cds_service import security
 from cds_service.api import bp
 from cds_service.chart import ChartSettings
 from cds_service.config import from_environment
+from cds_service.docs import docs_bp
 from cds_service.errors import register_error_handlers
 from cds_service.fhir_access import FhirServerPolicy, parse_allowed_servers
 from cds_service.recording import init_recording
@@ -70,6 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     security.init_security(app)
     init_recording(app)
     app.register_blueprint(bp)
+    app.register_blueprint(docs_bp)
     app.after_request(_no_store)
     return app
 

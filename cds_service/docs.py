@@ -49,7 +49,6 @@ _PAGE = """<!DOCTYPE html>
 
 
 @docs_bp.get("/docs")
-@docs_bp.get("/docs/")
 def docs_page() -> str:
     return render_template_string(
         _PAGE,

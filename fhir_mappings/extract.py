@@ -605,9 +605,9 @@ def _frequency(timing: Any) -> tuple[float | None, tuple[str, ...]]:
 
 
 def _dose_mg(instruction: Resource, capsule_mg: float) -> float | None:
-    for dose_and_rate in instruction.get("doseAndRate") or []:
-        if not isinstance(dose_and_rate, dict):
-            continue
+    # R4 puts the dose under doseAndRate; STU3 (still sent by some clients) on the Dosage.
+    places = [d for d in instruction.get("doseAndRate") or [] if isinstance(d, dict)]
+    for dose_and_rate in [*places, instruction]:
         quantity = _quantity(dose_and_rate.get("doseQuantity"))
         if quantity is None:
             continue
@@ -647,16 +647,15 @@ def build_facts(
         gender = patient.get("gender")
         sex = gender if gender in ("female", "male") else None
 
-    drafts = [
-        mapper.medication(
-            r,
-            medications_by_ref,
-            draft=True,
-            selected=selections is None or reference_of(r) in selections,
-        )
-        for r in draft_orders
-        if r.get("resourceType") in ("MedicationRequest", "Immunization") and mapper.accept(r)
-    ]
+    # The orders being written are always read, even when they fail validation (reported):
+    # skipping one would turn "could not check" into a silent all-clear.
+    drafts = []
+    for r in draft_orders:
+        if r.get("resourceType") not in ("MedicationRequest", "Immunization"):
+            continue
+        mapper.accept(r)
+        selected = selections is None or reference_of(r) in selections
+        drafts.append(mapper.medication(r, medications_by_ref, draft=True, selected=selected))
     draft_refs = {d.reference for d in drafts}
     medications = [
         m

@@ -99,6 +99,11 @@ class Medication:
     def has_role(self, role: str) -> bool:
         return role in self.roles
 
+    @property
+    def can_be_changed(self) -> bool:
+        """A draft a suggestion can act on: it needs an id for the EHR to find it."""
+        return self.is_draft and not self.reference.endswith("/?")
+
 
 @dataclass(frozen=True)
 class Immunization:

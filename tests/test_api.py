@@ -154,7 +154,7 @@ def serve_chart(
         if (
             page_size
             and bundle.get("resourceType") == "Bundle"
-            and len(bundle["entry"]) > page_size
+            and len(bundle.get("entry", [])) > page_size
         ):
             first, rest = copy.deepcopy(bundle), copy.deepcopy(bundle)
             first["entry"], rest["entry"] = bundle["entry"][:page_size], bundle["entry"][page_size:]
@@ -528,3 +528,24 @@ def test_audit_failure_never_fails_the_cards(app, client, monkeypatch):
     response = client.post(SIGN, json=body)
     assert response.status_code == 200
     assert rule_ids(response) == ["prior-authorization"]
+
+
+def test_invalid_voclosporin_draft_is_still_checked(app, client):
+    """A draft order failing R4 validation is read anyway and reported: no silent all-clear."""
+    patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
+    draft = voclosporin_draft_order(patient_id, TODAY)
+    # STU3 shape (dose directly on the Dosage), as the CDS Hooks Sandbox sends it.
+    dose = draft["dosageInstruction"][0].pop("doseAndRate")[0]["doseQuantity"]
+    draft["dosageInstruction"][0]["doseQuantity"] = dose
+    draft.pop("id")
+    body = hook_request(
+        "order-sign", patient_id, [draft], prefetch_for(resources, patient_id, templates(app))
+    )
+    cards = client.post(SIGN, json=body).json["cards"]
+    ids = [c["source"]["topic"]["code"] for c in cards]
+    assert ids[:3] == ["blood-pressure-high", "egfr-baseline-low", "hyperkalemia"]
+    assert "dose-check" not in ids  # the STU3 dose was read: 23.7 mg twice daily
+    unavailable = cards[ids.index("data-unavailable")]
+    assert "invalid FHIR R4 MedicationRequest" in unavailable["detail"]
+    # No id: nothing the EHR could apply a delete to, so no suggestion is offered.
+    assert "suggestions" not in cards[0]

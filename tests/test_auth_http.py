@@ -122,8 +122,14 @@ def sign(
 ) -> str:
     """Sign a CDS client JWT as an EHR does; the knobs break one thing at a time."""
     now = int(time.time()) + iat_offset
-    payload = {"iss": iss, "aud": aud, "iat": now, "exp": now + lifetime,
-               "jti": f"test-{uuid.uuid4()}", **(claims or {})}
+    payload = {
+        "iss": iss,
+        "aud": aud,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": f"test-{uuid.uuid4()}",
+        **(claims or {}),
+    }
     header = {"kid": key.kid, "typ": "JWT", **(headers or {})}
     if jku:
         header["jku"] = jku
@@ -148,8 +154,9 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def hand_made(header: dict[str, Any], payload: dict[str, Any], signer: Callable[[bytes], bytes]
-              ) -> str:
+def hand_made(
+    header: dict[str, Any], payload: dict[str, Any], signer: Callable[[bytes], bytes]
+) -> str:
     """A JWS PyJWT refuses to make (alg none, HMAC keyed with a public key)."""
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
     return f"{signing_input}.{_b64(signer(signing_input.encode()))}"
@@ -167,8 +174,11 @@ def _claims(iss: str, aud: str) -> dict[str, Any]:
 def jwks_served(keys: dict[str, Key]) -> Iterator[responses.RequestsMock]:
     """Publish the sandbox and Epic JWK Sets at their jku URLs (no network)."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add(responses.GET, SANDBOX_JKU,
-                 json={"keys": [keys["sandbox-es256"].jwk(), keys["sandbox-es384"].jwk()]})
+        mock.add(
+            responses.GET,
+            SANDBOX_JKU,
+            json={"keys": [keys["sandbox-es256"].jwk(), keys["sandbox-es384"].jwk()]},
+        )
         mock.add(responses.GET, EPIC_JKU, json={"keys": [keys["epic-rs384"].jwk()]})
         yield mock
 
@@ -182,8 +192,7 @@ def oracle_jwks(tmp_path: Path, keys: dict[str, Key]) -> Path:
 
 
 @pytest.fixture
-def app(tmp_path: Path, oracle_jwks: Path, jwks_served: responses.RequestsMock
-        ) -> Iterator[Flask]:
+def app(tmp_path: Path, oracle_jwks: Path, jwks_served: responses.RequestsMock) -> Iterator[Flask]:
     """The service with JWTs required, Redis as replay cache and CORS for the sandbox."""
     application = make_app(
         tmp_path,
@@ -272,7 +281,9 @@ def test_valid_token_of_each_ehr_shape_is_accepted(
 
 
 def test_jwks_is_fetched_once_for_many_calls(
-    client: FlaskClient, keys: dict[str, Key], hook_body: dict[str, Any],
+    client: FlaskClient,
+    keys: dict[str, Key],
+    hook_body: dict[str, Any],
     jwks_served: responses.RequestsMock,
 ) -> None:
     """Keys are cached: three Epic calls cost one JWK Set fetch."""
@@ -291,8 +302,7 @@ def _forged(keys: dict[str, Key]) -> str:
 
 
 def _expired(keys: dict[str, Key]) -> str:
-    return token_for(keys, "oracle-rs384", PUBLIC_BASE + SIGN_PATH, iat_offset=-400,
-                     lifetime=300)
+    return token_for(keys, "oracle-rs384", PUBLIC_BASE + SIGN_PATH, iat_offset=-400, lifetime=300)
 
 
 def _other_service_audience(keys: dict[str, Key]) -> str:
@@ -316,18 +326,24 @@ def _hmac_with_public_key(keys: dict[str, Key]) -> str:
     key = keys["oracle-rs384"]
     header = {"alg": "HS256", "typ": "JWT", "kid": key.kid}
     secret = key.public_pem()
-    return hand_made(header, _claims(ORACLE_ISS, PUBLIC_BASE + SIGN_PATH),
-                     lambda data: hmac.new(secret, data, hashlib.sha256).digest())
+    return hand_made(
+        header,
+        _claims(ORACLE_ISS, PUBLIC_BASE + SIGN_PATH),
+        lambda data: hmac.new(secret, data, hashlib.sha256).digest(),
+    )
 
 
 def _unknown_kid(keys: dict[str, Key]) -> str:
-    return token_for(keys, "oracle-rs384", PUBLIC_BASE + SIGN_PATH,
-                     headers={"kid": "no-such-key"})
+    return token_for(keys, "oracle-rs384", PUBLIC_BASE + SIGN_PATH, headers={"kid": "no-such-key"})
 
 
 def _foreign_jku(keys: dict[str, Key]) -> str:
-    return sign(keys["attacker"], EPIC_ISS, PUBLIC_BASE + SIGN_PATH,
-                jku="https://attacker.example.org/jwks.json")
+    return sign(
+        keys["attacker"],
+        EPIC_ISS,
+        PUBLIC_BASE + SIGN_PATH,
+        jku="https://attacker.example.org/jwks.json",
+    )
 
 
 def _too_long_lived(keys: dict[str, Key]) -> str:
@@ -335,8 +351,9 @@ def _too_long_lived(keys: dict[str, Key]) -> str:
 
 
 def _not_yet_valid(keys: dict[str, Key]) -> str:
-    return token_for(keys, "epic-rs384", PUBLIC_BASE + SIGN_PATH,
-                     claims={"nbf": int(time.time()) + 600})
+    return token_for(
+        keys, "epic-rs384", PUBLIC_BASE + SIGN_PATH, claims={"nbf": int(time.time()) + 600}
+    )
 
 
 def _no_jti(keys: dict[str, Key]) -> str:
@@ -426,11 +443,14 @@ def test_health_says_authentication_is_on(client: FlaskClient) -> None:
 
 def test_cors_preflight_needs_no_jwt(client: FlaskClient) -> None:
     """A browser preflight from an allowed origin is a 204 with CORS headers and no token."""
-    response = client.options(SIGN_PATH, headers={
-        "Origin": SANDBOX_ORIGIN,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type",
-    })
+    response = client.options(
+        SIGN_PATH,
+        headers={
+            "Origin": SANDBOX_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert response.status_code == 204
     assert response.headers["Access-Control-Allow-Origin"] == SANDBOX_ORIGIN
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
@@ -442,9 +462,13 @@ def test_cors_preflight_needs_no_jwt(client: FlaskClient) -> None:
 
 def test_cors_preflight_from_another_origin_gets_no_grant(client: FlaskClient) -> None:
     """A preflight from an origin not configured gets no Access-Control-Allow-Origin."""
-    response = client.options(SIGN_PATH, headers={
-        "Origin": "https://evil.example.org", "Access-Control-Request-Method": "POST",
-    })
+    response = client.options(
+        SIGN_PATH,
+        headers={
+            "Origin": "https://evil.example.org",
+            "Access-Control-Request-Method": "POST",
+        },
+    )
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
@@ -465,11 +489,16 @@ def test_cors_headers_on_answers_and_refusals(
 
 
 def _feedback_body() -> dict[str, Any]:
-    return {"feedback": [{
-        "card": str(uuid.uuid4()), "outcome": "overridden",
-        "overrideReason": {"userComment": "test"},
-        "outcomeTimestamp": "2026-11-01T12:00:00Z",
-    }]}
+    return {
+        "feedback": [
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "overrideReason": {"userComment": "test"},
+                "outcomeTimestamp": "2026-11-01T12:00:00Z",
+            }
+        ]
+    }
 
 
 def test_feedback_needs_a_jwt(client: FlaskClient) -> None:
@@ -516,7 +545,7 @@ class Gunicorn:
         """{probe id: (worker pid, status)} from the access log."""
         result = {}
         for line in self.access_log.read_text().splitlines():
-            match = re.fullmatch(r"(\d+) (\d{3}) (\S+)", line.strip())
+            match = re.fullmatch(r"<?(\d+)>? (\d{3}) (\S+)", line.strip())  # %(p)s is "<pid>"
             if match and match.group(3) != "-":
                 result[match.group(3)] = (int(match.group(1)), int(match.group(2)))
         return result
@@ -531,6 +560,18 @@ class Gunicorn:
             if all(p in served for p in probes) or time.monotonic() > give_up:
                 return {p: served[p] for p in probes if p in served}
             time.sleep(0.05)
+
+    def wait_for_both_workers(self, timeout: float = 30.0) -> None:
+        """The master answers once one worker is up; wait until both have served a request."""
+        give_up = time.monotonic() + timeout
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for attempt in range(1000):
+                probes = [f"health-{attempt}-{n}" for n in range(8)]
+                list(pool.map(lambda p: _get_health(self.base_url, p), probes))
+                if len({pid for pid, _ in self.wait_for_probes(probes).values()}) == 2:
+                    return
+                if time.monotonic() > give_up:
+                    pytest.fail("the second gunicorn worker never served a request")
 
 
 @pytest.fixture
@@ -555,24 +596,38 @@ def gunicorn(tmp_path: Path, oracle_jwks: Path) -> Iterator[Gunicorn]:
     gunicorn_bin = Path(sys.executable).with_name("gunicorn")
     with error_log.open("wb") as errors:
         process = subprocess.Popen(
-            [str(gunicorn_bin), "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}",
-             "--access-logfile", str(access_log),
-             "--access-logformat", "%(p)s %(s)s %({x-probe}i)s",
-             "cds_service:create_app()"],
-            env=env, stdout=subprocess.DEVNULL, stderr=errors, cwd=Path(__file__).parent.parent,
+            [
+                str(gunicorn_bin),
+                "-w",
+                "2",
+                "-k",
+                "sync",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--access-logfile",
+                str(access_log),
+                "--access-logformat",
+                "%(p)s %(s)s %({x-probe}i)s",
+                "cds_service:create_app()",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            cwd=Path(__file__).parent.parent,
         )
     server = Gunicorn(base_url, access_log, process)
     try:
         give_up = time.monotonic() + 30
         while True:
             try:
-                if requests.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{base_url}/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # workers still booting
             if process.poll() is not None or time.monotonic() > give_up:
                 pytest.fail(f"gunicorn did not start:\n{error_log.read_text()[-3000:]}")
             time.sleep(0.1)
+        server.wait_for_both_workers()
         yield server
     finally:
         process.terminate()
@@ -583,21 +638,33 @@ def gunicorn(tmp_path: Path, oracle_jwks: Path) -> Iterator[Gunicorn]:
             process.wait()
 
 
+def _get_health(base_url: str, probe: str) -> int:
+    with requests.Session() as session:
+        response = session.get(
+            f"{base_url}/healthz", timeout=10, headers={"Connection": "close", "X-Probe": probe}
+        )
+        return response.status_code
+
+
 def _send(base_url: str, token: str, body: str, probe: str) -> int:
     """POST on a fresh connection (no keep-alive), so either worker may take it."""
     with requests.Session() as session:
         response = session.post(
-            f"{base_url}{SIGN_PATH}", data=body, timeout=20,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                     "Connection": "close", "X-Probe": probe},
+            f"{base_url}{SIGN_PATH}",
+            data=body,
+            timeout=20,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Connection": "close",
+                "X-Probe": probe,
+            },
         )
         return response.status_code
 
 
 @pytest.mark.slow
-def test_replay_to_the_other_worker_is_refused(
-    gunicorn: Gunicorn, keys: dict[str, Key]
-) -> None:
+def test_replay_to_the_other_worker_is_refused(gunicorn: Gunicorn, keys: dict[str, Key]) -> None:
     """One JWT sent many times to two gunicorn workers: one 200, the rest 401, on both workers."""
     templates = {}
     with requests.Session() as session:
@@ -608,10 +675,14 @@ def test_replay_to_the_other_worker_is_refused(
                 templates = service["prefetch"]
     today = datetime.now(UTC).date()  # gunicorn runs on the real clock
     resources = chart_resources(ln_initiation_clean(today))
-    body = json.dumps(hook_request(
-        "order-sign", PATIENT_ID, [voclosporin_draft_order(PATIENT_ID, today)],
-        prefetch_for(resources, PATIENT_ID, templates),
-    ))
+    body = json.dumps(
+        hook_request(
+            "order-sign",
+            PATIENT_ID,
+            [voclosporin_draft_order(PATIENT_ID, today)],
+            prefetch_for(resources, PATIENT_ID, templates),
+        )
+    )
     token = remember(token_for(keys, "oracle-rs384", gunicorn.base_url + SIGN_PATH))
 
     outcomes: dict[str, tuple[int, int]] = {}

@@ -252,7 +252,10 @@ def test_bad_field_value_is_400_naming_it(client: FlaskClient, path: str, value:
 def test_selections_not_in_draft_orders_is_400(client: FlaskClient) -> None:
     """order-select selections must name a draft order in the request."""
     body = hook_request(
-        "order-select", PATIENT_ID, [voclosporin_draft_order(PATIENT_ID, TODAY)], {},
+        "order-select",
+        PATIENT_ID,
+        [voclosporin_draft_order(PATIENT_ID, TODAY)],
+        {},
         selections=["MedicationRequest/not-in-the-bundle"],
     )
     error = assert_error(client.post("/cds-services/voclosporin-order-select", json=body), 400)

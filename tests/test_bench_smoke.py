@@ -21,7 +21,10 @@ def test_prefetch_request_holds_the_asked_chart():
     body = prefetch_request(12, TODAY)
     assert set(body["prefetch"]) == set(prefetch_templates(load_knowledge()))
     assert count_prefetched(body) == {
-        "Patient": 1, "Condition": 1, "MedicationRequest": 100, "Observation": 12,
+        "Patient": 1,
+        "Condition": 1,
+        "MedicationRequest": 100,
+        "Observation": 12,
     }
     draft = body["context"]["draftOrders"]["entry"][0]["resource"]
     assert "LUPKYNIS" in draft["medicationCodeableConcept"]["text"]

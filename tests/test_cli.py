@@ -116,8 +116,16 @@ def run(capsys: pytest.CaptureFixture[str]) -> Run:
 
 
 def hook_args(service: LiveService, fhir: FhirServer, patient: str, *extra: str) -> list[str]:
-    return ["hook", "--service-url", service.service_url(), "--fhir-server", fhir.base_url,
-            "--patient", patient, *extra]
+    return [
+        "hook",
+        "--service-url",
+        service.service_url(),
+        "--fhir-server",
+        fhir.base_url,
+        "--patient",
+        patient,
+        *extra,
+    ]
 
 
 def topic_codes(response: dict[str, Any]) -> list[str]:
@@ -174,8 +182,9 @@ def test_service_fetching_and_prefetch_give_same_cards(
     code, out, err = run(*hook_args(service, charts, HIGH_BP, *LUPKYNIS, "--prefetch", "--json"))
     assert code == 0, err
     prefetched = json.loads(out)
-    code, out, err = run(*hook_args(service, charts, HIGH_BP, *LUPKYNIS, "--json",
-                                    "--fhir-token", "sandbox-token"))
+    code, out, err = run(
+        *hook_args(service, charts, HIGH_BP, *LUPKYNIS, "--json", "--fhir-token", "sandbox-token")
+    )
     assert code == 0, err
     fetched = json.loads(out)
     assert topic_codes(fetched) == topic_codes(prefetched)
@@ -197,8 +206,20 @@ def test_each_hook_is_built_and_answered(
     run: Run, service: LiveService, charts: FhirServer, hook: str
 ) -> None:
     """A base URL plus --hook picks the service from discovery; each hook's context is right."""
-    base = ["hook", "--service-url", service.base_url, "--hook", hook, "--fhir-server",
-            charts.base_url, "--patient", HIGH_BP, *LUPKYNIS, "--prefetch", "--quiet"]
+    base = [
+        "hook",
+        "--service-url",
+        service.base_url,
+        "--hook",
+        hook,
+        "--fhir-server",
+        charts.base_url,
+        "--patient",
+        HIGH_BP,
+        *LUPKYNIS,
+        "--prefetch",
+        "--quiet",
+    ]
     code, out, _ = run(*base, "--dry-run")
     assert code == 0
     request = json.loads(out)
@@ -216,8 +237,18 @@ def test_each_hook_is_built_and_answered(
 
 def test_order_by_rxnorm_code(run: Run, service: LiveService, charts: FhirServer) -> None:
     """--rxnorm 3002 (cyclophosphamide) for a patient on LUPKYNIS gets the cyclophosphamide card."""
-    code, out, err = run(*hook_args(service, charts, ON_VOCLOSPORIN, "--rxnorm", "3002",
-                                    "--drug", "cyclophosphamide 500 MG Injection", "--prefetch"))
+    code, out, err = run(
+        *hook_args(
+            service,
+            charts,
+            ON_VOCLOSPORIN,
+            "--rxnorm",
+            "3002",
+            "--drug",
+            "cyclophosphamide 500 MG Injection",
+            "--prefetch",
+        )
+    )
     assert code == 0, err
     assert "Voclosporin with cyclophosphamide is not recommended" in out
     assert "cyclophosphamide 500 MG Injection" in out
@@ -229,13 +260,24 @@ def test_order_from_file(
     """--order FILE sends that MedicationRequest as the draft order, id and all."""
     order_file = tmp_path / "order.json"
     order_file.write_text(json.dumps(voclosporin_draft_order(HIGH_BP, date.today(), "mine-1")))
-    code, out, _ = run(*hook_args(service, charts, HIGH_BP, "--order", str(order_file),
-                                  "--prefetch", "--dry-run", "--quiet"))
+    code, out, _ = run(
+        *hook_args(
+            service,
+            charts,
+            HIGH_BP,
+            "--order",
+            str(order_file),
+            "--prefetch",
+            "--dry-run",
+            "--quiet",
+        )
+    )
     assert code == 0
     draft = json.loads(out)["context"]["draftOrders"]["entry"][0]["resource"]
     assert draft["id"] == "mine-1"
-    code, out, err = run(*hook_args(service, charts, HIGH_BP, "--order", str(order_file),
-                                    "--prefetch"))
+    code, out, err = run(
+        *hook_args(service, charts, HIGH_BP, "--order", str(order_file), "--prefetch")
+    )
     assert code == 0, err
     assert "delete MedicationRequest/mine-1" in out
 
@@ -252,30 +294,34 @@ def test_without_prefetch_or_token_explains_412(
     assert "--prefetch" in err
 
 
-def test_client_jwt_signed_and_refused(
-    run: Run, tmp_path: Path, charts: FhirServer
-) -> None:
+def test_client_jwt_signed_and_refused(run: Run, tmp_path: Path, charts: FhirServer) -> None:
     """--jwt-key signs an ES384 JWT the service accepts; without it the 401 comes with a hint."""
     key_file = tmp_path / "client-key.pem"
-    key_file.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    key_file.write_bytes(
+        ec.generate_private_key(ec.SECP384R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     code, jwks, _ = run("jwks", str(key_file), "--kid", JWT_KID)
     assert code == 0
     assert json.loads(jwks)["keys"][0]["alg"] == "ES384"
     (tmp_path / "jwks.json").write_text(jwks)
     live = LiveService()
     app = make_app(
-        tmp_path, CDS_FHIR_ALLOWED_SERVERS=charts.base_url, CDS_CLOCK=lambda: datetime.now(UTC),
+        tmp_path,
+        CDS_FHIR_ALLOWED_SERVERS=charts.base_url,
+        CDS_CLOCK=lambda: datetime.now(UTC),
         CDS_JWT_ISSUERS={JWT_ISS: f"file:{tmp_path / 'jwks.json'}"},
         CDS_PUBLIC_BASE_URL=live.base_url,
     )
     live.start(app)
     try:
         args = hook_args(live, charts, HIGH_BP, *LUPKYNIS, "--prefetch", "--quiet")
-        code, out, err = run(*args, "--jwt-key", str(key_file), "--jwt-iss", JWT_ISS,
-                             "--jwt-kid", JWT_KID)
+        code, out, err = run(
+            *args, "--jwt-key", str(key_file), "--jwt-iss", JWT_ISS, "--jwt-kid", JWT_KID
+        )
         assert code == 0, err
         assert "CRITICAL BP 170/95" in out
         code, out, err = run(*args)
@@ -295,8 +341,17 @@ def test_client_jwt_signed_and_refused(
 def test_unreachable_service(run: Run, charts: FhirServer) -> None:
     """Nothing listening at --service-url: exit 3 with what to check."""
     url = f"http://127.0.0.1:{free_port()}/cds-services/{SIGN}"
-    code, out, err = run("hook", "--service-url", url, "--fhir-server", charts.base_url,
-                         "--patient", HIGH_BP, *LUPKYNIS, "--prefetch")
+    code, out, err = run(
+        "hook",
+        "--service-url",
+        url,
+        "--fhir-server",
+        charts.base_url,
+        "--patient",
+        HIGH_BP,
+        *LUPKYNIS,
+        "--prefetch",
+    )
     assert code == cli.EXIT_UNREACHABLE
     assert out == ""
     assert f"error: Cannot reach the CDS service at {url.rsplit('/', 1)[0]}" in err
@@ -306,8 +361,16 @@ def test_unreachable_service(run: Run, charts: FhirServer) -> None:
 def test_unreachable_fhir_server(run: Run, service: LiveService) -> None:
     """Nothing listening at --fhir-server: exit 3 naming the FHIR server."""
     fhir = f"http://127.0.0.1:{free_port()}/fhir"
-    code, _, err = run("hook", "--service-url", service.service_url(), "--fhir-server", fhir,
-                       "--patient", HIGH_BP, *LUPKYNIS)
+    code, _, err = run(
+        "hook",
+        "--service-url",
+        service.service_url(),
+        "--fhir-server",
+        fhir,
+        "--patient",
+        HIGH_BP,
+        *LUPKYNIS,
+    )
     assert code == cli.EXIT_UNREACHABLE
     assert f"error: Cannot reach the FHIR server at {fhir}: connection refused" in err
 
@@ -326,16 +389,26 @@ def test_malformed_patient_id(run: Run, service: LiveService, charts: FhirServer
     code, _, err = run(*hook_args(service, charts, "Jane Doe", *LUPKYNIS))
     assert code == cli.EXIT_USAGE
     assert "is not a FHIR id" in err
-    code, out, _ = run(*hook_args(service, charts, f"Patient/{HIGH_BP}", *LUPKYNIS, "--dry-run",
-                                  "--quiet"))
+    code, out, _ = run(
+        *hook_args(service, charts, f"Patient/{HIGH_BP}", *LUPKYNIS, "--dry-run", "--quiet")
+    )
     assert code == 0
     assert json.loads(out)["context"]["patientId"] == HIGH_BP
 
 
 def test_not_a_cds_service(run: Run, charts: FhirServer) -> None:
     """A --service-url that is not a CDS service (here the FHIR server) is named as such."""
-    code, _, err = run("hook", "--service-url", f"{charts.base_url}/cds-services/x", "--prefetch",
-                       "--fhir-server", charts.base_url, "--patient", HIGH_BP, *LUPKYNIS)
+    code, _, err = run(
+        "hook",
+        "--service-url",
+        f"{charts.base_url}/cds-services/x",
+        "--prefetch",
+        "--fhir-server",
+        charts.base_url,
+        "--patient",
+        HIGH_BP,
+        *LUPKYNIS,
+    )
     assert code == cli.EXIT_HTTP_ERROR
     assert f"error: Discovery {charts.base_url}/cds-services answered HTTP 404" in err
     assert "Is --service-url a CDS Hooks service" in err
@@ -345,9 +418,17 @@ def test_unknown_service_id_lists_services(
     run: Run, service: LiveService, charts: FhirServer
 ) -> None:
     """An id discovery does not list: exit 2 and list the ids that exist."""
-    code, _, err = run("hook", "--service-url", service.service_url("voclosporin-typo"),
-                       "--prefetch", "--fhir-server", charts.base_url, "--patient", HIGH_BP,
-                       *LUPKYNIS)
+    code, _, err = run(
+        "hook",
+        "--service-url",
+        service.service_url("voclosporin-typo"),
+        "--prefetch",
+        "--fhir-server",
+        charts.base_url,
+        "--patient",
+        HIGH_BP,
+        *LUPKYNIS,
+    )
     assert code == cli.EXIT_USAGE
     assert "lists no service 'voclosporin-typo'" in err
     assert "voclosporin-order-sign (order-sign)" in err
@@ -359,8 +440,18 @@ def test_slow_fhir_server_shows_progress_then_times_out(run: Run, service: LiveS
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # connections complete in the backlog; nobody ever answers
         fhir = f"http://127.0.0.1:{silent.getsockname()[1]}/fhir"
-        code, _, err = run("hook", "--service-url", service.service_url(), "--fhir-server", fhir,
-                           "--patient", HIGH_BP, *LUPKYNIS, "--timeout", "2.5")
+        code, _, err = run(
+            "hook",
+            "--service-url",
+            service.service_url(),
+            "--fhir-server",
+            fhir,
+            "--patient",
+            HIGH_BP,
+            *LUPKYNIS,
+            "--timeout",
+            "2.5",
+        )
     assert code == cli.EXIT_UNREACHABLE
     assert f"... still waiting for GET Patient/{HIGH_BP} (1 s)" in err
     assert f"... still waiting for GET Patient/{HIGH_BP} (2 s)" in err
@@ -379,17 +470,29 @@ def test_quiet_silences_progress(run: Run, service: LiveService, charts: FhirSer
     ("extra", "message"),
     [
         pytest.param((), "say what is ordered", id="no-order"),
-        pytest.param(("--drug", "x", "--order", "o.json"), "--order takes the whole order",
-                     id="order-and-drug"),
+        pytest.param(
+            ("--drug", "x", "--order", "o.json"),
+            "--order takes the whole order",
+            id="order-and-drug",
+        ),
         pytest.param(("--drug", "x", "--dose-mg", "-1"), "must be positive", id="negative-dose"),
-        pytest.param(("--drug", "x", "--jwt", "t", "--jwt-key", "k.pem"), "either --jwt or",
-                     id="two-jwts"),
+        pytest.param(
+            ("--drug", "x", "--jwt", "t", "--jwt-key", "k.pem"), "either --jwt or", id="two-jwts"
+        ),
     ],
 )
 def test_usage_errors(run: Run, extra: tuple[str, ...], message: str) -> None:
     """Contradictory or missing options exit 2 before any network traffic."""
-    code, _, err = run("hook", "--service-url", "http://127.0.0.1:9/cds-services/x",
-                       "--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p1", *extra)
+    code, _, err = run(
+        "hook",
+        "--service-url",
+        "http://127.0.0.1:9/cds-services/x",
+        "--fhir-server",
+        "http://127.0.0.1:9/fhir",
+        "--patient",
+        "p1",
+        *extra,
+    )
     assert code == cli.EXIT_USAGE
     assert message in err
 
@@ -398,25 +501,33 @@ def test_usage_errors(run: Run, extra: tuple[str, ...], message: str) -> None:
 
 
 BAD_RESPONSE = {
-    "cards": [{
-        "uuid": "4f8d9f5a-5b7e-4f0e-9d43-9a5a3c1d2e10",
-        "summary": "x" * 150,
-        "detail": None,
-        "indicator": "warning",
-        "source": {"label": "Example"},
-        "suggestions": [{"label": "Stop", "uuid": "7b1c2d3e-0000-4000-8000-000000000001"}],
-        "overrideReasons": [{"system": "http://example.org", "code": "no-display"}],
-        "links": [],
-    }],
+    "cards": [
+        {
+            "uuid": "4f8d9f5a-5b7e-4f0e-9d43-9a5a3c1d2e10",
+            "summary": "x" * 150,
+            "detail": None,
+            "indicator": "warning",
+            "source": {"label": "Example"},
+            "suggestions": [{"label": "Stop", "uuid": "7b1c2d3e-0000-4000-8000-000000000001"}],
+            "overrideReasons": [{"system": "http://example.org", "code": "no-display"}],
+            "links": [],
+        }
+    ],
 }
 
 
 def test_validate_good_response(run: Run, tmp_path: Path) -> None:
     """A response that keeps the rules: exit 0 and a one-line verdict."""
-    good = {"cards": [{
-        "uuid": "4f8d9f5a-5b7e-4f0e-9d43-9a5a3c1d2e10", "summary": "Check potassium",
-        "indicator": "info", "source": {"label": "Example"},
-    }]}
+    good = {
+        "cards": [
+            {
+                "uuid": "4f8d9f5a-5b7e-4f0e-9d43-9a5a3c1d2e10",
+                "summary": "Check potassium",
+                "indicator": "info",
+                "source": {"label": "Example"},
+            }
+        ]
+    }
     path = tmp_path / "good.json"
     path.write_text(json.dumps(good))
     code, out, _ = run("validate", str(path))
@@ -444,9 +555,19 @@ def test_validate_bad_response_names_each_path(run: Run, tmp_path: Path) -> None
 def test_validate_json_output_and_strict(run: Run, tmp_path: Path) -> None:
     """--json gives machine-readable violations; --strict fails on warnings alone."""
     path = tmp_path / "warn.json"
-    path.write_text(json.dumps({"cards": [{
-        "summary": "No uuid, so no feedback", "indicator": "info", "source": {"label": "x"},
-    }]}))
+    path.write_text(
+        json.dumps(
+            {
+                "cards": [
+                    {
+                        "summary": "No uuid, so no feedback",
+                        "indicator": "info",
+                        "source": {"label": "x"},
+                    }
+                ]
+            }
+        )
+    )
     code, out, _ = run("validate", str(path), "--json")
     assert code == 0
     result = json.loads(out)
@@ -461,9 +582,13 @@ def test_validate_json_output_and_strict(run: Run, tmp_path: Path) -> None:
 def test_validate_request_file(run: Run, tmp_path: Path) -> None:
     """A request with a null prefetch key passes; a reference as patientId is an error."""
     request = {
-        "hook": "order-sign", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"userId": "Practitioner/1", "patientId": "Patient/1",
-                    "draftOrders": {"resourceType": "Bundle", "type": "collection"}},
+        "hook": "order-sign",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {
+            "userId": "Practitioner/1",
+            "patientId": "Patient/1",
+            "draftOrders": {"resourceType": "Bundle", "type": "collection"},
+        },
         "prefetch": {"egfr": None},
     }
     path = tmp_path / "request.json"
@@ -477,8 +602,11 @@ def test_validate_request_file(run: Run, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        pytest.param('{"cards": [', "is not valid JSON: Expecting value at line 1 column 12",
-                     id="broken-json"),
+        pytest.param(
+            '{"cards": [',
+            "is not valid JSON: Expecting value at line 1 column 12",
+            id="broken-json",
+        ),
         pytest.param('{"whatever": 1}', "pass --kind", id="unknown-kind"),
     ],
 )
@@ -502,8 +630,9 @@ def test_console_script_is_registered() -> None:
 
 def test_serve_production_prints_gunicorn(run: Run) -> None:
     """serve --production prints a gunicorn command around the app factory, runs nothing."""
-    code, out, _ = run("serve", "--production", "--host", "0.0.0.0", "--port", "9000",
-                       "--workers", "5")
+    code, out, _ = run(
+        "serve", "--production", "--host", "0.0.0.0", "--port", "9000", "--workers", "5"
+    )
     assert code == 0
     assert out.splitlines()[0] == (
         "gunicorn --bind 0.0.0.0:9000 --workers 5 --timeout 30 --access-logfile - "
@@ -517,7 +646,10 @@ def test_serve_runs_the_dev_server(tmp_path: Path) -> None:
     env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.sqlite3'}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         health = None
@@ -540,12 +672,21 @@ def test_serve_runs_the_dev_server(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "service_id", "expected"),
     [
-        pytest.param("http://h:1/cds-services/voclosporin-order-sign", None,
-                     ("http://h:1/cds-services", "voclosporin-order-sign"), id="full-url"),
-        pytest.param("http://h:1/cds", "abc", ("http://h:1/cds/cds-services", "abc"),
-                     id="prefix-and-id"),
-        pytest.param("http://h:1/cds-services/", "abc", ("http://h:1/cds-services", "abc"),
-                     id="discovery-and-id"),
+        pytest.param(
+            "http://h:1/cds-services/voclosporin-order-sign",
+            None,
+            ("http://h:1/cds-services", "voclosporin-order-sign"),
+            id="full-url",
+        ),
+        pytest.param(
+            "http://h:1/cds", "abc", ("http://h:1/cds/cds-services", "abc"), id="prefix-and-id"
+        ),
+        pytest.param(
+            "http://h:1/cds-services/",
+            "abc",
+            ("http://h:1/cds-services", "abc"),
+            id="discovery-and-id",
+        ),
         pytest.param("http://h:1", None, ("http://h:1/cds-services", None), id="base-only"),
     ],
 )
@@ -576,18 +717,41 @@ def test_render_cards_shows_every_part() -> None:
     import io
 
     out = io.StringIO()
-    cli.render_cards({"cards": [{
-        "summary": "Reduce the dose", "indicator": "warning",
-        "source": {"label": "Label 2.4", "url": "https://example.org/label"},
-        "detail": "eGFR fell **32%**.\n\n- from 80\n- to 54",
-        "selectionBehavior": "at-most-one",
-        "suggestions": [{"label": "Use 15.8 mg", "isRecommended": True, "actions": [{
-            "type": "update", "description": "Change the dose",
-            "resource": {"resourceType": "MedicationRequest", "id": "d1"},
-        }]}],
-        "overrideReasons": [{"system": "s", "code": "c", "display": "Will monitor"}],
-        "links": [{"label": "Calculator", "url": "https://example.org/calc", "type": "absolute"}],
-    }]}, out)
+    cli.render_cards(
+        {
+            "cards": [
+                {
+                    "summary": "Reduce the dose",
+                    "indicator": "warning",
+                    "source": {"label": "Label 2.4", "url": "https://example.org/label"},
+                    "detail": "eGFR fell **32%**.\n\n- from 80\n- to 54",
+                    "selectionBehavior": "at-most-one",
+                    "suggestions": [
+                        {
+                            "label": "Use 15.8 mg",
+                            "isRecommended": True,
+                            "actions": [
+                                {
+                                    "type": "update",
+                                    "description": "Change the dose",
+                                    "resource": {"resourceType": "MedicationRequest", "id": "d1"},
+                                }
+                            ],
+                        }
+                    ],
+                    "overrideReasons": [{"system": "s", "code": "c", "display": "Will monitor"}],
+                    "links": [
+                        {
+                            "label": "Calculator",
+                            "url": "https://example.org/calc",
+                            "type": "absolute",
+                        }
+                    ],
+                }
+            ]
+        },
+        out,
+    )
     text = out.getvalue()
     assert "1. WARNING  Reduce the dose" in text
     assert "source: Label 2.4 <https://example.org/label>" in text

@@ -114,15 +114,15 @@ def test_hook_call_shows_its_examples(
     assert example["hookInstance"] in text  # the example body itself is on the page
     assert '"draftOrders"' in text
     assert '"cards"' in text  # and the example response
-    shot = chromium.screenshot(docs_server.url + "/docs" + anchor,
-                               artifacts_dir() / "docs-call-service.png", height=2400)
+    shot = chromium.screenshot(
+        docs_server.url + "/docs" + anchor, artifacts_dir() / "docs-call-service.png", height=2400
+    )
     assert read_png(shot).count_color(POST_GREEN, tolerance=10) > 2000
 
 
 def test_screenshot_shows_the_operations(chromium: Chromium, docs_server: DocsServer) -> None:
     """A screenshot (kept in tests/artifacts/docs.png) shows GET and POST operation bars."""
-    shot = chromium.screenshot(docs_server.url + "/docs", artifacts_dir() / "docs.png",
-                               height=1600)
+    shot = chromium.screenshot(docs_server.url + "/docs", artifacts_dir() / "docs.png", height=1600)
     png = read_png(shot)
     assert (png.width, png.height) == (1280, 1600)
     assert png.count_color(GET_BLUE, tolerance=10) > 2000, "no GET operation drawn"

@@ -273,10 +273,18 @@ def test_only_results_the_rules_read_are_validated(terminology, monkeypatch):
 
     calls = []
     real = extract.validation_problem
-    monkeypatch.setattr(extract, "validation_problem",
-                        lambda r: calls.append(r["resourceType"]) or real(r))
-    results = [observation("98979-8", 60 + i % 30, "mL/min/{1.73_m2}",
-                           when=f"2026-{1 + i % 9:02d}-{1 + i % 28:02d}") for i in range(200)]
+    monkeypatch.setattr(
+        extract, "validation_problem", lambda r: calls.append(r["resourceType"]) or real(r)
+    )
+    results = [
+        observation(
+            "98979-8",
+            60 + i % 30,
+            "mL/min/{1.73_m2}",
+            when=f"2026-{1 + i % 9:02d}-{1 + i % 28:02d}",
+        )
+        for i in range(200)
+    ]
     for n, r in enumerate(results):
         r["id"] = f"e{n}"
     f = facts_from(terminology, [PATIENT, *results])

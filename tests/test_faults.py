@@ -35,14 +35,26 @@ DEADLINE_MS = 800
 # What "timely" means: the deadline plus the engine, the cards and scheduling on a 2-core box.
 MARGIN_SECONDS = 0.75
 ALL_KEYS = (
-    "patient", "medications", "conditions", "immunizations", "allergies",
-    "egfr", "creatinine", "bloodPressure", "potassium", "upcr",
+    "patient",
+    "medications",
+    "conditions",
+    "immunizations",
+    "allergies",
+    "egfr",
+    "creatinine",
+    "bloodPressure",
+    "potassium",
+    "upcr",
 )
 OBSERVATION_KEYS = ("egfr", "creatinine", "bloodPressure", "potassium", "upcr")
 # Rules that need an observation slice and so cannot run without it (rules/engine.py REGISTRY).
 OBSERVATION_RULES = (
-    "egfr-baseline-missing", "egfr-baseline-low", "egfr-decline",
-    "blood-pressure-high", "blood-pressure-missing", "hyperkalemia",
+    "egfr-baseline-missing",
+    "egfr-baseline-low",
+    "egfr-decline",
+    "blood-pressure-high",
+    "blood-pressure-missing",
+    "hyperkalemia",
 )
 
 
@@ -95,8 +107,12 @@ def client(app: Flask) -> FlaskClient:
 def fetch_request(server: str, prefetch: dict[str, Any] | None = None) -> dict[str, Any]:
     """A voclosporin order-sign request that lets the service fetch from ``server``."""
     return hook_request(
-        "order-sign", PATIENT_ID, [voclosporin_draft_order(PATIENT_ID, TODAY)], prefetch,
-        fhir_server=server, token=TOKEN,
+        "order-sign",
+        PATIENT_ID,
+        [voclosporin_draft_order(PATIENT_ID, TODAY)],
+        prefetch,
+        fhir_server=server,
+        token=TOKEN,
     )
 
 
@@ -257,9 +273,7 @@ def test_every_query_failing_still_answers_with_every_gap_named(
     assert_still_serving(client, fhir)
 
 
-def test_stalled_fetches_do_not_starve_later_calls(
-    client: FlaskClient, fhir: FaultyFhir
-) -> None:
+def test_stalled_fetches_do_not_starve_later_calls(client: FlaskClient, fhir: FaultyFhir) -> None:
     """Calls to a trickling server stay timely, and a healthy call after them gets its data."""
     fhir.set_fault("trickle", on="Observation")
     for _ in range(4):  # 4 x 5 stalled Observation queries > the 16 fetch threads
@@ -343,7 +357,8 @@ def test_server_outside_the_allowlist_is_never_contacted(
 ) -> None:
     """A fhirServer not on the allowlist gets no connection; the call is a 412 naming every key."""
     application = make_app(
-        tmp_path, CDS_FHIR_ALLOWED_SERVERS="https://fhir.example.org/r4",
+        tmp_path,
+        CDS_FHIR_ALLOWED_SERVERS="https://fhir.example.org/r4",
         CDS_REQUEST_DEADLINE_MS=DEADLINE_MS,
     )
     try:

@@ -131,7 +131,7 @@ def jwt_app(tmp_path: Path) -> Iterator[Flask]:
 
 def test_document_is_valid_openapi(document: dict[str, Any]) -> None:
     """openapi.yaml is a valid OpenAPI 3.0 document."""
-    validate_document(document)  # type: ignore[arg-type]
+    validate_document(document)
     assert document["openapi"].startswith("3.0.")
 
 
@@ -613,3 +613,108 @@ def test_analytics_with_database_down_is_503(
     call = exchange(client, "GET", "/analytics/rules")
     conforms(contract, call, 503)
     assert call.response.headers["Retry-After"] == "30"
+
+
+# ------------------------------------------------------------- known server bugs (strict xfail)
+# Each request below gets a 500 (or, for the id, a 200) today, found while writing the contract,
+# which allows only documented answers. Once the service is fixed the test XPASSes, which fails
+# (strict): drop the mark then.
+
+
+def known_500(where: str) -> pytest.MarkDecorator:
+    """Strict xfail for a request that crashes the service today."""
+    return pytest.mark.xfail(strict=True, reason=f"server bug, answers 500: {where}")
+
+
+def _malformed_prefetch(key: str, value: Any) -> Any:
+    def mutate(body: dict[str, Any]) -> None:
+        body["prefetch"][key] = value
+
+    return mutate
+
+
+def _malformed_draft_entry(body: dict[str, Any]) -> None:
+    body["context"]["draftOrders"]["entry"][0]["search"] = "match"
+
+
+def _newline_patient_id(body: dict[str, Any]) -> None:
+    body["context"]["patientId"] += "\n"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "allowed"),
+    [
+        pytest.param(
+            _malformed_prefetch("medications", {"resourceType": "Bundle", "entry": 5}),
+            {200, 400},
+            id="prefetch-entry-not-a-list",
+            marks=known_500("fhir_client.bundle_entries iterates a non-list Bundle.entry"),
+        ),
+        pytest.param(
+            _malformed_prefetch(
+                "medications",
+                {"resourceType": "Bundle", "entry": [{"resource": {}, "search": "match"}]},
+            ),
+            {200, 400},
+            id="prefetch-entry-search-not-an-object",
+            marks=known_500("fhir_client.bundle_entries calls .get on entry.search"),
+        ),
+        pytest.param(
+            _malformed_prefetch("medications", {"resourceType": "Bundle", "link": 5}),
+            {200, 400},
+            id="prefetch-link-not-a-list",
+            marks=known_500("fhir_client.next_link iterates a non-list Bundle.link"),
+        ),
+        pytest.param(
+            _malformed_prefetch("medications", {"resourceType": "OperationOutcome", "issue": 5}),
+            {200, 400, 412},
+            id="prefetch-operationoutcome-issue-not-a-list",
+            marks=known_500("fhir_client.operation_outcome_text iterates a non-list issue"),
+        ),
+        pytest.param(
+            _malformed_prefetch(
+                "medications", {"resourceType": "OperationOutcome", "issue": [{"details": "x"}]}
+            ),
+            {200, 400, 412},
+            id="prefetch-operationoutcome-details-not-an-object",
+            marks=known_500("fhir_client.operation_outcome_text calls .get on issue.details"),
+        ),
+        pytest.param(
+            _malformed_draft_entry,
+            {200, 400},
+            id="draft-entry-search-not-an-object",
+            marks=known_500("extract.bundle_resources calls .get on entry.search"),
+        ),
+        pytest.param(
+            _newline_patient_id,
+            {400},
+            id="patientId-trailing-newline",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="server bug: FHIR_ID regex ends in $, which also matches before a final "
+                "newline, so an id the contract forbids is accepted (200)",
+            ),
+        ),
+    ],
+)
+def test_malformed_request_gets_a_documented_answer(
+    contract: OpenAPI, app: Flask, client: FlaskClient, mutate: Any, allowed: set[int]
+) -> None:
+    """A structurally broken FHIR Bundle or id gets a documented answer, never a 500."""
+    body = voclosporin_call(app, "order-sign")
+    mutate(body)
+    call = exchange(client, "POST", SIGN, json=body)
+    assert call.response.status_code in allowed, call.response.get_data(as_text=True)[:300]
+    contract.validate_response(call.request, WerkzeugOpenAPIResponse(call.response))
+
+
+@known_500("analytics.parse_since: astimezone(UTC) raises OverflowError")
+@pytest.mark.parametrize(
+    "since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"], ids=["year-1", "year-9999"]
+)
+def test_analytics_since_out_of_range_is_400(
+    contract: OpenAPI, client: FlaskClient, since: str
+) -> None:
+    """A since whose UTC conversion leaves the calendar gets 400, not an OverflowError 500."""
+    call = exchange(client, "GET", "/analytics/rules", query_string={"since": since})
+    assert conforms(contract, call, 400)["error"]["title"] == "Invalid since"

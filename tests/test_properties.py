@@ -49,14 +49,40 @@ PROPERTY_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 RESOURCE_TYPES = (
-    "Patient", "MedicationRequest", "Medication", "Observation", "Condition", "Immunization",
-    "AllergyIntolerance", "Bundle", "OperationOutcome", "Encounter", "patient", "", "Observation ",
+    "Patient",
+    "MedicationRequest",
+    "Medication",
+    "Observation",
+    "Condition",
+    "Immunization",
+    "AllergyIntolerance",
+    "Bundle",
+    "OperationOutcome",
+    "Encounter",
+    "patient",
+    "",
+    "Observation ",
 )
 WEIRD_DATES = (
-    "", "2026", "2026-13", "2026-02-30", "2026-02-29T09:00:00Z", "0000", "0001-01-01",
-    "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59Z",
-    "2026-11-01T25:61:00Z", "2026-11-01T09:00:00+99:00", "2026-11-01T09:00", "yesterday",
-    "20261101", "-2026-01-01", "2026-11-01T09:00:00.123456789Z", "\x00", "२०२६-११-०१",
+    "",
+    "2026",
+    "2026-13",
+    "2026-02-30",
+    "2026-02-29T09:00:00Z",
+    "0000",
+    "0001-01-01",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "9999-12-31T23:59:59Z",
+    "2026-11-01T25:61:00Z",
+    "2026-11-01T09:00:00+99:00",
+    "2026-11-01T09:00",
+    "yesterday",
+    "20261101",
+    "-2026-01-01",
+    "2026-11-01T09:00:00.123456789Z",
+    "\x00",
+    "२०२६-११-०१",
 )
 HUGE_NUMBERS = (10**400, -(10**400), 2**63, -(2**63) - 1, 1e308, -1e308, 5e-324)
 
@@ -119,7 +145,13 @@ def _wrong_type(value: Any) -> Any:
 
 
 MUTATIONS: tuple[str, ...] = (
-    "delete", "null", "junk", "wrong-type", "huge-number", "weird-date", "empty",
+    "delete",
+    "null",
+    "junk",
+    "wrong-type",
+    "huge-number",
+    "weird-date",
+    "empty",
     "resource-type",
 )
 
@@ -316,10 +348,15 @@ def test_mutated_prefetch_never_gets_a_5xx(
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
         key = data.draw(st.sampled_from(sorted(prefetch)), label="key")
         value = prefetch[key]
-        entries = [
-            e for e in (value or {}).get("entry") or []
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-        ] if isinstance((value or {}).get("entry"), list) else []
+        entries = (
+            [
+                e
+                for e in (value or {}).get("entry") or []
+                if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+            ]
+            if isinstance((value or {}).get("entry"), list)
+            else []
+        )
         if value is None:
             prefetch[key] = data.draw(st.one_of(st.none(), arbitrary_resources()), label=key)
         elif entries and data.draw(st.booleans(), label="mutate an entry"):

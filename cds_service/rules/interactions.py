@@ -89,9 +89,12 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
             is_recommended=True,
         )
         for order in facts.draft_voclosporin
-        if not _has_regimen(order, (morning, evening), dose.mg_tolerance)
+        if order.can_be_changed and not _has_regimen(order, (morning, evening), dose.mg_tolerance)
     )
-    already = facts.ordering_voclosporin and not suggestions
+    already = facts.ordering_voclosporin and all(
+        _has_regimen(order, (morning, evening), dose.mg_tolerance)
+        for order in facts.draft_voclosporin
+    )
     if already:
         summary = f"Moderate CYP3A4 inhibitor {names(partners)}: voclosporin dose already reduced"
     else:

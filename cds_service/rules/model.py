@@ -130,7 +130,7 @@ def remove_suggestions(
     return tuple(
         Suggestion(f"{verb} the draft order for {o.name}", (RemoveOrder(o),))
         for o in orders
-        if o.is_draft
+        if o.can_be_changed
     )
 
 

@@ -138,7 +138,7 @@ def _reduction_suggestions(
     suggestions = []
     step = knowledge.dose.reduction_step_mg
     for order in orders:
-        if order.dosage is None or not order.dosage.doses:
+        if not order.can_be_changed or order.dosage is None or not order.dosage.doses:
             continue
         reduced = tuple((round(d.mg - step, 2), d.when) for d in order.dosage.doses)
         if any(mg <= 0 for mg, _ in reduced):

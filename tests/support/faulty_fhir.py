@@ -111,12 +111,12 @@ class FaultyFhir:
         self.fault_on = ""
         self.other_base = "http://127.0.0.1:9/fhir"
         self._release = threading.Event()
-        self._server = _CountingServer(
-            self, "127.0.0.1", 0, self._wsgi, handler=_QuietHandler
-        )
+        self._server = _CountingServer(self, "127.0.0.1", 0, self._wsgi, handler=_QuietHandler)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="faulty-fhir", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="faulty-fhir",
+            daemon=True,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -180,10 +180,14 @@ class FaultyFhir:
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         with self.lock:
-            self.hits.append(Hit(
-                request.method, request.path, request.query_string.decode("latin-1"),
-                request.headers.get("Authorization"),
-            ))
+            self.hits.append(
+                Hit(
+                    request.method,
+                    request.path,
+                    request.query_string.decode("latin-1"),
+                    request.headers.get("Authorization"),
+                )
+            )
             fault, fault_on = self.fault, self.fault_on
         response = self._answer(request, fault, fault_on)
         return response(environ, start_response)
@@ -191,7 +195,7 @@ class FaultyFhir:
     def _answer(self, request: Request, fault: str, fault_on: str) -> Response:
         if not request.path.startswith(self.base_path + "/"):
             return _json(operation_outcome("not-found", "outside the FHIR base"), 404)
-        relative = request.path[len(self.base_path) + 1:]
+        relative = request.path[len(self.base_path) + 1 :]
         resource_type = relative.split("/", 1)[0]
         if BROKEN_PAGE in request.args:
             return _json(operation_outcome("not-found", "paging session expired"), 404)
@@ -215,8 +219,11 @@ class FaultyFhir:
         if fault == "trickle":
             body = json.dumps(self._bundle(relative, request)).encode()
             return Response(
-                self._trickle(body), status=200, mimetype=FHIR_JSON,
-                headers={"Content-Length": str(len(body))}, direct_passthrough=True,
+                self._trickle(body),
+                status=200,
+                mimetype=FHIR_JSON,
+                headers={"Content-Length": str(len(body))},
+                direct_passthrough=True,
             )
         if fault == "invalid-json":
             return Response('{"resourceType": "Bundle", "entry": [', 200, mimetype=FHIR_JSON)
@@ -244,7 +251,8 @@ class FaultyFhir:
             resource_type, _, resource_id = relative.partition("/")
             for resource in self.resources:
                 if (resource.get("resourceType"), resource.get("id")) == (
-                    resource_type, resource_id
+                    resource_type,
+                    resource_id,
                 ):
                     return _json(resource, 200)
             return _json(operation_outcome("not-found", f"{relative} is not known"), 404)
@@ -253,9 +261,7 @@ class FaultyFhir:
             bundle["link"] = [{"relation": "next", "url": f"{self.other_base}/{relative}?page=2"}]
         elif fault == "next-broken":
             query = urlencode({**dict(parse_qsl(request.query_string.decode())), BROKEN_PAGE: 1})
-            bundle["link"] = [
-                {"relation": "next", "url": f"{self.base_url}/{relative}?{query}"}
-            ]
+            bundle["link"] = [{"relation": "next", "url": f"{self.base_url}/{relative}?{query}"}]
         return _json(bundle, 200)
 
     def _bundle(self, relative: str, request: Request) -> Resource:

@@ -66,12 +66,10 @@ def search(resources: Iterable[Resource], query: str, patient_id: str) -> Resour
     ]
     if "_sort=-date" in raw:
         hits.sort(key=lambda r: r.get("effectiveDateTime") or "", reverse=True)
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(hits),
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in hits],
-    }
+    bundle: Resource = {"resourceType": "Bundle", "type": "searchset", "total": len(hits)}
+    if hits:  # CDS Hooks #use-of-json: no empty arrays
+        bundle["entry"] = [{"resource": r, "search": {"mode": "match"}} for r in hits]
+    return bundle
 
 
 def prefetch_for(
