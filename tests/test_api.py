@@ -30,6 +30,17 @@ def templates(app, hook: str = "order-sign") -> dict[str, str]:
     return app.extensions["cds_service"].services[f"voclosporin-{hook}"].prefetch
 
 
+def voclosporin_request(app, name: str, hook: str = "order-sign") -> dict[str, Any]:
+    """A hook request ordering voclosporin for chart ``name``, prefetch from our templates."""
+    patient_id, resources = chart(name)
+    return hook_request(
+        hook,
+        patient_id,
+        [voclosporin_draft_order(patient_id, TODAY)],
+        prefetch_for(resources, patient_id, templates(app, hook)),
+    )
+
+
 def rule_ids(response) -> list[str]:
     return [card["source"]["topic"]["code"] for card in response.json["cards"]]
 
@@ -51,13 +62,7 @@ def test_discovery_is_spec_valid(client):
 @pytest.mark.parametrize("hook", ["order-select", "order-sign", "medication-prescribe"])
 def test_each_hook_returns_spec_valid_cards(app, client, hook):
     """Every hook answers a voclosporin initiation with spec-valid cards."""
-    patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
-    body = hook_request(
-        hook,
-        patient_id,
-        [voclosporin_draft_order(patient_id, TODAY)],
-        prefetch_for(resources, patient_id, templates(app, hook)),
-    )
+    body = voclosporin_request(app, "ln-initiation-low-egfr-high-bp", hook)
     response = client.post(f"/cds-services/voclosporin-{hook}", json=body)
     assert response.status_code == 200, response.json
     assert errors_only(check_response(response.json)) == []
@@ -72,13 +77,7 @@ def test_each_hook_returns_spec_valid_cards(app, client, hook):
 
 def test_card_detail_names_the_facts_used(app, client):
     """The eGFR card shows value, unit, date, source resource and measured/computed."""
-    patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
-    body = hook_request(
-        "order-sign",
-        patient_id,
-        [voclosporin_draft_order(patient_id, TODAY)],
-        prefetch_for(resources, patient_id, templates(app)),
-    )
+    body = voclosporin_request(app, "ln-initiation-low-egfr-high-bp")
     card = client.post(SIGN, json=body).json["cards"][1]
     assert "42 mL/min" in card["detail"]
     assert "measured" in card["detail"]
@@ -427,13 +426,7 @@ def test_wrong_method_is_json_405(client):
 
 
 def issue_card(app, client) -> dict[str, Any]:
-    patient_id, resources = chart("ln-on-voclosporin-interactions")
-    body = hook_request(
-        "order-sign",
-        patient_id,
-        [voclosporin_draft_order(patient_id, TODAY)],
-        prefetch_for(resources, patient_id, templates(app)),
-    )
+    body = voclosporin_request(app, "ln-on-voclosporin-interactions")
     cards = client.post(SIGN, json=body).json["cards"]
     app.extensions["cds_audit_writer"].flush(5.0)
     return cards[0]
@@ -495,19 +488,13 @@ def test_health_says_authentication_is_off(client):
 
 def test_hook_call_is_audited_without_patient_id(app, client):
     """Each call leaves one audit record with rules fired and a keyed patient hash."""
-    patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
-    body = hook_request(
-        "order-sign",
-        patient_id,
-        [voclosporin_draft_order(patient_id, TODAY)],
-        prefetch_for(resources, patient_id, templates(app)),
-    )
+    body = voclosporin_request(app, "ln-initiation-low-egfr-high-bp")
     client.post(SIGN, json=body)
     assert app.extensions["cds_audit_writer"].flush(5.0)
     [record] = app.extensions["cds_storage"].calls_for_hook_instance(body["hookInstance"])
     text = repr(record)
     assert "blood-pressure-high" in text
-    assert patient_id not in text
+    assert body["context"]["patientId"] not in text
 
 
 def test_audit_failure_never_fails_the_cards(app, client, monkeypatch):
@@ -518,13 +505,7 @@ def test_audit_failure_never_fails_the_cards(app, client, monkeypatch):
         raise RuntimeError("audit broke")
 
     monkeypatch.setattr(recording, "call_record", broken)
-    patient_id, resources = chart("ln-initiation-clean")
-    body = hook_request(
-        "order-sign",
-        patient_id,
-        [voclosporin_draft_order(patient_id, TODAY)],
-        prefetch_for(resources, patient_id, templates(app)),
-    )
+    body = voclosporin_request(app, "ln-initiation-clean")
     response = client.post(SIGN, json=body)
     assert response.status_code == 200
     assert rule_ids(response) == ["prior-authorization"]
