@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import requests
 
@@ -113,3 +116,80 @@ def hook_calls_from_log(log_text: str) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return calls
+
+
+# ---------------------------------------------------------------------------------------------
+# A FHIR server with fixed latency: replayed answers, served concurrently
+
+BASE_PLACEHOLDER = "{{replay-base}}"
+
+
+def record(base_url: str, queries: dict[str, str]) -> dict[str, str]:
+    """Every response the queries produce (pages included), keyed by unquoted relative URL,
+    with the server's base replaced by a placeholder for the replaying server to fill in."""
+    recordings: dict[str, str] = {}
+    with requests.Session() as session:
+        for path in queries.values():
+            url: str | None = f"{base_url}/{path}"
+            while url is not None and len(recordings) < 1_000:
+                response = session.get(url, headers=HEADERS, timeout=QUERY_TIMEOUT_S)
+                response.raise_for_status()
+                recordings[_replay_key(url[len(base_url):])] = response.text.replace(
+                    base_url, BASE_PLACEHOLDER)
+                body = response.json()
+                url = next((link["url"] for link in body.get("link") or []
+                            if link.get("relation") == "next"), None)
+    return recordings
+
+
+def _replay_key(path: str) -> str:
+    return unquote(path.lstrip("/"))
+
+
+class ReplayFhirServer:
+    """Answers recorded FHIR responses after ``delay_s``, each request on its own thread, like
+    a remote FHIR server that can serve many queries at once (unlike a one-process test server).
+    """
+
+    def __init__(self, recordings: dict[str, str], delay_s: float) -> None:
+        self.delay_s = delay_s
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ReplayHandler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/fhir"
+        self._server.recordings = {  # type: ignore[attr-defined]
+            key: text.replace(BASE_PLACEHOLDER, self.base_url).encode()
+            for key, text in recordings.items()
+        }
+        self._server.delay_s = delay_s  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="replay-fhir",
+                                        daemon=True)
+
+    def __enter__(self) -> ReplayFhirServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+class _ReplayHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as FHIR clients expect
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms ACK wait
+
+    def do_GET(self) -> None:
+        key = _replay_key(self.path.removeprefix("/fhir"))
+        body: bytes | None = self.server.recordings.get(key)  # type: ignore[attr-defined]
+        time.sleep(self.server.delay_s)  # type: ignore[attr-defined]
+        status = 200 if body is not None else 404
+        payload = body or b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",' \
+                          b'"code":"not-found"}]}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: one line per request would drown the benchmark's output."""

@@ -27,7 +27,9 @@ from typing import Any
 
 from bench.fetch_path import (
     DUMMY_TOKEN,
+    ReplayFhirServer,
     hook_calls_from_log,
+    record,
     service_queries,
     time_queries,
 )
@@ -45,6 +47,7 @@ from tests.charts.lupus import CHARTS
 from tests.support.fhir_server import FhirServer
 from tests.support.hooks import chart_resources
 
+Resource = dict[str, Any]
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
 SERVICE_APP = "cds_service:create_app()"
 FLOOR_APP = "bench.floor_app:create_app()"
@@ -57,6 +60,9 @@ ALTERNATIVE = WorkerSettings(workers=2, worker_class="sync")
 TYPICAL_OBSERVATIONS = 100
 GROWTH_OBSERVATIONS = (10, 100, 1_000, 5_000)
 FETCH_CHART = "ln-renewal-egfr-25pct"
+SEKMET = "sekmet-fhir"
+REPLAY = "replay, 50 ms"
+REPLAY_DELAY_S = 0.050
 MEMORY_REQUESTS = 10_000
 MEMORY_CHECKPOINTS = 4
 MIB = 1024.0
@@ -237,8 +243,11 @@ def floor_vs_service(
     return runs
 
 
-def cost_growth(report: Report, service: Gunicorn, bodies: Bodies, quick: Quick) -> list[Run]:
-    """p50 against the number of prefetched Observations (100 MedicationRequests throughout)."""
+def cost_growth(
+    report: Report, floor: Gunicorn, service: Gunicorn, bodies: Bodies, quick: Quick
+) -> list[Run]:
+    """p50 against the number of prefetched Observations (100 MedicationRequests throughout),
+    next to the floor parsing the same body."""
     sizes = GROWTH_OBSERVATIONS[:2] if quick.enabled else GROWTH_OBSERVATIONS
     runs: list[Run] = []
     rows = []
@@ -246,17 +255,20 @@ def cost_growth(report: Report, service: Gunicorn, bodies: Bodies, quick: Quick)
         body = prefetch_request(n, bodies.today)
         counts = count_prefetched(body)
         path = bodies.write(f"growth-{n}", body)
+        floor_run = drive(floor, path, 1, quick.budget(Budget(100, 3, 8)), f"floor {n}")
         run = drive(service, path, 1, quick.budget(Budget(200, 3, 15)), f"{n} Observations")
         runs.append(run)
         target = verdict(run.p50 < P50_AT_1000_MAX_MS) if n == 1_000 else ""
         rows.append([
             f"{counts.get('Observation', 0):,}", counts.get("MedicationRequest", 0),
             f"{path.stat().st_size / 1024:,.0f}", run.result["requests"], run.p50, run.p99,
-            run.cpu_ms_per_request, target,
+            run.cpu_ms_per_request, target, floor_run.p50, floor_run.cpu_ms_per_request,
+            run.cpu_ms_per_request - floor_run.cpu_ms_per_request,
         ])
     report.table(
         ["Observations", "MedicationRequests", "body KiB", "requests", "p50 ms", "p99 ms",
-         "CPU ms/req", "target p50 < 50 ms at 1,000"],
+         "CPU ms/req", "target p50 < 50 ms at 1,000", "floor p50 ms", "floor CPU ms/req",
+         "service minus floor, CPU ms/req"],
         rows,
     )
     xs, p50s = [float(n) for n in sizes], [r.p50 for r in runs]
@@ -287,62 +299,68 @@ def r_squared(xs: Sequence[float], ys: Sequence[float], a: float, b: float) -> f
 
 def fetch_path(
     report: Report,
-    fhir: FhirServer,
+    fhir_servers: dict[str, str],
+    charts: dict[str, Resource],
     services: dict[str, Gunicorn],
     bodies: Bodies,
     quick: Quick,
 ) -> None:
     """Hook latency with no prefetch vs the slowest single FHIR query and vs their sum."""
-    charts = {
-        FETCH_CHART: CHARTS[FETCH_CHART](bodies.today),
-        PATIENT_ID: chart_bundle(TYPICAL_OBSERVATIONS, bodies.today),
-    }
-    for bundle in charts.values():
-        fhir.load_bundle(bundle)
     repeats = 3 if quick.enabled else 15
     chosen = services[CHOSEN.label()]
     summary_rows = []
-    for patient_id, bundle in charts.items():
-        queries = service_queries(patient_id)
-        timings, concurrent_ms = time_queries(fhir.base_url, queries, repeats)
-        request = order_sign_request(patient_id, bodies.today, fhir_server=fhir.base_url,
-                                     token=DUMMY_TOKEN)
-        path = bodies.write(f"fetch-{patient_id}", request)
-        run = drive(chosen, path, 1, quick.budget(Budget(30, 3, 20)), f"fetch {patient_id}")
-        # The same chart sent as prefetch: what the call costs without any fetching.
-        prefetched = bodies.write(
-            f"prefetched-{patient_id}",
-            order_sign_request(patient_id, bodies.today, chart_resources(bundle)),
-        )
-        local = drive(chosen, prefetched, 1, quick.budget(Budget(30, 3, 20)), "same, prefetched")
-        slowest = max(timings, key=lambda t: t.p50_ms)
-        total = sum(t.p50_ms for t in timings)
-        fetching = run.p50 - local.p50
-        n_resources = len(chart_resources(bundle))
-        report.add(f"Chart `{patient_id}` ({n_resources} resources on the server); each query "
-                   f"alone, median of {repeats}:", "")
-        report.table(
-            ["prefetch key", "query", "resources", "pages", "p50 ms"],
-            [[t.key, f"`{_short(t.path)}`", t.resources, t.pages, t.p50_ms] for t in timings],
-        )
-        for t in timings:
-            if t.pages > 1:
-                report.add(f"`{t.key}` takes {t.pages} sequential pages: its query has no "
-                           "`_count`, so the server's default page size applies.", "")
-        summary_rows.append([
-            f"`{patient_id}`", run.p50, slowest.p50_ms, f"{run.p50 / slowest.p50_ms:.2f}x",
-            verdict(run.p50 / slowest.p50_ms <= FETCH_RATIO_MAX), total,
-            f"{run.p50 / total:.2f}x", concurrent_ms, local.p50, fetching,
-            f"{fetching / slowest.p50_ms:.2f}x", f"{fetching / concurrent_ms:.2f}x",
-        ])
-    calls = hook_calls_from_log(chosen.log_text(limit=2_000_000))
+    prefetched_p50: dict[str, float] = {}
+    for server_label, base_url in fhir_servers.items():
+        for patient_id, bundle in charts.items():
+            queries = service_queries(patient_id)
+            timings, concurrent_ms = time_queries(base_url, queries, repeats)
+            request = order_sign_request(patient_id, bodies.today, fhir_server=base_url,
+                                         token=DUMMY_TOKEN)
+            path = bodies.write(f"fetch-{_slug(server_label)}-{patient_id}", request)
+            run = drive(chosen, path, 1, quick.budget(Budget(30, 3, 20)), f"fetch {patient_id}")
+            if patient_id not in prefetched_p50:
+                # The same chart sent as prefetch: what the call costs without any fetching.
+                prefetched = bodies.write(
+                    f"prefetched-{patient_id}",
+                    order_sign_request(patient_id, bodies.today, chart_resources(bundle)),
+                )
+                prefetched_p50[patient_id] = drive(
+                    chosen, prefetched, 1, quick.budget(Budget(30, 3, 20)), "prefetched"
+                ).p50
+            local = prefetched_p50[patient_id]
+            slowest = max(timings, key=lambda t: t.p50_ms)
+            total = sum(t.p50_ms for t in timings)
+            fetching = run.p50 - local
+            if server_label == SEKMET:
+                report.add(f"Chart `{patient_id}` ({len(chart_resources(bundle))} resources) on "
+                           f"sekmet-fhir; each query alone, median of {repeats}:", "")
+                report.table(
+                    ["prefetch key", "query", "resources", "pages", "p50 ms"],
+                    [[t.key, f"`{_short(t.path)}`", t.resources, t.pages, t.p50_ms]
+                     for t in timings],
+                )
+                for t in timings:
+                    if t.pages > 1:
+                        report.add(f"`{t.key}` takes {t.pages} sequential pages: its query has "
+                                   "no `_count`, so the server's default page size (20) "
+                                   "applies.", "")
+            summary_rows.append([
+                server_label, f"`{patient_id}`", run.p50, slowest.p50_ms,
+                f"{run.p50 / slowest.p50_ms:.2f}x",
+                verdict(run.p50 / slowest.p50_ms <= FETCH_RATIO_MAX), total,
+                f"{run.p50 / total:.2f}x", concurrent_ms, local, fetching,
+                f"{fetching / slowest.p50_ms:.2f}x", f"{fetching / concurrent_ms:.2f}x",
+            ])
+    calls = hook_calls_from_log(chosen.log_text(limit=5_000_000))
     fetch_calls = [c for c in calls if c.get("fetched")]
     gaps = [c for c in fetch_calls if c.get("unavailable")]
-    report.add("Hook call with no prefetch (the service fetches all 10 queries), concurrency 1:",
-               "")
+    report.add("Hook call with no prefetch (the service makes all 10 queries itself), "
+               f"concurrency 1. `{REPLAY}` answers the same recorded responses after "
+               f"{REPLAY_DELAY_S * 1000:.0f} ms each, many at once, like a remote FHIR server; "
+               "sekmet-fhir is one local Python process.", "")
     report.table(
-        ["chart", "hook p50 ms", "slowest query ms", "hook / slowest", "target <= 1.3x",
-         "sum of queries ms", "hook / sum", "all 10 at once, bare client ms",
+        ["FHIR server", "chart", "hook p50 ms", "slowest query ms", "hook / slowest",
+         "target <= 1.3x", "sum of queries ms", "hook / sum", "all 10 at once, bare client ms",
          "same chart prefetched, hook p50 ms", "fetching part ms (difference)",
          "fetching / slowest", "fetching / bare concurrent"],
         summary_rows,
@@ -351,6 +369,10 @@ def fetch_path(
                "unavailable (must be 0).", "")
     if gaps:
         raise RuntimeError(f"fetch path calls lost data: {gaps[:2]}")
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label)
 
 
 def _short(path: str) -> str:
@@ -366,7 +388,7 @@ def worker_models(
     quick: Quick,
 ) -> None:
     """The same loads on sync and gthread workers: prefetch (CPU-bound) and fetch (waits on I/O)."""
-    fetch_body = bodies.directory / f"fetch-{FETCH_CHART}.json"
+    fetch_body = bodies.directory / f"fetch-{_slug(REPLAY)}-{FETCH_CHART}.json"
     rows = []
     for settings in (CHOSEN, ALTERNATIVE):
         server = services[settings.label()]
@@ -382,7 +404,8 @@ def worker_models(
         ])
     report.table(
         ["gunicorn", "prefetch c=1 p50 ms", "prefetch c=8 p50 ms", "prefetch c=8 p99 ms",
-         "prefetch c=8 req/s", "fetch c=8 p50 ms", "fetch c=8 p99 ms", "fetch c=8 req/s"],
+         "prefetch c=8 req/s", f"fetch ({REPLAY}) c=8 p50 ms", "fetch c=8 p99 ms",
+         "fetch c=8 req/s"],
         rows,
     )
 
@@ -488,26 +511,40 @@ def run_all(quick: Quick = Quick(), results_path: Path | None = RESULTS_PATH) ->
                "Produced by `.venv/bin/python -m bench` (see bench/README.md). "
                "Latencies are client-side, over keep-alive loopback connections, from a separate "
                "load-generator process; CPU ms/req is the gunicorn workers' user+system time "
-               "divided by the requests (insensitive to other load on the machine).", "")
+               "divided by the requests (less sensitive than latency to other load on the "
+               "machine).", "")
     report.table(["machine", ""], machine_info())
     with tempfile.TemporaryDirectory(prefix="cds-bench-bodies-") as tmp:
         bodies = Bodies(Path(tmp), date.today())
         typical = bodies.write("typical", prefetch_request(TYPICAL_OBSERVATIONS, bodies.today))
-        with FhirServer() as fhir, servers(fhir.base_url) as (floor, services):
-            chosen = services[CHOSEN.label()]
-            report.add(f"## Service vs floor (`gunicorn {CHOSEN.label()}`)", "",
-                       f"Body: order-sign with the LUPKYNIS draft, prefetch of "
-                       f"{TYPICAL_OBSERVATIONS} Observations + 100 MedicationRequests "
-                       f"({typical.stat().st_size / 1024:,.0f} KiB). The floor is the same "
-                       "gunicorn + Flask stack parsing the same JSON and answering "
-                       '`{"cards": []}`.', "")
-            chosen_runs = floor_vs_service(report, floor, chosen, typical, quick)
-            report.add("## Cost growth with the prefetch (concurrency 1)", "")
-            cost_growth(report, chosen, bodies, quick)
-            report.add("## Fetch path against sekmet-fhir (no prefetch)", "")
-            fetch_path(report, fhir, services, bodies, quick)
-            report.add("## Worker settings", "")
-            worker_models(report, services, bodies, typical, chosen_runs, quick)
+        with FhirServer() as fhir:
+            charts = {
+                FETCH_CHART: CHARTS[FETCH_CHART](bodies.today),
+                PATIENT_ID: chart_bundle(TYPICAL_OBSERVATIONS, bodies.today),
+            }
+            recordings: dict[str, str] = {}
+            for patient_id, bundle in charts.items():
+                fhir.load_bundle(bundle)
+                recordings.update(record(fhir.base_url, service_queries(patient_id)))
+            with (
+                ReplayFhirServer(recordings, REPLAY_DELAY_S) as replay,
+                servers(f"{fhir.base_url},{replay.base_url}") as (floor, services),
+            ):
+                chosen = services[CHOSEN.label()]
+                report.add(f"## Service vs floor (`gunicorn {CHOSEN.label()}`)", "",
+                           f"Body: order-sign with the LUPKYNIS draft, prefetch of "
+                           f"{TYPICAL_OBSERVATIONS} Observations + 100 MedicationRequests "
+                           f"({typical.stat().st_size / 1024:,.0f} KiB). The floor is the same "
+                           "gunicorn + Flask stack parsing the same JSON and answering "
+                           '`{"cards": []}`.', "")
+                chosen_runs = floor_vs_service(report, floor, chosen, typical, quick)
+                report.add("## Cost growth with the prefetch (concurrency 1)", "")
+                cost_growth(report, floor, chosen, bodies, quick)
+                report.add("## Fetch path (no prefetch)", "")
+                fetch_path(report, {SEKMET: fhir.base_url, REPLAY: replay.base_url}, charts,
+                           services, bodies, quick)
+                report.add("## Worker settings", "")
+                worker_models(report, services, bodies, typical, chosen_runs, quick)
         report.add("## Memory", "")
         memory(report, bodies, quick)
     report.add(f"Load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "

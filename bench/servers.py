@@ -53,8 +53,10 @@ class Gunicorn:
         app_spec: str,
         settings: WorkerSettings,
         env: dict[str, str] | None = None,
+        config: Path | None = None,
     ) -> None:
         self.app_spec = app_spec
+        self.config = config or Path(__file__).with_name("gunicorn_hooks.py")
         self.settings = settings
         self.extra_env = dict(env or {})
         self.port = 0
@@ -107,7 +109,7 @@ class Gunicorn:
                 "--graceful-timeout", "5",
                 # Three masters run at once: no shared control socket in ~/.gunicorn.
                 "--no-control-socket",
-                "--config", str(Path(__file__).with_name("gunicorn_hooks.py")),
+                "--config", str(self.config),
                 self.app_spec,
             ],
             cwd=REPO_ROOT,

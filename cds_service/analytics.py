@@ -134,11 +134,16 @@ def parse_since(raw: str) -> datetime:
     for candidate in candidates:
         try:
             if len(candidate) == 10:
-                return start_of_day(date.fromisoformat(candidate))
-            parsed = datetime.fromisoformat(candidate)
-        except ValueError:
+                parsed = start_of_day(date.fromisoformat(candidate))
+            else:
+                parsed = datetime.fromisoformat(candidate)
+                parsed = (
+                    parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+                )
+        except (ValueError, OverflowError):
             continue
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        # Nothing is older than the window the page can draw; a far past "since" means all of it.
+        return max(parsed, days_ago(MAX_DAYS))
     raise AnalyticsError(
         400,
         "Invalid since",

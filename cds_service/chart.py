@@ -25,12 +25,11 @@ from cds_service.fhir_access import FhirServerNotAllowed, FhirServerPolicy
 from cds_service.fhir_client import (
     FhirClient,
     FhirFetchError,
-    bundle_entries,
     next_link,
     operation_outcome_text,
     run_concurrently,
 )
-from fhir_mappings.extract import reference_of
+from fhir_mappings.extract import bundle_resources, reference_of
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import Unreadable
 from fhir_mappings.knowledge import Knowledge
@@ -211,11 +210,11 @@ def _use_prefetch(
         _store(chart, category, value)
         return
     if next_link(value) is None:
-        _store(chart, category, list(bundle_entries(value)))
+        _store(chart, category, bundle_resources(value))
     elif client is not None:
         jobs[str(category)] = lambda: client.continue_paging(value)
     else:
-        _store(chart, category, list(bundle_entries(value)))
+        _store(chart, category, bundle_resources(value))
         chart.unreadable.append(
             Unreadable(
                 f"prefetch {category}",

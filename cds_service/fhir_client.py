@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from cds_service.fhir_access import safe_next_link
+from fhir_mappings.extract import bundle_resources
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class FhirClient:
                 raise FhirFetchError("FHIR server answered 404 to a search")
             if bundle.get("resourceType") != "Bundle":
                 raise FhirFetchError("FHIR search did not return a Bundle")
-            yield from bundle_entries(bundle)
+            yield from bundle_resources(bundle)
             pages += 1
             url = next_link(bundle)
             if url is None:
@@ -122,7 +123,7 @@ class FhirClient:
 
     def continue_paging(self, bundle: Resource) -> list[Resource]:
         """Entries of a prefetched Bundle plus any pages behind its ``next`` link."""
-        entries = list(bundle_entries(bundle))
+        entries = bundle_resources(bundle)
         url = next_link(bundle)
         if url is None:
             return entries
@@ -131,17 +132,9 @@ class FhirClient:
         return entries + self.search(url)
 
 
-def bundle_entries(bundle: Resource) -> Iterator[Resource]:
-    for entry in bundle.get("entry") or []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-            continue
-        if (entry.get("search") or {}).get("mode") == "outcome":
-            continue
-        yield entry["resource"]
-
-
 def next_link(bundle: Resource) -> str | None:
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
             return url if isinstance(url, str) and url else None
@@ -150,10 +143,14 @@ def next_link(bundle: Resource) -> str | None:
 
 def operation_outcome_text(outcome: Resource) -> str:
     """First issue of an OperationOutcome as short text (diagnostics or details)."""
-    for issue in outcome.get("issue") or []:
+    issues = outcome.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
         if not isinstance(issue, dict):
             continue
-        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (
+            details.get("text") if isinstance(details, dict) else None
+        )
         code = issue.get("code") or "error"
         return f"{code}: {str(text)[:200]}" if text else str(code)
     return "no issue given"

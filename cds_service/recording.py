@@ -71,7 +71,13 @@ def store_feedback(service_id: str, items: list[dict[str, Any]]) -> int:
     """Store loaded feedback items; unknown card -> 404, database down -> 503."""
     entries = [_entry(item) for item in items]
     try:
-        return get_storage().store_feedback(service_id, entries)
+        try:
+            return get_storage().store_feedback(service_id, entries)
+        except UnknownCardError:
+            # The card may still be in the audit writer's queue (cards are recorded in the
+            # background): write the queue out and look once more.
+            get_audit_writer().flush(2.0)
+            return get_storage().store_feedback(service_id, entries)
     except UnknownCardError as exc:
         raise NotFound(
             f"No card issued by service '{service_id}' has uuid "

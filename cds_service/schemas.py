@@ -20,9 +20,9 @@ from marshmallow import (
 
 # FHIR R4 id (R4 caps it at 64; a little room for EHRs that overshoot). It goes into FHIR URLs,
 # so nothing outside this alphabet may pass.
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}$")
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}\Z")
 USER_REFERENCE = re.compile(
-    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,128}$"
+    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,128}\Z"
 )
 
 
@@ -32,15 +32,20 @@ class _Lenient(Schema):
 
 
 def _bundle(value: Any) -> None:
+    """A Bundle whose entries and links have the shapes the service reads."""
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
         raise ValidationError("must be a FHIR Bundle (resourceType 'Bundle')")
-    entries = value.get("entry", [])
-    if not isinstance(entries, list):
-        raise ValidationError("Bundle.entry must be an array")
-    for number, entry in enumerate(entries):
+    for name in ("entry", "link"):
+        if not isinstance(value.get(name, []), list):
+            raise ValidationError(f"Bundle.{name} must be an array")
+    for number, entry in enumerate(value.get("entry", [])):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             raise ValidationError(f"entry[{number}] has no resource with a resourceType")
+        if not isinstance(entry.get("search", {}), dict):
+            raise ValidationError(f"entry[{number}].search must be an object")
+    if not all(isinstance(link, dict) for link in value.get("link", [])):
+        raise ValidationError("Bundle.link entries must be objects")
 
 
 class _Context(_Lenient):
@@ -128,12 +133,17 @@ class HookRequestSchema(_Lenient):
                 field_name="fhirServer",
             )
         for key, value in (data.get("prefetch") or {}).items():
-            if value is not None and not (
-                isinstance(value, dict) and isinstance(value.get("resourceType"), str)
-            ):
+            if value is None:
+                continue
+            if not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
                 raise ValidationError(
                     {key: ["must be a FHIR resource, a Bundle, or null"]}, field_name="prefetch"
                 )
+            if value["resourceType"] == "Bundle":
+                try:
+                    _bundle(value)
+                except ValidationError as exc:
+                    raise ValidationError({key: exc.messages}, field_name="prefetch") from exc
 
 
 class CodingSchema(_Lenient):

@@ -311,10 +311,12 @@ def bundle_resources(bundle: Any) -> list[Resource]:
     if bundle.get("resourceType") != "Bundle":
         return [bundle] if isinstance(bundle.get("resourceType"), str) else []
     result = []
-    for entry in bundle.get("entry") or []:
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
             continue
-        if (entry.get("search") or {}).get("mode") == "outcome":
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
             continue
         result.append(entry["resource"])
     return result

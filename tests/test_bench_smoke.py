@@ -6,7 +6,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+import requests
 
+from bench.fetch_path import BASE_PLACEHOLDER, ReplayFhirServer
 from bench.payloads import count_prefetched, encode, prefetch_request
 from bench.run import FLOOR_APP, Budget, linear_fit, load_once
 from bench.servers import Gunicorn, WorkerSettings, memory_kib
@@ -49,3 +51,14 @@ def test_load_generator_drives_the_floor_under_gunicorn(tmp_path: Path):
     assert result["reconnects"] == 0  # gthread keeps the connections alive
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert memory["VmHWM"] >= memory["VmRSS"] > 0
+
+
+def test_replay_fhir_server_answers_recordings_with_its_own_base():
+    """The latency server replays a recording (base URL rewritten) and 404s anything else."""
+    recording = {"Patient/p1": f'{{"resourceType": "Patient", "id": "p1", '
+                               f'"note": "{BASE_PLACEHOLDER}/Patient/p1"}}'}
+    with ReplayFhirServer(recording, delay_s=0.01) as server, requests.Session() as session:
+        found = session.get(f"{server.base_url}/Patient/p1", timeout=5)
+        missing = session.get(f"{server.base_url}/Patient/p2", timeout=5)
+    assert found.json()["note"] == f"{server.base_url}/Patient/p1"
+    assert missing.status_code == 404

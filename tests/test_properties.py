@@ -280,7 +280,7 @@ def test_arbitrary_json_never_breaks_the_mapping(
         _assert_rules_and_cards_survive(facts)
 
 
-@settings(PROPERTY_SETTINGS, max_examples=200)
+@settings(PROPERTY_SETTINGS, max_examples=400)
 @given(data=st.data(), chart_id=st.sampled_from(sorted(CHARTS)))
 def test_mutated_chart_never_breaks_the_mapping_or_the_rules(
     data: st.DataObject, chart_id: str
@@ -338,7 +338,7 @@ def _prefetch(chart_id: str) -> dict[str, Any]:
 PREFETCH_MATERIAL = {chart_id: _prefetch(chart_id) for chart_id in CHARTS}
 
 
-@settings(PROPERTY_SETTINGS, max_examples=120)
+@settings(PROPERTY_SETTINGS, max_examples=250)
 @given(data=st.data(), chart_id=st.sampled_from(sorted(CHARTS)))
 def test_mutated_prefetch_never_gets_a_5xx(
     http_client: FlaskClient, data: st.DataObject, chart_id: str

@@ -55,7 +55,7 @@ FAULTS = (
 SLOW_SECONDS = 0.25
 TRICKLE_INTERVAL = 0.1
 # Upper bound for a hung or trickling answer, so no handler thread outlives a test run by much.
-MAX_STALL_SECONDS = 6.0
+MAX_STALL_SECONDS = 20.0
 BROKEN_PAGE = "_getpages"
 FHIR_JSON = "application/fhir+json"
 
@@ -217,7 +217,9 @@ class FaultyFhir:
             time.sleep(SLOW_SECONDS)
             return None  # then answer normally
         if fault == "trickle":
-            body = json.dumps(self._bundle(relative, request)).encode()
+            # Padded so that even a small Bundle keeps trickling until MAX_STALL_SECONDS.
+            padding = b" " * int(MAX_STALL_SECONDS / TRICKLE_INTERVAL)
+            body = json.dumps(self._bundle(relative, request)).encode() + padding
             return Response(
                 self._trickle(body),
                 status=200,
