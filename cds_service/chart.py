@@ -69,10 +69,10 @@ def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
     """The discovery prefetch: everything the rules read, filtered by code where it helps."""
     templates = {
         D.PATIENT: f"Patient/{PATIENT_TOKEN}",
-        D.MEDICATIONS: f"MedicationRequest?patient={PATIENT_TOKEN}&status=active",
-        D.CONDITIONS: f"Condition?patient={PATIENT_TOKEN}&clinical-status=active",
-        D.IMMUNIZATIONS: f"Immunization?patient={PATIENT_TOKEN}",
-        D.ALLERGIES: f"AllergyIntolerance?patient={PATIENT_TOKEN}",
+        D.MEDICATIONS: f"MedicationRequest?patient={PATIENT_TOKEN}&status=active&_count=100",
+        D.CONDITIONS: f"Condition?patient={PATIENT_TOKEN}&clinical-status=active&_count=100",
+        D.IMMUNIZATIONS: f"Immunization?patient={PATIENT_TOKEN}&_count=100",
+        D.ALLERGIES: f"AllergyIntolerance?patient={PATIENT_TOKEN}&_count=100",
     }
     for category, kinds in _OBSERVATION_KINDS.items():
         codes = ",".join(f"http://loinc.org|{c}" for c in knowledge.loinc_codes(*kinds))

@@ -119,11 +119,16 @@ class Terminology:
     def mentions_voclosporin(self, texts: Iterable[str]) -> bool:
         return any(self._voclosporin_terms.search(t.lower()) for t in texts)
 
-    def observation_kind(self, codings: Iterable[Coding]) -> str | None:
+    def observation_match(self, codings: Iterable[Coding]) -> tuple[str, str] | None:
+        """(kind, LOINC code) of the first coding the knowledge knows."""
         for coding in codings:
             if coding.system == LOINC and coding.code in self.knowledge.observation_kinds:
-                return self.knowledge.observation_kinds[coding.code]
+                return self.knowledge.observation_kinds[coding.code], coding.code
         return None
+
+    def observation_kind(self, codings: Iterable[Coding]) -> str | None:
+        match = self.observation_match(codings)
+        return match[0] if match else None
 
     def condition_kinds(self, codings: Iterable[Coding], texts: Iterable[str]) -> frozenset[str]:
         kinds = {

@@ -442,7 +442,8 @@ class _Mapper:
 
     # -- observations --------------------------------------------------------------------------
 
-    def measurement(self, resource: Resource, kind: str) -> Measurement | None:
+    def measurement(self, resource: Resource, kind: str, code: str) -> Measurement | None:
+        """One lab result of ``kind`` (LOINC ``code``) in canonical units, or None."""
         if resource.get("status") in _UNUSABLE_OBSERVATION:
             return None
         quantity = _quantity(resource.get("valueQuantity"))
@@ -450,14 +451,6 @@ class _Mapper:
             self.skip(resource, f"{kind} result has no numeric valueQuantity")
             return None
         value, unit, comparator = quantity
-        code = next(
-            (
-                c.code
-                for c in codings(resource.get("code"))
-                if self.terminology.observation_kind([c])
-            ),
-            "",
-        )
         if kind == "creatinine":
             converted = self._creatinine_mg_dl(value, unit)
             if converted is None:
@@ -740,9 +733,10 @@ def _observation_series(
         for resource in chart.get(category, ()):
             if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
                 continue
-            kind = mapper.terminology.observation_kind(codings(resource.get("code")))
-            if kind is None:
+            match = mapper.terminology.observation_match(codings(resource.get("code")))
+            if match is None:
                 continue
+            kind, code = match
             key = str(resource.get("id")) if resource.get("id") else str(id(resource))
             if key in seen:
                 continue
@@ -751,7 +745,7 @@ def _observation_series(
                 series.setdefault("bp", []).extend(
                     (bp, resource) for bp in mapper.blood_pressures(resource, kind)
                 )
-            elif (measurement := mapper.measurement(resource, kind)) is not None:
+            elif (measurement := mapper.measurement(resource, kind, code)) is not None:
                 series.setdefault(kind, []).append((measurement, resource))
     return series
 

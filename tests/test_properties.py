@@ -29,12 +29,11 @@ from hypothesis import strategies as st
 from cds_service import close_app
 from cds_service.cards import build_cards
 from cds_service.chart import prefetch_templates
-from cds_service.fhir_client import bundle_entries
 from cds_service.rules.engine import evaluate
 from cds_service.schemas import HookResponseOut
 from cds_service.spec_check import check_response
 from fhir_mappings.codes import Terminology
-from fhir_mappings.extract import FhirInputError, build_facts
+from fhir_mappings.extract import FhirInputError, build_facts, bundle_resources
 from fhir_mappings.facts import DataCategory, PatientFacts
 from fhir_mappings.knowledge import Knowledge, load_knowledge
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
@@ -204,7 +203,7 @@ def _categorised(chart_id: str, knowledge: Knowledge) -> tuple[Resource | None, 
         if value is None:
             chart[key] = []
         elif value.get("resourceType") == "Bundle":
-            chart[key] = list(bundle_entries(value))
+            chart[key] = bundle_resources(value)
         else:
             chart[key] = [value]
     return prefetch.get("patient"), chart
