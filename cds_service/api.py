@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
 
-from cds_service.errors import BadRequest, UnsupportedMediaType
+from cds_service.errors import BadRequest, CdsError, UnsupportedMediaType
 from cds_service.schemas import (
     DiscoveryOut,
     FeedbackSchema,
@@ -63,25 +66,43 @@ def discovery() -> Response:
     return jsonify(DiscoveryOut().dump({"services": services}))
 
 
+@contextmanager
+def call_log(service_id: str) -> Iterator[dict[str, Any]]:
+    """Log one JSON line per hook call, refused ones included (412 shows an operator a
+    fhirServer outside the allowlist, or an EHR that sends no prefetch). No names, no tokens."""
+    started = time.monotonic()
+    entry: dict[str, Any] = {
+        "event": "hook-call",
+        "hookInstance": None,
+        "service": service_id[:200],
+        "status": 200,
+        "rulesFired": [],
+    }
+    try:
+        yield entry
+    except CdsError as exc:
+        entry.update(
+            status=exc.status, error=exc.title, missingPrefetch=exc.extra.get("missingPrefetch", [])
+        )
+        raise
+    finally:
+        entry["durationMs"] = round((time.monotonic() - started) * 1000, 1)
+        log.info(json.dumps(entry))
+
+
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    service = cds().service(service_id)
-    hook_request = read_json(HookRequestSchema())
-    outcome = cds().call(service, hook_request)
-    g.hook_outcome = outcome
-    log.info(
-        json.dumps(
-            {
-                "event": "hook-call",
-                "hookInstance": outcome.hook_instance,
-                "service": service.id,
-                "rulesFired": [card.rule_id for card in outcome.cards],
-                "unavailable": list(outcome.unavailable),
-                "fetched": list(outcome.fetched),
-                "durationMs": round(outcome.duration_ms, 1),
-            }
+    with call_log(service_id) as entry:
+        service = cds().service(service_id)
+        hook_request = read_json(HookRequestSchema())
+        entry["hookInstance"] = str(hook_request["hook_instance"])
+        outcome = cds().call(service, hook_request)
+        entry.update(
+            rulesFired=[card.rule_id for card in outcome.cards],
+            unavailable=list(outcome.unavailable),
+            fetched=list(outcome.fetched),
         )
-    )
+    g.hook_outcome = outcome
     return jsonify(HookResponseOut().dump(outcome.response()))
 
 

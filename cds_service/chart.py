@@ -233,7 +233,13 @@ def _store(chart: Chart, category: D, value: Resource | list[Resource]) -> None:
         if not isinstance(resource, dict):
             continue
         resource_type = resource.get("resourceType")
-        if resource_type == "OperationOutcome":
+        if not isinstance(resource_type, str):
+            chart.unreadable.append(
+                Unreadable(
+                    f"prefetch {category}", "an entry without a valid resourceType was skipped"
+                )
+            )
+        elif resource_type == "OperationOutcome":
             chart.unreadable.append(
                 Unreadable(
                     f"prefetch {category}", "OperationOutcome: " + operation_outcome_text(resource)

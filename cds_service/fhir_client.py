@@ -8,6 +8,7 @@ token, no response body).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from cds_service.fhir_access import safe_next_link
 from fhir_mappings.extract import bundle_resources
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 Resource = dict[str, Any]
 MIN_TIMEOUT_SECONDS = 0.05
+# A patient's search page is well under this; anything bigger is a fault, not a chart.
+MAX_RESPONSE_BYTES = 32 * 1_048_576
 
 
 class FhirFetchError(Exception):
@@ -69,19 +73,25 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
             response = self._session.get(
-                url, headers=headers, timeout=self._timeout(), allow_redirects=False
+                url,
+                headers=headers,
+                timeout=self._timeout(),
+                allow_redirects=False,
+                stream=True,
             )
         except requests.Timeout as exc:
             raise FhirFetchError("FHIR server did not answer before the deadline") from exc
         except requests.RequestException as exc:
             raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise FhirFetchError(_status_reason(response))
+        with response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise FhirFetchError(_status_reason(response))
+            raw = self._read_body(response)
         try:
-            body = response.json()
-        except ValueError as exc:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise FhirFetchError("FHIR server answered with invalid JSON") from exc
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirFetchError("FHIR server answered with something that is not a resource")
@@ -90,6 +100,30 @@ class FhirClient:
                 "FHIR server answered with an OperationOutcome: " + operation_outcome_text(body)
             )
         return body
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        """Read the body by the deadline and up to a size cap.
+
+        The read timeout bounds each socket read, not the whole body: a server that trickles a
+        byte at a time would otherwise hold a fetch thread long after the hook call answered.
+        """
+        body = bytearray()
+        try:
+            while True:
+                if time.monotonic() >= self._deadline:
+                    raise FhirFetchError("FHIR server did not answer before the deadline")
+                chunk = response.raw.read1(65_536, decode_content=True)
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise FhirFetchError(
+                        f"FHIR response larger than {MAX_RESPONSE_BYTES // 1_048_576} MB"
+                    )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+                raise FhirFetchError("FHIR server did not answer before the deadline") from exc
+            raise FhirFetchError(f"FHIR answer broke off ({type(exc).__name__})") from exc
 
     def read(self, path: str) -> Resource | None:
         """Read one resource; None when the server says 404."""
@@ -173,9 +207,10 @@ def run_concurrently(
     """Run independent fetches at once; each result is its value or a FhirFetchError."""
     futures: dict[str, Future[Any]] = {key: executor.submit(job) for key, job in jobs.items()}
     results: dict[str, Any | FhirFetchError] = {}
+    cutoff = deadline + 0.5  # one grace period for the whole call, not one per query
     for key, future in futures.items():
         try:
-            results[key] = future.result(timeout=max(deadline - time.monotonic(), 0) + 0.5)
+            results[key] = future.result(timeout=max(cutoff - time.monotonic(), 0))
         except FhirFetchError as exc:
             results[key] = exc
         except TimeoutError:

@@ -9,6 +9,8 @@ data-unavailable card; it never fails the request.
 from __future__ import annotations
 
 import importlib
+import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -83,7 +85,7 @@ def codings(concept: Any) -> list[Coding]:
     if not isinstance(concept, dict):
         return []
     result = []
-    for c in concept.get("coding") or []:
+    for c in _list(concept.get("coding")):
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             result.append(
                 Coding(str(c.get("system") or ""), c["code"], str(c.get("display") or ""))
@@ -115,9 +117,9 @@ def parse_datetime(value: Any) -> datetime | None:
         if len(text) == 7:
             return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted past the range
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def parse_date(value: Any) -> date | None:
@@ -144,10 +146,25 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array field, or [] when it is missing or of the wrong type (raw JSON is unchecked)."""
+    return value if isinstance(value, list) else []
+
+
+def _code(value: Any) -> str | None:
+    """A FHIR code field, or None when it is missing or not a string (lists are unhashable)."""
+    return value if isinstance(value, str) else None
+
+
 def _number(value: Any) -> float | None:
+    """A JSON number as a finite float; huge integers, NaN and Infinity are not numbers here."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range (json.loads makes those)
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _quantity(value: Any) -> tuple[float, str, str | None] | None:
@@ -301,6 +318,8 @@ def validation_problem(resource: Resource) -> str | None:
         )
     except (ValueError, TypeError) as exc:
         return f"invalid FHIR R4 {resource_type}: {exc}"
+    except RecursionError:  # extensions nested ~120 deep exhaust the model validator's stack
+        return f"invalid FHIR R4 {resource_type}: nested too deeply to validate"
     return None
 
 
@@ -396,15 +415,22 @@ class _Mapper:
         target = reference.get("reference")
         medication: Resource | None = None
         if isinstance(target, str) and target.startswith("#"):
-            for contained in resource.get("contained") or []:
+            for contained in _list(resource.get("contained")):
                 if isinstance(contained, dict) and contained.get("id") == target[1:]:
                     medication = contained
         elif isinstance(target, str):
             # "Medication/1", or an absolute URL ending in it.
             medication = medications_by_ref.get("/".join(target.rstrip("/").split("/")[-2:]))
         if medication is None:
+            named = repr(target) if isinstance(target, str) else "(no reference)"
+            shown = f" (display: {extra[0]!r})" if extra else ""
+            self.skip(
+                resource,
+                f"medicationReference {named} is not in the chart: the drug "
+                f"could not be identified{shown}",
+            )
             return None, extra
-        for ingredient in medication.get("ingredient") or []:
+        for ingredient in _list(medication.get("ingredient")):
             if isinstance(ingredient, dict):
                 extra += concept_texts(ingredient.get("itemCodeableConcept"))
                 item = ingredient.get("itemReference")
@@ -414,7 +440,7 @@ class _Mapper:
 
     def dosage(self, resource: Resource) -> Dosage | None:
         """Read dose per administration (mg) and administrations per day."""
-        instructions = [d for d in resource.get("dosageInstruction") or [] if isinstance(d, dict)]
+        instructions = [d for d in _list(resource.get("dosageInstruction")) if isinstance(d, dict)]
         if not instructions:
             return None
         capsule_mg = self.terminology.knowledge.dose.capsule_mg
@@ -444,7 +470,7 @@ class _Mapper:
 
     def measurement(self, resource: Resource, kind: str, code: str) -> Measurement | None:
         """One lab result of ``kind`` (LOINC ``code``) in canonical units, or None."""
-        if resource.get("status") in _UNUSABLE_OBSERVATION:
+        if _code(resource.get("status")) in _UNUSABLE_OBSERVATION:
             return None
         quantity = _quantity(resource.get("valueQuantity"))
         if quantity is None:
@@ -480,12 +506,12 @@ class _Mapper:
         return None
 
     def blood_pressures(self, resource: Resource, kind: str) -> Iterator[BloodPressure]:
-        if resource.get("status") in _UNUSABLE_OBSERVATION:
+        if _code(resource.get("status")) in _UNUSABLE_OBSERVATION:
             return
         when, source = observation_time(resource), reference_of(resource)
         if kind == "bp-panel":
             parts: dict[str, float] = {}
-            for component in resource.get("component") or []:
+            for component in _list(resource.get("component")):
                 if not isinstance(component, dict):
                     continue
                 part = self.terminology.observation_kind(codings(component.get("code")))
@@ -537,7 +563,7 @@ class _Mapper:
             return None
         texts = concept_texts(resource.get("code"))
         severities: list[str] = []
-        for reaction in resource.get("reaction") or []:
+        for reaction in _list(resource.get("reaction")):
             if not isinstance(reaction, dict):
                 continue
             texts += concept_texts(reaction.get("substance"))
@@ -563,7 +589,7 @@ def _status_code(concept: Any) -> str | None:
 
 
 def _reference_high(resource: Resource) -> float | None:
-    for reference_range in resource.get("referenceRange") or []:
+    for reference_range in _list(resource.get("referenceRange")):
         if isinstance(reference_range, dict):
             high = _quantity(reference_range.get("high"))
             if high is not None:
@@ -584,13 +610,15 @@ def _frequency(timing: Any) -> tuple[float | None, tuple[str, ...]]:
     if not isinstance(timing, dict):
         return None, ()
     repeat = _object(timing.get("repeat"))
-    when = tuple(w for w in repeat.get("when") or [] if isinstance(w, str))
+    when = tuple(w for w in _list(repeat.get("when")) if isinstance(w, str))
     frequency = _number(repeat.get("frequency"))
     period = _number(repeat.get("period"))
     unit = repeat.get("periodUnit")
     if frequency is not None and period and isinstance(unit, str) and unit in _PERIOD_DAYS:
-        return frequency / (period * _PERIOD_DAYS[unit]), when
-    time_of_day = [t for t in repeat.get("timeOfDay") or [] if isinstance(t, str)]
+        days = period * _PERIOD_DAYS[unit]
+        per_day = frequency / days if days > 0 else math.inf
+        return (per_day if math.isfinite(per_day) else None), when
+    time_of_day = [t for t in _list(repeat.get("timeOfDay")) if isinstance(t, str)]
     if when or time_of_day:
         return float(len(when) or len(time_of_day)), when
     for coding in codings(timing.get("code")):
@@ -601,7 +629,7 @@ def _frequency(timing: Any) -> tuple[float | None, tuple[str, ...]]:
 
 def _dose_mg(instruction: Resource, capsule_mg: float) -> float | None:
     # R4 puts the dose under doseAndRate; STU3 (still sent by some clients) on the Dosage.
-    places = [d for d in instruction.get("doseAndRate") or [] if isinstance(d, dict)]
+    places = [d for d in _list(instruction.get("doseAndRate")) if isinstance(d, dict)]
     for dose_and_rate in [*places, instruction]:
         quantity = _quantity(dose_and_rate.get("doseQuantity"))
         if quantity is None:
@@ -728,7 +756,7 @@ def _observation_series(
     Keys: the observation kinds, with all blood-pressure shapes under "bp".
     """
     series: dict[str, list[Any]] = {}
-    seen: set[str] = set()
+    seen: dict[str, Any] = {}
     for category in _OBSERVATION_CATEGORIES:
         for resource in chart.get(category, ()):
             if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
@@ -737,10 +765,8 @@ def _observation_series(
             if match is None:
                 continue
             kind, code = match
-            key = str(resource.get("id")) if resource.get("id") else str(id(resource))
-            if key in seen:
+            if not _first_copy(seen, resource):
                 continue
-            seen.add(key)
             if kind in _BP_KINDS:
                 series.setdefault("bp", []).extend(
                     (bp, resource) for bp in mapper.blood_pressures(resource, kind)
@@ -820,16 +846,37 @@ def _by_time(item: Measurement | BloodPressure) -> datetime:
 
 
 def _unique(resources: Iterable[Resource], resource_type: str) -> Iterator[Resource]:
-    """Resources of one type, each id once (prefetch and paging can repeat entries)."""
-    seen: set[str] = set()
+    """Resources of one type, each exact copy once (prefetch and paging can repeat entries)."""
+    seen: dict[str, Any] = {}
     for resource in resources:
         if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
             continue
-        key = str(resource.get("id") or id(resource))
-        if key in seen:
-            continue
-        seen.add(key)
-        yield resource
+        if _first_copy(seen, resource):
+            yield resource
+
+
+def _first_copy(seen: dict[str, Any], resource: Resource) -> bool:
+    """False only for an exact repeat; a different resource reusing an id is kept.
+
+    Dropping a same-id resource with other content could hide an interacting drug or a lab
+    result. Contents are compared only when an id repeats, so the usual case stays cheap.
+    """
+    key = str(resource.get("id") or id(resource))
+    earlier = seen.get(key)
+    if earlier is None:
+        seen[key] = resource
+        return True
+    if isinstance(earlier, dict):
+        earlier = seen[key] = {_canonical(earlier)}
+    canonical = _canonical(resource)
+    if canonical in earlier:
+        return False
+    earlier.add(canonical)
+    return True
+
+
+def _canonical(resource: Resource) -> str:
+    return json.dumps(resource, sort_keys=True, default=str)
 
 
 def _medications_by_reference(resources: Iterable[Resource]) -> dict[str, Resource]:
