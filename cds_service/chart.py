@@ -11,9 +11,10 @@ Per prefetch key (CDS Hooks 2.0 #prefetch, knowledge A.5):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,8 +133,13 @@ def gather_chart(
     access: FhirAccess,
     settings: ChartSettings,
     deadline: float,
+    draft_orders: Sequence[Resource] = (),
 ) -> Chart:
-    """Use prefetch where given, fetch the rest concurrently, raise 412 if neither is possible."""
+    """Use prefetch where given, fetch the rest concurrently, raise 412 if neither is possible.
+
+    Medications referenced by id (``medicationReference: Medication/x``, common in Epic) are read
+    from the server in a second round, so the drug can be identified.
+    """
     chart = Chart()
     client = None
     if access.server:
@@ -180,7 +186,45 @@ def gather_chart(
                 continue
             chart.fetched.append(key)
             _store(chart, category, result)
+    if client is not None:
+        _read_referenced_medications(chart, draft_orders, client, settings, deadline)
     return chart
+
+
+MAX_MEDICATION_READS = 25
+
+
+def _read_referenced_medications(
+    chart: Chart,
+    draft_orders: Sequence[Resource],
+    client: FhirClient,
+    settings: ChartSettings,
+    deadline: float,
+) -> None:
+    """Read the Medication resources that orders point at but nobody sent."""
+    orders = [*chart.resources.get(D.MEDICATIONS, []), *draft_orders]
+    present = {f"Medication/{r.get('id')}" for r in orders if r.get("resourceType") == "Medication"}
+    wanted: list[str] = []
+    for order in orders:
+        reference = order.get("medicationReference")
+        target = reference.get("reference") if isinstance(reference, dict) else None
+        if not isinstance(target, str) or target.startswith("#"):
+            continue
+        relative = "/".join(target.rstrip("/").split("/")[-2:])
+        if (
+            relative.startswith("Medication/")
+            and relative not in present
+            and relative not in wanted
+        ):
+            wanted.append(relative)
+    jobs: dict[str, Callable[[], Any]] = {
+        ref: functools.partial(client.read, ref) for ref in wanted[:MAX_MEDICATION_READS]
+    }
+    for ref, result in run_concurrently(settings.executor, jobs, deadline).items():
+        if isinstance(result, dict) and result.get("resourceType") == "Medication":
+            chart.resources.setdefault(D.MEDICATIONS, []).append(result)
+        else:  # the order stays unidentified and extract reports the broken reference
+            log.info("referenced %s could not be read: %s", ref, result)
 
 
 _ABSENT: Any = object()

@@ -133,6 +133,7 @@ class CdsService:
         access = decide_access(
             request.get("fhir_server"), authorization.get("access_token"), self.chart_settings
         )
+        drafts = bundle_resources(draft_bundle)
         chart = gather_chart(
             request.get("prefetch") or {},
             context["patient_id"],
@@ -140,6 +141,7 @@ class CdsService:
             access,
             self.chart_settings,
             started + self.deadline_ms / 1000.0,
+            draft_orders=drafts,
         )
         facts = build_facts(
             terminology=self.terminology,
@@ -148,7 +150,7 @@ class CdsService:
             patient_id=context["patient_id"],
             patient=chart.patient,
             chart=chart.resources,
-            draft_orders=bundle_resources(draft_bundle),
+            draft_orders=drafts,
             selections=selections,
             unavailable=chart.unavailable,
         )

@@ -530,3 +530,61 @@ def test_invalid_voclosporin_draft_is_still_checked(app, client):
     assert "invalid FHIR R4 MedicationRequest" in unavailable["detail"]
     # No id: nothing the EHR could apply a delete to, so no suggestion is offered.
     assert "suggestions" not in cards[0]
+
+
+def test_referenced_medication_is_read_from_the_server(tmp_path):
+    """A draft naming its drug only by Medication/id (Epic style) is resolved by a read."""
+    app = make_app(tmp_path, CDS_FHIR_ALLOWED_SERVERS=FHIR)
+    try:
+        patient_id, resources = chart("ln-on-voclosporin-interactions")
+        draft = {
+            "resourceType": "MedicationRequest",
+            "id": "ref-draft",
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "medicationReference": {"reference": "Medication/med-77"},
+        }
+        with responses.RequestsMock() as mocked:
+            mocked.get(
+                f"{FHIR}/Medication/med-77",
+                json={
+                    "resourceType": "Medication",
+                    "id": "med-77",
+                    "code": {"text": "Clarithromycin 500 MG Oral Tablet"},
+                },
+            )
+            response = app.test_client().post(
+                SIGN,
+                json=hook_request(
+                    "order-sign",
+                    patient_id,
+                    [draft],
+                    prefetch_for(resources, patient_id, templates(app)),
+                    fhir_server=FHIR,
+                    token="secret-token",
+                ),
+            )
+        assert rule_ids(response) == ["strong-cyp3a4-inhibitor"]
+        assert "Clarithromycin" in response.json["cards"][0]["summary"]
+    finally:
+        close_app(app)
+
+
+def test_unresolvable_medication_reference_is_reported(app, client):
+    """Without server access the unidentified drug is named on the data-unavailable card."""
+    patient_id, resources = chart("ln-on-voclosporin-interactions")
+    draft = {
+        "resourceType": "MedicationRequest",
+        "id": "ref-draft",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "medicationReference": {"reference": "Medication/med-77"},
+    }
+    body = hook_request(
+        "order-sign", patient_id, [draft], prefetch_for(resources, patient_id, templates(app))
+    )
+    response = client.post(SIGN, json=body)
+    card = response.json["cards"][rule_ids(response).index("data-unavailable")]
+    assert "Medication/med-77" in card["detail"]
