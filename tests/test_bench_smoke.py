@@ -55,8 +55,10 @@ def test_load_generator_drives_the_floor_under_gunicorn(tmp_path: Path):
 
 def test_replay_fhir_server_answers_recordings_with_its_own_base():
     """The latency server replays a recording (base URL rewritten) and 404s anything else."""
-    recording = {"Patient/p1": f'{{"resourceType": "Patient", "id": "p1", '
-                               f'"note": "{BASE_PLACEHOLDER}/Patient/p1"}}'}
+    recording = {
+        "Patient/p1": f'{{"resourceType": "Patient", "id": "p1", '
+        f'"note": "{BASE_PLACEHOLDER}/Patient/p1"}}'
+    }
     with ReplayFhirServer(recording, delay_s=0.01) as server, requests.Session() as session:
         found = session.get(f"{server.base_url}/Patient/p1", timeout=5)
         missing = session.get(f"{server.base_url}/Patient/p2", timeout=5)

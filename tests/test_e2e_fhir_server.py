@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,11 +41,12 @@ from tests.support.ehr import (
 )
 from tests.support.fhir_server import FhirServer, created_ids
 from tests.support.hooks import hook_request
+from tests.support.paths import SYNTHEA_DIR
 
 pytestmark = pytest.mark.fhir_server
 
 Resource = dict[str, Any]
-SYNTHEA_DIR = Path("/work/shared/data/synthea")
+
 SYNTHEA = {p.stem.rsplit("_", 1)[0]: p for p in sorted(SYNTHEA_DIR.glob("*.json"))}
 HOOKS = ("order-select", "order-sign", "medication-prescribe")
 USER = "Practitioner/example"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,8 @@ from fhir_mappings.extract import build_facts, parse_datetime
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import PatientFacts
 from tests.support.hooks import chart_resources
+from tests.support.paths import SYNTHEA_DIR as SYNTHEA
 
-SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea"
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +19,11 @@ from tests.support.fhir_server import (
     created_ids,
     fhir_server,  # noqa: F401  (the session fixture)
 )
+from tests.support.paths import SYNTHEA_DIR
 
 pytestmark = pytest.mark.fhir_server
 
-SYNTHEA_DIR = Path("/work/shared/data/synthea")
+
 SYNTHEA_FILES = sorted(SYNTHEA_DIR.glob("*.json"))
 LOINC = "http://loinc.org"
 EGFR_CODES = ("33914-3", "98979-8", "62238-1")
