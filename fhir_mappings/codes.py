@@ -76,9 +76,6 @@ class Terminology:
                 self._by_rxcui.setdefault(code, []).append((entry.ingredient, entry.role))
         self._drug_pattern = _word_pattern(self._by_term)
         self._live_pattern = _word_pattern(knowledge.live_vaccine_terms)
-        self._voclosporin_terms = _word_pattern(
-            t for e in knowledge.drugs if e.role == "voclosporin" for t in e.terms
-        )
         self._ndc = {
             parsed: ingredient
             for prefix, ingredient in knowledge.ndc_prefixes.items()
@@ -89,6 +86,7 @@ class Terminology:
         """Find the ingredients and roles a medication concept carries."""
         pairs: set[tuple[str, str]] = set()
         live_codes: list[str] = []
+        known_cvx = False
         all_texts = list(texts)
         for coding in codings:
             if coding.display:
@@ -101,6 +99,7 @@ class Terminology:
                     pairs.add((ingredient, ingredient))
             elif coding.system == CVX:
                 vaccine = self.knowledge.vaccines.get(normalize_cvx(coding.code))
+                known_cvx = known_cvx or vaccine is not None
                 if vaccine and vaccine.live:
                     live_codes.append(vaccine.cvx)
         for text in all_texts:
@@ -108,16 +107,17 @@ class Terminology:
             for term in self._drug_pattern.findall(lowered):
                 pairs.update(self._by_term[term])
         roles = {role for _, role in pairs}
-        if live_codes or any(self._live_pattern.search(t.lower()) for t in all_texts):
+        # A CVX code in the reviewed list decides (CVX 206 JYNNEOS says "live" in its name but
+        # is non-replicating: not flagged); names decide only when no listed CVX code is sent.
+        if live_codes or (
+            not known_cvx and any(self._live_pattern.search(t.lower()) for t in all_texts)
+        ):
             roles.add("live-vaccine")
         return MedicationMatch(
             ingredients=frozenset(ingredient for ingredient, _ in pairs),
             roles=frozenset(roles),
             live_vaccine_codes=tuple(live_codes),
         )
-
-    def mentions_voclosporin(self, texts: Iterable[str]) -> bool:
-        return any(self._voclosporin_terms.search(t.lower()) for t in texts)
 
     def observation_match(self, codings: Iterable[Coding]) -> tuple[str, str] | None:
         """(kind, LOINC code) of the first coding the knowledge knows."""

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 
@@ -36,6 +36,8 @@ from fhir_mappings.facts import (
 )
 
 Resource = dict[str, Any]
+Dated = TypeVar("Dated", Measurement, BloodPressure)
+T = TypeVar("T")
 
 # Observation statuses that carry no usable result.
 _UNUSABLE_OBSERVATION = frozenset({"entered-in-error", "cancelled", "registered"})
@@ -349,17 +351,21 @@ def bundle_resources(bundle: Any) -> list[Resource]:
 class _Mapper:
     terminology: Terminology
     unreadable: list[Unreadable] = field(default_factory=list)
-    _verdicts: dict[int, bool] = field(default_factory=dict)
+    _checked: set[int] = field(default_factory=set)
 
-    def accept(self, resource: Resource) -> bool:
-        """Validate a picked resource once; record and skip it when invalid."""
-        key = id(resource)
-        if key not in self._verdicts:
-            problem = validation_problem(resource)
-            if problem:
-                self.unreadable.append(Unreadable(reference_of(resource), problem))
-            self._verdicts[key] = problem is None
-        return self._verdicts[key]
+    def check(self, resource: Resource) -> None:
+        """Validate a resource a rule reads, once; report it on the card when it fails."""
+        if id(resource) in self._checked:
+            return
+        self._checked.add(id(resource))
+        problem = validation_problem(resource)
+        if problem:
+            self.unreadable.append(Unreadable(reference_of(resource), problem))
+
+    def checked(self, resource: Resource, item: T) -> T:
+        """``item`` (read from ``resource``), after checking the resource."""
+        self.check(resource)
+        return item
 
     def skip(self, resource: Resource, reason: str) -> None:
         self.unreadable.append(Unreadable(reference_of(resource), reason))
@@ -375,14 +381,13 @@ class _Mapper:
         selected: bool = False,
     ) -> Medication:
         concept, extra_texts = self._medication_concept(resource, medications_by_ref)
-        match = self.terminology.match_medication(
-            codings(concept), concept_texts(concept) + extra_texts
-        )
+        concept_codings, texts = codings(concept), concept_texts(concept) + extra_texts
+        match = self.terminology.match_medication(concept_codings, texts)
         dispense = _object(resource.get("dispenseRequest"))
         quantity = _quantity(dispense.get("quantity"))
         supply = _quantity(dispense.get("expectedSupplyDuration"))
         repeats = dispense.get("numberOfRepeatsAllowed")
-        name = (concept_texts(concept) + extra_texts + ["(unnamed medication)"])[0]
+        name = texts[0] if texts else "(unidentified medication)"
         return Medication(
             reference=reference_of(resource),
             name=name,
@@ -399,6 +404,7 @@ class _Mapper:
             expected_supply_days=_to_days(supply) if supply else None,
             number_of_repeats=repeats if isinstance(repeats, int) else None,
             resource=resource if draft else None,
+            identified=bool(concept_codings or texts),
         )
 
     def _medication_concept(
@@ -658,41 +664,43 @@ def build_facts(
 
     Only what a rule reads is kept, and only that is validated: medications with a role, the
     latest result of each lab (and the latest eGFR/creatinine at the start of a voclosporin
-    course), live vaccines, voclosporin allergies, lupus-nephritis conditions.
+    course), live vaccines, voclosporin allergies, lupus-nephritis conditions. Validation reports,
+    it never hides: a resource a rule reads that fails it is still read (defensively) and named on
+    the data-unavailable card, because dropping it could turn a warning into silence.
     """
     mapper = _Mapper(terminology)
     medications_by_ref = _medications_by_reference(
         [*chart.get(DataCategory.MEDICATIONS, ()), *draft_orders]
     )
     birth_date, sex = None, None
-    if patient is not None and mapper.accept(patient):
+    if patient is not None:
+        mapper.check(patient)
         birth_date = parse_date(patient.get("birthDate"))
         gender = patient.get("gender")
         sex = gender if gender in ("female", "male") else None
 
-    # The orders being written are always read, even when they fail validation (reported):
-    # skipping one would turn "could not check" into a silent all-clear.
     drafts = []
     for r in draft_orders:
-        if r.get("resourceType") not in ("MedicationRequest", "Immunization"):
+        if r.get("resourceType") not in DRAFT_TYPES:
             continue
-        mapper.accept(r)
+        mapper.check(r)
         selected = selections is None or reference_of(r) in selections
         drafts.append(mapper.medication(r, medications_by_ref, draft=True, selected=selected))
-    draft_refs = {d.reference for d in drafts}
     medications = [
-        m
+        mapper.checked(r, m)
         for r in _unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
         if (m := mapper.medication(r, medications_by_ref)).roles
-        and m.reference not in draft_refs
-        and mapper.accept(r)
     ]
-    course_dates = [m.authored_on for m in medications if m.is_voclosporin and m.authored_on]
+    course_dates = [
+        m.authored_on
+        for m in medications
+        if m.is_voclosporin and m.authored_on and m.status in COURSE_STATUSES
+    ]
     anchors = (None, min(course_dates) if course_dates else None)
 
-    series = _observation_series(mapper, chart)
+    series = _observation_series(mapper, chart, now)
     egfr_series = series.get("egfr", []) + _computed_egfr(
-        series.get("egfr", []), series.get("creatinine", []), birth_date, sex, terminology
+        mapper, series.get("egfr", []), series.get("creatinine", []), birth_date, sex
     )
     systolic = [(bp, r) for bp, r in series.get("bp", []) if bp.systolic is not None]
     diastolic = [(bp, r) for bp, r in series.get("bp", []) if bp.diastolic is not None]
@@ -705,35 +713,41 @@ def build_facts(
         sex=sex,
         draft_orders=tuple(drafts),
         medications=tuple(medications),
-        egfr=_validated_latest(mapper, egfr_series, anchors),
-        creatinine=_validated_latest(mapper, series.get("creatinine", []), anchors),
+        egfr=_latest(mapper, egfr_series, anchors),
+        creatinine=_latest(mapper, series.get("creatinine", []), anchors),
         blood_pressures=tuple(
-            sorted(
-                set(_validated_latest(mapper, systolic) + _validated_latest(mapper, diastolic)),
-                key=_by_time,
-            )
+            sorted(set(_latest(mapper, systolic) + _latest(mapper, diastolic)), key=_by_time)
         ),
-        potassium=_validated_latest(mapper, series.get("potassium", [])),
-        upcr=_validated_latest(mapper, series.get("upcr", [])),
+        potassium=_latest(mapper, series.get("potassium", [])),
+        upcr=_latest(mapper, series.get("upcr", [])),
         conditions=tuple(
-            c
+            mapper.checked(r, c)
             for r in _unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
-            if (c := mapper.condition(r)) and c.kinds and mapper.accept(r)
+            if (c := mapper.condition(r)) and c.kinds
         ),
         immunizations=tuple(
-            i
+            mapper.checked(r, i)
             for r in _unique(chart.get(DataCategory.IMMUNIZATIONS, ()), "Immunization")
-            if (i := mapper.immunization(r)) and i.live and mapper.accept(r)
+            if (i := mapper.immunization(r)) and i.live
         ),
         allergies=tuple(
-            a
+            mapper.checked(r, a)
             for r in _unique(chart.get(DataCategory.ALLERGIES, ()), "AllergyIntolerance")
-            if (a := mapper.allergy(r)) and a.to_voclosporin and mapper.accept(r)
+            if (a := mapper.allergy(r)) and a.to_voclosporin
         ),
         unavailable=frozenset(unavailable),
         unavailable_reasons=tuple(sorted(unavailable.items())),
         unreadable=tuple(mapper.unreadable),
     )
+
+
+# Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
+# read leniently; it has no R4 model, so it is also reported).
+DRAFT_TYPES = frozenset({"MedicationRequest", "Immunization", "MedicationOrder"})
+# Orders that belong to a voclosporin course (knowledge: earliest authoredOn of the course).
+COURSE_STATUSES = frozenset({"active", "on-hold", "completed", "stopped"})
+# A result dated beyond this is a data error, not "the latest" result.
+FUTURE_TOLERANCE = timedelta(days=1)
 
 
 _OBSERVATION_CATEGORIES = (
@@ -745,11 +759,9 @@ _OBSERVATION_CATEGORIES = (
 )
 _BP_KINDS = frozenset({"bp-panel", "systolic", "diastolic"})
 
-Dated = TypeVar("Dated", Measurement, BloodPressure)
-
 
 def _observation_series(
-    mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]]
+    mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]], now: datetime
 ) -> dict[str, list[Any]]:
     """Every usable lab result read from raw JSON (not yet validated), with its resource.
 
@@ -767,6 +779,10 @@ def _observation_series(
             kind, code = match
             if not _first_copy(seen, resource):
                 continue
+            when = observation_time(resource)
+            if when is not None and when > now + FUTURE_TOLERANCE:
+                mapper.skip(resource, f"{kind} result dated in the future ({when.date()})")
+                continue
             if kind in _BP_KINDS:
                 series.setdefault("bp", []).extend(
                     (bp, resource) for bp in mapper.blood_pressures(resource, kind)
@@ -776,51 +792,47 @@ def _observation_series(
     return series
 
 
-def _validated_latest(
+def _latest(
     mapper: _Mapper,
     series: Sequence[tuple[Dated, Resource]],
     anchors: Sequence[datetime | None] = (None,),
 ) -> tuple[Dated, ...]:
-    """The latest item overall and at or before each anchor, each from a valid resource.
+    """The latest item overall and on or before each anchor's day; their resources are checked.
 
-    An item whose resource fails validation is reported and the next older one is taken, so one
-    bad resource never hides the rest.
+    Anchors compare by calendar day: an eGFR drawn on the day the course starts is its baseline.
     """
-    pool = sorted(
-        (item for item in series if item[0].when is not None), key=lambda item: _by_time(item[0])
-    )
-    while True:
-        chosen: dict[int, tuple[Dated, Resource]] = {}
-        for anchor in anchors:
-            for item in reversed(pool):
-                when = item[0].when
-                if anchor is None or (when is not None and when <= anchor):
-                    chosen[id(item)] = item
-                    break
-        invalid = [key for key, (_, resource) in chosen.items() if not mapper.accept(resource)]
-        if not invalid:
-            return tuple(sorted({item[0] for item in chosen.values()}, key=_by_time))
-        pool = [item for item in pool if id(item) not in invalid]
+    chosen: dict[int, tuple[Dated, Resource]] = {}
+    dated = sorted((i for i in series if i[0].when is not None), key=lambda i: _by_time(i[0]))
+    for anchor in anchors:
+        for item in reversed(dated):
+            when = item[0].when
+            if anchor is None or (when is not None and when.date() <= anchor.date()):
+                chosen[id(item)] = item
+                break
+    return tuple(sorted({mapper.checked(r, item) for item, r in chosen.values()}, key=_by_time))
 
 
 def _computed_egfr(
+    mapper: _Mapper,
     measured: list[tuple[Measurement, Resource]],
     creatinine: list[tuple[Measurement, Resource]],
     birth_date: date | None,
     sex: str | None,
-    terminology: Terminology,
 ) -> list[tuple[Measurement, Resource]]:
     """CKD-EPI 2021 eGFR for creatinine results on days with no measured eGFR."""
     if birth_date is None or sex is None:
         return []
     measured_days = {m.when.date() for m, _ in measured if m.when}
-    k = terminology.knowledge.ckd_epi
+    k = mapper.terminology.knowledge.ckd_epi
     computed = []
     for result, resource in creatinine:
         if result.when is None or result.when.date() in measured_days:
             continue
         age = (result.when.date() - birth_date).days / 365.25
         if age < k.minimum_age:
+            continue
+        if result.value <= 0:
+            mapper.skip(resource, "creatinine is not a positive number: no eGFR computed")
             continue
         value = ckd_epi_2021(result.value, age, sex == "female", k)
         computed.append(

@@ -87,6 +87,7 @@ class Medication:
     expected_supply_days: float | None = None
     number_of_repeats: int | None = None
     resource: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    identified: bool = True  # False: no code, no name: the drug could not be told
 
     @property
     def is_voclosporin(self) -> bool:

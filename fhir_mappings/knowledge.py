@@ -79,6 +79,7 @@ class Renal:
     decline_reduce_above_percent: float
     decline_discontinue_from_percent: float
     severe_impairment_below: float
+    monitoring_max_age_days: int
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fhir_mappings.codes import Coding
 from fhir_mappings.egfr import ckd_epi_2021
 from fhir_mappings.extract import build_facts, parse_datetime
 from fhir_mappings.facts import DataCategory as D
@@ -256,14 +257,67 @@ def test_comparator_is_kept_in_method(terminology):
     assert "'>90'" in f.egfr[0].method
 
 
-def test_invalid_latest_result_falls_back_to_the_previous_one(terminology):
-    """The latest potassium failing R4 validation is reported; the previous valid one is used."""
+def test_invalid_latest_result_is_used_and_reported(terminology):
+    """The latest potassium failing R4 validation is still read, and named on the card."""
     bad = observation("2823-3", 6.5, "mmol/L", when="2026-10-30")
     bad["status"] = 17
     good = observation("2823-3", 4.5, "mmol/L", when="2026-10-25")
     f = facts_from(terminology, [PATIENT, bad, good])
-    assert [m.value for m in f.potassium] == [4.5]
+    assert [m.value for m in f.potassium] == [6.5]
     assert "invalid FHIR R4 Observation" in f.unreadable[0].reason
+
+
+def test_invalid_voclosporin_order_and_allergy_still_count(terminology):
+    """An active voclosporin order or a voclosporin allergy that fails validation is kept."""
+    order = {
+        **draft(medicationCodeableConcept={"text": "LUPKYNIS 7.9 mg"}),
+        "id": "v1",
+        "status": "active",
+        "authoredOn": "2026-02-30",
+    }
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "id": "a1",
+        "code": {"text": "voclosporin"},
+        "patient": {"reference": "Patient/p1"},
+        "onsetDateTime": "yesterday",
+    }
+    f = facts_from(terminology, [PATIENT, order, allergy])
+    assert [m.is_voclosporin for m in f.medications] == [True]
+    assert len(f.allergies) == 1
+    assert {u.reference for u in f.unreadable} == {"MedicationRequest/v1", "AllergyIntolerance/a1"}
+
+
+def test_future_dated_result_is_not_the_latest(terminology):
+    """A result dated next year is reported, and today's one is used."""
+    future = observation("2823-3", 3.1, "mmol/L", when="2027-06-01")
+    today = observation("2823-3", 5.9, "mmol/L", when="2026-10-31")
+    f = facts_from(terminology, [PATIENT, future, today])
+    assert [m.value for m in f.potassium] == [5.9]
+    assert "dated in the future" in f.unreadable[0].reason
+
+
+def test_zero_creatinine_is_reported_not_a_crash(terminology):
+    """Creatinine 0 cannot give an eGFR: reported, no exception."""
+    f = facts_from(terminology, [PATIENT, observation("2160-0", 0, "mg/dL")])
+    assert [m for m in f.egfr if m.computed] == []
+    assert "not a positive number" in f.unreadable[0].reason
+
+
+def test_jynneos_is_not_live_despite_its_name(terminology):
+    """CVX 206 decides (non-replicating), even though its CDC name says 'live'."""
+    match = terminology.match_medication(
+        [
+            Coding(
+                "http://hl7.org/fhir/sid/cvx",
+                "206",
+                "Vaccinia, smallpox Mpox vaccine live, PF, SQ or ID injection",
+            )
+        ],
+        [],
+    )
+    assert not match.is_live_vaccine
+    assert terminology.match_medication([], ["zoster vaccine live"]).is_live_vaccine
 
 
 def test_only_results_the_rules_read_are_validated(terminology, monkeypatch):

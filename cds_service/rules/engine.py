@@ -19,6 +19,7 @@ from fhir_mappings.knowledge import Knowledge
 log = logging.getLogger(__name__)
 
 DATA_UNAVAILABLE = "data-unavailable"
+INVOLVEMENT = "voclosporin-involvement"  # the label of "cannot tell" gaps, not a rule
 _MEDS = frozenset({D.MEDICATIONS})
 _RENAL = frozenset({D.EGFR, D.CREATININE, D.PATIENT})
 
@@ -77,23 +78,37 @@ class Evaluation:
     not_checked: tuple[NotChecked, ...]
 
 
-def _unknown_voclosporin_status(facts: PatientFacts) -> bool:
-    """An interacting drug is ordered but the medication list could not be read."""
-    return D.MEDICATIONS in facts.unavailable and any(
+def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
+    """Why it cannot be told whether voclosporin is involved (empty: it can be told)."""
+    gaps = [
+        NotChecked(
+            f"the drug in draft order `{m.reference}` could not be identified, so it is "
+            "unknown whether it is voclosporin or interacts with it",
+            INVOLVEMENT,
+        )
+        for m in facts.draft_orders
+        if m.is_selected and not m.identified
+    ]
+    if D.MEDICATIONS in facts.unavailable and any(
         m.is_selected and m.roles & _INTERACTING_ROLES for m in facts.draft_orders
-    )
+    ):
+        gaps.append(
+            NotChecked(
+                "an interacting drug is ordered but the medication list could "
+                "not be read, so it is unknown whether the patient takes "
+                "voclosporin",
+                INVOLVEMENT,
+            )
+        )
+    return gaps
 
 
 def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
     """Run the registry; no voclosporin anywhere means no voclosporin cards."""
     if not facts.voclosporin_involved:
-        if _unknown_voclosporin_status(facts):
-            gap = NotChecked(
-                "interacting order placed, but the medication list could not be "
-                "read, so it is unknown whether the patient takes voclosporin",
-                "strong-cyp3a4-inhibitor",
-            )
-            return _finish(facts, knowledge, [], [gap], ())
+        gaps = _unknown_involvement(facts)
+        if gaps:
+            return _finish(facts, knowledge, [], gaps, ())
         return Evaluation((), (), ())
     findings: list[Finding] = []
     gaps: list[NotChecked] = []
@@ -163,6 +178,6 @@ def _data_unavailable(facts: PatientFacts, gaps: list[NotChecked]) -> Finding | 
         summary = "Some chart data could not be read: voclosporin checks may be incomplete"
     return Finding(
         "warning",
-        summary if len(summary) < 140 else summary[:136] + "...",
+        summary,
         "A check that could not run has **not** found the chart safe.\n\n" + "\n".join(lines),
     )

@@ -66,7 +66,7 @@ def strong_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iterat
         return
     yield Finding(
         "critical",
-        f"Contraindicated: voclosporin with strong CYP3A4 inhibitor {names(partners)}"[:139],
+        f"Contraindicated: voclosporin with strong CYP3A4 inhibitor {names(partners)}",
         "Strong CYP3A4 inhibitors raise voclosporin exposure (ketoconazole: AUC x18) and the "
         "risk of acute and chronic nephrotoxicity; the combination is contraindicated.\n\n"
         + _involved(facts, partners),
@@ -75,8 +75,16 @@ def strong_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iterat
 
 
 def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]:
-    """Moderate CYP3A4 inhibitor: reduce voclosporin to 15.8 mg AM + 7.9 mg PM (PI 2, 7)."""
-    partners = facts.partners("moderate-cyp3a4-inhibitor")
+    """Moderate CYP3A4 inhibitor: reduce voclosporin to 15.8 mg AM + 7.9 mg PM (PI 2, 7).
+
+    Cyclosporine is a moderate inhibitor too, but a second calcineurin inhibitor is not to be
+    co-administered at any dose: the duplicate card speaks for it, not a dose change here.
+    """
+    partners = tuple(
+        m
+        for m in facts.partners("moderate-cyp3a4-inhibitor")
+        if not m.has_role("calcineurin-inhibitor")
+    )
     if not partners:
         return
     dose = knowledge.dose
@@ -104,7 +112,7 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
         )
     yield Finding(
         "info" if already else "warning",
-        summary[:139],
+        summary,
         f"With a moderate CYP3A4 inhibitor the label dose of LUPKYNIS is {regimen} "
         "(verapamil raised voclosporin AUC 2.7x).\n\n" + _involved(facts, partners),
         suggestions,
@@ -136,7 +144,7 @@ def cyp3a4_inducer(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcom
     kind = "strong" if strong else "moderate"
     yield Finding(
         "warning",
-        f"Avoid voclosporin with {kind} CYP3A4 inducer {names(partners)}"[:139],
+        f"Avoid voclosporin with {kind} CYP3A4 inducer {names(partners)}",
         detail + "\n\n" + _involved(facts, partners),
         _removals(facts, partners),
     )
@@ -166,7 +174,7 @@ def live_vaccine(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]
         summary = f"Live vaccine given in the last {window} days: delay starting voclosporin?"
     yield Finding(
         "warning",
-        summary[:139],
+        summary,
         "Avoid live vaccines during LUPKYNIS treatment (immunosuppression: risk of vaccine "
         f"infection). Live vaccines should be given at least {window} days before "
         "immunosuppression starts.\n\n" + "\n".join(lines),
@@ -195,7 +203,7 @@ def calcineurin_inhibitor_duplicate(facts: PatientFacts, knowledge: Knowledge) -
         return
     yield Finding(
         "warning",
-        f"Two calcineurin inhibitors: voclosporin with {names(partners)}"[:139],
+        f"Two calcineurin inhibitors: voclosporin with {names(partners)}",
         "Voclosporin is a calcineurin inhibitor; a second one duplicates therapy and adds "
         "nephrotoxicity. (Local rule: the US label has no statement on this combination.)\n\n"
         + _involved(facts, partners),
@@ -210,7 +218,7 @@ def p_gp_substrate(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcom
         return
     yield Finding(
         "info",
-        f"Voclosporin inhibits P-gp: monitor {names(partners)} levels"[:139],
+        f"Voclosporin inhibits P-gp: monitor {names(partners)} levels",
         "Voclosporin is a P-gp inhibitor (digoxin Cmax +50%, AUC +25%). For P-gp substrates "
         "where small concentration changes can cause serious toxicity, reduce the substrate's "
         "dose per its label and monitor.\n\n" + _involved(facts, partners),

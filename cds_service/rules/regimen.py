@@ -65,7 +65,7 @@ def dose_check(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]:
             continue
         yield Finding(
             "warning",
-            f"Voclosporin dose is not a label regimen: {problems[0]}"[:139],
+            f"Voclosporin dose is not a label regimen: {problems[0]}",
             order_line(order)
             + f"\n- dosing as ordered: {_as_ordered(order)}\n\n"
             + "\n".join(f"- {p}" for p in problems)

@@ -75,6 +75,8 @@ def egfr_baseline_low(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Out
 
 def decline_percent(baseline: float, current: float) -> float:
     """Decline from baseline in percent, rounded so that 72 -> 57.6 is exactly 20.0."""
+    if baseline <= 0:
+        raise ValueError("a baseline eGFR must be positive")
     return round((baseline - current) / baseline * 100, 6)
 
 
@@ -90,16 +92,23 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]
     if start is None:
         yield NotChecked("start of the voclosporin course unknown, so no pre-treatment eGFR")
         return
-    before = [m for m in facts.egfr if m.when is not None and m.when <= start]
-    after = [m for m in facts.egfr if m.when is not None and m.when > start]
+    # By calendar day: an eGFR drawn on the day the course starts is its baseline.
+    before = [m for m in facts.egfr if m.when is not None and m.when.date() <= start.date()]
+    after = [m for m in facts.egfr if m.when is not None and m.when.date() > start.date()]
     baseline, current = latest(before), latest(after)
-    if baseline is None:
-        yield NotChecked(f"no eGFR on or before the course start ({when_text(start)})")
+    if baseline is None or baseline.value <= 0:
+        yield NotChecked(f"no usable eGFR on or before the course start ({when_text(start)})")
         return
     if current is None:
         yield NotChecked(f"no eGFR since the course started ({when_text(start)})")
         return
     renal = knowledge.renal
+    if not recent([current], facts.now, renal.monitoring_max_age_days):
+        # Judged below on the old value all the same: a decline it shows is still real.
+        yield NotChecked(
+            f"latest on-treatment eGFR is from {when_text(current.when)}, older than "
+            f"{renal.monitoring_max_age_days} days (label: assess every 4 weeks)"
+        )
     decline = decline_percent(baseline.value, current.value)
     if (
         current.value >= renal.decline_applies_below
