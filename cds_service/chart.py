@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -302,11 +301,3 @@ def _store(chart: Chart, category: D, value: Resource | list[Resource]) -> None:
         chart.resources[category] = kept[:1]
     else:
         chart.resources.setdefault(category, []).extend(kept)
-
-
-def deadline_from(start: float, deadline_ms: int) -> float:
-    return start + deadline_ms / 1000.0
-
-
-def now_monotonic() -> float:
-    return time.monotonic()

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -32,13 +31,6 @@ MAX_RESPONSE_BYTES = 32 * 1_048_576
 
 class FhirFetchError(Exception):
     """A FHIR query failed; ``str(exc)`` is a short reason fit for the data-unavailable card."""
-
-
-@dataclass(frozen=True)
-class FhirQuery:
-    """One read or search, relative to the FHIR base (``Patient/1``, ``Observation?...``)."""
-
-    path: str
 
 
 class FhirClient:

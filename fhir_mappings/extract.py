@@ -74,10 +74,6 @@ _PERIOD_DAYS = {
 }
 
 
-class FhirInputError(ValueError):
-    """The request's FHIR data has the wrong shape (e.g. draftOrders is not a Bundle)."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Small readers over raw JSON
 

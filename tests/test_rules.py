@@ -144,7 +144,10 @@ def test_egfr_decline_without_baseline_is_said_out_loud(knowledge):
     """No eGFR before the course start: the decline check is listed as not run."""
     f = replace(renewal(72, 54), egfr=(egfr(54, 3),))
     assert "egfr-decline" not in fired(f, knowledge)
-    assert "no usable eGFR on or before the course start" in finding(f, knowledge, DATA_UNAVAILABLE).detail
+    assert (
+        "no usable eGFR on or before the course start"
+        in finding(f, knowledge, DATA_UNAVAILABLE).detail
+    )
 
 
 def test_decline_percent_rounds_binary_noise():

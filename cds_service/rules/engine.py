@@ -106,9 +106,9 @@ def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
 def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
     """Run the registry; no voclosporin anywhere means no voclosporin cards."""
     if not facts.voclosporin_involved:
-        gaps = _unknown_involvement(facts)
-        if gaps:
-            return _finish(facts, knowledge, [], gaps, ())
+        unknown = _unknown_involvement(facts)
+        if unknown:
+            return _finish(facts, knowledge, [], unknown, ())
         return Evaluation((), (), ())
     findings: list[Finding] = []
     gaps: list[NotChecked] = []
