@@ -25,10 +25,12 @@ from cds_service.fhir_access import FhirServerNotAllowed, FhirServerPolicy
 from cds_service.fhir_client import (
     FhirClient,
     FhirFetchError,
+    bundle_error,
     next_link,
     operation_outcome_text,
     run_concurrently,
 )
+from cds_service.schemas import FHIR_ID
 from fhir_mappings.extract import bundle_resources, reference_of
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import Unreadable
@@ -69,7 +71,11 @@ def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
     """The discovery prefetch: everything the rules read, filtered by code where it helps."""
     templates = {
         D.PATIENT: f"Patient/{PATIENT_TOKEN}",
-        D.MEDICATIONS: f"MedicationRequest?patient={PATIENT_TOKEN}&status=active&_count=100",
+        # Completed and stopped orders too: the voclosporin course starts at its first order.
+        D.MEDICATIONS: (
+            f"MedicationRequest?patient={PATIENT_TOKEN}"
+            "&status=active,on-hold,completed,stopped&_count=100"
+        ),
         D.CONDITIONS: f"Condition?patient={PATIENT_TOKEN}&clinical-status=active&_count=100",
         D.IMMUNIZATIONS: f"Immunization?patient={PATIENT_TOKEN}&_count=100",
         D.ALLERGIES: f"AllergyIntolerance?patient={PATIENT_TOKEN}&_count=100",
@@ -161,16 +167,20 @@ def gather_chart(
                 continue
             chart.resources[category] = []
             continue
-        if value is not _ABSENT and value.get("resourceType") != "OperationOutcome":
+        failure = None if value is _ABSENT else prefetch_failure(value)
+        if value is not _ABSENT and failure is None:
             _use_prefetch(chart, category, value, client, jobs)
             continue
-        if value is not _ABSENT:
-            log.info("prefetch %s held an OperationOutcome: %s", key, operation_outcome_text(value))
+        if failure is not None:
+            log.info("prefetch %s reports an error: %s", key, failure)
         if client is None:
             missing.append(key)
+            reason = failure or "not prefetched"
+            chart.unavailable[category] = f"{reason}; FHIR server not usable ({access.refusal})"
             continue
         jobs[key] = _fetch_job(client, category, query)
-    if missing:
+    if set(missing) & REQUIRED_KEYS:
+        # Spec #http-status-codes: required data neither prefetched nor fetchable -> 412.
         raise PreconditionFailed(
             "Prefetch data is missing and the FHIR server cannot be used "
             f"({access.refusal}): {', '.join(missing)}",
@@ -191,6 +201,19 @@ def gather_chart(
 
 
 MAX_MEDICATION_READS = 25
+# Without these the service cannot even tell whether voclosporin is involved: 412. Any other key
+# that cannot be obtained is listed on the data-unavailable card, so the clinician still gets the
+# checks that could run.
+REQUIRED_KEYS = frozenset({str(D.PATIENT), str(D.MEDICATIONS)})
+
+
+def prefetch_failure(value: Resource) -> str | None:
+    """Why a prefetched value stands for an error, not data (spec: check for OperationOutcomes)."""
+    if value.get("resourceType") == "OperationOutcome":
+        return "prefetch held an OperationOutcome: " + operation_outcome_text(value)
+    if value.get("resourceType") == "Bundle":
+        return bundle_error(value)
+    return None
 
 
 def _read_referenced_medications(
@@ -209,13 +232,15 @@ def _read_referenced_medications(
         target = reference.get("reference") if isinstance(reference, dict) else None
         if not isinstance(target, str) or target.startswith("#"):
             continue
-        relative = "/".join(target.rstrip("/").split("/")[-2:])
-        if (
-            relative.startswith("Medication/")
-            and relative not in present
-            and relative not in wanted
-        ):
-            wanted.append(relative)
+        if target.startswith(("http://", "https://")):
+            if not target.startswith(client.base_url + "/"):
+                continue  # another server's Medication: never read it from this one
+            target = target[len(client.base_url) + 1 :]
+        kind, _, medication_id = target.partition("/")
+        if kind != "Medication" or not FHIR_ID.match(medication_id):
+            continue
+        if target not in present and target not in wanted:
+            wanted.append(target)
     jobs: dict[str, Callable[[], Any]] = {
         ref: functools.partial(client.read, ref) for ref in wanted[:MAX_MEDICATION_READS]
     }

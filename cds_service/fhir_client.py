@@ -137,6 +137,9 @@ class FhirClient:
                 raise FhirFetchError("FHIR server answered 404 to a search")
             if bundle.get("resourceType") != "Bundle":
                 raise FhirFetchError("FHIR search did not return a Bundle")
+            error = bundle_error(bundle)
+            if error is not None:
+                raise FhirFetchError(error)
             yield from bundle_resources(bundle)
             pages += 1
             url = next_link(bundle)
@@ -156,6 +159,23 @@ class FhirClient:
         if not safe_next_link(self.base_url, url):
             raise FhirFetchError("prefetch paging link points outside the FHIR server")
         return entries + self.search(url)
+
+
+def bundle_error(bundle: Resource) -> str | None:
+    """An error or fatal OperationOutcome among a search Bundle's entries ("could not search" must
+    not read as "found nothing"); warnings (e.g. an ignored parameter) are not errors."""
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "OperationOutcome":
+            continue
+        issues = resource.get("issue")
+        for issue in issues if isinstance(issues, list) else []:
+            if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
+                return "search answered with an OperationOutcome: " + operation_outcome_text(
+                    resource
+                )
+    return None
 
 
 def next_link(bundle: Resource) -> str | None:

@@ -43,7 +43,8 @@ class ServiceDefinition:
             "prefetch": self.prefetch,
             "usage_requirements": (
                 "Send prefetch for every key, or fhirServer with fhirAuthorization so the "
-                "service can fetch what is missing (otherwise 412)."
+                "service can fetch what is missing. Without patient and medications the call "
+                "answers 412; other missing keys are named on a data-unavailable card."
             ),
         }
 

@@ -265,11 +265,11 @@ def test_fetch_failure_is_said_on_a_card(tmp_path):
         close_app(app)
 
 
-def test_missing_prefetch_without_server_is_412(app, client):
-    """Prefetch keys missing and no fhirServer: 412 naming the missing keys (spec)."""
+def test_missing_required_prefetch_without_server_is_412(app, client):
+    """Patient or medications neither prefetched nor fetchable: 412 naming every missing key."""
     patient_id, resources = chart("ln-initiation-clean")
     prefetch = prefetch_for(resources, patient_id, templates(app))
-    del prefetch["potassium"], prefetch["allergies"]
+    del prefetch["medications"], prefetch["allergies"]
     response = client.post(
         SIGN,
         json=hook_request(
@@ -277,7 +277,57 @@ def test_missing_prefetch_without_server_is_412(app, client):
         ),
     )
     assert response.status_code == 412
-    assert sorted(response.json["error"]["missingPrefetch"]) == ["allergies", "potassium"]
+    assert sorted(response.json["error"]["missingPrefetch"]) == ["allergies", "medications"]
+
+
+def test_missing_optional_prefetch_is_said_on_a_card(app, client):
+    """A lab key neither prefetched nor fetchable: the checks that can run still answer."""
+    patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
+    prefetch = prefetch_for(resources, patient_id, templates(app))
+    del prefetch["potassium"]
+    response = client.post(
+        SIGN,
+        json=hook_request(
+            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
+        ),
+    )
+    ids = rule_ids(response)
+    assert ids[:2] == ["blood-pressure-high", "egfr-baseline-low"]
+    assert "hyperkalemia" not in ids
+    card = response.json["cards"][ids.index("data-unavailable")]
+    assert "potassium: not prefetched" in card["detail"]
+    assert "hyperkalemia: not run" in card["detail"]
+
+
+def test_error_outcome_inside_a_search_bundle_is_not_no_data(app, client):
+    """An allergy search that failed (error OperationOutcome entry) is not 'no allergies'."""
+    patient_id, resources = chart("ln-initiation-clean")
+    prefetch = prefetch_for(resources, patient_id, templates(app))
+    prefetch["allergies"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {"severity": "error", "code": "exception", "diagnostics": "backend down"}
+                    ],
+                },
+                "search": {"mode": "outcome"},
+            }
+        ],
+    }
+    response = client.post(
+        SIGN,
+        json=hook_request(
+            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
+        ),
+    )
+    ids = rule_ids(response)
+    card = response.json["cards"][ids.index("data-unavailable")]
+    assert "backend down" in card["detail"]
+    assert "hypersensitivity: not run" in card["detail"]
 
 
 def test_null_prefetch_means_no_data_not_an_error(app, client):
