@@ -112,7 +112,7 @@ def _require_access() -> None:
                 {"WWW-Authenticate": 'Basic realm="analytics", charset="UTF-8"'},
             )
         return
-    if current_app.config.get("CDS_JWT_ISSUERS"):
+    if current_app.config.get("CDS_JWT_ISSUERS") is not None:
         raise AnalyticsError(
             403,
             "Analytics disabled",

@@ -6,11 +6,12 @@ test keeps the two in step.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from cds_service.auth import parse_issuers
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,6 @@ def _optional(value: str) -> str | None:
     return value.strip() or None
 
 
-def _json_object(value: str) -> dict[str, Any] | None:
-    if not value.strip():
-        return None
-    parsed = json.loads(value)
-    if not isinstance(parsed, dict):
-        raise ValueError("expected a JSON object")
-    return parsed
-
-
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CDS_PUBLIC_BASE_URL",
@@ -54,7 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CDS_JWT_ISSUERS",
         None,
-        _json_object,
+        lambda v: parse_issuers(v) if v.strip() else None,
         "JSON object: trusted client `iss` -> its JWKS URL (https) or `file:/path`. When set, "
         "service and feedback calls need a valid JWT; unset turns client authentication off.",
     ),

@@ -32,7 +32,7 @@ PROTECTED_PREFIX = "/cds-services/"
 
 def init_security(app: Flask) -> None:
     issuers = app.config["CDS_JWT_ISSUERS"]
-    if issuers:
+    if issuers is not None:  # set but empty must not mean "off"
         app.extensions["cds_authenticator"] = _authenticator(app, issuers)
         app.config["CDS_AUTH_STATE"] = "on: JWT required on service and feedback calls"
         app.before_request(_require_jwt)
@@ -50,6 +50,13 @@ def init_security(app: Flask) -> None:
 
 
 def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
+    if not issuers:
+        raise RuntimeError("CDS_JWT_ISSUERS names no issuer, so every client would be refused")
+    if not app.config["CDS_FHIR_ALLOWED_SERVERS"]:
+        log.error(
+            "CDS_FHIR_ALLOWED_SERVERS is not set: the service may query any public https FHIR "
+            "server a caller names; list your EHRs' FHIR base URLs in production"
+        )
     if not app.config["CDS_PUBLIC_BASE_URL"]:
         raise RuntimeError(
             "CDS_PUBLIC_BASE_URL must be set when CDS_JWT_ISSUERS is set: the "

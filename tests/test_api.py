@@ -638,3 +638,26 @@ def test_unresolvable_medication_reference_is_reported(app, client):
     response = client.post(SIGN, json=body)
     card = response.json["cards"][rule_ids(response).index("data-unavailable")]
     assert "Medication/med-77" in card["detail"]
+
+
+def test_dstu2_medication_order_is_read_not_ignored(app, client):
+    """medication-prescribe with a DSTU2 MedicationOrder for LUPKYNIS still gets checked."""
+    patient_id, resources = chart("ln-initiation-low-egfr-high-bp")
+    order = {
+        "resourceType": "MedicationOrder",
+        "id": "mo1",
+        "status": "draft",
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "medicationCodeableConcept": {"text": "LUPKYNIS 7.9 mg capsule"},
+    }
+    body = hook_request(
+        "medication-prescribe",
+        patient_id,
+        [order],
+        prefetch_for(resources, patient_id, templates(app, "medication-prescribe")),
+    )
+    response = client.post("/cds-services/voclosporin-medication-prescribe", json=body)
+    ids = rule_ids(response)
+    assert "blood-pressure-high" in ids
+    card = response.json["cards"][ids.index("data-unavailable")]
+    assert "MedicationOrder/mo1" in card["detail"]

@@ -78,3 +78,11 @@ def test_ruff_clean():
         [ruff, "check", "--quiet", str(ROOT)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_empty_issuer_list_does_not_turn_authentication_off():
+    """CDS_JWT_ISSUERS='{}' stops start-up instead of silently trusting every caller."""
+    from cds_service.config import from_environment
+
+    with pytest.raises(RuntimeError, match="names no issuer"):
+        from_environment({"CDS_JWT_ISSUERS": "{}"})

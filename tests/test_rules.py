@@ -443,3 +443,57 @@ def test_not_checked_carries_rule_id(knowledge):
     assert (
         NotChecked("no potassium result in the last 30 days", "hyperkalemia") in result.not_checked
     )
+
+
+def test_cyclosporine_gets_the_duplicate_card_not_a_dose_change(knowledge):
+    """Cyclosporine is a CNI first: no 'reduce voclosporin' suggestion that invites co-use."""
+    f = facts(
+        medications=(
+            mmf(),
+            med("cyclosporine 100 MG", "moderate-cyp3a4-inhibitor", "calcineurin-inhibitor"),
+        )
+    )
+    result = fired(f, knowledge)
+    assert result["calcineurin-inhibitor-duplicate"] == "warning"
+    assert "moderate-cyp3a4-inhibitor" not in result
+
+
+def test_unidentified_draft_is_said_out_loud(knowledge):
+    """A selected draft whose drug cannot be told: data-unavailable, not an empty answer."""
+    unknown = replace(med("(unidentified medication)", draft=True), identified=False)
+    result = evaluate(facts(draft_orders=(unknown,), medications=()), knowledge)
+    assert [x.rule_id for x in result.findings] == [DATA_UNAVAILABLE]
+    assert "could not be identified" in result.findings[0].detail
+
+
+def test_stale_on_treatment_egfr_is_reported_and_still_judged(knowledge):
+    """Renewal with a 60-day-old eGFR: reported as not current; a 35% fall still fires."""
+    f = replace(renewal(80, 52), egfr=(egfr(80, 105), egfr(52, 60)))
+    result = evaluate(f, knowledge)
+    assert {x.rule_id: x.indicator for x in result.findings}["egfr-decline"] == "critical"
+    card = next(x for x in result.findings if x.rule_id == DATA_UNAVAILABLE)
+    assert "older than 28 days" in card.detail
+
+
+def test_same_day_baseline_counts(knowledge):
+    """An eGFR drawn the day the course starts is its baseline (compared by calendar day)."""
+    start = voclosporin(draft=False, authored_days_ago=100)
+    f = facts(
+        medications=(mmf(), replace(start, authored_on=start.authored_on.replace(hour=0))),
+        egfr=(replace(egfr(80, 100), when=start.authored_on.replace(hour=9)), egfr(52, 3)),
+    )
+    assert fired(f, knowledge)["egfr-decline"] == "critical"
+
+
+@pytest.mark.parametrize(
+    ("category", "criterion"),
+    [
+        (DataCategory.CONDITIONS, "Diagnosis of lupus nephritis"),
+        (DataCategory.IMMUNIZATIONS, "Not given with live vaccines"),
+    ],
+)
+def test_prior_authorization_unknown_when_data_unavailable(knowledge, category, criterion):
+    """A payer criterion whose data could not be read is 'unknown', never met / not met."""
+    f = facts(conditions=(), unavailable=frozenset({category}))
+    card = finding(f, knowledge, "prior-authorization")
+    assert f"| {criterion} | **unknown**" in card.detail

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Literal
 
 from cds_service.rules.model import Finding, Outcome, describe, latest
-from fhir_mappings.facts import Medication, PatientFacts
+from fhir_mappings.facts import DataCategory, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 
 Status = Literal["met", "not met", "unknown"]
@@ -50,6 +50,10 @@ def _criteria(facts: PatientFacts, knowledge: Knowledge) -> list[tuple[str, Stat
     ]
     upcr = latest(facts.upcr)
 
+    def absent(category: DataCategory, found_nothing: Status) -> Status:
+        """What finding nothing means: a fact when the data came, unknown when it did not."""
+        return "unknown" if category in facts.unavailable else found_nothing
+
     criteria: list[tuple[str, Status, str]] = [
         (
             "Age 18 or older",
@@ -58,23 +62,23 @@ def _criteria(facts: PatientFacts, knowledge: Knowledge) -> list[tuple[str, Stat
         ),
         (
             "Diagnosis of lupus nephritis",
-            "met" if ln else "not met",
+            "met" if ln else absent(DataCategory.CONDITIONS, "not met"),
             _conditions_text(ln) or "no lupus nephritis diagnosis on record",
         ),
         (
             "Active lupus nephritis",
-            "met" if active_ln else "unknown" if ln else "not met",
+            "met" if active_ln else "unknown" if ln else absent(DataCategory.CONDITIONS, "not met"),
             (_conditions_text(active_ln) or "no active lupus nephritis condition on record")
             + (f"; latest UPCR {describe(upcr)}" if upcr else ""),
         ),
         (
             "Background immunosuppression (e.g. MMF, corticosteroids)",
-            "met" if background else "not met",
+            "met" if background else absent(DataCategory.MEDICATIONS, "not met"),
             _names(background) or "none found",
         ),
         (
             "Not with cyclophosphamide",
-            "not met" if cyclophosphamide else "met",
+            "not met" if cyclophosphamide else absent(DataCategory.MEDICATIONS, "met"),
             _names(cyclophosphamide) or "no cyclophosphamide found",
         ),
         (
@@ -89,7 +93,7 @@ def _criteria(facts: PatientFacts, knowledge: Knowledge) -> list[tuple[str, Stat
         ),
         (
             "Not given with live vaccines",
-            "not met" if live or recent_live else "met",
+            "not met" if live or recent_live else absent(DataCategory.IMMUNIZATIONS, "met"),
             _names(live) or ", ".join(i.name for i in recent_live) or "no live vaccine found",
         ),
     ]
