@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -677,7 +677,7 @@ def build_facts(
 
     drafts = []
     for r in draft_orders:
-        if r.get("resourceType") not in DRAFT_TYPES:
+        if not isinstance(r.get("resourceType"), str) or r["resourceType"] not in DRAFT_TYPES:
             continue
         mapper.check(r)
         selected = selections is None or reference_of(r) in selections
@@ -695,11 +695,27 @@ def build_facts(
     anchors = (None, min(course_dates) if course_dates else None)
 
     series = _observation_series(mapper, chart, now)
-    egfr_series = series.get("egfr", []) + _computed_egfr(
-        mapper, series.get("egfr", []), series.get("creatinine", []), birth_date, sex
+    latest_only: tuple[datetime | None, ...] = (None,)
+
+    def measure(result: _Result) -> Measurement | None:
+        return mapper.measurement(result.resource, result.kind, result.code)
+
+    def reading(part: str) -> Callable[[_Result], BloodPressure | None]:
+        def read(result: _Result) -> BloodPressure | None:
+            for bp in mapper.blood_pressures(result.resource, result.kind):
+                if getattr(bp, part) is not None:
+                    return bp
+            return None
+
+        return read
+
+    egfr_series = _pick(series.get("egfr", []), anchors, measure) + _computed_egfr(
+        mapper, series.get("egfr", []), series.get("creatinine", []), anchors, birth_date, sex
     )
-    systolic = [(bp, r) for bp, r in series.get("bp", []) if bp.systolic is not None]
-    diastolic = [(bp, r) for bp, r in series.get("bp", []) if bp.diastolic is not None]
+    bps = series.get("bp", [])
+    blood_pressures = _pick(bps, latest_only, reading("systolic")) + _pick(
+        bps, latest_only, reading("diastolic")
+    )
 
     return PatientFacts(
         now=now,
@@ -710,12 +726,12 @@ def build_facts(
         draft_orders=tuple(drafts),
         medications=tuple(medications),
         egfr=_latest(mapper, egfr_series, anchors),
-        creatinine=_latest(mapper, series.get("creatinine", []), anchors),
+        creatinine=_latest(mapper, _pick(series.get("creatinine", []), anchors, measure), anchors),
         blood_pressures=tuple(
-            sorted(set(_latest(mapper, systolic) + _latest(mapper, diastolic)), key=_by_time)
+            sorted({mapper.checked(r, bp) for bp, r in blood_pressures}, key=_by_time)
         ),
-        potassium=_latest(mapper, series.get("potassium", [])),
-        upcr=_latest(mapper, series.get("upcr", [])),
+        potassium=_latest(mapper, _pick(series.get("potassium", []), latest_only, measure)),
+        upcr=_latest(mapper, _pick(series.get("upcr", []), latest_only, measure)),
         conditions=tuple(
             mapper.checked(r, c)
             for r in _unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
@@ -756,14 +772,25 @@ _OBSERVATION_CATEGORIES = (
 _BP_KINDS = frozenset({"bp-panel", "systolic", "diastolic"})
 
 
+@dataclass(frozen=True)
+class _Result:
+    """An Observation of a kind the rules read, not yet turned into a Measurement."""
+
+    when: datetime
+    kind: str
+    code: str
+    resource: Resource = field(compare=False)
+
+
 def _observation_series(
     mapper: _Mapper, chart: Mapping[DataCategory, Sequence[Resource]], now: datetime
-) -> dict[str, list[Any]]:
-    """Every usable lab result read from raw JSON (not yet validated), with its resource.
+) -> dict[str, list[_Result]]:
+    """Every dated lab result of a kind the rules read, oldest first, keyed by kind.
 
-    Keys: the observation kinds, with all blood-pressure shapes under "bp".
+    Only the code and date are read here: a chart can hold thousands of results and the rules
+    read a handful, so values are read (and checked) only for those (``_pick``).
     """
-    series: dict[str, list[Any]] = {}
+    series: dict[str, list[_Result]] = {}
     seen: dict[str, Any] = {}
     for category in _OBSERVATION_CATEGORIES:
         for resource in chart.get(category, ()):
@@ -776,16 +803,43 @@ def _observation_series(
             if not _first_copy(seen, resource):
                 continue
             when = observation_time(resource)
-            if when is not None and when > now + FUTURE_TOLERANCE:
+            if when is None:
+                mapper.skip(resource, f"{kind} result has no date")
+                continue
+            if when > now + FUTURE_TOLERANCE:
                 mapper.skip(resource, f"{kind} result dated in the future ({when.date()})")
                 continue
-            if kind in _BP_KINDS:
-                series.setdefault("bp", []).extend(
-                    (bp, resource) for bp in mapper.blood_pressures(resource, kind)
-                )
-            elif (measurement := mapper.measurement(resource, kind, code)) is not None:
-                series.setdefault(kind, []).append((measurement, resource))
+            series.setdefault("bp" if kind in _BP_KINDS else kind, []).append(
+                _Result(when, kind, code, resource)
+            )
+    for results in series.values():
+        results.sort(key=lambda r: r.when)
     return series
+
+
+def _pick(
+    results: Sequence[_Result],
+    anchors: Sequence[datetime | None],
+    read: Callable[[_Result], Dated | None],
+) -> list[tuple[Dated, Resource]]:
+    """The newest readable result overall and on or before each anchor's day.
+
+    ``read`` turns a result into the item the rules use, or None when it is unusable (reported
+    by ``read``); the next older result is then taken.
+    """
+    chosen: dict[int, tuple[Dated, Resource]] = {}
+    cache: dict[int, Dated | None] = {}
+    for anchor in anchors:
+        for result in reversed(results):
+            if anchor is not None and result.when.date() > anchor.date():
+                continue
+            if id(result) not in cache:
+                cache[id(result)] = read(result)
+            item = cache[id(result)]
+            if item is not None:
+                chosen[id(result)] = (item, result.resource)
+                break
+    return list(chosen.values())
 
 
 def _latest(
@@ -810,43 +864,43 @@ def _latest(
 
 def _computed_egfr(
     mapper: _Mapper,
-    measured: list[tuple[Measurement, Resource]],
-    creatinine: list[tuple[Measurement, Resource]],
+    measured: Sequence[_Result],
+    creatinine: Sequence[_Result],
+    anchors: Sequence[datetime | None],
     birth_date: date | None,
     sex: str | None,
 ) -> list[tuple[Measurement, Resource]]:
-    """CKD-EPI 2021 eGFR for creatinine results on days with no measured eGFR."""
+    """CKD-EPI 2021 eGFR from the creatinine results the rules would read, on days with no
+    measured eGFR (the measured one wins the day)."""
     if birth_date is None or sex is None:
         return []
-    measured_days = {m.when.date() for m, _ in measured if m.when}
+    measured_days = {r.when.date() for r in measured}
     k = mapper.terminology.knowledge.ckd_epi
-    computed = []
-    for result, resource in creatinine:
-        if result.when is None or result.when.date() in measured_days:
-            continue
+
+    def compute(result: _Result) -> Measurement | None:
+        creatinine_mg_dl = mapper.measurement(result.resource, result.kind, result.code)
+        if creatinine_mg_dl is None:
+            return None
         age = (result.when.date() - birth_date).days / 365.25
         if age < k.minimum_age:
-            continue
-        if result.value <= 0:
-            mapper.skip(resource, "creatinine is not a positive number: no eGFR computed")
-            continue
-        value = ckd_epi_2021(result.value, age, sex == "female", k)
-        computed.append(
-            (
-                Measurement(
-                    value=round(value, 1),
-                    unit="mL/min/1.73m2",
-                    when=result.when,
-                    source=result.source,
-                    code=result.code,
-                    computed=True,
-                    method=f"computed with CKD-EPI 2021 from creatinine {result.value:.2f} mg/dL, "
-                    f"age {int(age)}, {sex}",
-                ),
-                resource,
-            )
+            return None
+        if creatinine_mg_dl.value <= 0:
+            mapper.skip(result.resource, "creatinine is not a positive number: no eGFR computed")
+            return None
+        value = ckd_epi_2021(creatinine_mg_dl.value, age, sex == "female", k)
+        return Measurement(
+            value=round(value, 1),
+            unit="mL/min/1.73m2",
+            when=result.when,
+            source=creatinine_mg_dl.source,
+            code=result.code,
+            computed=True,
+            method=f"computed with CKD-EPI 2021 from creatinine {creatinine_mg_dl.value:.2f} "
+            f"mg/dL, age {int(age)}, {sex}",
         )
-    return computed
+
+    candidates = [r for r in creatinine if r.when.date() not in measured_days]
+    return _pick(candidates, anchors, compute)
 
 
 def _by_time(item: Measurement | BloodPressure) -> datetime:
