@@ -27,6 +27,8 @@ from cds_service.schemas import (
 from cds_service.service import CdsService
 
 log = logging.getLogger("cds_service.calls")
+# Schema instances hold no per-request state: build them once, not on every call (hot path).
+HOOK_REQUEST, FEEDBACK, HOOK_RESPONSE = HookRequestSchema(), FeedbackSchema(), HookResponseOut()
 bp = Blueprint("cds", __name__)
 OPENAPI_PATH = Path(__file__).parent / "openapi.yaml"
 
@@ -94,7 +96,7 @@ def call_log(service_id: str) -> Iterator[dict[str, Any]]:
 def call_service(service_id: str) -> Response:
     with call_log(service_id) as entry:
         service = cds().service(service_id)
-        hook_request = read_json(HookRequestSchema())
+        hook_request = read_json(HOOK_REQUEST)
         entry["hookInstance"] = str(hook_request["hook_instance"])
         outcome = cds().call(service, hook_request)
         entry.update(
@@ -103,13 +105,13 @@ def call_service(service_id: str) -> Response:
             fetched=list(outcome.fetched),
         )
     g.hook_outcome = outcome
-    return jsonify(HookResponseOut().dump(outcome.response()))
+    return jsonify(HOOK_RESPONSE.dump(outcome.response()))
 
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     service = cds().service(service_id)
-    entries = read_json(FeedbackSchema())["feedback"]
+    entries = read_json(FEEDBACK)["feedback"]
     stored = current_app.extensions["cds_feedback"](service.id, entries)
     return jsonify({"received": len(entries), "stored": stored})
 

@@ -172,10 +172,13 @@ class CdsService:
         )
 
 
+CONTEXT_LOADERS = {hook: schema() for hook, schema in CONTEXT_SCHEMAS.items()}
+
+
 def load_context(hook: str, context: dict[str, Any]) -> dict[str, Any]:
     """Validate the hook's context with its schema; a bad field is a 400 naming it."""
     try:
-        loaded: dict[str, Any] = CONTEXT_SCHEMAS[hook]().load(context)
+        loaded: dict[str, Any] = CONTEXT_LOADERS[hook].load(context)
     except ValidationError as exc:
         raise BadRequest(
             f"The context does not fit the '{hook}' hook",

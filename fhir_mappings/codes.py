@@ -25,6 +25,9 @@ UCUM = "http://unitsofmeasure.org"
 LUPUS_NEPHRITIS_TEXT = re.compile(r"\blupus\s+nephritis\b|\bsle\s+glomerulonephritis\b", re.I)
 
 
+MATCH_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class Coding:
     system: str
@@ -76,6 +79,7 @@ class Terminology:
                 self._by_rxcui.setdefault(code, []).append((entry.ingredient, entry.role))
         self._drug_pattern = _word_pattern(self._by_term)
         self._live_pattern = _word_pattern(knowledge.live_vaccine_terms)
+        self._matches: dict[tuple[tuple[Coding, ...], tuple[str, ...]], MedicationMatch] = {}
         self._ndc = {
             parsed: ingredient
             for prefix, ingredient in knowledge.ndc_prefixes.items()
@@ -83,7 +87,18 @@ class Terminology:
         }
 
     def match_medication(self, codings: Iterable[Coding], texts: Iterable[str]) -> MedicationMatch:
-        """Find the ingredients and roles a medication concept carries."""
+        """Find the ingredients and roles a medication concept carries (memoized: order lists
+        repeat the same few hundred products, and matching is a pure function of the concept)."""
+        key = (tuple(codings), tuple(texts))
+        match = self._matches.get(key)
+        if match is None:
+            match = self._match(*key)
+            if len(self._matches) >= MATCH_CACHE_SIZE:
+                self._matches.clear()
+            self._matches[key] = match
+        return match
+
+    def _match(self, codings: tuple[Coding, ...], texts: tuple[str, ...]) -> MedicationMatch:
         pairs: set[tuple[str, str]] = set()
         live_codes: list[str] = []
         known_cvx = False
