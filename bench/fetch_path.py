@@ -52,8 +52,7 @@ def run_query(session: requests.Session, base_url: str, path: str) -> tuple[int,
     url: str | None = f"{base_url}/{path}"
     resources = pages = 0
     while url is not None and pages < MAX_PAGES:
-        response = session.get(url, headers=HEADERS, timeout=QUERY_TIMEOUT_S,
-                               allow_redirects=False)
+        response = session.get(url, headers=HEADERS, timeout=QUERY_TIMEOUT_S, allow_redirects=False)
         response.raise_for_status()
         body = response.json()
         pages += 1
@@ -134,11 +133,18 @@ def record(base_url: str, queries: dict[str, str]) -> dict[str, str]:
             while url is not None and len(recordings) < 1_000:
                 response = session.get(url, headers=HEADERS, timeout=QUERY_TIMEOUT_S)
                 response.raise_for_status()
-                recordings[_replay_key(url[len(base_url):])] = response.text.replace(
-                    base_url, BASE_PLACEHOLDER)
+                recordings[_replay_key(url[len(base_url) :])] = response.text.replace(
+                    base_url, BASE_PLACEHOLDER
+                )
                 body = response.json()
-                url = next((link["url"] for link in body.get("link") or []
-                            if link.get("relation") == "next"), None)
+                url = next(
+                    (
+                        link["url"]
+                        for link in body.get("link") or []
+                        if link.get("relation") == "next"
+                    ),
+                    None,
+                )
     return recordings
 
 
@@ -161,8 +167,9 @@ class ReplayFhirServer:
             for key, text in recordings.items()
         }
         self._server.delay_s = delay_s  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="replay-fhir",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="replay-fhir", daemon=True
+        )
 
     def __enter__(self) -> ReplayFhirServer:
         self._thread.start()
@@ -183,8 +190,11 @@ class _ReplayHandler(BaseHTTPRequestHandler):
         body: bytes | None = self.server.recordings.get(key)  # type: ignore[attr-defined]
         time.sleep(self.server.delay_s)  # type: ignore[attr-defined]
         status = 200 if body is not None else 404
-        payload = body or b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",' \
-                          b'"code":"not-found"}]}'
+        payload = (
+            body
+            or b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+            b'"code":"not-found"}]}'
+        )
         self.send_response(status)
         self.send_header("Content-Type", "application/fhir+json")
         self.send_header("Content-Length", str(len(payload)))

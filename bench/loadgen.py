@@ -141,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the benchmark only drives servers on loopback")
     body = args.body.read_bytes()
     if args.warmup:
-        run_load(args.host, args.port, args.path, body, args.concurrency, args.warmup,
-                 args.max_seconds)
-    result = run_load(args.host, args.port, args.path, body, args.concurrency, args.requests,
-                      args.max_seconds)
+        run_load(
+            args.host, args.port, args.path, body, args.concurrency, args.warmup, args.max_seconds
+        )
+    result = run_load(
+        args.host, args.port, args.path, body, args.concurrency, args.requests, args.max_seconds
+    )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

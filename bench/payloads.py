@@ -113,9 +113,11 @@ def count_prefetched(body: dict[str, Any]) -> dict[str, int]:
     for value in (body.get("prefetch") or {}).values():
         if not isinstance(value, dict):
             continue
-        entries = value.get("entry", []) if value.get("resourceType") == "Bundle" else [
-            {"resource": value}
-        ]
+        entries = (
+            value.get("entry", [])
+            if value.get("resourceType") == "Bundle"
+            else [{"resource": value}]
+        )
         for entry in entries:
             resource = entry["resource"]
             key = (resource["resourceType"], resource.get("id", ""))

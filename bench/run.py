@@ -166,10 +166,21 @@ def load_once(
     count = budget.warmup if warmup else budget.requests
     completed = subprocess.run(
         [
-            sys.executable, "-m", "bench.loadgen",
-            "--port", str(port), "--path", HOOK_PATH, "--body", str(body),
-            "--concurrency", str(concurrency), "--requests", str(count),
-            "--max-seconds", str(budget.max_seconds),
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--port",
+            str(port),
+            "--path",
+            HOOK_PATH,
+            "--body",
+            str(body),
+            "--concurrency",
+            str(concurrency),
+            "--requests",
+            str(count),
+            "--max-seconds",
+            str(budget.max_seconds),
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -192,8 +203,9 @@ def drive(server: Gunicorn, body: Path, concurrency: int, budget: Budget, label:
     result = load_once(server.port, body, concurrency, budget, warmup=False)
     cpu_used = cpu_seconds(pids) - cpu_before
     if result["ok"] != result["requests"]:
-        raise RuntimeError(f"{label}: not every answer was 200: {result['statuses']}\n"
-                           f"{server.log_text(4000)}")
+        raise RuntimeError(
+            f"{label}: not every answer was 200: {result['statuses']}\n{server.log_text(4000)}"
+        )
     return Run(label, result, cpu_used * 1000 / max(result["requests"], 1))
 
 
@@ -221,23 +233,45 @@ def floor_vs_service(
         floor_budget = quick.budget(Budget(2_000 if concurrency == 8 else 1_000, 200, 10))
         service_budget = quick.budget(Budget(600 if concurrency == 8 else 300, 30, 20))
         floor_run = drive(floor, body, concurrency, floor_budget, f"floor c={concurrency}")
-        service_run = drive(service, body, concurrency, service_budget,
-                            f"service c={concurrency}")
+        service_run = drive(service, body, concurrency, service_budget, f"service c={concurrency}")
         runs[concurrency] = (floor_run, service_run)
     rows = []
     for concurrency, (f, s) in runs.items():
-        rows.append([
-            concurrency, f.p50, s.p50, f"{s.p50 / f.p50:.1f}x",
-            verdict(s.p50 / f.p50 <= FLOOR_P50_RATIO_MAX),
-            f.p99, s.p99, f"{s.p99 / f.p99:.1f}x",
-            f.rps, s.rps, f"{s.rps / f.rps:.2f}x",
-            verdict(s.rps / f.rps >= FLOOR_THROUGHPUT_RATIO_MIN),
-            f.cpu_ms_per_request, s.cpu_ms_per_request,
-        ])
+        rows.append(
+            [
+                concurrency,
+                f.p50,
+                s.p50,
+                f"{s.p50 / f.p50:.1f}x",
+                verdict(s.p50 / f.p50 <= FLOOR_P50_RATIO_MAX),
+                f.p99,
+                s.p99,
+                f"{s.p99 / f.p99:.1f}x",
+                f.rps,
+                s.rps,
+                f"{s.rps / f.rps:.2f}x",
+                verdict(s.rps / f.rps >= FLOOR_THROUGHPUT_RATIO_MIN),
+                f.cpu_ms_per_request,
+                s.cpu_ms_per_request,
+            ]
+        )
     report.table(
-        ["conc.", "floor p50 ms", "service p50 ms", "p50 ratio", "target <= 2x",
-         "floor p99 ms", "service p99 ms", "p99 ratio", "floor req/s", "service req/s",
-         "throughput ratio", "target >= 0.5x", "floor CPU ms/req", "service CPU ms/req"],
+        [
+            "conc.",
+            "floor p50 ms",
+            "service p50 ms",
+            "p50 ratio",
+            "target <= 2x",
+            "floor p99 ms",
+            "service p99 ms",
+            "p99 ratio",
+            "floor req/s",
+            "service req/s",
+            "throughput ratio",
+            "target >= 0.5x",
+            "floor CPU ms/req",
+            "service CPU ms/req",
+        ],
         rows,
     )
     return runs
@@ -259,16 +293,35 @@ def cost_growth(
         run = drive(service, path, 1, quick.budget(Budget(200, 3, 15)), f"{n} Observations")
         runs.append(run)
         target = verdict(run.p50 < P50_AT_1000_MAX_MS) if n == 1_000 else ""
-        rows.append([
-            f"{counts.get('Observation', 0):,}", counts.get("MedicationRequest", 0),
-            f"{path.stat().st_size / 1024:,.0f}", run.result["requests"], run.p50, run.p99,
-            run.cpu_ms_per_request, target, floor_run.p50, floor_run.cpu_ms_per_request,
-            run.cpu_ms_per_request - floor_run.cpu_ms_per_request,
-        ])
+        rows.append(
+            [
+                f"{counts.get('Observation', 0):,}",
+                counts.get("MedicationRequest", 0),
+                f"{path.stat().st_size / 1024:,.0f}",
+                run.result["requests"],
+                run.p50,
+                run.p99,
+                run.cpu_ms_per_request,
+                target,
+                floor_run.p50,
+                floor_run.cpu_ms_per_request,
+                run.cpu_ms_per_request - floor_run.cpu_ms_per_request,
+            ]
+        )
     report.table(
-        ["Observations", "MedicationRequests", "body KiB", "requests", "p50 ms", "p99 ms",
-         "CPU ms/req", "target p50 < 50 ms at 1,000", "floor p50 ms", "floor CPU ms/req",
-         "service minus floor, CPU ms/req"],
+        [
+            "Observations",
+            "MedicationRequests",
+            "body KiB",
+            "requests",
+            "p50 ms",
+            "p99 ms",
+            "CPU ms/req",
+            "target p50 < 50 ms at 1,000",
+            "floor p50 ms",
+            "floor CPU ms/req",
+            "service minus floor, CPU ms/req",
+        ],
         rows,
     )
     xs, p50s = [float(n) for n in sizes], [r.p50 for r in runs]
@@ -314,8 +367,9 @@ def fetch_path(
         for patient_id, bundle in charts.items():
             queries = service_queries(patient_id)
             timings, concurrent_ms = time_queries(base_url, queries, repeats)
-            request = order_sign_request(patient_id, bodies.today, fhir_server=base_url,
-                                         token=DUMMY_TOKEN)
+            request = order_sign_request(
+                patient_id, bodies.today, fhir_server=base_url, token=DUMMY_TOKEN
+            )
             path = bodies.write(f"fetch-{_slug(server_label)}-{patient_id}", request)
             run = drive(chosen, path, 1, quick.budget(Budget(30, 3, 20)), f"fetch {patient_id}")
             if patient_id not in prefetched_p50:
@@ -332,41 +386,76 @@ def fetch_path(
             total = sum(t.p50_ms for t in timings)
             fetching = run.p50 - local
             if server_label == SEKMET:
-                report.add(f"Chart `{patient_id}` ({len(chart_resources(bundle))} resources) on "
-                           f"sekmet-fhir; each query alone, median of {repeats}:", "")
+                report.add(
+                    f"Chart `{patient_id}` ({len(chart_resources(bundle))} resources) on "
+                    f"sekmet-fhir; each query alone, median of {repeats}:",
+                    "",
+                )
                 report.table(
                     ["prefetch key", "query", "resources", "pages", "p50 ms"],
-                    [[t.key, f"`{_short(t.path)}`", t.resources, t.pages, t.p50_ms]
-                     for t in timings],
+                    [
+                        [t.key, f"`{_short(t.path)}`", t.resources, t.pages, t.p50_ms]
+                        for t in timings
+                    ],
                 )
                 for t in timings:
                     if t.pages > 1:
-                        report.add(f"`{t.key}` takes {t.pages} sequential pages: its query has "
-                                   "no `_count`, so the server's default page size (20) "
-                                   "applies.", "")
-            summary_rows.append([
-                server_label, f"`{patient_id}`", run.p50, slowest.p50_ms,
-                f"{run.p50 / slowest.p50_ms:.2f}x",
-                verdict(run.p50 / slowest.p50_ms <= FETCH_RATIO_MAX), total,
-                f"{run.p50 / total:.2f}x", concurrent_ms, local, fetching,
-                f"{fetching / slowest.p50_ms:.2f}x", f"{fetching / concurrent_ms:.2f}x",
-            ])
+                        report.add(
+                            f"`{t.key}` takes {t.pages} sequential pages: its query has "
+                            "no `_count`, so the server's default page size (20) "
+                            "applies.",
+                            "",
+                        )
+            summary_rows.append(
+                [
+                    server_label,
+                    f"`{patient_id}`",
+                    run.p50,
+                    slowest.p50_ms,
+                    f"{run.p50 / slowest.p50_ms:.2f}x",
+                    verdict(run.p50 / slowest.p50_ms <= FETCH_RATIO_MAX),
+                    total,
+                    f"{run.p50 / total:.2f}x",
+                    concurrent_ms,
+                    local,
+                    fetching,
+                    f"{fetching / slowest.p50_ms:.2f}x",
+                    f"{fetching / concurrent_ms:.2f}x",
+                ]
+            )
     calls = hook_calls_from_log(chosen.log_text(limit=5_000_000))
     fetch_calls = [c for c in calls if c.get("fetched")]
     gaps = [c for c in fetch_calls if c.get("unavailable")]
-    report.add("Hook call with no prefetch (the service makes all 10 queries itself), "
-               f"concurrency 1. `{REPLAY}` answers the same recorded responses after "
-               f"{REPLAY_DELAY_S * 1000:.0f} ms each, many at once, like a remote FHIR server; "
-               "sekmet-fhir is one local Python process.", "")
+    report.add(
+        "Hook call with no prefetch (the service makes all 10 queries itself), "
+        f"concurrency 1. `{REPLAY}` answers the same recorded responses after "
+        f"{REPLAY_DELAY_S * 1000:.0f} ms each, many at once, like a remote FHIR server; "
+        "sekmet-fhir is one local Python process.",
+        "",
+    )
     report.table(
-        ["FHIR server", "chart", "hook p50 ms", "slowest query ms", "hook / slowest",
-         "target <= 1.3x", "sum of queries ms", "hook / sum", "all 10 at once, bare client ms",
-         "same chart prefetched, hook p50 ms", "fetching part ms (difference)",
-         "fetching / slowest", "fetching / bare concurrent"],
+        [
+            "FHIR server",
+            "chart",
+            "hook p50 ms",
+            "slowest query ms",
+            "hook / slowest",
+            "target <= 1.3x",
+            "sum of queries ms",
+            "hook / sum",
+            "all 10 at once, bare client ms",
+            "same chart prefetched, hook p50 ms",
+            "fetching part ms (difference)",
+            "fetching / slowest",
+            "fetching / bare concurrent",
+        ],
         summary_rows,
     )
-    report.add(f"Service log: {len(fetch_calls)} fetching calls, {len(gaps)} with any category "
-               "unavailable (must be 0).", "")
+    report.add(
+        f"Service log: {len(fetch_calls)} fetching calls, {len(gaps)} with any category "
+        "unavailable (must be 0).",
+        "",
+    )
     if gaps:
         raise RuntimeError(f"fetch path calls lost data: {gaps[:2]}")
 
@@ -398,14 +487,29 @@ def worker_models(
             prefetch_c1 = drive(server, typical, 1, quick.budget(Budget(300, 30, 20)), "sync c=1")
             prefetch_c8 = drive(server, typical, 8, quick.budget(Budget(600, 30, 20)), "sync c=8")
         fetch_c8 = drive(server, fetch_body, 8, quick.budget(Budget(300, 16, 15)), "fetch c=8")
-        rows.append([
-            f"`{settings.label()}`", prefetch_c1.p50, prefetch_c8.p50, prefetch_c8.p99,
-            prefetch_c8.rps, fetch_c8.p50, fetch_c8.p99, fetch_c8.rps,
-        ])
+        rows.append(
+            [
+                f"`{settings.label()}`",
+                prefetch_c1.p50,
+                prefetch_c8.p50,
+                prefetch_c8.p99,
+                prefetch_c8.rps,
+                fetch_c8.p50,
+                fetch_c8.p99,
+                fetch_c8.rps,
+            ]
+        )
     report.table(
-        ["gunicorn", "prefetch c=1 p50 ms", "prefetch c=8 p50 ms", "prefetch c=8 p99 ms",
-         "prefetch c=8 req/s", f"fetch ({REPLAY}) c=8 p50 ms", "fetch c=8 p99 ms",
-         "fetch c=8 req/s"],
+        [
+            "gunicorn",
+            "prefetch c=1 p50 ms",
+            "prefetch c=8 p50 ms",
+            "prefetch c=8 p99 ms",
+            "prefetch c=8 req/s",
+            f"fetch ({REPLAY}) c=8 p50 ms",
+            "fetch c=8 p99 ms",
+            "fetch c=8 req/s",
+        ],
         rows,
     )
 
@@ -418,10 +522,12 @@ def memory(report: Report, bodies: Bodies, quick: Quick) -> None:
     with Gunicorn(SERVICE_APP, CHOSEN) as server:
         pids = server.worker_pids()
         snapshots: list[tuple[str, list[dict[str, int]]]] = [
-            ("after start", [memory_kib(p) for p in pids])]
+            ("after start", [memory_kib(p) for p in pids])
+        ]
         warmup = drive(server, body, 8, quick.budget(Budget(200, 0, 60)), "memory warm-up")
-        snapshots.append((f"after {warmup.result['requests']} warm-up",
-                          [memory_kib(p) for p in pids]))
+        snapshots.append(
+            (f"after {warmup.result['requests']} warm-up", [memory_kib(p) for p in pids])
+        )
         done, started = 0, time.monotonic()
         rates = []
         while done < total:
@@ -440,13 +546,19 @@ def memory(report: Report, bodies: Bodies, quick: Quick) -> None:
         rows.append([label, *rss, sum(rss)])
     peaks = [m["VmHWM"] / MIB for m in snapshots[-1][1]]
     rows.append(["peak (VmHWM)", *peaks, sum(peaks)])
-    report.add(f"{done:,} order-sign calls (the typical body above) at concurrency 8 in "
-               f"{elapsed:.0f} s ({done / elapsed:.0f} req/s), `{CHOSEN.label()}`; worker RSS, "
-               "MiB:", "")
+    report.add(
+        f"{done:,} order-sign calls (the typical body above) at concurrency 8 in "
+        f"{elapsed:.0f} s ({done / elapsed:.0f} req/s), `{CHOSEN.label()}`; worker RSS, "
+        "MiB:",
+        "",
+    )
     report.table(["when", *[f"worker {n + 1}" for n in range(len(pids))], "total"], rows)
+
     def growth(start: int) -> list[float]:
-        return [(b["VmRSS"] - a["VmRSS"]) / MIB
-                for a, b in zip(snapshots[start][1], snapshots[-1][1], strict=True)]
+        return [
+            (b["VmRSS"] - a["VmRSS"]) / MIB
+            for a, b in zip(snapshots[start][1], snapshots[-1][1], strict=True)
+        ]
 
     def mib(values: list[float]) -> str:
         return ", ".join(f"{g:+.1f} MiB" for g in values)
@@ -475,10 +587,16 @@ def machine_info() -> list[tuple[str, str]]:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal"):
             mem_kib = int(line.split()[1])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
     return [
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("CPU", f"{cpu}, {os.cpu_count()} cores"),
@@ -507,12 +625,16 @@ def run_all(quick: Quick = Quick(), results_path: Path | None = RESULTS_PATH) ->
     """Run every section; write RESULTS.md unless ``results_path`` is None."""
     started = time.monotonic()
     report = Report()
-    report.add("# Benchmark results", "",
-               "Produced by `.venv/bin/python -m bench` (see bench/README.md). "
-               "Latencies are client-side, over keep-alive loopback connections, from a separate "
-               "load-generator process; CPU ms/req is the gunicorn workers' user+system time "
-               "divided by the requests (less sensitive than latency to other load on the "
-               "machine).", "")
+    report.add(
+        "# Benchmark results",
+        "",
+        "Produced by `.venv/bin/python -m bench` (see bench/README.md). "
+        "Latencies are client-side, over keep-alive loopback connections, from a separate "
+        "load-generator process; CPU ms/req is the gunicorn workers' user+system time "
+        "divided by the requests (less sensitive than latency to other load on the "
+        "machine).",
+        "",
+    )
     report.table(["machine", ""], machine_info())
     with tempfile.TemporaryDirectory(prefix="cds-bench-bodies-") as tmp:
         bodies = Bodies(Path(tmp), date.today())
@@ -531,24 +653,37 @@ def run_all(quick: Quick = Quick(), results_path: Path | None = RESULTS_PATH) ->
                 servers(f"{fhir.base_url},{replay.base_url}") as (floor, services),
             ):
                 chosen = services[CHOSEN.label()]
-                report.add(f"## Service vs floor (`gunicorn {CHOSEN.label()}`)", "",
-                           f"Body: order-sign with the LUPKYNIS draft, prefetch of "
-                           f"{TYPICAL_OBSERVATIONS} Observations + 100 MedicationRequests "
-                           f"({typical.stat().st_size / 1024:,.0f} KiB). The floor is the same "
-                           "gunicorn + Flask stack parsing the same JSON and answering "
-                           '`{"cards": []}`.', "")
+                report.add(
+                    f"## Service vs floor (`gunicorn {CHOSEN.label()}`)",
+                    "",
+                    f"Body: order-sign with the LUPKYNIS draft, prefetch of "
+                    f"{TYPICAL_OBSERVATIONS} Observations + 100 MedicationRequests "
+                    f"({typical.stat().st_size / 1024:,.0f} KiB). The floor is the same "
+                    "gunicorn + Flask stack parsing the same JSON and answering "
+                    '`{"cards": []}`.',
+                    "",
+                )
                 chosen_runs = floor_vs_service(report, floor, chosen, typical, quick)
                 report.add("## Cost growth with the prefetch (concurrency 1)", "")
                 cost_growth(report, floor, chosen, bodies, quick)
                 report.add("## Fetch path (no prefetch)", "")
-                fetch_path(report, {SEKMET: fhir.base_url, REPLAY: replay.base_url}, charts,
-                           services, bodies, quick)
+                fetch_path(
+                    report,
+                    {SEKMET: fhir.base_url, REPLAY: replay.base_url},
+                    charts,
+                    services,
+                    bodies,
+                    quick,
+                )
                 report.add("## Worker settings", "")
                 worker_models(report, services, bodies, typical, chosen_runs, quick)
         report.add("## Memory", "")
         memory(report, bodies, quick)
-    report.add(f"Load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-               f"whole run {time.monotonic() - started:.0f} s.", "")
+    report.add(
+        f"Load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"whole run {time.monotonic() - started:.0f} s.",
+        "",
+    )
     if results_path is not None:
         results_path.write_text("\n".join(report.lines), encoding="utf-8")
         print(f"(written to {results_path.relative_to(REPO_ROOT)})")
@@ -557,10 +692,10 @@ def run_all(quick: Quick = Quick(), results_path: Path | None = RESULTS_PATH) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny counts (a smoke run); RESULTS.md is not written")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny counts (a smoke run); RESULTS.md is not written"
+    )
     args = parser.parse_args(argv)
     quick = Quick(args.quick)
     run_all(quick, None if quick.enabled else RESULTS_PATH)
     return 0
-

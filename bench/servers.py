@@ -92,24 +92,30 @@ class Gunicorn:
         self._tmp = tempfile.TemporaryDirectory(prefix="cds-bench-")
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN"))}
-        env.update({
-            "CDS_DATABASE_URL": f"sqlite:///{Path(self._tmp.name) / 'audit.sqlite3'}",
-            "CDS_AUDIT_HASH_KEY": "bench-hash-key",
-            "PYTHONPATH": str(REPO_ROOT),
-        })
+        env.update(
+            {
+                "CDS_DATABASE_URL": f"sqlite:///{Path(self._tmp.name) / 'audit.sqlite3'}",
+                "CDS_AUDIT_HASH_KEY": "bench-hash-key",
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+        )
         env.update(self.extra_env)
         log = self.log_path.open("wb")
         self._log = log
         self._proc = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "gunicorn"),
-                "--bind", f"127.0.0.1:{self.port}",
+                "--bind",
+                f"127.0.0.1:{self.port}",
                 *self.settings.argv(),
-                "--chdir", str(REPO_ROOT),
-                "--graceful-timeout", "5",
+                "--chdir",
+                str(REPO_ROOT),
+                "--graceful-timeout",
+                "5",
                 # Three masters run at once: no shared control socket in ~/.gunicorn.
                 "--no-control-socket",
-                "--config", str(self.config),
+                "--config",
+                str(self.config),
                 self.app_spec,
             ],
             cwd=REPO_ROOT,
