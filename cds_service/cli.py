@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service import close_app, create_app
+from cds_service.fhir_client import next_link
 from cds_service.spec_check import CHECKERS, Violation, detect_kind
 
 EXIT_OK = 0
@@ -417,7 +418,7 @@ class FhirReader:
     def _all_pages(self, key: str, first: dict[str, Any]) -> tuple[dict[str, Any], int]:
         entries = list(first.get("entry") or [])
         bundle, pages = first, 1
-        while (url := _next_link(bundle)) is not None and pages < MAX_PAGES:
+        while (url := next_link(bundle)) is not None and pages < MAX_PAGES:
             response = self._get(url, f"prefetch {key} page {pages + 1}")
             body = _json_or_none(response)
             if not response.ok or not isinstance(body, dict):
@@ -427,19 +428,12 @@ class FhirReader:
         merged: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         if "total" in first:
             merged["total"] = first["total"]
-        last_next = _next_link(bundle)
+        last_next = next_link(bundle)
         if last_next is not None:  # page cap hit: let the service follow the rest
             merged["link"] = [{"relation": "next", "url": last_next}]
         if entries:
             merged["entry"] = entries
         return merged, pages
-
-
-def _next_link(bundle: Mapping[str, Any]) -> str | None:
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
-            return str(link["url"])
-    return None
 
 
 def _operation_outcome(body: Any, response: requests.Response) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from fhir_mappings.facts import (
     Medication,
     PatientFacts,
     Unreadable,
+    course_start,
 )
 
 Resource = dict[str, Any]
@@ -401,6 +402,7 @@ class _Mapper:
             number_of_repeats=repeats if isinstance(repeats, int) else None,
             resource=resource if draft else None,
             identified=bool(concept_codings or texts),
+            renews_prior=bool(resource.get("priorPrescription")),
         )
 
     def _medication_concept(
@@ -687,12 +689,7 @@ def build_facts(
         for r in _unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
         if (m := mapper.medication(r, medications_by_ref)).roles
     ]
-    course_dates = [
-        m.authored_on
-        for m in medications
-        if m.is_voclosporin and m.authored_on and m.status in COURSE_STATUSES
-    ]
-    anchors = (None, min(course_dates) if course_dates else None)
+    anchors = (None, course_start(medications))
 
     series = _observation_series(mapper, chart, now)
     latest_only: tuple[datetime | None, ...] = (None,)
@@ -756,8 +753,6 @@ def build_facts(
 # Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
 # read leniently; it has no R4 model, so it is also reported).
 DRAFT_TYPES = frozenset({"MedicationRequest", "Immunization", "MedicationOrder"})
-# Orders that belong to a voclosporin course (knowledge: earliest authoredOn of the course).
-COURSE_STATUSES = frozenset({"active", "on-hold", "completed", "stopped"})
 # A result dated beyond this is a data error, not "the latest" result.
 FUTURE_TOLERANCE = timedelta(days=1)
 

@@ -6,6 +6,7 @@ data could not be obtained at all is listed in ``PatientFacts.unavailable``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -88,6 +89,7 @@ class Medication:
     number_of_repeats: int | None = None
     resource: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     identified: bool = True  # False: no code, no name: the drug could not be told
+    renews_prior: bool = False  # the order names a priorPrescription (a renewal)
 
     @property
     def is_voclosporin(self) -> bool:
@@ -208,7 +210,7 @@ class PatientFacts:
         """A voclosporin order while a course is already running (or the order says it renews)."""
         return self.ordering_voclosporin and (
             any(m.is_voclosporin for m in self.active_medications)
-            or any(_has_prior_prescription(m) for m in self.draft_voclosporin)
+            or any(m.renews_prior for m in self.draft_voclosporin)
         )
 
     @property
@@ -222,9 +224,7 @@ class PatientFacts:
 
     @property
     def course_start(self) -> datetime | None:
-        """Start of the running voclosporin course: the earliest authoredOn of its orders."""
-        dates = [m.authored_on for m in self.medications if m.is_voclosporin and m.authored_on]
-        return min(dates) if dates else None
+        return course_start(self.medications)
 
     def partners(self, role: str) -> tuple[Medication, ...]:
         """Orders with ``role`` that would be taken together with voclosporin.
@@ -242,8 +242,16 @@ class PatientFacts:
 
 
 ACTIVE_STATUSES = frozenset({"active", "on-hold"})
+# Orders that belong to a voclosporin course (not drafts, cancelled or entered-in-error ones).
+COURSE_STATUSES = frozenset({"active", "on-hold", "completed", "stopped"})
 
 
-def _has_prior_prescription(medication: Medication) -> bool:
-    resource = medication.resource or {}
-    return bool(resource.get("priorPrescription"))
+def course_start(medications: Iterable[Medication]) -> datetime | None:
+    """Start of the voclosporin course: the earliest authoredOn of its orders (team decision,
+    knowledge sheet: "pre-treatment baseline")."""
+    dates = [
+        m.authored_on
+        for m in medications
+        if m.is_voclosporin and m.authored_on and m.status in COURSE_STATUSES
+    ]
+    return min(dates) if dates else None

@@ -497,3 +497,14 @@ def test_prior_authorization_unknown_when_data_unavailable(knowledge, category, 
     f = facts(conditions=(), unavailable=frozenset({category}))
     card = finding(f, knowledge, "prior-authorization")
     assert f"| {criterion} | **unknown**" in card.detail
+
+
+def test_prior_prescription_makes_a_renewal_and_old_orders_set_the_course_start(knowledge):
+    """A draft naming its priorPrescription is a renewal; a completed order starts the course."""
+    old = voclosporin(draft=False, status="completed", authored_days_ago=200)
+    current = voclosporin(draft=False, authored_days_ago=60, ref="MedicationRequest/v-now")
+    f = facts(medications=(mmf(), old, current), egfr=(egfr(90, 205), egfr(80, 65), egfr(52, 3)))
+    # Baseline is the eGFR before the first order (90), not before the current one (80).
+    assert fired(f, knowledge)["egfr-decline"] == "critical"
+    renewal_only = replace(voclosporin(), renews_prior=True)
+    assert facts(draft_orders=(renewal_only,)).is_renewal
