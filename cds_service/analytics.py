@@ -29,16 +29,18 @@ Access (checked before every analytics request, including the page):
 
 from __future__ import annotations
 
+import functools
 import hmac
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
+from cds_service.errors import BadRequest, Forbidden, StorageUnavailableError, Unauthorized
 from cds_service.storage.extension import get_storage
-from cds_service.storage.records import StorageUnavailableError
 from cds_service.storage.store import BUCKETS, TOP_REASONS, Bucket, days_ago, start_of_day
 
 analytics_bp = Blueprint("analytics", __name__, template_folder="templates")
@@ -49,36 +51,24 @@ MAX_DAY_BUCKETS = 120  # beyond this the page charts weeks, or the bars get too 
 PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:"
 
 
-class AnalyticsError(Exception):
-    """A request the analytics endpoints refuse, with its HTTP status."""
-
-    def __init__(
-        self, status: int, title: str, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
-        self.headers = headers or {}
+def _now() -> datetime:
+    """The app's clock (``CDS_CLOCK``), so windows agree with the hook path's time."""
+    now: datetime = current_app.config["CDS_CLOCK"]()
+    return now
 
 
-@analytics_bp.errorhandler(AnalyticsError)
-def _analytics_error(error: AnalyticsError) -> tuple[Response, int, dict[str, str]]:
-    """Answer with the service's uniform JSON error body."""
-    body = {"error": {"status": error.status, "title": error.title, "detail": error.detail}}
-    return jsonify(body), error.status, error.headers
+def _storage_unavailable_named(view: Callable[[], Response]) -> Callable[[], Response]:
+    """Log the database reason; the client gets a 503 titled for analytics (no address)."""
 
+    @functools.wraps(view)
+    def wrapped() -> Response:
+        try:
+            return view()
+        except StorageUnavailableError as exc:
+            current_app.logger.error("analytics: %s", exc)
+            raise StorageUnavailableError(exc.reason, title="Analytics unavailable") from None
 
-@analytics_bp.errorhandler(StorageUnavailableError)
-def _storage_unavailable(error: StorageUnavailableError) -> tuple[Response, int, dict[str, str]]:
-    """Say the database is down (503) without leaking its address."""
-    current_app.logger.error("analytics: %s", error)
-    return _analytics_error(
-        AnalyticsError(
-            503,
-            "Analytics unavailable",
-            "The audit database cannot be reached; try again later.",
-            {"Retry-After": "30"},
-        )
-    )
+    return wrapped
 
 
 # -- access ------------------------------------------------------------------------------
@@ -105,26 +95,23 @@ def _require_access() -> None:
         if presented is None or not hmac.compare_digest(
             presented.encode("utf-8"), str(token).encode("utf-8")
         ):
-            raise AnalyticsError(
-                401,
-                "Unauthorized",
+            raise Unauthorized(
                 "Analytics needs the analytics token (Bearer, or as the HTTP Basic password).",
-                {"WWW-Authenticate": 'Basic realm="analytics", charset="UTF-8"'},
+                headers={"WWW-Authenticate": 'Basic realm="analytics", charset="UTF-8"'},
             )
         return
     if current_app.config.get("CDS_JWT_ISSUERS") is not None:
-        raise AnalyticsError(
-            403,
-            "Analytics disabled",
+        raise Forbidden(
             "This service authenticates CDS clients (CDS_JWT_ISSUERS is set), so analytics "
             "stays closed until CDS_ANALYTICS_TOKEN is set.",
+            title="Analytics disabled",
         )
 
 
 # -- query parameters --------------------------------------------------------------------
 
 
-def parse_since(raw: str) -> datetime:
+def parse_since(raw: str, now: datetime | None = None) -> datetime:
     """Parse ``since``: an ISO date (midnight UTC) or date-time (naive means UTC)."""
     text = raw.strip()
     candidates = [text]
@@ -143,12 +130,11 @@ def parse_since(raw: str) -> datetime:
         except (ValueError, OverflowError):
             continue
         # Nothing is older than the window the page can draw; a far past "since" means all of it.
-        return max(parsed, days_ago(MAX_DAYS))
-    raise AnalyticsError(
-        400,
-        "Invalid since",
+        return max(parsed, days_ago(MAX_DAYS, now))
+    raise BadRequest(
         f"since must be an ISO 8601 date (2026-01-31) or date-time (2026-01-31T08:00:00Z), "
         f"got {raw!r}.",
+        title="Invalid since",
     )
 
 
@@ -156,18 +142,17 @@ def window_from_query(default_days: int | None) -> datetime | None:
     """Return the window start from ``since`` or ``days`` (None: all time)."""
     since, days = request.args.get("since"), request.args.get("days")
     if since and days:
-        raise AnalyticsError(400, "Invalid window", "Give since or days, not both.")
+        raise BadRequest("Give since or days, not both.", title="Invalid window")
     if since:
-        return parse_since(since)
+        return parse_since(since, _now())
     if days:
         if not days.isdigit() or not 1 <= int(days) <= MAX_DAYS:
-            raise AnalyticsError(
-                400,
-                "Invalid days",
+            raise BadRequest(
                 f"days must be a whole number from 1 to {MAX_DAYS}, got {days!r}.",
+                title="Invalid days",
             )
-        return days_ago(int(days))
-    return None if default_days is None else days_ago(default_days)
+        return days_ago(int(days), _now())
+    return None if default_days is None else days_ago(default_days, _now())
 
 
 def _bucket_from_query() -> Bucket:
@@ -176,19 +161,21 @@ def _bucket_from_query() -> Bucket:
     for bucket in BUCKETS:
         if raw == bucket:
             return bucket
-    raise AnalyticsError(400, "Invalid bucket", f"bucket must be one of {BUCKETS}, got {raw!r}.")
+    raise BadRequest(f"bucket must be one of {BUCKETS}, got {raw!r}.", title="Invalid bucket")
 
 
 # -- JSON --------------------------------------------------------------------------------
 
 
 @analytics_bp.get("/analytics/rules")
+@_storage_unavailable_named
 def rules_json() -> Response:
     """Per-rule fire and override counts as JSON."""
     return jsonify(get_storage().rule_analytics(window_from_query(None)))
 
 
 @analytics_bp.get("/analytics/timeseries")
+@_storage_unavailable_named
 def timeseries_json() -> Response:
     """Per-rule fires and override rate per day or week as JSON."""
     return jsonify(get_storage().timeseries(window_from_query(None), _bucket_from_query()))
@@ -333,12 +320,13 @@ def percent(value: float | None) -> str:
 
 
 @analytics_bp.get("/analytics")
+@_storage_unavailable_named
 def dashboard() -> Response:
     """Render the analytics page from the same numbers as /analytics/rules."""
     storage = get_storage()
     since = window_from_query(DEFAULT_PAGE_DAYS)
     analytics = storage.rule_analytics(since)
-    today = datetime.now(UTC).date()
+    today = _now().astimezone(UTC).date()
     first_day = since.date() if since is not None else None
     if first_day is None:
         first_issued = storage.timeseries(None)["first_issued_at"]

@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 
 from cds_service.errors import BadRequest, CdsError, UnsupportedMediaType
+from cds_service.recording import RECORDER_EXTENSION, Recorder
 from cds_service.schemas import (
     DiscoveryOut,
     FeedbackSchema,
@@ -36,6 +37,11 @@ OPENAPI_PATH = Path(__file__).parent / "openapi.yaml"
 def cds() -> CdsService:
     service: CdsService = current_app.extensions["cds_service"]
     return service
+
+
+def recorder() -> Recorder:
+    recording: Recorder = current_app.extensions[RECORDER_EXTENSION]
+    return recording
 
 
 def read_json(schema: Schema) -> dict[str, Any]:
@@ -104,7 +110,7 @@ def call_service(service_id: str) -> Response:
             unavailable=list(outcome.unavailable),
             fetched=list(outcome.fetched),
         )
-    g.hook_outcome = outcome
+    recorder().record_call(outcome)
     return jsonify(HOOK_RESPONSE.dump(outcome.response()))
 
 
@@ -112,7 +118,7 @@ def call_service(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     service = cds().service(service_id)
     entries = read_json(FEEDBACK)["feedback"]
-    stored = current_app.extensions["cds_feedback"](service.id, entries)
+    stored = recorder().store_feedback(service.id, entries)
     return jsonify({"received": len(entries), "stored": stored})
 
 

@@ -1,13 +1,12 @@
 """Verify the JWT a CDS client sends with every call (CDS Hooks 2.0, "Trusting CDS Clients").
 
 Flask-agnostic: the app passes the bearer token and the public URL of the endpoint being called,
-and gets back the verified claims or one of these errors (each carries the HTTP status to answer):
+and gets back the verified claims or one of these errors of ``cds_service.errors``:
 
-    Exception
-     ├── AuthenticationError          401  token not acceptable; ``reason`` is for logs only
-     └── AuthUnavailable              503  cannot decide now, so the token is never let through
-          ├── ReplayCacheUnavailable  503  the shared replay cache (Redis) cannot be reached
-          └── KeySetUnavailable       503  the issuer's JWK Set cannot be fetched or read
+    AuthenticationError          401  token not acceptable; ``reason`` is for logs only
+    AuthUnavailable              503  cannot decide now, so the token is never let through
+     ├── ReplayCacheUnavailable  503  the shared replay cache (Redis) cannot be reached
+     └── KeySetUnavailable       503  the issuer's JWK Set cannot be fetched or read
 
 Checks follow the spec (#trusting-cds-clients, #jwt-signing-algorithm) and cds-hooks.org
 best practices: asymmetric ``alg`` only, ``kid`` required, ``iss`` on an allowlist before any key
@@ -28,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import jwt
@@ -36,6 +35,13 @@ import redis
 import requests
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from cds_service.errors import (
+    AuthenticationError,
+    AuthUnavailable,
+    KeySetUnavailable,
+    ReplayCacheUnavailable,
+)
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -68,40 +74,6 @@ MAX_KID_LENGTH = 256
 MAX_JWKS_BYTES = 1_048_576
 # (connect, read) seconds: a slow EHR key endpoint must not stall a hook call.
 JWKS_TIMEOUT: tuple[float, float] = (2.0, 3.0)
-
-
-class AuthenticationError(Exception):
-    """The token is not acceptable; answer a bare 401 and log ``reason`` only."""
-
-    http_status: ClassVar[int] = 401
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        iss: str | None = None,
-        kid: str | None = None,
-        jti: str | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.iss = iss
-        self.kid = kid
-        self.jti = jti
-
-
-class AuthUnavailable(Exception):
-    """A dependency of the check is down; answer 503 rather than let an unchecked token through."""
-
-    http_status: ClassVar[int] = 503
-
-
-class ReplayCacheUnavailable(AuthUnavailable):
-    """The shared replay cache cannot be reached, so a replayed token could not be detected."""
-
-
-class KeySetUnavailable(AuthUnavailable):
-    """The issuer's JWK Set cannot be fetched or read, so no signature can be checked."""
 
 
 # --------------------------------------------------------------------------- configuration

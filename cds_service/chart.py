@@ -20,16 +20,15 @@ from typing import Any
 
 import requests
 
-from cds_service.errors import PreconditionFailed
-from cds_service.fhir_access import FhirServerNotAllowed, FhirServerPolicy
+from cds_service.errors import FhirFetchError, FhirServerNotAllowed, PreconditionFailed
 from cds_service.fhir_client import (
     FhirClient,
-    FhirFetchError,
     bundle_error,
     next_link,
     operation_outcome_text,
     run_concurrently,
 )
+from cds_service.fhir_policy import FhirServerPolicy
 from cds_service.schemas import FHIR_ID
 from fhir_mappings.extract import bundle_resources, reference_of
 from fhir_mappings.facts import DataCategory as D

@@ -43,7 +43,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds_service import close_app, create_app
+from cds_service.app import close_app, create_app
+from cds_service.errors import CliError
 from cds_service.fhir_client import next_link
 from cds_service.spec_check import CHECKERS, Violation, detect_kind
 
@@ -70,14 +71,6 @@ DEFAULT_TIMEOUT_S = 30.0
 SLOW_AFTER_S = 1.0
 MAX_PAGES = 20
 JWT_LIFETIME_S = 300  # spec #trusting-cds-clients: short-lived; Inferno and the sandbox use 5 min
-
-
-class CliError(Exception):
-    """A failure the user can act on: the message says what happened and what to try."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_UNREACHABLE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # ------------------------------------------------------------------------------------ output

@@ -1,44 +1,88 @@
-"""The service's error tree and its single JSON error handler.
+"""The service's one error tree. Flask-free: ``cds_service.app`` turns it into HTTP, once.
 
-    CdsError (500)                      every error we raise on purpose
-    ├── BadRequest (400)                malformed JSON or a field that breaks the spec; names it
-    ├── Unauthorized (401)              missing or invalid client JWT (no detail, per best practice)
-    ├── NotFound (404)                  unknown service id or unknown card uuid
-    ├── PreconditionFailed (412)        prefetch missing and the FHIR server cannot be used
-    ├── UnsupportedMediaType (415)      body is not application/json
-    └── ServiceUnavailable (503)        a dependency the answer needs is down (e.g. replay cache)
+Every error the service raises on purpose derives from ``CdsError`` and carries its HTTP status
+and title, so one handler writes every JSON error body and no module translates by hand::
 
-werkzeug's own HTTP errors (405, 413 ...) get the same JSON body. Anything else is a bug: it is
-logged with its traceback and answered with a 500 whose body says nothing about the internals.
-Body: ``{"error": {"status": 400, "title": "Bad Request", "detail": "...", "fields": {...}}}``.
+    CdsError (500)                          every error we raise on purpose
+    ├── BadRequest (400)                    malformed JSON or a field that breaks the spec; names it
+    ├── Unauthorized (401)                  no or bad credentials (client JWT, analytics token)
+    │   └── AuthenticationError             the client JWT is refused; ``reason`` is for logs only
+    ├── Forbidden (403)                     a resource this deployment keeps closed (analytics)
+    ├── NotFound (404)                      unknown service id
+    │   └── UnknownCardError                feedback names a card this service never issued
+    ├── PreconditionFailed (412)            prefetch missing and the FHIR server cannot be used
+    ├── UnsupportedMediaType (415)          body is not application/json
+    ├── ServiceUnavailable (503)            a dependency the answer needs is down
+    │   ├── StorageUnavailableError         the audit/feedback database cannot be used now
+    │   └── AuthUnavailable                 client JWTs cannot be checked now (never let through)
+    │       ├── ReplayCacheUnavailable      the shared replay cache (Redis) cannot be reached
+    │       └── KeySetUnavailable           the issuer's JWK Set cannot be fetched or read
+    ├── FhirError (502)                     the EHR's FHIR server, as this call meets it
+    │   ├── FhirServerNotAllowed            the fhirServer URL breaks the SSRF policy
+    │   └── FhirFetchError                  a read or search failed; the message is card-safe
+    └── CliError                            a ``voclosporin-cds`` command failed; carries its
+                                            process exit code (see ``cds_service.cli``)
+
+``FhirError`` never reaches a client as such: a refused or failed FHIR server leaves data
+unavailable (named on the data-unavailable card) or, for required data, a ``PreconditionFailed``.
+The knowledge-data error that stops start-up (``fhir_mappings.knowledge.KnowledgeError``) stays
+outside this tree: it belongs to the data, not to a request.
+
+JSON body: ``{"error": {"status": 400, "title": "Bad Request", "detail": "...", "fields": {...}}}``;
+``detail`` is left out when empty (a refused JWT gets a bare 401, by best practice).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 
 class CdsError(Exception):
-    status = 500
-    title = "Internal Server Error"
+    """Root of every error the service raises on purpose; carries its HTTP status and title."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal Server Error"
+    # Headers every error of the class is answered with (``headers=`` adds to them).
+    default_headers: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
-        detail: str,
+        detail: str = "",
         *,
         fields: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        title: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.fields = fields
         self.extra = extra or {}
+        self.headers = {**self.default_headers, **(headers or {})}
+        if title is not None:
+            self.title = title  # type: ignore[misc]  # instance title shadows the class one
+
+    def document(self) -> dict[str, Any]:
+        """The JSON error body for this error."""
+        return error_document(self.status, self.title, self.detail, self.fields, self.extra)
+
+
+def error_document(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    fields: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The uniform JSON error body (also used for werkzeug's own HTTP errors)."""
+    body: dict[str, Any] = {"status": status, "title": title}
+    if detail:
+        body["detail"] = detail
+    if fields:
+        body["fields"] = fields
+    body.update(extra or {})
+    return {"error": body}
 
 
 class BadRequest(CdsError):
@@ -47,10 +91,50 @@ class BadRequest(CdsError):
 
 class Unauthorized(CdsError):
     status, title = 401, "Unauthorized"
+    default_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class AuthenticationError(Unauthorized):
+    """The client JWT is not acceptable: answer a bare 401 and log ``reason`` only."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        iss: str | None = None,
+        kid: str | None = None,
+        jti: str | None = None,
+    ) -> None:
+        super().__init__("")
+        self.reason = reason
+        self.iss = iss
+        self.kid = kid
+        self.jti = jti
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class Forbidden(CdsError):
+    status, title = 403, "Forbidden"
 
 
 class NotFound(CdsError):
     status, title = 404, "Not Found"
+
+
+class UnknownCardError(NotFound):
+    """Feedback names card uuids this service never issued; nothing was stored."""
+
+    def __init__(self, service_id: str, card_uuids: Iterable[str]) -> None:
+        self.service_id = service_id
+        self.card_uuids: tuple[str, ...] = tuple(card_uuids)
+        super().__init__(
+            f"No card issued by service '{service_id}' has uuid "
+            + ", ".join(self.card_uuids)
+            + "; nothing was stored",
+            extra={"unknownCards": list(self.card_uuids)},
+        )
 
 
 class PreconditionFailed(CdsError):
@@ -65,48 +149,63 @@ class ServiceUnavailable(CdsError):
     status, title = 503, "Service Unavailable"
 
 
-def error_response(
-    status: int,
-    title: str,
-    detail: str | None = None,
-    fields: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Response:
-    body: dict[str, Any] = {"status": status, "title": title}
-    if detail:
-        body["detail"] = detail
-    if fields:
-        body["fields"] = fields
-    body.update(extra or {})
-    response = jsonify({"error": body})
-    response.status_code = status
-    return response
+class StorageUnavailableError(ServiceUnavailable):
+    """The database cannot be reached or used now.
 
+    ``str(error)`` is the reason, for logs; the client is told only that it may retry.
+    """
 
-def register_error_handlers(app: Flask) -> None:
-    """One JSON shape for every error; no traceback ever reaches the client."""
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "30"}
 
-    @app.errorhandler(CdsError)
-    def _cds_error(exc: CdsError) -> Response:
-        if isinstance(exc, Unauthorized):
-            response = error_response(401, exc.title)
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        return error_response(exc.status, exc.title, exc.detail, exc.fields, exc.extra)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        response = error_response(exc.code or 500, exc.name, exc.description)
-        for header, value in exc.get_headers():
-            if header.lower() == "allow":
-                response.headers[header] = value
-        return response
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(
-            500,
-            "Internal Server Error",
-            "The service failed unexpectedly; the error has been logged.",
+    def __init__(self, reason: str, *, detail: str = "", title: str | None = None) -> None:
+        super().__init__(
+            detail or "The audit database cannot be reached; try again later.", title=title
         )
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class AuthUnavailable(ServiceUnavailable):
+    """A dependency of the JWT check is down: 503 rather than let an unchecked token through.
+
+    ``str(error)`` is the reason, for logs; the client is told only that it may retry.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Client authentication is temporarily unavailable")
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ReplayCacheUnavailable(AuthUnavailable):
+    """The shared replay cache cannot be reached, so a replayed token could not be detected."""
+
+
+class KeySetUnavailable(AuthUnavailable):
+    """The issuer's JWK Set cannot be fetched or read, so no signature can be checked."""
+
+
+class FhirError(CdsError):
+    status, title = 502, "Bad Gateway"
+
+
+class FhirServerNotAllowed(FhirError):
+    """The fhirServer URL breaks the SSRF policy; the message names the host and the rule."""
+
+
+class FhirFetchError(FhirError):
+    """A FHIR read or search failed; the message is safe to show on a card (no token, no body)."""
+
+
+class CliError(CdsError):
+    """A CLI failure the user can act on: the message says what happened and what to try."""
+
+    title = "voclosporin-cds error"
+
+    def __init__(self, message: str, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # 3: could not reach or use a server (cds_service.cli)

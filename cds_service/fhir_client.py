@@ -18,7 +18,8 @@ from typing import Any
 import requests
 import urllib3
 
-from cds_service.fhir_access import safe_next_link
+from cds_service.errors import FhirFetchError
+from cds_service.fhir_policy import safe_next_link
 from fhir_mappings.extract import bundle_resources
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,6 @@ Resource = dict[str, Any]
 MIN_TIMEOUT_SECONDS = 0.05
 # A patient's search page is well under this; anything bigger is a fault, not a chart.
 MAX_RESPONSE_BYTES = 32 * 1_048_576
-
-
-class FhirFetchError(Exception):
-    """A FHIR query failed; ``str(exc)`` is a short reason fit for the data-unavailable card."""
 
 
 class FhirClient:

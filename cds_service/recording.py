@@ -2,6 +2,7 @@
 
 Audit records go to a background writer: a database outage is logged and never delays or fails
 the cards. Feedback is stored synchronously because the client needs to know it was kept.
+Flask-free: the views call the app's ``Recorder`` directly.
 """
 
 from __future__ import annotations
@@ -10,32 +11,46 @@ import logging
 from datetime import UTC
 from typing import Any
 
-from flask import Flask, current_app, g
-
-from cds_service.errors import NotFound, ServiceUnavailable
+from cds_service.errors import UnknownCardError
 from cds_service.service import HookOutcome
 from cds_service.storage import (
-    HASH_KEY_EXTENSION,
+    AuditWriter,
     CallRecord,
     FeedbackEntry,
     IssuedCard,
-    StorageUnavailableError,
-    UnknownCardError,
-    get_audit_writer,
-    get_storage,
+    Storage,
     hash_patient_id,
-    init_storage,
-    shutdown_storage,
 )
 
 log = logging.getLogger(__name__)
+RECORDER_EXTENSION = "cds_recorder"
 
 
-def init_recording(app: Flask) -> None:
-    init_storage(app)
-    app.extensions["cds_feedback"] = store_feedback
-    app.extensions.setdefault("cds_closers", []).append(lambda: shutdown_storage(app))
-    app.after_request(_audit_after_call)
+class Recorder:
+    """Turns hook outcomes and loaded feedback into storage records."""
+
+    def __init__(self, storage: Storage, writer: AuditWriter, hash_key: bytes) -> None:
+        self.storage = storage
+        self.writer = writer
+        self.hash_key = hash_key
+
+    def record_call(self, outcome: HookOutcome) -> None:
+        """Queue the audit record; a failure here is logged and never touches the cards."""
+        try:
+            self.writer.submit(call_record(outcome, self.hash_key))
+        except Exception:  # the audit trail must never fail a hook answer
+            log.exception("audit record for hookInstance %s not queued", outcome.hook_instance)
+
+    def store_feedback(self, service_id: str, items: list[dict[str, Any]]) -> int:
+        """Store loaded feedback items; unknown card -> 404, database down -> 503."""
+        entries = [feedback_entry(item) for item in items]
+        try:
+            return self.storage.store_feedback(service_id, entries)
+        except UnknownCardError:
+            # The card may still be in the audit writer's queue (cards are recorded in the
+            # background): write the queue out and look once more.
+            self.writer.flush(2.0)
+            return self.storage.store_feedback(service_id, entries)
 
 
 def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:
@@ -55,41 +70,8 @@ def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:
     )
 
 
-def _audit_after_call(response: Any) -> Any:
-    """Queue the audit record; a failure here is logged and never touches the cards."""
-    outcome: HookOutcome | None = g.pop("hook_outcome", None)
-    if outcome is not None and response.status_code == 200:
-        try:
-            key: bytes = current_app.extensions[HASH_KEY_EXTENSION]
-            get_audit_writer().submit(call_record(outcome, key))
-        except Exception:  # the audit trail must never fail a hook answer
-            log.exception("audit record for hookInstance %s not queued", outcome.hook_instance)
-    return response
-
-
-def store_feedback(service_id: str, items: list[dict[str, Any]]) -> int:
-    """Store loaded feedback items; unknown card -> 404, database down -> 503."""
-    entries = [_entry(item) for item in items]
-    try:
-        try:
-            return get_storage().store_feedback(service_id, entries)
-        except UnknownCardError:
-            # The card may still be in the audit writer's queue (cards are recorded in the
-            # background): write the queue out and look once more.
-            get_audit_writer().flush(2.0)
-            return get_storage().store_feedback(service_id, entries)
-    except UnknownCardError as exc:
-        raise NotFound(
-            f"No card issued by service '{service_id}' has uuid "
-            + ", ".join(exc.card_uuids)
-            + "; nothing was stored",
-            extra={"unknownCards": list(exc.card_uuids)},
-        ) from exc
-    except StorageUnavailableError as exc:
-        raise ServiceUnavailable("Feedback could not be stored; please retry") from exc
-
-
-def _entry(item: dict[str, Any]) -> FeedbackEntry:
+def feedback_entry(item: dict[str, Any]) -> FeedbackEntry:
+    """A loaded FeedbackItemSchema (snake_case) as the record storage keeps."""
     reason = (item.get("override_reason") or {}).get("reason") or {}
     return FeedbackEntry(
         card_uuid=item["card"],

@@ -24,7 +24,6 @@ from cds_service.auth import (
     endpoint_audience,
     validate_key_location,
 )
-from cds_service.errors import ServiceUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 PROTECTED_PREFIX = "/cds-services/"
@@ -93,10 +92,10 @@ def _require_jwt() -> None:
         authenticator.verify(bearer_token(request.headers.get("Authorization")), audience)
     except AuthenticationError as exc:
         log.info("JWT refused: %s (iss=%s kid=%s)", exc.reason, exc.iss, exc.kid)
-        raise Unauthorized("") from None
+        raise
     except AuthUnavailable as exc:
         log.error("cannot verify client JWTs: %s", exc)
-        raise ServiceUnavailable("Client authentication is temporarily unavailable") from None
+        raise
 
 
 def _allowed_origin() -> str | None:

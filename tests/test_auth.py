@@ -793,7 +793,7 @@ def test_unusable_key_source_is_unavailable(
 
     with pytest.raises(KeySetUnavailable) as caught:
         authenticator.verify(make_token(keys["epic"], EPIC_ISS, jku=EPIC_JKU), AUDIENCE)
-    assert caught.value.http_status == 503
+    assert caught.value.status == 503
 
 
 def test_missing_key_file_is_unavailable(
@@ -968,7 +968,7 @@ def test_redis_down_is_unavailable_not_a_pass(
         with pytest.raises(ReplayCacheUnavailable) as caught:
             authenticator.verify(make_token(keys["epic"], EPIC_ISS, jku=EPIC_JKU), AUDIENCE)
         assert isinstance(caught.value, AuthUnavailable)
-        assert caught.value.http_status == 503
+        assert caught.value.status == 503
         assert time.monotonic() - started < 3
     finally:
         cache.close()

@@ -27,12 +27,51 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("package", ["fhir_mappings", "cds_service/rules"])
-def test_rules_and_mappings_never_import_flask_or_requests(package):
-    """Rules see only facts and mappings only FHIR: no web framework, no I/O library."""
-    for path in (ROOT / package).rglob("*.py"):
-        forbidden = imported_modules(path) & {"flask", "requests", "sqlalchemy", "werkzeug"}
-        assert not forbidden, f"{path.relative_to(ROOT)} imports {forbidden}"
+# The clinical core: importing any of these must not load a web, I/O or storage library.
+CORE_MODULES = sorted(
+    {
+        "cds_service",
+        "cds_service.errors",
+        *(
+            ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            for package in ("fhir_mappings", "cds_service/rules")
+            for p in (ROOT / package).rglob("*.py")
+        ),
+    }
+)
+NOT_IN_CORE = (
+    "flask",
+    "werkzeug",
+    "requests",
+    "sqlalchemy",
+    "alembic",
+    "marshmallow",
+    "jwt",
+    "redis",
+    "psycopg",
+)
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_clinical_core_loads_no_web_or_io_library(module):
+    """Rules, engine and mappings import, even transitively, no Flask, requests or database."""
+    probe = (
+        f"import sys, {module}; "
+        f"print(sorted(m for m in {NOT_IN_CORE!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]", f"importing {module} loads {result.stdout.strip()}"
+
+
+def test_the_layering_probe_sees_a_transitive_import():
+    """The probe above can fail: importing the app factory loads Flask."""
+    probe = "import sys, cds_service; cds_service.create_app; print('flask' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "True"
 
 
 def test_only_fhir_client_and_auth_use_requests():
@@ -45,7 +84,7 @@ def test_only_fhir_client_and_auth_use_requests():
     assert users <= {
         "cds_service/fhir_client.py",
         "cds_service/auth.py",
-        "cds_service/__init__.py",
+        "cds_service/app.py",
         "cds_service/chart.py",
         "cds_service/cli.py",
     }

@@ -27,8 +27,9 @@ from werkzeug.test import EnvironBuilder, TestResponse
 
 from cds_service import close_app
 from cds_service.docs import SWAGGER_UI_ASSETS
+from cds_service.errors import StorageUnavailableError
 from cds_service.rules.engine import RULE_IDS
-from cds_service.storage import StorageUnavailableError, get_audit_writer, get_storage
+from cds_service.storage import get_audit_writer, get_storage
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
 from tests.support.hooks import chart_resources, hook_request, prefetch_for

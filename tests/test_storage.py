@@ -18,14 +18,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import URL
 
+from cds_service.errors import StorageUnavailableError, UnknownCardError
 from cds_service.storage import (
     HASH_KEY_EXTENSION,
     AuditWriter,
     CallRecord,
     FeedbackEntry,
     Storage,
-    StorageUnavailableError,
-    UnknownCardError,
     get_audit_writer,
     get_storage,
     hash_patient_id,
@@ -292,7 +291,7 @@ def test_unknown_card_stores_nothing(storage: Storage) -> None:
 def test_card_of_another_service_is_unknown(storage: Storage) -> None:
     """A card issued by another service id cannot receive feedback through this one."""
     (other,) = store_call_with_cards(storage, "r1", service_id="another-service")
-    with pytest.raises(UnknownCardError, match="no card issued by service"):
+    with pytest.raises(UnknownCardError, match="No card issued by service"):
         storage.store_feedback(SERVICE_ID, [accepted(other, NOW)])
     assert storage.store_feedback("another-service", [accepted(other, NOW)]) == 1
 

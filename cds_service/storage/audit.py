@@ -18,7 +18,9 @@ import threading
 from collections.abc import Sequence
 from typing import Final
 
-from .records import CallRecord, StorageUnavailableError
+from cds_service.errors import StorageUnavailableError
+
+from .records import CallRecord
 from .store import Storage
 
 log = logging.getLogger(__name__)

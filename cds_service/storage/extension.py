@@ -1,4 +1,4 @@
-"""Wire storage into a Flask app: config, start-up migration, audit writer, CLI, analytics.
+"""Create storage for a Flask app: config, start-up migration, audit writer, the ``db`` CLI.
 
 Config keys (set by create_app from ``CDS_*`` environment variables):
 
@@ -29,8 +29,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from cds_service.errors import StorageUnavailableError
+
 from .audit import AuditWriter
-from .records import StorageUnavailableError
 from .store import Storage
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,11 @@ def _close_at_exit(writer_ref: weakref.ReferenceType[AuditWriter]) -> None:
         writer.close()
 
 
-def init_storage(app: Flask) -> None:
-    """Create Storage and AuditWriter for ``app``, migrate an empty database, add CLI and
-    the analytics blueprint."""
-    from cds_service.analytics import analytics_bp  # imports storage: avoid a cycle
+def init_storage(app: Flask) -> tuple[Storage, AuditWriter, bytes]:
+    """Create Storage and AuditWriter for ``app`` and migrate an empty database.
 
+    Returns them with the patient-hash key; ``cds_service.app`` registers the ``db`` CLI.
+    """
     storage = Storage(app.config.get("CDS_DATABASE_URL") or default_database_url(app))
     try:
         storage.prepare()
@@ -112,9 +113,8 @@ def init_storage(app: Flask) -> None:
     atexit.register(_close_at_exit, weakref.ref(writer))
     app.extensions[STORAGE_EXTENSION] = storage
     app.extensions[WRITER_EXTENSION] = writer
-    app.extensions[HASH_KEY_EXTENSION] = _hash_key(app)
-    app.cli.add_command(db_cli)
-    app.register_blueprint(analytics_bp)
+    app.extensions[HASH_KEY_EXTENSION] = hash_key = _hash_key(app)
+    return storage, writer, hash_key
 
 
 def shutdown_storage(app: Flask, timeout: float = 5.0) -> None:

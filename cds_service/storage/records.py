@@ -3,18 +3,13 @@
 These are plain frozen values so the hook path builds them without touching the database;
 the only Flask-free, database-free helper here is the keyed patient hash.
 
-Error tree::
-
-    Exception
-     +-- UnknownCardError          feedback names a card this service never issued (HTTP 404)
-     +-- StorageUnavailableError   the database cannot be reached or used now (HTTP 503)
+Its errors (``UnknownCardError``, ``StorageUnavailableError``) are in ``cds_service.errors``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -91,19 +86,3 @@ class FeedbackEntry:
 def hash_patient_id(key: bytes, patient_id: str) -> str:
     """Return HMAC-SHA256(key, patient_id) as hex: links calls for one patient, reveals no id."""
     return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-class UnknownCardError(Exception):
-    """Feedback named card uuids that this service id never issued; nothing was stored."""
-
-    def __init__(self, service_id: str, card_uuids: Iterable[str]) -> None:
-        self.service_id = service_id
-        self.card_uuids: tuple[str, ...] = tuple(card_uuids)
-        super().__init__(
-            f"no card issued by service {service_id!r} has uuid "
-            + ", ".join(repr(uuid) for uuid in self.card_uuids)
-        )
-
-
-class StorageUnavailableError(Exception):
-    """The database could not be reached or used; the caller should answer 503 or log."""

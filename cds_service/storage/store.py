@@ -51,13 +51,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from .records import (
-    CallRecord,
-    FeedbackEntry,
-    IssuedCard,
-    StorageUnavailableError,
-    UnknownCardError,
-)
+from cds_service.errors import StorageUnavailableError, UnknownCardError
+
+from .records import CallRecord, FeedbackEntry, IssuedCard
 from .schema import TABLES, feedback, hook_call, issued_card, rule_evaluation
 
 log = logging.getLogger(__name__)

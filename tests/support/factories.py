@@ -9,11 +9,14 @@ from pathlib import Path
 
 from flask import Flask
 
+from cds_service.analytics import analytics_bp
+from cds_service.app import register_error_handlers
 from cds_service.storage import (
     CallRecord,
     FeedbackEntry,
     IssuedCard,
     Storage,
+    db_cli,
     hash_patient_id,
     init_storage,
 )
@@ -36,8 +39,12 @@ def make_app(instance_path: Path, **config: object) -> Flask:
         CDS_ANALYTICS_TOKEN=None,
         CDS_JWT_ISSUERS=None,
     )
+    app.config.setdefault("CDS_CLOCK", lambda: datetime.now(UTC))
     app.config.update(config)
     init_storage(app)
+    app.cli.add_command(db_cli)
+    register_error_handlers(app)
+    app.register_blueprint(analytics_bp)
     return app
 
 

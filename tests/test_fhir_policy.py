@@ -1,4 +1,4 @@
-"""Tests for cds_service.fhir_access: which fhirServer URLs may be contacted (SSRF guard)."""
+"""Tests for cds_service.fhir_policy: which fhirServer URLs may be contacted (SSRF guard)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cds_service.fhir_access import (
+from cds_service.fhir_policy import (
     FhirServerNotAllowed,
     FhirServerPolicy,
     parse_allowed_servers,

@@ -8,9 +8,10 @@ hostile or mistaken value must not point us at our own network (cloud metadata a
   under a listed base are allowed; http and loopback are then fine because an operator chose them.
 * no allowlist: https only, and every address the host resolves to must be public.
 
-Error tree: ``FhirServerNotAllowed`` only; its message names the host and the rule it broke, never
-a token or a resolved address. The app decides the status: the call can still run on prefetch,
-and 412 applies only if required data is then missing (spec #http-status-codes).
+Its one error is ``cds_service.errors.FhirServerNotAllowed``: its message names the host and the
+rule it broke, never a token or a resolved address. The app decides the status: the call can
+still run on prefetch, and 412 applies only if required data is then missing (spec
+#http-status-codes).
 
 Resolution is checked when ``check`` runs and the HTTP client resolves again when it connects,
 so a DNS-rebinding host could still slip through in the no-allowlist mode: use the allowlist in
@@ -25,6 +26,8 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
+
+from cds_service.errors import FhirServerNotAllowed
 
 __all__ = [
     "FhirServerNotAllowed",
@@ -44,10 +47,6 @@ _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # RFC 6052 NAT64 prefixes: the IPv4 address in the low 32 bits is the one actually reached.
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
-
-
-class FhirServerNotAllowed(Exception):
-    """The FHIR server URL must not be contacted; the message says why, for a person to act on."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,147 @@
+"""The Flask app factory: every blueprint, extension and error handler is wired here, once.
+
+``create_app(test_config=None)``: defaults -> environment (``CDS_*``) -> test config. The
+knowledge data is loaded and validated here, once, so bad data or a bad setting stops start-up.
+Run with ``flask --app cds_service run`` or ``gunicorn 'cds_service:create_app()'``.
+
+What the app holds (``app.extensions``):
+
+- ``cds_service``: the ``CdsService`` (knowledge, terminology, chart settings; no Flask);
+- ``cds_recorder``: the ``Recorder`` (audit trail and feedback, over ``storage``);
+- ``cds_storage`` / ``cds_audit_writer`` / ``cds_audit_hash_key``: storage (``init_storage``);
+- ``cds_authenticator``: the JWT verifier when ``CDS_JWT_ISSUERS`` is set (``init_security``);
+- ``cds_closers``: what ``close_app`` releases (sockets, threads, connections).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from flask import Flask, Response, jsonify, request
+from requests.adapters import HTTPAdapter
+from werkzeug.exceptions import HTTPException
+
+from cds_service import security
+from cds_service.analytics import analytics_bp
+from cds_service.api import bp
+from cds_service.chart import ChartSettings
+from cds_service.config import from_environment
+from cds_service.docs import docs_bp
+from cds_service.errors import CdsError, error_document
+from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
+from cds_service.recording import RECORDER_EXTENSION, Recorder
+from cds_service.service import CdsService
+from cds_service.storage import db_cli, init_storage, shutdown_storage
+from fhir_mappings.knowledge import load_knowledge
+
+log = logging.getLogger(__name__)
+CLOSERS_EXTENSION = "cds_closers"
+SERVICE_EXTENSION = "cds_service"
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app; every dependency is created here and closed by ``close_app``."""
+    app = Flask("cds_service", instance_relative_config=True)
+    app.config.update(from_environment())
+    app.config["CDS_CLOCK"] = lambda: datetime.now(UTC)
+    if test_config:
+        app.config.update(test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    _configure_logging()
+
+    knowledge = load_knowledge().with_local_policy(
+        egfr_baseline_max_days=app.config["CDS_EGFR_BASELINE_MAX_DAYS"],
+        bp_max_age_days=app.config["CDS_BP_MAX_AGE_DAYS"],
+        potassium_high_default=app.config["CDS_POTASSIUM_HIGH_DEFAULT"],
+    )
+    workers = int(app.config["CDS_FHIR_WORKERS"])
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=workers, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir")
+    chart_settings = ChartSettings(
+        policy=FhirServerPolicy(parse_allowed_servers(app.config["CDS_FHIR_ALLOWED_SERVERS"])),
+        session=session,
+        executor=executor,
+        allow_unauthenticated=bool(app.config["CDS_ALLOW_UNAUTHENTICATED_FHIR"]),
+        max_pages=int(app.config["CDS_FHIR_MAX_PAGES"]),
+    )
+    app.extensions[SERVICE_EXTENSION] = CdsService(
+        knowledge,
+        chart_settings,
+        deadline_ms=int(app.config["CDS_REQUEST_DEADLINE_MS"]),
+        clock=app.config["CDS_CLOCK"],
+    )
+    app.extensions[CLOSERS_EXTENSION] = [session.close, lambda: executor.shutdown(wait=False)]
+
+    # Storage: audit trail and feedback (SQLite by default), then what records through it.
+    storage, writer, hash_key = init_storage(app)
+    app.extensions[RECORDER_EXTENSION] = Recorder(storage, writer, hash_key)
+    app.extensions[CLOSERS_EXTENSION].append(lambda: shutdown_storage(app))
+    app.cli.add_command(db_cli)
+
+    register_error_handlers(app)
+    security.init_security(app)
+    app.register_blueprint(bp)
+    app.register_blueprint(docs_bp)
+    app.register_blueprint(analytics_bp)
+    app.after_request(_no_store)
+    return app
+
+
+def close_app(app: Flask) -> None:
+    """Release sockets, threads and database connections (tests and orderly shutdown)."""
+    for closer in app.extensions.get(CLOSERS_EXTENSION, []):
+        closer()
+    app.extensions[CLOSERS_EXTENSION] = []
+
+
+def register_error_handlers(app: Flask) -> None:
+    """One JSON shape for every error; no traceback ever reaches the client."""
+
+    @app.errorhandler(CdsError)
+    def _cds_error(exc: CdsError) -> Response:
+        return _json_error(exc.status, exc.document(), exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        allow = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        return _json_error(status, error_document(status, exc.name, exc.description), allow)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        body = error_document(
+            500,
+            "Internal Server Error",
+            "The service failed unexpectedly; the error has been logged.",
+        )
+        return _json_error(500, body, {})
+
+
+def _json_error(status: int, body: dict[str, Any], headers: Mapping[str, str]) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def _no_store(response: Response) -> Response:
+    """Hook answers and errors carry patient-specific guidance: never cache them."""
+    if request.method == "POST":
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
