@@ -29,6 +29,10 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from cds_service import cli, close_app
+from cds_service.cli.exit_codes import EXIT_HTTP_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+from cds_service.cli.hook_requests import fill_template
+from cds_service.cli.rendering import render_cards
+from cds_service.cli.service_calls import parse_service_target
 from cds_service.spec_check import check_request, check_response
 from tests.charts.lupus import CHARTS, VOCLOSPORIN_TEXT, voclosporin_draft_order
 from tests.conftest import make_app
@@ -287,7 +291,7 @@ def test_without_prefetch_or_token_explains_412(
 ) -> None:
     """No prefetch and no token: the service answers 412; exit 1 and say how to fix it."""
     code, out, err = run(*hook_args(service, charts, HIGH_BP, *LUPKYNIS))
-    assert code == cli.EXIT_HTTP_ERROR
+    assert code == EXIT_HTTP_ERROR
     assert out == ""
     assert "answered HTTP 412: Precondition Failed" in err
     assert "hint:" in err
@@ -325,11 +329,11 @@ def test_client_jwt_signed_and_refused(run: Run, tmp_path: Path, charts: FhirSer
         assert code == 0, err
         assert "CRITICAL BP 170/95" in out
         code, out, err = run(*args)
-        assert code == cli.EXIT_HTTP_ERROR
+        assert code == EXIT_HTTP_ERROR
         assert "answered HTTP 401" in err
         assert "--jwt-key" in err
         code, _, err = run(*args, "--jwt-key", str(key_file))
-        assert code == cli.EXIT_USAGE
+        assert code == EXIT_USAGE
         assert "--jwt-iss" in err
     finally:
         live.stop()
@@ -352,7 +356,7 @@ def test_unreachable_service(run: Run, charts: FhirServer) -> None:
         *LUPKYNIS,
         "--prefetch",
     )
-    assert code == cli.EXIT_UNREACHABLE
+    assert code == EXIT_UNREACHABLE
     assert out == ""
     assert f"error: Cannot reach the CDS service at {url.rsplit('/', 1)[0]}" in err
     assert "connection refused" in err
@@ -371,14 +375,14 @@ def test_unreachable_fhir_server(run: Run, service: LiveService) -> None:
         HIGH_BP,
         *LUPKYNIS,
     )
-    assert code == cli.EXIT_UNREACHABLE
+    assert code == EXIT_UNREACHABLE
     assert f"error: Cannot reach the FHIR server at {fhir}: connection refused" in err
 
 
 def test_unknown_patient_id(run: Run, service: LiveService, charts: FhirServer) -> None:
     """A patient id the server does not know: exit 3, say so and list ids that exist."""
     code, _, err = run(*hook_args(service, charts, "ln-nobody", *LUPKYNIS))
-    assert code == cli.EXIT_UNREACHABLE
+    assert code == EXIT_UNREACHABLE
     assert "Patient 'ln-nobody' was not found on the FHIR server" in err
     assert "(HTTP 404)" in err
     assert "Patients on this server include: " in err
@@ -387,7 +391,7 @@ def test_unknown_patient_id(run: Run, service: LiveService, charts: FhirServer) 
 def test_malformed_patient_id(run: Run, service: LiveService, charts: FhirServer) -> None:
     """A name instead of an id is refused before any request (exit 2); Patient/x is accepted."""
     code, _, err = run(*hook_args(service, charts, "Jane Doe", *LUPKYNIS))
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert "is not a FHIR id" in err
     code, out, _ = run(
         *hook_args(service, charts, f"Patient/{HIGH_BP}", *LUPKYNIS, "--dry-run", "--quiet")
@@ -409,7 +413,7 @@ def test_not_a_cds_service(run: Run, charts: FhirServer) -> None:
         HIGH_BP,
         *LUPKYNIS,
     )
-    assert code == cli.EXIT_HTTP_ERROR
+    assert code == EXIT_HTTP_ERROR
     assert f"error: Discovery {charts.base_url}/cds-services answered HTTP 404" in err
     assert "Is --service-url a CDS Hooks service" in err
 
@@ -429,7 +433,7 @@ def test_unknown_service_id_lists_services(
         HIGH_BP,
         *LUPKYNIS,
     )
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert "lists no service 'voclosporin-typo'" in err
     assert "voclosporin-order-sign (order-sign)" in err
 
@@ -452,7 +456,7 @@ def test_slow_fhir_server_shows_progress_then_times_out(run: Run, service: LiveS
             "--timeout",
             "2.5",
         )
-    assert code == cli.EXIT_UNREACHABLE
+    assert code == EXIT_UNREACHABLE
     assert f"... still waiting for GET Patient/{HIGH_BP} (1 s)" in err
     assert f"... still waiting for GET Patient/{HIGH_BP} (2 s)" in err
     assert f"error: The FHIR server {fhir} did not answer within 2.5 s" in err
@@ -493,7 +497,7 @@ def test_usage_errors(run: Run, extra: tuple[str, ...], message: str) -> None:
         "p1",
         *extra,
     )
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert message in err
 
 
@@ -540,7 +544,7 @@ def test_validate_bad_response_names_each_path(run: Run, tmp_path: Path) -> None
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(BAD_RESPONSE))
     code, out, _ = run("validate", str(path))
-    assert code == cli.EXIT_HTTP_ERROR
+    assert code == EXIT_HTTP_ERROR
     for line in (
         "error: cards[0].summary: must be under 140 characters, has 150",
         "error: cards[0].detail: must not be null",
@@ -576,7 +580,7 @@ def test_validate_json_output_and_strict(run: Run, tmp_path: Path) -> None:
     assert result["warnings"] >= 1
     assert {"severity", "path", "message"} <= set(result["violations"][0])
     code, _, _ = run("validate", str(path), "--strict")
-    assert code == cli.EXIT_HTTP_ERROR
+    assert code == EXIT_HTTP_ERROR
 
 
 def test_validate_request_file(run: Run, tmp_path: Path) -> None:
@@ -594,7 +598,7 @@ def test_validate_request_file(run: Run, tmp_path: Path) -> None:
     path = tmp_path / "request.json"
     path.write_text(json.dumps(request))
     code, out, _ = run("validate", str(path))
-    assert code == cli.EXIT_HTTP_ERROR
+    assert code == EXIT_HTTP_ERROR
     assert "error: context.patientId: must be a bare FHIR id, not a reference" in out
     assert "prefetch" not in out
 
@@ -615,7 +619,7 @@ def test_validate_unusable_file(run: Run, tmp_path: Path, content: str, message:
     path = tmp_path / "file.json"
     path.write_text(content)
     code, _, err = run("validate", str(path))
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert message in err
 
 
@@ -692,7 +696,7 @@ def test_serve_runs_the_dev_server(tmp_path: Path) -> None:
 )
 def test_service_url_forms(url: str, service_id: str | None, expected: tuple[str, Any]) -> None:
     """The service URL may be the endpoint itself, or a base with --service-id or --hook."""
-    target = cli.parse_service_target(url, service_id)
+    target = parse_service_target(url, service_id)
     assert (target.services_url, target.service_id) == expected
 
 
@@ -709,7 +713,7 @@ def test_service_url_forms(url: str, service_id: str | None, expected: tuple[str
 def test_fill_template(template: str, expected: str | None) -> None:
     """Tokens fill from the context; an unfillable template is skipped (spec: omit the key)."""
     context = {"patientId": "p1", "userId": "Practitioner/u1", "draftOrders": {"a": 1}}
-    assert cli.fill_template(template, context) == expected
+    assert fill_template(template, context) == expected
 
 
 def test_render_cards_shows_every_part() -> None:
@@ -717,7 +721,7 @@ def test_render_cards_shows_every_part() -> None:
     import io
 
     out = io.StringIO()
-    cli.render_cards(
+    render_cards(
         {
             "cards": [
                 {

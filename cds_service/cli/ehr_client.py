@@ -1,0 +1,223 @@
+"""Play the EHR's side of FHIR: read the patient and answer prefetch templates from a server.
+
+``FhirReader`` reads as a CDS Client would before it calls a service, and turns each failure
+into a message a person can act on; the error-text helpers below also explain what the CDS
+service answered (``service_calls``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from cds_service.cli.exit_codes import EXIT_USAGE
+from cds_service.cli.rendering import Progress
+from cds_service.errors import CliError
+from cds_service.fhir_client import next_link
+
+FHIR_JSON = "application/fhir+json"
+MAX_PAGES = 20
+
+
+class FhirReader:
+    """Read from the patient's FHIR server as the EHR would, with errors a person can act on."""
+
+    def __init__(
+        self,
+        base: str,
+        token: str | None,
+        session: requests.Session,
+        timeout: float,
+        progress: Progress,
+    ) -> None:
+        self.base = base.rstrip("/")
+        self.session = session
+        self.timeout = timeout
+        self.progress = progress
+        self.headers = {"Accept": FHIR_JSON}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def get(self, path_or_url: str, label: str) -> requests.Response:
+        """GET one path under the base (or an absolute URL), reporting it as a progress step."""
+        with self.progress.step(label) as step:
+            response = self._get(path_or_url, label)
+            step["result"] = f"HTTP {response.status_code}"
+        return response
+
+    def _get(self, path_or_url: str, label: str) -> requests.Response:
+        absolute = path_or_url.startswith(("http://", "https://"))
+        url = path_or_url if absolute else f"{self.base}/{path_or_url}"
+        try:
+            return self.session.get(url, headers=self.headers, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise CliError(
+                f"The FHIR server {self.base} did not answer within {self.timeout:g} s "
+                f"({label}); raise --timeout or check the server"
+            ) from exc
+        except requests.ConnectionError as exc:
+            raise CliError(
+                f"Cannot reach the FHIR server at {self.base}: {connection_reason(exc)}. "
+                "Is it running, and is --fhir-server its base URL "
+                "(e.g. http://127.0.0.1:8190/fhir)?"
+            ) from exc
+        except requests.RequestException as exc:
+            raise CliError(f"Cannot query {url}: {exc}", EXIT_USAGE) from exc
+
+    def read_patient(self, patient_id: str) -> dict[str, Any]:
+        """Read the Patient; a wrong id or base URL stops here with what to check."""
+        response = self.get(f"Patient/{patient_id}", f"GET Patient/{patient_id}")
+        if response.status_code in (404, 410):
+            known = self._some_patient_ids()
+            hint = f" Patients on this server include: {', '.join(known)}." if known else ""
+            raise CliError(
+                f"Patient '{patient_id}' was not found on the FHIR server {self.base} "
+                f"(HTTP {response.status_code}). --patient takes the server's resource id "
+                f"(Patient.id), not a name or MRN.{hint}"
+            )
+        if response.status_code in (401, 403):
+            raise CliError(
+                f"The FHIR server {self.base} refused to read Patient/{patient_id} "
+                f"(HTTP {response.status_code}): pass an access token with --fhir-token"
+            )
+        body = json_or_none(response)
+        if not response.ok:
+            raise CliError(
+                f"The FHIR server {self.base} answered HTTP {response.status_code} for "
+                f"Patient/{patient_id}: {fhir_error_text(body, response)}"
+            )
+        if not isinstance(body, dict) or body.get("resourceType") != "Patient":
+            raise CliError(
+                f"{self.base}/Patient/{patient_id} did not return a FHIR Patient; is "
+                "--fhir-server the FHIR base URL (the one /metadata lives under)?"
+            )
+        return body
+
+    def _some_patient_ids(self) -> list[str]:
+        """A few ids from the server, so a typo'd id can be corrected at once."""
+        try:
+            response = self.session.get(
+                f"{self.base}/Patient",
+                params={"_count": "5", "_elements": "id"},
+                headers=self.headers,
+                timeout=self.timeout,
+            )
+        except requests.RequestException:
+            return []
+        body = json_or_none(response)
+        if not response.ok or not isinstance(body, dict):
+            return []
+        return [
+            str(entry["resource"]["id"])
+            for entry in body.get("entry") or []
+            if isinstance(entry, dict)
+            and isinstance(entry.get("resource"), dict)
+            and entry["resource"].get("resourceType") == "Patient"
+            and entry["resource"].get("id")
+        ]
+
+    def prefetch_value(self, key: str, query: str) -> Any:
+        """Answer one template the way the spec asks of a client (#prefetch-template).
+
+        A read that finds nothing is ``null``; a search is one searchset Bundle with every page
+        merged; a failed query sends an OperationOutcome in its place.
+        """
+        with self.progress.step(f"prefetch {key}") as step:
+            response = self._get(query, f"prefetch {key}")
+            body = json_or_none(response)
+            if "?" not in query and response.status_code in (404, 410):
+                step["result"] = f"HTTP {response.status_code}, sending null (no data)"
+                return None
+            if not response.ok or not isinstance(body, dict):
+                step["result"] = f"HTTP {response.status_code}, sending an OperationOutcome"
+                return _operation_outcome(body, response)
+            if body.get("resourceType") != "Bundle":
+                step["result"] = f"HTTP {response.status_code}, {body.get('resourceType')}"
+                return body
+            merged, pages = self._all_pages(key, body)
+            matches = sum(
+                1
+                for e in merged.get("entry", [])
+                if (e.get("search") or {}).get("mode", "match") == "match"
+            )
+            step["result"] = f"HTTP {response.status_code}, {matches} resource(s)" + (
+                f" in {pages} pages" if pages > 1 else ""
+            )
+            return merged
+
+    def _all_pages(self, key: str, first: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        entries = list(first.get("entry") or [])
+        bundle, pages = first, 1
+        while (url := next_link(bundle)) is not None and pages < MAX_PAGES:
+            response = self._get(url, f"prefetch {key} page {pages + 1}")
+            body = json_or_none(response)
+            if not response.ok or not isinstance(body, dict):
+                break
+            bundle, pages = body, pages + 1
+            entries += body.get("entry") or []
+        merged: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if "total" in first:
+            merged["total"] = first["total"]
+        last_next = next_link(bundle)
+        if last_next is not None:  # page cap hit: let the service follow the rest
+            merged["link"] = [{"relation": "next", "url": last_next}]
+        if entries:
+            merged["entry"] = entries
+        return merged, pages
+
+
+def _operation_outcome(body: Any, response: requests.Response) -> dict[str, Any]:
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return body
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "exception",
+                "diagnostics": f"HTTP {response.status_code} from {response.url}",
+            }
+        ],
+    }
+
+
+def json_or_none(response: requests.Response) -> Any:
+    """The parsed JSON body, or None when the body is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def fhir_error_text(body: Any, response: requests.Response) -> str:
+    """The diagnostics of an OperationOutcome, or the start of the body text."""
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        texts = [
+            str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or "")
+            for issue in body.get("issue") or []
+            if isinstance(issue, dict)
+        ]
+        return "; ".join(t for t in texts if t) or "OperationOutcome without text"
+    return excerpt(response.text)
+
+
+def excerpt(text: str, limit: int = 300) -> str:
+    """Collapse whitespace and cut to ``limit`` characters, for one readable error line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def connection_reason(exc: requests.ConnectionError) -> str:
+    """Name why a connection failed (refused, unknown host, ...) without the urllib3 noise."""
+    text = str(exc)
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "No route to host",
+        "Temporary failure in name resolution",
+        "Connection reset",
+    ):
+        if marker in text:
+            return marker.lower()
+    return excerpt(text, 200)
