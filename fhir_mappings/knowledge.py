@@ -1,7 +1,10 @@
 """Load and validate the reviewed knowledge data in ``fhir_mappings/data/``.
 
 The data is read once at start-up; anything malformed raises ``KnowledgeError`` so a bad data
-change stops the service from starting instead of silently weakening a check.
+change stops the service from starting instead of silently weakening a check. Roles, kinds and
+payer criterion ids are checked against ``vocabulary.py``; card prose (``cards.toml``), criterion
+names (``prior_authorization.toml``) and rule titles are templates whose placeholders are checked
+here (``prose.py``) and filled by ``Knowledge.card_text`` / ``Knowledge.fill``.
 """
 
 from __future__ import annotations
@@ -350,7 +353,21 @@ def _cards(doc: dict[str, Any], rule_ids: Set[str], values: dict[str, Any]) -> d
         if unused:
             raise KnowledgeError(f"{where}: facts {unused} are used by no template")
         cards[rule_id] = CardText(rule_id, templates, frozenset(facts))
+    unworded = sorted(set(rule_ids) - set(cards))
+    if unworded:
+        raise KnowledgeError(f"cards.toml: no table for rules {unworded}")
     return cards
+
+
+def _titled(rules: dict[str, RuleCitation], values: dict[str, Any]) -> dict[str, RuleCitation]:
+    """Fill the card titles of rules.toml [rules.*] (templates over knowledge values only)."""
+    for rule_id, citation in rules.items():
+        for problem in placeholder_problems(citation.title, values):
+            raise KnowledgeError(f"rules.toml [rules.{rule_id}] title: {problem}")
+    return {
+        rule_id: replace(citation, title=citation.title.format_map(values))
+        for rule_id, citation in rules.items()
+    }
 
 
 def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerCriterion, ...]:
@@ -369,8 +386,8 @@ def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerC
             raise KnowledgeError(f"{where} ({criterion_id}) name: {problem}")
         criteria.append(PayerCriterion(criterion_id, str(entry["name"]), str(entry["source"])))
     ids = [c.id for c in criteria]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    absent = sorted(set(Criterion) - set(ids))
+    repeated = sorted({str(i) for i in ids if ids.count(i) > 1})
+    absent = sorted(str(c) for c in set(Criterion) - set(ids))
     if repeated or absent:
         raise KnowledgeError(
             "prior_authorization.toml: every criterion exactly once "
@@ -408,6 +425,7 @@ def load_knowledge(directory: Path = DATA_DIR) -> Knowledge:
         values = _template_values(knowledge)
         return replace(
             knowledge,
+            rules=_titled(knowledge.rules, values),
             cards=_cards(cards_doc, knowledge.rules.keys(), values),
             payer_criteria=_payer_criteria(payer_doc, values),
         )
