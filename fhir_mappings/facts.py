@@ -12,6 +12,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from fhir_mappings.vocabulary import Role
+
 
 class DataCategory(StrEnum):
     """A slice of the chart that is fetched (or prefetched) as one unit."""
@@ -93,11 +95,11 @@ class Medication:
 
     @property
     def is_voclosporin(self) -> bool:
-        return "voclosporin" in self.roles
+        return Role.VOCLOSPORIN in self.roles
 
     @property
     def is_live_vaccine(self) -> bool:
-        return "live-vaccine" in self.roles
+        return Role.LIVE_VACCINE in self.roles
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -182,6 +184,12 @@ class PatientFacts:
         today = self.now.date()
         before_birthday = (today.month, today.day) < (self.birth_date.month, self.birth_date.day)
         return today.year - self.birth_date.year - int(before_birthday)
+
+    @property
+    def order_entry_complete(self) -> bool:
+        """The draft orders are fully entered; False at order-select, which fires when an order is
+        picked and may come before its dose is entered (CDS Hooks order-select)."""
+        return self.hook != "order-select"
 
     @property
     def active_medications(self) -> tuple[Medication, ...]:

@@ -1,7 +1,10 @@
 """Load and validate the reviewed knowledge data in ``fhir_mappings/data/``.
 
 The data is read once at start-up; anything malformed raises ``KnowledgeError`` so a bad data
-change stops the service from starting instead of silently weakening a check.
+change stops the service from starting instead of silently weakening a check. Roles, kinds and
+payer criterion ids are checked against ``vocabulary.py``; card prose (``cards.toml``), criterion
+names (``prior_authorization.toml``) and rule titles are templates whose placeholders are checked
+here (``prose.py``) and filled by ``Knowledge.card_text`` / ``Knowledge.fill``.
 """
 
 from __future__ import annotations
@@ -9,30 +12,21 @@ from __future__ import annotations
 import csv
 import hashlib
 import tomllib
+from collections.abc import Set
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-DATA_DIR = Path(__file__).parent / "data"
+from fhir_mappings.prose import CardText, placeholder_problems, used_names
+from fhir_mappings.vocabulary import (
+    DRUG_LIST_ROLES,
+    ConditionKind,
+    Criterion,
+    ObservationKind,
+    Role,
+)
 
-DRUG_ROLES = frozenset(
-    {
-        "voclosporin",
-        "strong-cyp3a4-inhibitor",
-        "moderate-cyp3a4-inhibitor",
-        "strong-cyp3a4-inducer",
-        "moderate-cyp3a4-inducer",
-        "cyclophosphamide",
-        "calcineurin-inhibitor",
-        "p-gp-substrate",
-        "mycophenolate",
-        "corticosteroid",
-    }
-)
-OBSERVATION_KINDS = frozenset(
-    {"egfr", "creatinine", "potassium", "bp-panel", "systolic", "diastolic", "upcr"}
-)
-CONDITION_KINDS = frozenset({"lupus-nephritis"})
+DATA_DIR = Path(__file__).parent / "data"
 
 
 class KnowledgeError(ValueError):
@@ -41,7 +35,7 @@ class KnowledgeError(ValueError):
 
 @dataclass(frozen=True)
 class DrugEntry:
-    role: str
+    role: Role
     ingredient: str
     terms: tuple[str, ...]
     rxnorm: tuple[str, ...]
@@ -136,18 +130,28 @@ class PriorAuthorizationLimits:
 
 
 @dataclass(frozen=True)
+class PayerCriterion:
+    """One prior-authorization criterion: its id, the name the card shows (a template), source."""
+
+    id: Criterion
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
 class Knowledge:
     """The whole reviewed knowledge base, immutable after loading."""
 
     version: str
     digest: str
-    label_title: str
     label_url: str
     payer_policy_title: str
     drugs: tuple[DrugEntry, ...]
     ndc_prefixes: dict[str, str]
     vaccines: dict[str, VaccineEntry]
     live_vaccine_terms: tuple[str, ...]
+    # Values are ObservationKind / ConditionKind members (checked at load), typed as their strings
+    # so that callers may mix them with the plain strings terminology adds.
     observation_kinds: dict[str, str]
     condition_kinds: dict[tuple[str, str], str]
     renal: Renal
@@ -162,6 +166,8 @@ class Knowledge:
     prior_authorization: PriorAuthorizationLimits
     rules: dict[str, RuleCitation]
     override_reasons: tuple[OverrideReason, ...]
+    cards: dict[str, CardText]
+    payer_criteria: tuple[PayerCriterion, ...]
 
     @property
     def full_version(self) -> str:
@@ -170,6 +176,22 @@ class Knowledge:
 
     def loinc_codes(self, *kinds: str) -> tuple[str, ...]:
         return tuple(code for code, kind in self.observation_kinds.items() if kind in kinds)
+
+    def template_values(self) -> dict[str, Any]:
+        """The knowledge values a template may name (after any local policy was applied)."""
+        return _template_values(self)
+
+    def card_text(self, rule_id: str, name: str, /, **facts: object) -> str:
+        """Fill template ``name`` of ``rule_id`` (cards.toml) with the knowledge and ``facts``."""
+        card = self.cards[rule_id]
+        undeclared = sorted(set(facts) - card.facts)
+        if undeclared:
+            raise KnowledgeError(f"cards.toml [{rule_id}]: facts {undeclared} are not declared")
+        return self.fill(card.templates[name], **facts)
+
+    def fill(self, template: str, /, **facts: object) -> str:
+        """Fill a checked template with the knowledge values and ``facts``."""
+        return template.format_map({**self.template_values(), **facts})
 
     def with_local_policy(
         self,
@@ -227,16 +249,16 @@ def _drugs(directory: Path) -> tuple[DrugEntry, ...]:
     entries = []
     rows = _read_csv(directory / "drugs.csv", ("role", "ingredient", "terms", "source"))
     for number, row in enumerate(rows, start=2):
-        if row["role"] not in DRUG_ROLES:
+        if row["role"] not in DRUG_LIST_ROLES:
             raise KnowledgeError(f"drugs.csv line {number}: unknown role {row['role']!r}")
         terms = tuple(t.strip().lower() for t in row["terms"].split("|") if t.strip())
         rxnorm = tuple(c.strip() for c in (row.get("rxnorm") or "").split("|") if c.strip())
         if not all(code.isdigit() for code in rxnorm):
             raise KnowledgeError(f"drugs.csv line {number}: RxCUIs must be digits")
         entries.append(
-            DrugEntry(row["role"], row["ingredient"].lower(), terms, rxnorm, row["source"])
+            DrugEntry(Role(row["role"]), row["ingredient"].lower(), terms, rxnorm, row["source"])
         )
-    if not any(entry.role == "voclosporin" for entry in entries):
+    if not any(entry.role is Role.VOCLOSPORIN for entry in entries):
         raise KnowledgeError("drugs.csv: no voclosporin row")
     return tuple(entries)
 
@@ -254,13 +276,124 @@ def _vaccines(directory: Path) -> dict[str, VaccineEntry]:
     return vaccines
 
 
-def _keyed_kinds(path: Path, key: str, allowed: frozenset[str]) -> dict[str, str]:
-    kinds: dict[str, str] = {}
-    for number, row in enumerate(_read_csv(path, (key, "kind", "source")), start=2):
-        if row["kind"] not in allowed:
-            raise KnowledgeError(f"{path.name} line {number}: unknown kind {row['kind']!r}")
-        kinds[row[key].strip()] = row["kind"]
-    return kinds
+K = TypeVar("K", ObservationKind, ConditionKind)
+
+
+def _kind(vocabulary: type[K], path: Path, number: int, value: str) -> K:
+    """The row's ``kind`` as a vocabulary member; anything else stops start-up."""
+    try:
+        return vocabulary(value)
+    except ValueError:
+        raise KnowledgeError(f"{path.name} line {number}: unknown kind {value!r}") from None
+
+
+def _observation_kinds(directory: Path) -> dict[str, str]:
+    path = directory / "observations.csv"
+    return {
+        row["loinc"].strip(): _kind(ObservationKind, path, number, row["kind"])
+        for number, row in enumerate(_read_csv(path, ("loinc", "kind", "source")), start=2)
+    }
+
+
+def _condition_kinds(directory: Path) -> dict[tuple[str, str], str]:
+    path = directory / "conditions.csv"
+    rows = _read_csv(path, ("system", "code", "kind", "source"))
+    return {
+        (row["system"].strip(), row["code"].strip()): _kind(
+            ConditionKind, path, number, row["kind"]
+        )
+        for number, row in enumerate(rows, start=2)
+    }
+
+
+def _template_values(knowledge: Knowledge) -> dict[str, Any]:
+    """Name -> value for every knowledge value a template may use (``{renal.baseline_low_max}``)."""
+    return {
+        "payer_policy_title": knowledge.payer_policy_title,
+        "renal": knowledge.renal,
+        "ckd_epi": knowledge.ckd_epi,
+        "creatinine_umol_per_mg_dl": knowledge.creatinine_umol_per_mg_dl,
+        "blood_pressure": knowledge.blood_pressure,
+        "potassium": knowledge.potassium,
+        "adult_from_years": knowledge.adult_from_years,
+        "live_vaccine_days_before_initiation": knowledge.live_vaccine_days_before_initiation,
+        "dose": knowledge.dose,
+        "duration": knowledge.duration,
+        "prior_authorization": knowledge.prior_authorization,
+    }
+
+
+def _strings(doc: dict[str, Any], where: str) -> dict[str, str]:
+    if not all(isinstance(value, str) for value in doc.values()):
+        raise KnowledgeError(f"{where}: every template must be a string")
+    return dict(doc)
+
+
+def _cards(doc: dict[str, Any], rule_ids: Set[str], values: dict[str, Any]) -> dict[str, CardText]:
+    """cards.toml: one table per rule id, a ``facts`` list and named templates."""
+    cards: dict[str, CardText] = {}
+    for rule_id, table in doc.items():
+        where = f"cards.toml [{rule_id}]"
+        if rule_id not in rule_ids:
+            raise KnowledgeError(f"{where}: not a rule in rules.toml [rules.*]")
+        if not isinstance(table, dict):
+            raise KnowledgeError(f"{where}: expected a table")
+        table = dict(table)
+        facts = table.pop("facts", [])
+        if not isinstance(facts, list) or not all(isinstance(f, str) for f in facts):
+            raise KnowledgeError(f"{where}: facts must be a list of names")
+        clashing = sorted(set(facts) & set(values))
+        if clashing:
+            raise KnowledgeError(f"{where}: facts {clashing} shadow knowledge values")
+        templates = _strings(table, where)
+        for name, template in templates.items():
+            for problem in placeholder_problems(template, values, frozenset(facts)):
+                raise KnowledgeError(f"{where} {name}: {problem}")
+        unused = sorted(set(facts) - set().union(*map(used_names, templates.values())))
+        if unused:
+            raise KnowledgeError(f"{where}: facts {unused} are used by no template")
+        cards[rule_id] = CardText(rule_id, templates, frozenset(facts))
+    unworded = sorted(set(rule_ids) - set(cards))
+    if unworded:
+        raise KnowledgeError(f"cards.toml: no table for rules {unworded}")
+    return cards
+
+
+def _titled(rules: dict[str, RuleCitation], values: dict[str, Any]) -> dict[str, RuleCitation]:
+    """Fill the card titles of rules.toml [rules.*] (templates over knowledge values only)."""
+    for rule_id, citation in rules.items():
+        for problem in placeholder_problems(citation.title, values):
+            raise KnowledgeError(f"rules.toml [rules.{rule_id}] title: {problem}")
+    return {
+        rule_id: replace(citation, title=citation.title.format_map(values))
+        for rule_id, citation in rules.items()
+    }
+
+
+def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerCriterion, ...]:
+    """prior_authorization.toml: the criteria in card order; exactly one per ``Criterion``."""
+    criteria = []
+    for number, entry in enumerate(doc.get("criterion", []), start=1):
+        where = f"prior_authorization.toml criterion {number}"
+        missing = [key for key in ("id", "name", "source") if not str(entry.get(key, "")).strip()]
+        if missing:
+            raise KnowledgeError(f"{where}: missing {', '.join(missing)}")
+        try:
+            criterion_id = Criterion(entry["id"])
+        except ValueError:
+            raise KnowledgeError(f"{where}: unknown criterion id {entry['id']!r}") from None
+        for problem in placeholder_problems(str(entry["name"]), values):
+            raise KnowledgeError(f"{where} ({criterion_id}) name: {problem}")
+        criteria.append(PayerCriterion(criterion_id, str(entry["name"]), str(entry["source"])))
+    ids = [c.id for c in criteria]
+    repeated = sorted({str(i) for i in ids if ids.count(i) > 1})
+    absent = sorted(str(c) for c in set(Criterion) - set(ids))
+    if repeated or absent:
+        raise KnowledgeError(
+            "prior_authorization.toml: every criterion exactly once "
+            f"(repeated {repeated}, missing {absent})"
+        )
+    return tuple(criteria)
 
 
 def normalize_cvx(code: str) -> str:
@@ -283,10 +416,19 @@ def load_knowledge(directory: Path = DATA_DIR) -> Knowledge:
     try:
         rules_doc = tomllib.loads((directory / "rules.toml").read_text(encoding="utf-8"))
         reasons_doc = tomllib.loads((directory / "override_reasons.toml").read_text("utf-8"))
+        cards_doc = tomllib.loads((directory / "cards.toml").read_text(encoding="utf-8"))
+        payer_doc = tomllib.loads((directory / "prior_authorization.toml").read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise KnowledgeError(f"cannot read knowledge TOML in {directory}: {exc}") from exc
     try:
-        return _build(directory, rules_doc, reasons_doc)
+        knowledge = _build(directory, rules_doc, reasons_doc)
+        values = _template_values(knowledge)
+        return replace(
+            knowledge,
+            rules=_titled(knowledge.rules, values),
+            cards=_cards(cards_doc, knowledge.rules.keys(), values),
+            payer_criteria=_payer_criteria(payer_doc, values),
+        )
     except KeyError as exc:
         raise KnowledgeError(f"knowledge data in {directory}: missing key {exc}") from exc
     except OSError as exc:
@@ -296,10 +438,6 @@ def load_knowledge(directory: Path = DATA_DIR) -> Knowledge:
 def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, Any]) -> Knowledge:
     ndc_rows = _read_csv(directory / "ndc.csv", ("ndc_prefix", "ingredient", "source"))
     live_terms = _read_csv(directory / "live_vaccine_terms.csv", ("term", "source"))
-    condition_rows = _read_csv(directory / "conditions.csv", ("system", "code", "kind", "source"))
-    for number, row in enumerate(condition_rows, start=2):
-        if row["kind"] not in CONDITION_KINDS:
-            raise KnowledgeError(f"conditions.csv line {number}: unknown kind {row['kind']!r}")
     creatinine = rules_doc["creatinine"]
     citations = {
         rule_id: RuleCitation(rule_id, str(entry["title"]), str(entry["section"]))
@@ -314,17 +452,14 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
     return Knowledge(
         version=str(rules_doc["version"]),
         digest=_digest(directory),
-        label_title=str(rules_doc["label"]["title"]),
         label_url=str(rules_doc["label"]["url"]),
         payer_policy_title=str(rules_doc["payer_policy"]["title"]),
         drugs=_drugs(directory),
         ndc_prefixes={row["ndc_prefix"].strip(): row["ingredient"] for row in ndc_rows},
         vaccines=_vaccines(directory),
         live_vaccine_terms=tuple(row["term"].strip().lower() for row in live_terms),
-        observation_kinds=_keyed_kinds(directory / "observations.csv", "loinc", OBSERVATION_KINDS),
-        condition_kinds={
-            (r["system"].strip(), r["code"].strip()): r["kind"] for r in condition_rows
-        },
+        observation_kinds=_observation_kinds(directory),
+        condition_kinds=_condition_kinds(directory),
         renal=_section(Renal, rules_doc["renal"], "renal"),
         ckd_epi=_section(CkdEpi2021, creatinine["ckd_epi_2021"], "creatinine.ckd_epi_2021"),
         creatinine_umol_per_mg_dl=float(creatinine["umol_per_mg_dl"]),
@@ -341,4 +476,6 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
         ),
         rules=citations,
         override_reasons=reasons,
+        cards={},  # filled by load_knowledge once the values templates may name exist
+        payer_criteria=(),
     )

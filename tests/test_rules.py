@@ -359,6 +359,15 @@ def test_dose_check_missing_dose_only_at_sign(knowledge):
 
 
 @pytest.mark.parametrize(
+    ("hook", "complete"),
+    [("order-select", False), ("order-sign", True), ("medication-prescribe", True)],
+)
+def test_order_entry_is_complete_except_at_order_select(hook, complete):
+    """Rules ask facts.order_entry_complete, not the hook name: only order-select is partial."""
+    assert facts(hook=hook).order_entry_complete is complete
+
+
+@pytest.mark.parametrize(
     ("days", "expected"),
     [(168, None), (169, "reassess benefit"), (365, "reassess benefit"), (366, "beyond one year")],
     ids=["24w", "24w+1d", "365d", "366d"],

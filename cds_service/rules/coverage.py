@@ -1,141 +1,186 @@
-"""The payer's prior-authorization criteria for initiation (FEP policy 5.99.021, knowledge 7)."""
+"""The payer's prior-authorization criteria for initiation (FEP policy 5.99.021, knowledge 7).
+
+The criteria (id, name as shown, order, source) are data: ``prior_authorization.toml``. Here is
+one checker per criterion id, deciding met / not met / unknown from the facts and saying which
+facts it used. ``CHECKERS`` covers ``Criterion`` exactly; the loader makes the data cover it too.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Literal
 
-from cds_service.rules.model import Finding, Outcome, describe, latest
-from fhir_mappings.facts import DataCategory, Medication, PatientFacts
+from cds_service.rules.model import Finding, RuleResult, card_text, describe, latest
+from fhir_mappings.facts import Condition, DataCategory, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.vocabulary import ConditionKind, Criterion, Role
 
 Status = Literal["met", "not met", "unknown"]
+Checker = Callable[[PatientFacts, Knowledge], tuple[Status, str]]
 _ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
+_ATTESTATION = "prescriber attestation"
 
 
-def prior_authorization(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]:
+def prior_authorization(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Initiation: each policy criterion as met / not met / unknown, with the facts used."""
     if not facts.is_initiation:
         return
-    criteria = _criteria(facts, knowledge)
+    text = card_text(knowledge, "prior-authorization")
+    criteria = [
+        (knowledge.fill(criterion.name), *CHECKERS[criterion.id](facts, knowledge))
+        for criterion in knowledge.payer_criteria
+    ]
     counts = {
         s: sum(1 for _, status, _ in criteria if status == s) for s in ("met", "not met", "unknown")
     }
-    rows = "\n".join(f"| {name} | **{status}** | {why} |" for name, status, why in criteria)
+    rows = "\n".join(
+        text("row", name=name, status=status, evidence=why) for name, status, why in criteria
+    )
     yield Finding(
         "info",
-        f"Prior authorization: {counts['met']} of {len(criteria)} criteria met, "
-        f"{counts['not met']} not met, {counts['unknown']} to confirm",
-        f"Payer policy: {knowledge.payer_policy_title}.\n\n| criterion | status | facts |\n"
-        f"|---|---|---|\n{rows}",
+        text(
+            "summary",
+            met=counts["met"],
+            total=len(criteria),
+            not_met=counts["not met"],
+            unknown=counts["unknown"],
+        ),
+        text("detail", rows=rows),
     )
 
 
-def _criteria(facts: PatientFacts, knowledge: Knowledge) -> list[tuple[str, Status, str]]:
-    limits = knowledge.prior_authorization
-    pool = (*facts.draft_orders, *facts.active_medications)
+def _absent(facts: PatientFacts, category: DataCategory, found_nothing: Status) -> Status:
+    """What finding nothing means: a fact when the data came, unknown when it did not."""
+    return "unknown" if category in facts.unavailable else found_nothing
+
+
+def _pool(facts: PatientFacts) -> tuple[Medication, ...]:
+    return (*facts.draft_orders, *facts.active_medications)
+
+
+def _lupus_nephritis(facts: PatientFacts) -> list[Condition]:
+    return [c for c in facts.conditions if ConditionKind.LUPUS_NEPHRITIS in c.kinds]
+
+
+def _active(conditions: list[Condition]) -> list[Condition]:
+    return [c for c in conditions if c.clinical_status in _ACTIVE_CONDITION]
+
+
+def _age(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
     age = facts.age_years
-    ln = [c for c in facts.conditions if "lupus-nephritis" in c.kinds]
-    active_ln = [c for c in ln if c.clinical_status in _ACTIVE_CONDITION]
-    background = [m for m in pool if m.has_role("mycophenolate") or m.has_role("corticosteroid")]
-    cyclophosphamide = [m for m in pool if m.has_role("cyclophosphamide")]
-    live = [m for m in facts.draft_orders if m.is_live_vaccine]
-    recent_live = [
-        i
-        for i in facts.immunizations
-        if i.live
-        and i.when is not None
-        and i.when >= facts.now - timedelta(days=knowledge.live_vaccine_days_before_initiation)
-    ]
+    if age is None:
+        return "unknown", "birth date unknown"
+    met = age >= knowledge.prior_authorization.minimum_age_years
+    return ("met" if met else "not met"), f"age {age}"
+
+
+def _diagnosis(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    ln = _lupus_nephritis(facts)
+    status: Status = "met" if ln else _absent(facts, DataCategory.CONDITIONS, "not met")
+    return status, _conditions_text(ln) or "no lupus nephritis diagnosis on record"
+
+
+def _active_disease(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    ln = _lupus_nephritis(facts)
+    active_ln = _active(ln)
     upcr = latest(facts.upcr)
-
-    def absent(category: DataCategory, found_nothing: Status) -> Status:
-        """What finding nothing means: a fact when the data came, unknown when it did not."""
-        return "unknown" if category in facts.unavailable else found_nothing
-
-    criteria: list[tuple[str, Status, str]] = [
-        (
-            "Age 18 or older",
-            "unknown" if age is None else ("met" if age >= limits.minimum_age_years else "not met"),
-            "birth date unknown" if age is None else f"age {age}",
-        ),
-        (
-            "Diagnosis of lupus nephritis",
-            "met" if ln else absent(DataCategory.CONDITIONS, "not met"),
-            _conditions_text(ln) or "no lupus nephritis diagnosis on record",
-        ),
-        (
-            "Active lupus nephritis",
-            "met" if active_ln else "unknown" if ln else absent(DataCategory.CONDITIONS, "not met"),
-            (_conditions_text(active_ln) or "no active lupus nephritis condition on record")
-            + (f"; latest UPCR {describe(upcr)}" if upcr else ""),
-        ),
-        (
-            "Background immunosuppression (e.g. MMF, corticosteroids)",
-            "met" if background else absent(DataCategory.MEDICATIONS, "not met"),
-            _names(background) or "none found",
-        ),
-        (
-            "Not with cyclophosphamide",
-            "not met" if cyclophosphamide else absent(DataCategory.MEDICATIONS, "met"),
-            _names(cyclophosphamide) or "no cyclophosphamide found",
-        ),
-        (
-            "Prescriber agrees to monitor eGFR and blood pressure",
-            "unknown",
-            "prescriber attestation",
-        ),
-        (
-            "Prescriber agrees to monitor for serious infections and malignancies",
-            "unknown",
-            "prescriber attestation",
-        ),
-        (
-            "Not given with live vaccines",
-            "not met" if live or recent_live else absent(DataCategory.IMMUNIZATIONS, "met"),
-            _names(live) or ", ".join(i.name for i in recent_live) or "no live vaccine found",
-        ),
-    ]
-    criteria.append(_quantity_limit(facts, knowledge))
-    criteria.append(_duration_limit(facts, knowledge))
-    return criteria
-
-
-def _names(orders: list[Medication]) -> str:
-    return ", ".join(dict.fromkeys(o.name for o in orders))
-
-
-def _conditions_text(conditions: list) -> str:  # type: ignore[type-arg]
-    return ", ".join(f"{c.name} ({c.clinical_status or 'status not stated'})" for c in conditions)
-
-
-def _quantity_limit(facts: PatientFacts, knowledge: Knowledge) -> tuple[str, Status, str]:
-    limits = knowledge.prior_authorization
-    name = (
-        f"Quantity limit {limits.quantity_capsules} capsules per {limits.quantity_period_days} days"
+    status: Status = (
+        "met"
+        if active_ln
+        else "unknown"
+        if ln
+        else _absent(facts, DataCategory.CONDITIONS, "not met")
     )
+    return status, (
+        (_conditions_text(active_ln) or "no active lupus nephritis condition on record")
+        + (f"; latest UPCR {describe(upcr)}" if upcr else "")
+    )
+
+
+def _background_therapy(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    background = [
+        m for m in _pool(facts) if m.has_role(Role.MYCOPHENOLATE) or m.has_role(Role.CORTICOSTEROID)
+    ]
+    status: Status = "met" if background else _absent(facts, DataCategory.MEDICATIONS, "not met")
+    return status, _names(background) or "none found"
+
+
+def _no_cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    cyclophosphamide = [m for m in _pool(facts) if m.has_role(Role.CYCLOPHOSPHAMIDE)]
+    status: Status = (
+        "not met" if cyclophosphamide else _absent(facts, DataCategory.MEDICATIONS, "met")
+    )
+    return status, _names(cyclophosphamide) or "no cyclophosphamide found"
+
+
+def _attestation(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    """The prescriber's agreement is not in the chart: always to confirm."""
+    return "unknown", _ATTESTATION
+
+
+def _no_live_vaccines(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    live = [m for m in facts.draft_orders if m.is_live_vaccine]
+    since = facts.now - timedelta(days=knowledge.live_vaccine_days_before_initiation)
+    recent_live = [
+        i for i in facts.immunizations if i.live and i.when is not None and i.when >= since
+    ]
+    status: Status = (
+        "not met" if live or recent_live else _absent(facts, DataCategory.IMMUNIZATIONS, "met")
+    )
+    return status, (
+        _names(live) or ", ".join(i.name for i in recent_live) or "no live vaccine found"
+    )
+
+
+def _quantity_limit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    limits = knowledge.prior_authorization
     per_day = []
     for order in facts.draft_voclosporin:
         if order.dosage and order.dosage.doses and order.dosage.doses_per_day is not None:
             daily_mg = sum(d.mg for d in order.dosage.doses)
             per_day.append(daily_mg / knowledge.dose.capsule_mg)
     if not per_day:
-        return name, "unknown", "dose or frequency not stated on the order"
+        return "unknown", "dose or frequency not stated on the order"
     capsules = max(per_day) * limits.quantity_period_days
     status: Status = "met" if capsules <= limits.quantity_capsules + 0.5 else "not met"
-    return name, status, f"{capsules:.0f} capsules per {limits.quantity_period_days} days as dosed"
+    return status, f"{capsules:.0f} capsules per {limits.quantity_period_days} days as dosed"
 
 
-def _duration_limit(facts: PatientFacts, knowledge: Knowledge) -> tuple[str, Status, str]:
+def _approval_duration(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
     limits = knowledge.prior_authorization
-    name = f"Approval duration {limits.approval_months} months"
     spans = []
     for order in facts.draft_voclosporin:
         if order.expected_supply_days is not None:
             spans.append(order.expected_supply_days * (1 + (order.number_of_repeats or 0)))
     if not spans:
-        return name, "unknown", "supply duration not stated on the order"
+        return "unknown", "supply duration not stated on the order"
     days = max(spans)
     status: Status = "met" if days <= limits.approval_months * 365 / 12 + 0.5 else "not met"
-    return name, status, f"{days:.0f} days of supply ordered (including refills)"
+    return status, f"{days:.0f} days of supply ordered (including refills)"
+
+
+def _names(orders: list[Medication]) -> str:
+    return ", ".join(dict.fromkeys(o.name for o in orders))
+
+
+def _conditions_text(conditions: list[Condition]) -> str:
+    return ", ".join(f"{c.name} ({c.clinical_status or 'status not stated'})" for c in conditions)
+
+
+CHECKERS: dict[Criterion, Checker] = {
+    Criterion.AGE: _age,
+    Criterion.DIAGNOSIS: _diagnosis,
+    Criterion.ACTIVE_DISEASE: _active_disease,
+    Criterion.BACKGROUND_THERAPY: _background_therapy,
+    Criterion.NO_CYCLOPHOSPHAMIDE: _no_cyclophosphamide,
+    Criterion.MONITOR_EGFR_AND_BP: _attestation,
+    Criterion.MONITOR_INFECTIONS: _attestation,
+    Criterion.NO_LIVE_VACCINES: _no_live_vaccines,
+    Criterion.QUANTITY_LIMIT: _quantity_limit,
+    Criterion.APPROVAL_DURATION: _approval_duration,
+}
+if set(CHECKERS) != set(Criterion):  # checked on import, i.e. at start-up, before any request
+    raise RuntimeError(
+        f"coverage.CHECKERS does not cover Criterion: {sorted(set(Criterion) ^ set(CHECKERS))}"
+    )

@@ -15,11 +15,13 @@ from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.vocabulary import INTERACTING_ROLES
 
 log = logging.getLogger(__name__)
 
 DATA_UNAVAILABLE = "data-unavailable"
 INVOLVEMENT = "voclosporin-involvement"  # the label of "cannot tell" gaps, not a rule
+_UNREADABLE_SHOWN = 20  # skipped resources listed one by one on the card, then a count
 _MEDS = frozenset({D.MEDICATIONS})
 _RENAL = frozenset({D.EGFR, D.CREATININE, D.PATIENT})
 
@@ -56,20 +58,6 @@ REGISTRY: tuple[RuleSpec, ...] = (
 )
 RULE_IDS: tuple[str, ...] = (*(spec.rule_id for spec in REGISTRY), DATA_UNAVAILABLE)
 
-# Roles that make a drafted order matter to voclosporin even when we cannot see the med list.
-_INTERACTING_ROLES = frozenset(
-    {
-        "strong-cyp3a4-inhibitor",
-        "moderate-cyp3a4-inhibitor",
-        "strong-cyp3a4-inducer",
-        "moderate-cyp3a4-inducer",
-        "cyclophosphamide",
-        "calcineurin-inhibitor",
-        "p-gp-substrate",
-        "live-vaccine",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -90,7 +78,7 @@ def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
         if m.is_selected and not m.identified
     ]
     if D.MEDICATIONS in facts.unavailable and any(
-        m.is_selected and m.roles & _INTERACTING_ROLES for m in facts.draft_orders
+        m.is_selected and m.roles & INTERACTING_ROLES for m in facts.draft_orders
     ):
         gaps.append(
             NotChecked(
@@ -118,11 +106,11 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
             gaps.append(NotChecked("not run: " + ", ".join(missing) + " unavailable", spec.rule_id))
             continue
         try:
-            for outcome in spec.check(facts, knowledge):
-                if isinstance(outcome, NotChecked):
-                    gaps.append(replace(outcome, rule_id=spec.rule_id))
+            for result in spec.check(facts, knowledge):
+                if isinstance(result, NotChecked):
+                    gaps.append(replace(result, rule_id=spec.rule_id))
                 else:
-                    findings.append(_stamp(outcome, spec.rule_id, knowledge))
+                    findings.append(_stamp(result, spec.rule_id, knowledge))
         except Exception:  # a broken rule must surface as "could not check", not as silence
             log.exception("rule %s raised", spec.rule_id)
             gaps.append(NotChecked("internal error while checking (logged)", spec.rule_id))
@@ -148,7 +136,7 @@ def _finish(
     gaps: list[NotChecked],
     evaluated: tuple[str, ...],
 ) -> Evaluation:
-    unavailable_card = _data_unavailable(facts, gaps)
+    unavailable_card = _data_unavailable(facts, gaps, knowledge)
     if unavailable_card is not None:
         findings.append(_stamp(unavailable_card, DATA_UNAVAILABLE, knowledge))
     order = {rule_id: n for n, rule_id in enumerate(RULE_IDS)}
@@ -156,28 +144,33 @@ def _finish(
     return Evaluation(tuple(findings), (*evaluated, DATA_UNAVAILABLE), tuple(gaps))
 
 
-def _data_unavailable(facts: PatientFacts, gaps: list[NotChecked]) -> Finding | None:
+def _data_unavailable(
+    facts: PatientFacts, gaps: list[NotChecked], knowledge: Knowledge
+) -> Finding | None:
     if not gaps and not facts.unavailable_reasons and not facts.unreadable:
         return None
+
+    def text(name: str, **values: object) -> str:
+        return knowledge.card_text(DATA_UNAVAILABLE, name, **values)
+
     lines = []
     if facts.unavailable_reasons:
-        lines.append("**Data that could not be obtained**")
-        lines += [f"- {category}: {reason}" for category, reason in facts.unavailable_reasons]
+        lines.append(text("data_heading"))
+        lines += [text("data", category=c, reason=r) for c, r in facts.unavailable_reasons]
     if gaps:
-        lines.append("\n**Checks not run or incomplete**")
-        lines += [f"- {gap.rule_id}: {gap.reason}" for gap in gaps]
+        lines.append(text("checks_heading"))
+        lines += [text("check", rule=gap.rule_id, reason=gap.reason) for gap in gaps]
     if facts.unreadable:
-        lines.append("\n**Resources skipped (failed FHIR R4 validation or unusable)**")
-        lines += [f"- `{u.reference}`: {u.reason}" for u in facts.unreadable[:20]]
-        if len(facts.unreadable) > 20:
-            lines.append(f"- ... and {len(facts.unreadable) - 20} more")
+        lines.append(text("skipped_heading"))
+        lines += [
+            text("skipped", reference=u.reference, reason=u.reason)
+            for u in facts.unreadable[:_UNREADABLE_SHOWN]
+        ]
+        if len(facts.unreadable) > _UNREADABLE_SHOWN:
+            lines.append(text("skipped_more", count=len(facts.unreadable) - _UNREADABLE_SHOWN))
     affected = sorted({gap.rule_id for gap in gaps})
     if affected:
-        summary = f"{len(affected)} voclosporin check(s) could not run: " + ", ".join(affected)
+        summary = text("summary_checks", count=len(affected), rules=", ".join(affected))
     else:
-        summary = "Some chart data could not be read: voclosporin checks may be incomplete"
-    return Finding(
-        "warning",
-        summary,
-        "A check that could not run has **not** found the chart safe.\n\n" + "\n".join(lines),
-    )
+        summary = text("summary_data")
+    return Finding("warning", summary, text("detail", lines="\n".join(lines)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Literal, TypeVar
 
 from fhir_mappings.facts import BloodPressure, DataCategory, Measurement, Medication, PatientFacts
@@ -63,8 +64,9 @@ class NotChecked:
     rule_id: str = ""
 
 
-Outcome = Finding | NotChecked
-Rule = Callable[[PatientFacts, Knowledge], Iterator[Outcome]]
+# What a rule yields (named apart from the feedback outcome of a card and the hook call's result).
+RuleResult = Finding | NotChecked
+Rule = Callable[[PatientFacts, Knowledge], Iterator[RuleResult]]
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,11 @@ def recent(items: Iterable[T], now: datetime, max_age_days: int) -> list[T]:
 def latest(items: Iterable[T]) -> T | None:
     dated = [i for i in items if i.when is not None]
     return max(dated, key=lambda i: i.when) if dated else None  # type: ignore[arg-type,return-value]
+
+
+def card_text(knowledge: Knowledge, rule_id: str) -> Callable[..., str]:
+    """The prose of one rule's card (cards.toml): ``text("summary", partners=...)``."""
+    return partial(knowledge.card_text, rule_id)
 
 
 def when_text(when: datetime | None) -> str:

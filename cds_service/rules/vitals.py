@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from cds_service.rules.model import (
     Finding,
     NotChecked,
-    Outcome,
+    RuleResult,
+    card_text,
     describe,
     latest,
     num,
@@ -29,7 +30,7 @@ def _latest_parts(
     return systolic, diastolic
 
 
-def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]:
+def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Do not initiate with BP > 165/105 (PI 2.2); exactly 165/105 passes."""
     if not facts.is_initiation:
         return
@@ -39,26 +40,24 @@ def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[O
     high_dia = diastolic is not None and (diastolic.diastolic or 0) > limits.diastolic_max
     if not (high_sys or high_dia):
         return
-    lines = []
-    if systolic is not None:
-        lines.append(
-            f"- systolic {num(systolic.systolic or 0)} mmHg on {when_text(systolic.when)} "
-            f"(`{systolic.source}`)"
+    text = card_text(knowledge, "blood-pressure-high")
+    lines = [
+        text(
+            "part",
+            part=part,
+            value=num(getattr(bp, part) or 0),
+            when=when_text(bp.when),
+            source=bp.source,
         )
-    if diastolic is not None:
-        lines.append(
-            f"- diastolic {num(diastolic.diastolic or 0)} mmHg on {when_text(diastolic.when)} "
-            f"(`{diastolic.source}`)"
-        )
+        for part, bp in (("systolic", systolic), ("diastolic", diastolic))
+        if bp is not None
+    ]
     reading = f"{_fmt(systolic, 'systolic')}/{_fmt(diastolic, 'diastolic')}"
     yield Finding(
         "critical",
-        f"BP {reading} is above {limits.systolic_max:g}/{limits.diastolic_max:g}: do not start "
-        "voclosporin",
-        "Do not initiate LUPKYNIS with blood pressure > "
-        f"{limits.systolic_max:g}/{limits.diastolic_max:g} mmHg or a hypertensive emergency.\n\n"
-        + "\n".join(lines),
-        remove_suggestions(facts.draft_voclosporin, "Do not start: cancel"),
+        text("summary", reading=reading),
+        text("detail", readings="\n".join(lines)),
+        remove_suggestions(facts.draft_voclosporin, text("cancel")),
     )
 
 
@@ -67,48 +66,46 @@ def _fmt(bp: BloodPressure | None, part: str) -> str:
     return num(value) if value is not None else "?"
 
 
-def blood_pressure_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]:
+def blood_pressure_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Initiation without a systolic and diastolic reading in the window: check BP first."""
     if not facts.is_initiation:
         return
     systolic, diastolic = _latest_parts(facts, knowledge)
     if systolic is not None and diastolic is not None:
         return
-    days = knowledge.blood_pressure.max_age_days
+    text = card_text(knowledge, "blood-pressure-missing")
     older = latest(facts.blood_pressures)
-    detail = f"No complete blood-pressure reading in the last {days} days."
-    if older is not None:
-        detail += (
-            f"\n\nMost recent: {_fmt(older, 'systolic')}/{_fmt(older, 'diastolic')} mmHg "
-            f"on {when_text(older.when)} (`{older.source}`)."
+    most_recent = (
+        text(
+            "most_recent",
+            reading=f"{_fmt(older, 'systolic')}/{_fmt(older, 'diastolic')}",
+            when=when_text(older.when),
+            source=older.source,
         )
-    yield Finding(
-        "warning",
-        f"No blood pressure in the last {days} days: check BP before starting voclosporin",
-        detail + "\n\nLUPKYNIS must not be started with BP > 165/105 mmHg; measure it first.",
+        if older is not None
+        else ""
     )
+    yield Finding("warning", text("summary"), text("detail", most_recent=most_recent))
 
 
-def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Outcome]:
+def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Latest potassium above the lab's reference high (else the local default) (PI 5.6)."""
     if not facts.ordering_voclosporin:
         return
+    text = card_text(knowledge, "hyperkalemia")
     limits = knowledge.potassium
     result = latest(recent(facts.potassium, facts.now, limits.max_age_days))
     if result is None:
-        yield NotChecked(f"no potassium result in the last {limits.max_age_days} days")
+        yield NotChecked(text("no_result"))
         return
     high = result.reference_high
-    basis = "the result's reference range"
+    basis = "basis_reference_range"
     if high is None:
-        high, basis = limits.default_high_mmol_l, "the local default (no reference range sent)"
+        high, basis = limits.default_high_mmol_l, "basis_local_default"
     if result.value <= high:
         return
     yield Finding(
         "warning",
-        f"Potassium {num(result.value)} {result.unit} is above {high:g}: hyperkalemia risk with "
-        "voclosporin",
-        f"Latest potassium {describe(result)}; upper limit {high:g} from {basis}.\n\n"
-        "LUPKYNIS can cause hyperkalemia, more so with other drugs that raise potassium: "
-        "monitor serum potassium.",
+        text("summary", value=num(result.value), unit=result.unit, high=high),
+        text("detail", measurement=describe(result), high=high, basis=text(basis)),
     )

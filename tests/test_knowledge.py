@@ -1,0 +1,289 @@
+"""The knowledge data and its loader: vocabulary, card templates, payer criteria, prose in code."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cds_service.rules import coverage
+from fhir_mappings.knowledge import DATA_DIR, Knowledge, KnowledgeError, load_knowledge
+from fhir_mappings.vocabulary import (
+    DRUG_LIST_ROLES,
+    INTERACTING_ROLES,
+    ConditionKind,
+    Criterion,
+    ObservationKind,
+    Role,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES_DIR = ROOT / "cds_service" / "rules"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """A private copy of the data directory a test may break."""
+    target = tmp_path / "data"
+    shutil.copytree(DATA_DIR, target)
+    return target
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path.name}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+# -- vocabulary ---------------------------------------------------------------------------------
+
+
+def test_vocabulary_values_are_the_data_strings():
+    """The enum values are exactly the strings the data and other modules use."""
+    assert {str(r) for r in Role} == {
+        "voclosporin",
+        "strong-cyp3a4-inhibitor",
+        "moderate-cyp3a4-inhibitor",
+        "strong-cyp3a4-inducer",
+        "moderate-cyp3a4-inducer",
+        "cyclophosphamide",
+        "calcineurin-inhibitor",
+        "p-gp-substrate",
+        "mycophenolate",
+        "corticosteroid",
+        "live-vaccine",
+    }
+    assert {str(k) for k in ObservationKind} == {
+        "egfr",
+        "creatinine",
+        "potassium",
+        "bp-panel",
+        "systolic",
+        "diastolic",
+        "upcr",
+    }
+    assert {str(k) for k in ConditionKind} == {"lupus-nephritis"}
+    assert Role.MYCOPHENOLATE == "mycophenolate"
+
+
+def test_interacting_roles_are_every_partner_role():
+    """Every role but voclosporin and background therapy interacts with voclosporin."""
+    assert frozenset(Role) - INTERACTING_ROLES == {
+        Role.VOCLOSPORIN,
+        Role.MYCOPHENOLATE,
+        Role.CORTICOSTEROID,
+    }
+
+
+def test_loaded_data_uses_the_vocabulary(knowledge: Knowledge):
+    """Every role and kind in the data is an enum member; every drug-list role has a drug."""
+    assert {entry.role for entry in knowledge.drugs} == DRUG_LIST_ROLES
+    assert all(isinstance(entry.role, Role) for entry in knowledge.drugs)
+    assert set(knowledge.observation_kinds.values()) == set(ObservationKind)
+    assert all(isinstance(k, ObservationKind) for k in knowledge.observation_kinds.values())
+    assert all(isinstance(k, ConditionKind) for k in knowledge.condition_kinds.values())
+
+
+@pytest.mark.parametrize("role", ["strong-cyp3a4-inhibitr", "live-vaccine"], ids=["typo", "live"])
+def test_unknown_drug_role_stops_loading(data: Path, role: str):
+    """A drugs.csv role outside the vocabulary (or the terminology-only live-vaccine) is refused."""
+    edit(data / "drugs.csv", "\nstrong-cyp3a4-inhibitor,", f"\n{role},")
+    with pytest.raises(KnowledgeError, match=rf"drugs\.csv line \d+: unknown role '{role}'"):
+        load_knowledge(data)
+
+
+@pytest.mark.parametrize(
+    ("file", "kind"), [("observations.csv", "egfr"), ("conditions.csv", "lupus-nephritis")]
+)
+def test_unknown_kind_stops_loading(data: Path, file: str, kind: str):
+    """An observation or condition kind outside the vocabulary names file and line."""
+    edit(data / file, f",{kind},", ",eGFR,")
+    with pytest.raises(KnowledgeError, match=rf"{re.escape(file)} line \d+: unknown kind 'eGFR'"):
+        load_knowledge(data)
+
+
+# -- card templates -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("{renal.baseline_low_max:g}:", "{renal.baseline_low_mx:g}:", "renal has no value"),
+        ("{renal.baseline_low_max:g}:", "{renl.baseline_low_max:g}:", "unknown name 'renl'"),
+        ("Baseline eGFR {egfr} is", "Baseline eGFR {egrf} is", "unknown name 'egrf'"),
+        ("Baseline eGFR {egfr} is", "Baseline eGFR {} is", "unknown name ''"),
+        ("Baseline eGFR {egfr} is", "Baseline eGFR {egfr!r} is", "only plain names"),
+        ("{renal.baseline_low_max:g}:", "{renal.baseline_low_max:d}:", "format spec 'd'"),
+        ("Baseline eGFR {egfr} is", "Baseline eGFR {egfr is", "not a format string"),
+        ('facts = ["egfr", ', 'facts = ["egfr", "unused", ', "used by no template"),
+    ],
+    ids=["attribute", "section", "fact", "positional", "conversion", "spec", "brace", "unused"],
+)
+def test_bad_card_template_stops_loading(data: Path, old: str, new: str, message: str):
+    """A placeholder that is no knowledge value and no declared fact stops start-up."""
+    edit(data / "cards.toml", old, new)
+    with pytest.raises(KnowledgeError, match=rf"cards\.toml \[egfr-baseline-low\].*{message}"):
+        load_knowledge(data)
+
+
+def test_card_table_for_an_unknown_rule_stops_loading(data: Path):
+    """cards.toml tables are rule ids of rules.toml."""
+    edit(data / "cards.toml", "[pediatric]", "[paediatric]")
+    with pytest.raises(KnowledgeError, match=r"\[paediatric\]: not a rule"):
+        load_knowledge(data)
+
+
+def test_bad_card_title_stops_loading(data: Path):
+    """A rules.toml title placeholder is checked like a card template."""
+    edit(data / "rules.toml", "{adult_from_years}", "{adult_years}")
+    with pytest.raises(KnowledgeError, match=r"\[rules\.pediatric\] title: .*'adult_years'"):
+        load_knowledge(data)
+
+
+def test_card_text_follows_the_data(knowledge: Knowledge):
+    """The card prints the threshold the rule uses: change the value and the text follows."""
+    from dataclasses import replace
+
+    changed = replace(knowledge, renal=replace(knowledge.renal, baseline_low_max=40.0))
+    summary = changed.card_text("egfr-baseline-low", "summary", egfr="39")
+    assert summary.startswith("Baseline eGFR 39 is <= 40:")
+    with pytest.raises(KnowledgeError, match="not declared"):
+        knowledge.card_text("egfr-baseline-low", "summary", egfr="39", typo="x")
+
+
+def _text_calls() -> dict[str, set[str]]:
+    """rule id -> template names the rules code asks for via ``text = card_text(k, "<id>")``."""
+    wanted: dict[str, set[str]] = {}
+    for path in RULES_DIR.glob("*.py"):
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            rule_id = next(
+                (
+                    node.value.args[1].value
+                    for node in ast.walk(function)
+                    if isinstance(node, ast.Assign)
+                    and isinstance(node.value, ast.Call)
+                    and getattr(node.value.func, "id", None) == "card_text"
+                    and isinstance(node.value.args[1], ast.Constant)
+                ),
+                None,
+            )
+            if rule_id is None:
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "text":
+                    names = wanted.setdefault(rule_id, set())
+                    names |= {
+                        c.value
+                        for c in ast.walk(node.args[0])
+                        if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                    }
+    return wanted
+
+
+def test_every_template_the_rules_ask_for_exists(knowledge: Knowledge):
+    """Each text("name") in a rule names a template of that rule's cards.toml table."""
+    for rule_id, names in _text_calls().items():
+        assert names <= set(knowledge.cards[rule_id].templates), rule_id
+
+
+def test_every_template_is_used_by_the_code(knowledge: Knowledge):
+    """No dead prose: every template name in cards.toml appears in the rules code."""
+    constants = {
+        node.value
+        for path in RULES_DIR.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    for rule_id, card in knowledge.cards.items():
+        assert set(card.templates) <= constants, rule_id
+
+
+# Digits that may appear in rule-code string literals, each with the reason. Keep it short.
+PROSE_DIGITS_ALLOWED: dict[str, str] = {
+    r"(?i)cyp3a4": "the enzyme's name (in rule ids such as strong-cyp3a4-inhibitor), no number",
+}
+
+
+def _prose_literals(path: Path) -> list[tuple[int, str]]:
+    """String literals of a module that are not docstrings or f-string format specs."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
+            skip.add(id(body[0].value))
+        if isinstance(node, ast.FormattedValue) and node.format_spec is not None:
+            skip.update(id(part) for part in ast.walk(node.format_spec))
+    return sorted(
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+    )
+
+
+def _without_allowed(text: str) -> str:
+    for pattern in PROSE_DIGITS_ALLOWED:
+        text = re.sub(pattern, "", text)
+    return text
+
+
+@pytest.mark.parametrize("path", sorted(RULES_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_rule_code_prose_carries_no_numbers(path: Path):
+    """Card prose with numbers lives in cards.toml: no digit in a rule module's string literals."""
+    offending = [
+        f"line {line}: {text!r}"
+        for line, text in _prose_literals(path)
+        if re.search(r"\d", _without_allowed(text))
+    ]
+    assert not offending, "\n".join(offending)
+
+
+def test_the_prose_scan_sees_a_number(tmp_path: Path):
+    """The scan above can fail: a threshold in an f-string is found, a format spec is not."""
+    module = tmp_path / "rule.py"
+    module.write_text('"""Doc 45."""\nx = 1\ns = f"eGFR <= 45: {x:.1f}"\nr = "cyp3a4-inducer"\n')
+    prose = [text for _, text in _prose_literals(module)]
+    assert prose == ["eGFR <= 45: ", "cyp3a4-inducer"]
+    assert [text for text in prose if re.search(r"\d", _without_allowed(text))] == prose[:1]
+
+
+# -- payer criteria -----------------------------------------------------------------------------
+
+
+def test_every_criterion_has_one_checker_and_a_row(knowledge: Knowledge):
+    """Data, vocabulary and checkers name the same criteria; the data gives the card order."""
+    assert set(coverage.CHECKERS) == set(Criterion)
+    assert [c.id for c in knowledge.payer_criteria] == list(Criterion)
+    assert all(c.source.startswith("FEP 5.99.021") for c in knowledge.payer_criteria)
+    assert knowledge.fill(knowledge.payer_criteria[0].name) == "Age 18 or older"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('id = "age"', 'id = "agee"', "unknown criterion id 'agee'"),
+        ('id = "age"', 'id = "approval-duration"', r"repeated \['approval-duration'\]"),
+        ("{prior_authorization.minimum_age_years}", "{minimum_age}", "unknown name"),
+        (
+            'source = "FEP 5.99.021 Prior-Approval Requirements: Age (18 years of age or older)"',
+            'source = ""',
+            "missing source",
+        ),
+    ],
+    ids=["unknown", "repeated", "placeholder", "no-source"],
+)
+def test_bad_criterion_stops_loading(data: Path, old: str, new: str, message: str):
+    """An unknown, repeated or missing criterion, or a bad name template, stops start-up."""
+    edit(data / "prior_authorization.toml", old, new)
+    with pytest.raises(KnowledgeError, match=rf"prior_authorization\.toml.*{message}"):
+        load_knowledge(data)
