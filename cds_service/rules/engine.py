@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from cds_service.rules import coverage, interactions, regimen, renal, vitals
 from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec
+from fhir_mappings.categories import prefetch_key
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
@@ -113,7 +114,7 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
     findings: list[Finding] = []
     gaps: list[NotChecked] = []
     for spec in REGISTRY:
-        missing = sorted((spec.needs | spec.reads) & facts.unavailable)
+        missing = sorted(prefetch_key(c) for c in (spec.needs | spec.reads) & facts.unavailable)
         if spec.needs & facts.unavailable:
             gaps.append(NotChecked("not run: " + ", ".join(missing) + " unavailable", spec.rule_id))
             continue
@@ -162,7 +163,7 @@ def _data_unavailable(facts: PatientFacts, gaps: list[NotChecked]) -> Finding | 
     lines = []
     if facts.unavailable_reasons:
         lines.append("**Data that could not be obtained**")
-        lines += [f"- {category}: {reason}" for category, reason in facts.unavailable_reasons]
+        lines += [f"- {prefetch_key(c)}: {reason}" for c, reason in facts.unavailable_reasons]
     if gaps:
         lines.append("\n**Checks not run or incomplete**")
         lines += [f"- {gap.rule_id}: {gap.reason}" for gap in gaps]
