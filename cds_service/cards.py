@@ -4,19 +4,18 @@ actions, override reasons, fresh uuids. Severity order is kept from the engine.
 
 from __future__ import annotations
 
-import copy
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cds_service.rules.engine import DATA_UNAVAILABLE
 from cds_service.rules.model import Finding, RemoveOrder, ReplaceDosage, Suggestion
-from fhir_mappings.codes import UCUM
 from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.orders import with_doses
 
 RULE_SYSTEM = "urn:voclosporin-cds:rule"
 SUMMARY_MAX = 139  # spec: "<140 characters"; the Inferno kit fails at 140
-_FREQUENCY = {1: "once daily", 2: "twice daily", 3: "three times daily"}
 
 
 @dataclass(frozen=True)
@@ -30,14 +29,21 @@ class BuiltCard:
     body: dict[str, Any]
 
 
-def build_cards(findings: tuple[Finding, ...], knowledge: Knowledge) -> list[BuiltCard]:
-    return [_card(finding, knowledge) for finding in findings]
+def build_cards(
+    findings: tuple[Finding, ...],
+    knowledge: Knowledge,
+    drafts: Mapping[str, dict[str, Any]],
+) -> list[BuiltCard]:
+    """Cards for the findings; ``drafts`` (reference -> draft order) are what updates rewrite."""
+    return [_card(finding, knowledge, drafts) for finding in findings]
 
 
-def _card(finding: Finding, knowledge: Knowledge) -> BuiltCard:
+def _card(
+    finding: Finding, knowledge: Knowledge, drafts: Mapping[str, dict[str, Any]]
+) -> BuiltCard:
     citation = knowledge.rules.get(finding.rule_id)
     title = citation.title if citation else finding.rule_id
-    suggestions = [_suggestion(s, knowledge) for s in _one_recommended(finding.suggestions)]
+    suggestions = [_suggestion(s, knowledge, drafts) for s in _one_recommended(finding.suggestions)]
     source: dict[str, Any]
     if finding.rule_id == DATA_UNAVAILABLE:
         source = {"label": "Voclosporin safety service: data access"}
@@ -89,7 +95,9 @@ def _one_recommended(suggestions: tuple[Suggestion, ...]) -> list[Suggestion]:
     return result
 
 
-def _suggestion(suggestion: Suggestion, knowledge: Knowledge) -> dict[str, Any]:
+def _suggestion(
+    suggestion: Suggestion, knowledge: Knowledge, drafts: Mapping[str, dict[str, Any]]
+) -> dict[str, Any]:
     actions: list[dict[str, Any]] = []
     for action in suggestion.actions:
         if isinstance(action, RemoveOrder):
@@ -105,7 +113,11 @@ def _suggestion(suggestion: Suggestion, knowledge: Knowledge) -> dict[str, Any]:
                 {
                     "type": "update",
                     "description": f"Change {action.order.name} to {action.description}",
-                    "resource": with_dosage(action, knowledge),
+                    "resource": with_doses(
+                        drafts.get(action.order.reference),
+                        action.doses,
+                        knowledge.dose.capsule_mg,
+                    ),
                 }
             )
     result: dict[str, Any] = {
@@ -116,53 +128,3 @@ def _suggestion(suggestion: Suggestion, knowledge: Knowledge) -> dict[str, Any]:
     if suggestion.is_recommended:
         result["is_recommended"] = True
     return result
-
-
-def with_dosage(action: ReplaceDosage, knowledge: Knowledge) -> dict[str, Any]:
-    """The whole draft resource with new dosageInstruction (update = full resource, not a diff)."""
-    resource = copy.deepcopy(action.order.resource or {})
-    template = {}
-    for instruction in resource.get("dosageInstruction") or []:
-        if isinstance(instruction, dict):
-            template = {
-                k: v
-                for k, v in instruction.items()
-                if k in ("route", "method", "site", "additionalInstruction")
-            }
-            break
-    capsule = knowledge.dose.capsule_mg
-    amounts = {mg for mg, _ in action.doses}
-    timed = all(when for _, when in action.doses)
-    instructions = []
-    if len(amounts) == 1 and not timed:
-        mg, count = action.doses[0][0], len(action.doses)
-        how = _FREQUENCY.get(count, f"{count} times daily")
-        instructions.append(_instruction(template, mg, count, _dose_text(mg, capsule, how), None))
-    else:
-        for sequence, (mg, when) in enumerate(action.doses, start=1):
-            how = {"MORN": "in the morning", "EVE": "in the evening"}.get(when or "", "daily")
-            instruction = _instruction(template, mg, 1, _dose_text(mg, capsule, how), when)
-            instruction["sequence"] = sequence
-            instructions.append(instruction)
-    resource["dosageInstruction"] = instructions
-    return resource
-
-
-def _dose_text(mg: float, capsule: float, how: str) -> str:
-    return f"{mg:g} mg ({mg / capsule:.0f} x {capsule:g} mg capsules) by mouth {how}"
-
-
-def _instruction(
-    template: dict[str, Any], mg: float, per_day: int, text: str, when: str | None
-) -> dict[str, Any]:
-    repeat: dict[str, Any] = {"frequency": per_day, "period": 1, "periodUnit": "d"}
-    if when:
-        repeat["when"] = [when]
-    return {
-        **copy.deepcopy(template),
-        "text": text,
-        "timing": {"repeat": repeat},
-        "doseAndRate": [
-            {"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}
-        ],
-    }

@@ -21,19 +21,28 @@ from typing import Any
 import requests
 
 from cds_service.errors import FhirFetchError, FhirServerNotAllowed, PreconditionFailed
-from cds_service.fhir_client import (
-    FhirClient,
-    bundle_error,
-    next_link,
-    operation_outcome_text,
-    run_concurrently,
-)
+from cds_service.fhir_client import FhirClient, run_concurrently
 from cds_service.fhir_policy import FhirServerPolicy
 from cds_service.schemas import FHIR_ID
-from fhir_mappings.extract import bundle_resources, reference_of
+from fhir_mappings.bundles import (
+    bundle_resources,
+    is_bundle,
+    next_link,
+    of_expected_types,
+    prefetch_failure,
+)
+from fhir_mappings.categories import (
+    CATEGORIES,
+    REQUIRED_KEYS,
+    category_of_key,
+    observation_categories,
+    prefetch_key,
+)
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import Unreadable
 from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.readers import is_resource_of
+from fhir_mappings.references import missing_medications
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +52,6 @@ PATIENT_TOKEN = "{{context.patientId}}"
 # #prefetch-template: prefetch must equal what the service would fetch), so both leave the
 # patient unavailable; the rules that need age or sex then say they could not run.
 PATIENT_NOT_FOUND = "patient not found on the FHIR server (404)"
-
-# Which resource types may appear under each key (anything else is reported and skipped).
-EXPECTED_TYPES: dict[D, frozenset[str]] = {
-    D.PATIENT: frozenset({"Patient"}),
-    D.MEDICATIONS: frozenset({"MedicationRequest", "Medication"}),
-    D.EGFR: frozenset({"Observation"}),
-    D.CREATININE: frozenset({"Observation"}),
-    D.BLOOD_PRESSURE: frozenset({"Observation"}),
-    D.POTASSIUM: frozenset({"Observation"}),
-    D.UPCR: frozenset({"Observation"}),
-    D.CONDITIONS: frozenset({"Condition"}),
-    D.IMMUNIZATIONS: frozenset({"Immunization"}),
-    D.ALLERGIES: frozenset({"AllergyIntolerance"}),
-}
-_OBSERVATION_KINDS: dict[D, tuple[str, ...]] = {
-    D.EGFR: ("egfr",),
-    D.CREATININE: ("creatinine",),
-    D.BLOOD_PRESSURE: ("bp-panel", "systolic", "diastolic"),
-    D.POTASSIUM: ("potassium",),
-    D.UPCR: ("upcr",),
-}
 
 
 def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
@@ -79,12 +67,14 @@ def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
         D.IMMUNIZATIONS: f"Immunization?patient={PATIENT_TOKEN}&_count=100",
         D.ALLERGIES: f"AllergyIntolerance?patient={PATIENT_TOKEN}&_count=100",
     }
-    for category, kinds in _OBSERVATION_KINDS.items():
-        codes = ",".join(f"http://loinc.org|{c}" for c in knowledge.loinc_codes(*kinds))
-        templates[category] = (
+    for spec in observation_categories():
+        codes = ",".join(
+            f"http://loinc.org|{c}" for c in knowledge.loinc_codes(*spec.observation_kinds)
+        )
+        templates[spec.category] = (
             f"Observation?patient={PATIENT_TOKEN}&code={codes}&_sort=-date&_count=100"
         )
-    return {str(key): value for key, value in templates.items()}
+    return {prefetch_key(category): value for category, value in templates.items()}
 
 
 @dataclass(frozen=True)
@@ -157,7 +147,7 @@ def gather_chart(
     jobs: dict[str, Callable[[], Any]] = {}
     missing: list[str] = []
     for key, template in templates.items():
-        category = D(key)
+        category = category_of_key(key)
         query = template.replace(PATIENT_TOKEN, patient_id)
         value = prefetch.get(key, _ABSENT)
         if value is None:
@@ -187,7 +177,7 @@ def gather_chart(
         )
     if jobs:
         for key, result in run_concurrently(settings.executor, jobs, deadline).items():
-            category = D(key)
+            category = category_of_key(key)
             if isinstance(result, FhirFetchError):
                 chart.unavailable[category] = str(result)
                 chart.resources.pop(category, None)
@@ -200,19 +190,6 @@ def gather_chart(
 
 
 MAX_MEDICATION_READS = 25
-# Without these the service cannot even tell whether voclosporin is involved: 412. Any other key
-# that cannot be obtained is listed on the data-unavailable card, so the clinician still gets the
-# checks that could run.
-REQUIRED_KEYS = frozenset({str(D.PATIENT), str(D.MEDICATIONS)})
-
-
-def prefetch_failure(value: Resource) -> str | None:
-    """Why a prefetched value stands for an error, not data (spec: check for OperationOutcomes)."""
-    if value.get("resourceType") == "OperationOutcome":
-        return "prefetch held an OperationOutcome: " + operation_outcome_text(value)
-    if value.get("resourceType") == "Bundle":
-        return bundle_error(value)
-    return None
 
 
 def _read_referenced_medications(
@@ -224,29 +201,14 @@ def _read_referenced_medications(
 ) -> None:
     """Read the Medication resources that orders point at but nobody sent."""
     orders = [*chart.resources.get(D.MEDICATIONS, []), *draft_orders]
-    present = {f"Medication/{r.get('id')}" for r in orders if r.get("resourceType") == "Medication"}
-    wanted: list[str] = []
-    for order in orders:
-        reference = order.get("medicationReference")
-        target = reference.get("reference") if isinstance(reference, dict) else None
-        if not isinstance(target, str) or target.startswith("#"):
-            continue
-        if target.startswith(("http://", "https://")):
-            if not target.startswith(client.base_url + "/"):
-                continue  # another server's Medication: never read it from this one
-            target = target[len(client.base_url) + 1 :]
-        kind, _, medication_id = target.partition("/")
-        if kind != "Medication" or not FHIR_ID.match(medication_id):
-            continue
-        if target not in present and target not in wanted:
-            wanted.append(target)
+    wanted = missing_medications(orders, client.base_url, FHIR_ID)
     jobs: dict[str, Callable[[], Any]] = {
         ref: functools.partial(client.read, ref) for ref in wanted[:MAX_MEDICATION_READS]
     }
     for ref, result in run_concurrently(settings.executor, jobs, deadline).items():
-        if isinstance(result, dict) and result.get("resourceType") == "Medication":
+        if is_resource_of(result, "Medication"):
             chart.resources.setdefault(D.MEDICATIONS, []).append(result)
-        else:  # the order stays unidentified and extract reports the broken reference
+        else:  # the order stays unidentified and the mapping reports the broken reference
             log.info("referenced %s could not be read: %s", ref, result)
 
 
@@ -273,18 +235,18 @@ def _use_prefetch(
     client: FhirClient | None,
     jobs: dict[str, Callable[[], Any]],
 ) -> None:
-    if value.get("resourceType") != "Bundle":
+    if not is_bundle(value):
         _store(chart, category, value)
         return
     if next_link(value) is None:
         _store(chart, category, bundle_resources(value))
     elif client is not None:
-        jobs[str(category)] = lambda: client.continue_paging(value)
+        jobs[prefetch_key(category)] = lambda: client.continue_paging(value)
     else:
         _store(chart, category, bundle_resources(value))
         chart.unreadable.append(
             Unreadable(
-                f"prefetch {category}",
+                f"prefetch {prefetch_key(category)}",
                 "only the first page was prefetched; later pages could "
                 "not be fetched without FHIR server access",
             )
@@ -293,33 +255,11 @@ def _use_prefetch(
 
 def _store(chart: Chart, category: D, value: Resource | list[Resource]) -> None:
     """Keep resources of the expected types; report the others."""
-    resources = value if isinstance(value, list) else [value]
-    expected = EXPECTED_TYPES[category]
-    kept = []
-    for resource in resources:
-        if not isinstance(resource, dict):
-            continue
-        resource_type = resource.get("resourceType")
-        if not isinstance(resource_type, str):
-            chart.unreadable.append(
-                Unreadable(
-                    f"prefetch {category}", "an entry without a valid resourceType was skipped"
-                )
-            )
-        elif resource_type == "OperationOutcome":
-            chart.unreadable.append(
-                Unreadable(
-                    f"prefetch {category}", "OperationOutcome: " + operation_outcome_text(resource)
-                )
-            )
-        elif resource_type in expected:
-            kept.append(resource)
-        else:
-            chart.unreadable.append(
-                Unreadable(
-                    reference_of(resource), f"a {resource_type} is not expected under '{category}'"
-                )
-            )
+    spec = CATEGORIES[category]
+    kept, unreadable = of_expected_types(
+        value if isinstance(value, list) else [value], spec.resource_types, spec.prefetch_key
+    )
+    chart.unreadable.extend(unreadable)
     if category == D.PATIENT:
         chart.patient = kept[0] if kept else None
         chart.resources[category] = kept[:1]

@@ -20,7 +20,15 @@ import urllib3
 
 from cds_service.errors import FhirFetchError
 from cds_service.fhir_policy import safe_next_link
-from fhir_mappings.extract import bundle_resources
+from fhir_mappings.bundles import (
+    answer_problem,
+    bundle_error,
+    bundle_resources,
+    is_bundle,
+)
+
+# kept for the CLI until it imports fhir_mappings.bundles
+from fhir_mappings.bundles import next_link as next_link
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +90,9 @@ class FhirClient:
             body = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise FhirFetchError("FHIR server answered with invalid JSON") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
-            raise FhirFetchError("FHIR server answered with something that is not a resource")
-        if body["resourceType"] == "OperationOutcome":
-            raise FhirFetchError(
-                "FHIR server answered with an OperationOutcome: " + operation_outcome_text(body)
-            )
+        problem = answer_problem(body)
+        if problem is not None:
+            raise FhirFetchError(problem)
         return body
 
     def _read_body(self, response: requests.Response) -> bytes:
@@ -132,7 +137,7 @@ class FhirClient:
             bundle = self._get(url)
             if bundle is None:
                 raise FhirFetchError("FHIR server answered 404 to a search")
-            if bundle.get("resourceType") != "Bundle":
+            if not is_bundle(bundle):
                 raise FhirFetchError("FHIR search did not return a Bundle")
             error = bundle_error(bundle)
             if error is not None:
@@ -156,47 +161,6 @@ class FhirClient:
         if not safe_next_link(self.base_url, url):
             raise FhirFetchError("prefetch paging link points outside the FHIR server")
         return entries + self.search(url)
-
-
-def bundle_error(bundle: Resource) -> str | None:
-    """An error or fatal OperationOutcome among a search Bundle's entries ("could not search" must
-    not read as "found nothing"); warnings (e.g. an ignored parameter) are not errors."""
-    entries = bundle.get("entry")
-    for entry in entries if isinstance(entries, list) else []:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or resource.get("resourceType") != "OperationOutcome":
-            continue
-        issues = resource.get("issue")
-        for issue in issues if isinstance(issues, list) else []:
-            if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
-                return "search answered with an OperationOutcome: " + operation_outcome_text(
-                    resource
-                )
-    return None
-
-
-def next_link(bundle: Resource) -> str | None:
-    links = bundle.get("link")
-    for link in links if isinstance(links, list) else []:
-        if isinstance(link, dict) and link.get("relation") == "next":
-            url = link.get("url")
-            return url if isinstance(url, str) and url else None
-    return None
-
-
-def operation_outcome_text(outcome: Resource) -> str:
-    """First issue of an OperationOutcome as short text (diagnostics or details)."""
-    issues = outcome.get("issue")
-    for issue in issues if isinstance(issues, list) else []:
-        if not isinstance(issue, dict):
-            continue
-        details = issue.get("details")
-        text = issue.get("diagnostics") or (
-            details.get("text") if isinstance(details, dict) else None
-        )
-        code = issue.get("code") or "error"
-        return f"{code}: {str(text)[:200]}" if text else str(code)
-    return "no issue given"
 
 
 def _status_reason(response: requests.Response) -> str:

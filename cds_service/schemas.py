@@ -18,6 +18,8 @@ from marshmallow import (
     validates_schema,
 )
 
+from fhir_mappings.bundles import bundle_shape_problem
+
 # FHIR R4 id (R4 caps it at 64; a little room for EHRs that overshoot). It goes into FHIR URLs,
 # so nothing outside this alphabet may pass.
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}\Z")
@@ -33,19 +35,9 @@ class _Lenient(Schema):
 
 def _bundle(value: Any) -> None:
     """A Bundle whose entries and links have the shapes the service reads."""
-    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
-        raise ValidationError("must be a FHIR Bundle (resourceType 'Bundle')")
-    for name in ("entry", "link"):
-        if not isinstance(value.get(name, []), list):
-            raise ValidationError(f"Bundle.{name} must be an array")
-    for number, entry in enumerate(value.get("entry", [])):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise ValidationError(f"entry[{number}] has no resource with a resourceType")
-        if not isinstance(entry.get("search", {}), dict):
-            raise ValidationError(f"entry[{number}].search must be an object")
-    if not all(isinstance(link, dict) for link in value.get("link", [])):
-        raise ValidationError("Bundle.link entries must be objects")
+    problem = bundle_shape_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
 
 
 class _Context(_Lenient):

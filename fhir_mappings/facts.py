@@ -7,22 +7,24 @@ data could not be obtained at all is listed in ``PatientFacts.unavailable``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
 
 from fhir_mappings.vocabulary import Role
 
 
 class DataCategory(StrEnum):
-    """A slice of the chart that is fetched (or prefetched) as one unit."""
+    """A slice of the chart that is fetched (or prefetched) as one unit.
+
+    Its prefetch key, resource types and observation kinds are in ``fhir_mappings.categories``.
+    """
 
     PATIENT = "patient"
     MEDICATIONS = "medications"
     EGFR = "egfr"
     CREATININE = "creatinine"
-    BLOOD_PRESSURE = "bloodPressure"
+    BLOOD_PRESSURE = "blood_pressure"
     POTASSIUM = "potassium"
     UPCR = "upcr"
     CONDITIONS = "conditions"
@@ -84,12 +86,8 @@ class Medication:
     is_draft: bool = False
     is_selected: bool = False
     dosage: Dosage | None = None
-    live_vaccine_codes: tuple[str, ...] = ()
-    dispense_quantity: float | None = None
-    dispense_unit: str | None = None
     expected_supply_days: float | None = None
     number_of_repeats: int | None = None
-    resource: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     identified: bool = True  # False: no code, no name: the drug could not be told
     renews_prior: bool = False  # the order names a priorPrescription (a renewal)
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from fhir_mappings.build import build_facts
 from fhir_mappings.codes import Coding
 from fhir_mappings.egfr import ckd_epi_2021
-from fhir_mappings.extract import build_facts, parse_datetime
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import PatientFacts
+from fhir_mappings.readers import parse_datetime
 from tests.support.hooks import chart_resources
 from tests.support.paths import SYNTHEA_DIR as SYNTHEA
 
@@ -322,12 +323,12 @@ def test_jynneos_is_not_live_despite_its_name(terminology):
 
 def test_only_results_the_rules_read_are_validated(terminology, monkeypatch):
     """Of 200 eGFR results only the latest is validated (the hot path stays cheap)."""
-    import fhir_mappings.extract as extract
+    import fhir_mappings.mapper as mapper
 
     calls = []
-    real = extract.validation_problem
+    real = mapper.validation_problem
     monkeypatch.setattr(
-        extract, "validation_problem", lambda r: calls.append(r["resourceType"]) or real(r)
+        mapper, "validation_problem", lambda r: calls.append(r["resourceType"]) or real(r)
     )
     results = [
         observation(

@@ -33,10 +33,13 @@ from cds_service.chart import prefetch_templates
 from cds_service.rules.engine import evaluate
 from cds_service.schemas import HookResponseOut
 from cds_service.spec_check import check_response
+from fhir_mappings.build import build_facts
+from fhir_mappings.bundles import bundle_resources
+from fhir_mappings.categories import CATEGORIES, category_of_key
 from fhir_mappings.codes import Terminology
-from fhir_mappings.extract import build_facts, bundle_resources
-from fhir_mappings.facts import DataCategory, PatientFacts
+from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge, load_knowledge
+from fhir_mappings.references import by_reference
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
@@ -229,19 +232,19 @@ def _facts(
         hook="order-sign",
         patient_id=patient_id,
         patient=patient,
-        chart={DataCategory(key): value for key, value in chart.items()},
+        chart={category_of_key(key): value for key, value in chart.items()},
         draft_orders=draft_orders,
         selections=selections,
         unavailable={},
     )
 
 
-def _assert_rules_and_cards_survive(facts: PatientFacts) -> None:
+def _assert_rules_and_cards_survive(facts: PatientFacts, drafts: list[Resource]) -> None:
     """Evaluate and build cards; no exception escapes and no rule needed catching."""
     evaluation = evaluate(facts, KNOWLEDGE)
     crashed = [g for g in evaluation.not_checked if "internal error" in g.reason]
     assert not crashed, f"rules raised on this input: {[g.rule_id for g in crashed]}"
-    cards = build_cards(evaluation.findings, KNOWLEDGE)
+    cards = build_cards(evaluation.findings, KNOWLEDGE, by_reference(drafts))
     dumped = HookResponseOut().dump({"cards": [card.body for card in cards]})
     json.dumps(dumped, allow_nan=False)  # what the EHR gets must be strict JSON
 
@@ -253,7 +256,7 @@ def _assert_rules_and_cards_survive(facts: PatientFacts) -> None:
 @given(
     patient=st.one_of(st.none(), arbitrary_resources()),
     chart=st.dictionaries(
-        st.sampled_from([str(c) for c in DataCategory]),
+        st.sampled_from([spec.prefetch_key for spec in CATEGORIES.values()]),
         st.lists(arbitrary_resources(), max_size=4),
         max_size=4,
     ),
@@ -267,7 +270,7 @@ def test_arbitrary_json_never_breaks_the_mapping(
     selections: frozenset[str] | None,
 ) -> None:
     """Arbitrary JSON objects anywhere in the chart or the drafts map to facts without raising."""
-    _assert_rules_and_cards_survive(_facts(patient, chart, drafts, selections=selections))
+    _assert_rules_and_cards_survive(_facts(patient, chart, drafts, selections=selections), drafts)
 
 
 @settings(PROPERTY_SETTINGS, max_examples=400)
@@ -288,7 +291,7 @@ def test_mutated_chart_never_breaks_the_mapping_or_the_rules(
         elif chart.get(target):
             index = data.draw(st.integers(0, len(chart[target]) - 1))
             chart[target][index] = data.draw(mutated(chart[target][index]), label=target)
-    _assert_rules_and_cards_survive(_facts(patient, chart, drafts, patient_id=chart_id))
+    _assert_rules_and_cards_survive(_facts(patient, chart, drafts, patient_id=chart_id), drafts)
 
 
 def test_mutation_strategy_reaches_the_rules() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from cds_service.rules import coverage, interactions, regimen, renal, vitals
 from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec
+from fhir_mappings.categories import prefetch_key
 from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
@@ -101,7 +102,7 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
     findings: list[Finding] = []
     gaps: list[NotChecked] = []
     for spec in REGISTRY:
-        missing = sorted((spec.needs | spec.reads) & facts.unavailable)
+        missing = sorted(prefetch_key(c) for c in (spec.needs | spec.reads) & facts.unavailable)
         if spec.needs & facts.unavailable:
             gaps.append(NotChecked("not run: " + ", ".join(missing) + " unavailable", spec.rule_id))
             continue
@@ -156,7 +157,9 @@ def _data_unavailable(
     lines = []
     if facts.unavailable_reasons:
         lines.append(text("data_heading"))
-        lines += [text("data", category=c, reason=r) for c, r in facts.unavailable_reasons]
+        lines += [
+            text("data", category=prefetch_key(c), reason=r) for c, r in facts.unavailable_reasons
+        ]
     if gaps:
         lines.append(text("checks_heading"))
         lines += [text("check", rule=gap.rule_id, reason=gap.reason) for gap in gaps]

@@ -43,17 +43,6 @@ def med(
     reference = (
         ref or f"MedicationRequest/{name.split()[0].lower()}-{'draft' if draft else 'active'}"
     )
-    resource = None
-    if draft:
-        resource = {
-            "resourceType": "MedicationRequest",
-            "id": reference.split("/")[1],
-            "status": "draft",
-            "intent": "order",
-            "medicationCodeableConcept": {"text": name},
-            "subject": {"reference": "Patient/p1"},
-            "dosageInstruction": [{"text": "as directed", "route": {"text": "oral"}}],
-        }
     return Medication(
         reference=reference,
         name=name,
@@ -64,7 +53,6 @@ def med(
         is_draft=draft,
         is_selected=selected if draft else False,
         dosage=dosage,
-        resource=resource,
         **extra,
     )
 

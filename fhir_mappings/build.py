@@ -1,0 +1,114 @@
+"""The chart (resources per category) and the draft orders -> PatientFacts: only what rules read.
+
+The hook path is hot: parsing every resource into fhir.resources models costs ~0.3 ms each, so
+resources are first picked from the raw JSON by code (only the ones a rule reads), then only those
+are validated with the R4B models (``validate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from fhir_mappings import clinical
+from fhir_mappings.codes import Terminology
+from fhir_mappings.facts import DataCategory, PatientFacts, course_start
+from fhir_mappings.mapper import Mapper
+from fhir_mappings.medications import DRAFT_TYPES, medication
+from fhir_mappings.observations import ResultReader, computed_egfr, observation_series
+from fhir_mappings.readers import Resource, parse_date
+from fhir_mappings.references import medications_by_reference, reference_of
+from fhir_mappings.selection import by_time, latest, pick, unique
+
+
+def build_facts(
+    *,
+    terminology: Terminology,
+    now: datetime,
+    hook: str,
+    patient_id: str,
+    patient: Resource | None,
+    chart: Mapping[DataCategory, Sequence[Resource]],
+    draft_orders: Sequence[Resource],
+    selections: frozenset[str] | None,
+    unavailable: Mapping[DataCategory, str],
+) -> PatientFacts:
+    """Turn the chart (resources per category) and the draft orders into PatientFacts.
+
+    Only what a rule reads is kept, and only that is validated: medications with a role, the
+    latest result of each lab (and the latest eGFR/creatinine at the start of a voclosporin
+    course), live vaccines, voclosporin allergies, lupus-nephritis conditions. Validation reports,
+    it never hides: a resource a rule reads that fails it is still read (defensively) and named on
+    the data-unavailable card, because dropping it could turn a warning into silence.
+    """
+    mapper = Mapper(terminology)
+    medications_by_ref = medications_by_reference(
+        [*chart.get(DataCategory.MEDICATIONS, ()), *draft_orders]
+    )
+    birth_date, sex = None, None
+    if patient is not None:
+        mapper.check(patient)
+        birth_date = parse_date(patient.get("birthDate"))
+        gender = patient.get("gender")
+        sex = gender if gender in ("female", "male") else None
+
+    drafts = []
+    for r in draft_orders:
+        if not isinstance(r.get("resourceType"), str) or r["resourceType"] not in DRAFT_TYPES:
+            continue
+        mapper.check(r)
+        selected = selections is None or reference_of(r) in selections
+        drafts.append(medication(mapper, r, medications_by_ref, draft=True, selected=selected))
+    medications = [
+        mapper.checked(r, m)
+        for r in unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
+        if (m := medication(mapper, r, medications_by_ref)).roles
+    ]
+    anchors = (None, course_start(medications))
+
+    series = observation_series(mapper, chart, now)
+    latest_only: tuple[datetime | None, ...] = (None,)
+    read = ResultReader(mapper)
+    egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
+    egfr_series = pick(egfrs, anchors, read.measurement) + computed_egfr(
+        mapper, egfrs, creatinines, anchors, birth_date, sex
+    )
+    bps = series.get(DataCategory.BLOOD_PRESSURE, [])
+    blood_pressures = pick(bps, latest_only, read.systolic) + pick(bps, latest_only, read.diastolic)
+    potassium = series.get(DataCategory.POTASSIUM, [])
+    upcr = series.get(DataCategory.UPCR, [])
+
+    return PatientFacts(
+        now=now,
+        patient_id=patient_id,
+        hook=hook,
+        birth_date=birth_date,
+        sex=sex,
+        draft_orders=tuple(drafts),
+        medications=tuple(medications),
+        egfr=latest(mapper, egfr_series, anchors),
+        creatinine=latest(mapper, pick(creatinines, anchors, read.measurement), anchors),
+        blood_pressures=tuple(
+            sorted({mapper.checked(r, bp) for bp, r in blood_pressures}, key=by_time)
+        ),
+        potassium=latest(mapper, pick(potassium, latest_only, read.measurement)),
+        upcr=latest(mapper, pick(upcr, latest_only, read.measurement)),
+        conditions=tuple(
+            mapper.checked(r, c)
+            for r in unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
+            if (c := clinical.condition(mapper, r)) and c.kinds
+        ),
+        immunizations=tuple(
+            mapper.checked(r, i)
+            for r in unique(chart.get(DataCategory.IMMUNIZATIONS, ()), "Immunization")
+            if (i := clinical.immunization(mapper, r)) and i.live
+        ),
+        allergies=tuple(
+            mapper.checked(r, a)
+            for r in unique(chart.get(DataCategory.ALLERGIES, ()), "AllergyIntolerance")
+            if (a := clinical.allergy(mapper, r)) and a.to_voclosporin
+        ),
+        unavailable=frozenset(unavailable),
+        unavailable_reasons=tuple(sorted(unavailable.items())),
+        unreadable=tuple(mapper.unreadable),
+    )

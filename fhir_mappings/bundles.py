@@ -1,0 +1,143 @@
+"""Bundles and OperationOutcomes: entries, paging links, errors, the shapes the service reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeGuard
+
+from fhir_mappings.facts import Unreadable
+from fhir_mappings.readers import Resource, is_resource_of
+from fhir_mappings.references import reference_of
+
+
+def is_bundle(value: Any) -> TypeGuard[Resource]:
+    """``value`` is a Bundle."""
+    return is_resource_of(value, "Bundle")
+
+
+def bundle_resources(bundle: Any) -> list[Resource]:
+    """The resources of a Bundle (or a single resource), skipping search outcomes."""
+    if not isinstance(bundle, dict):
+        return []
+    if bundle.get("resourceType") != "Bundle":
+        return [bundle] if isinstance(bundle.get("resourceType"), str) else []
+    result = []
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
+            continue
+        result.append(entry["resource"])
+    return result
+
+
+def next_link(bundle: Resource) -> str | None:
+    """The URL of a Bundle's ``next`` link (the next search page), or None."""
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
+
+
+def bundle_error(bundle: Resource) -> str | None:
+    """An error or fatal OperationOutcome among a search Bundle's entries ("could not search" must
+    not read as "found nothing"); warnings (e.g. an ignored parameter) are not errors."""
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "OperationOutcome":
+            continue
+        issues = resource.get("issue")
+        for issue in issues if isinstance(issues, list) else []:
+            if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
+                return "search answered with an OperationOutcome: " + operation_outcome_text(
+                    resource
+                )
+    return None
+
+
+def operation_outcome_text(outcome: Resource) -> str:
+    """First issue of an OperationOutcome as short text (diagnostics or details)."""
+    issues = outcome.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (
+            details.get("text") if isinstance(details, dict) else None
+        )
+        code = issue.get("code") or "error"
+        return f"{code}: {str(text)[:200]}" if text else str(code)
+    return "no issue given"
+
+
+def answer_problem(body: Any) -> str | None:
+    """Why a FHIR server's JSON answer is not a usable resource (spec: OperationOutcome = error)."""
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        return "FHIR server answered with something that is not a resource"
+    if body["resourceType"] == "OperationOutcome":
+        return "FHIR server answered with an OperationOutcome: " + operation_outcome_text(body)
+    return None
+
+
+def prefetch_failure(value: Resource) -> str | None:
+    """Why a prefetched value stands for an error, not data (spec: check for OperationOutcomes)."""
+    if value.get("resourceType") == "OperationOutcome":
+        return "prefetch held an OperationOutcome: " + operation_outcome_text(value)
+    if value.get("resourceType") == "Bundle":
+        return bundle_error(value)
+    return None
+
+
+def bundle_shape_problem(value: Any) -> str | None:
+    """Why ``value`` is not a Bundle whose entries and links have the shapes the service reads."""
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        return "must be a FHIR Bundle (resourceType 'Bundle')"
+    for name in ("entry", "link"):
+        if not isinstance(value.get(name, []), list):
+            return f"Bundle.{name} must be an array"
+    for number, entry in enumerate(value.get("entry", [])):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            return f"entry[{number}] has no resource with a resourceType"
+        if not isinstance(entry.get("search", {}), dict):
+            return f"entry[{number}].search must be an object"
+    if not all(isinstance(link, dict) for link in value.get("link", [])):
+        return "Bundle.link entries must be objects"
+    return None
+
+
+def of_expected_types(
+    values: Iterable[Any], expected: frozenset[str], where: str
+) -> tuple[list[Resource], list[Unreadable]]:
+    """The resources of the ``expected`` types, and a report of each other entry under ``where``
+    (a prefetch key): no resourceType, an OperationOutcome, or a type not expected there."""
+    kept: list[Resource] = []
+    unreadable: list[Unreadable] = []
+    for resource in values:
+        if not isinstance(resource, dict):
+            continue
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str):
+            unreadable.append(
+                Unreadable(f"prefetch {where}", "an entry without a valid resourceType was skipped")
+            )
+        elif resource_type == "OperationOutcome":
+            unreadable.append(
+                Unreadable(
+                    f"prefetch {where}", "OperationOutcome: " + operation_outcome_text(resource)
+                )
+            )
+        elif resource_type in expected:
+            kept.append(resource)
+        else:
+            unreadable.append(
+                Unreadable(
+                    reference_of(resource), f"a {resource_type} is not expected under '{where}'"
+                )
+            )
+    return kept, unreadable

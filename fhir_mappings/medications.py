@@ -1,0 +1,98 @@
+"""MedicationRequest / Immunization orders -> Medication facts, resolving medicationReference."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fhir_mappings.dosage import dosage, to_days
+from fhir_mappings.facts import Medication
+from fhir_mappings.mapper import Mapper
+from fhir_mappings.readers import (
+    Resource,
+    as_list,
+    as_object,
+    codings,
+    concept_texts,
+    parse_datetime,
+    quantity,
+)
+from fhir_mappings.references import (
+    contained,
+    medication_reference,
+    reference_of,
+    relative_reference,
+)
+
+# Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
+# read leniently; it has no R4 model, so it is also reported).
+DRAFT_TYPES = frozenset({"MedicationRequest", "Immunization", "MedicationOrder"})
+
+
+def medication(
+    mapper: Mapper,
+    resource: Resource,
+    medications_by_ref: Mapping[str, Resource],
+    *,
+    draft: bool = False,
+    selected: bool = False,
+) -> Medication:
+    """One order as a Medication: the drug matched by every means, its dosage when it matters."""
+    concept, extra_texts = _medication_concept(mapper, resource, medications_by_ref)
+    concept_codings, texts = codings(concept), concept_texts(concept) + extra_texts
+    match = mapper.terminology.match_medication(concept_codings, texts)
+    dispense = as_object(resource.get("dispenseRequest"))
+    supply = quantity(dispense.get("expectedSupplyDuration"))
+    repeats = dispense.get("numberOfRepeatsAllowed")
+    name = texts[0] if texts else "(unidentified medication)"
+    capsule_mg = mapper.terminology.knowledge.dose.capsule_mg
+    return Medication(
+        reference=reference_of(resource),
+        name=name,
+        ingredients=match.ingredients,
+        roles=match.roles,
+        status=resource.get("status") if isinstance(resource.get("status"), str) else None,
+        authored_on=parse_datetime(resource.get("authoredOn")),
+        is_draft=draft,
+        is_selected=selected,
+        dosage=dosage(resource, capsule_mg) if match.roles else None,
+        expected_supply_days=to_days(supply) if supply else None,
+        number_of_repeats=repeats if isinstance(repeats, int) else None,
+        identified=bool(concept_codings or texts),
+        renews_prior=bool(resource.get("priorPrescription")),
+    )
+
+
+def _medication_concept(
+    mapper: Mapper, resource: Resource, medications_by_ref: Mapping[str, Resource]
+) -> tuple[Any, list[str]]:
+    """The medication concept of a request: inline, contained, or a referenced Medication."""
+    for key in ("medicationCodeableConcept", "vaccineCode"):
+        if isinstance(resource.get(key), dict):
+            return resource[key], []
+    if not isinstance(resource.get("medicationReference"), dict):
+        return None, []
+    target, display = medication_reference(resource)
+    extra = [display] if display is not None else []
+    medication: Resource | None = None
+    if target is not None and target.startswith("#"):
+        medication = contained(resource, target)
+    elif target is not None:
+        # "Medication/1", or an absolute URL ending in it.
+        medication = medications_by_ref.get(relative_reference(target))
+    if medication is None:
+        named = repr(target) if target is not None else "(no reference)"
+        shown = f" (display: {extra[0]!r})" if extra else ""
+        mapper.skip(
+            resource,
+            f"medicationReference {named} is not in the chart: the drug "
+            f"could not be identified{shown}",
+        )
+        return None, extra
+    for ingredient in as_list(medication.get("ingredient")):
+        if isinstance(ingredient, dict):
+            extra += concept_texts(ingredient.get("itemCodeableConcept"))
+            item = ingredient.get("itemReference")
+            if isinstance(item, dict) and isinstance(item.get("display"), str):
+                extra.append(item["display"])
+    return medication.get("code"), extra

@@ -1,0 +1,86 @@
+"""Writing orders: a FHIR Dosage for a dose, and a draft MedicationRequest with new dosing.
+
+One Dosage writer serves the cards' update suggestion and the CLI's draft orders, so what the
+service suggests and what the CLI sends read the same way to the dose rules.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fhir_mappings.codes import UCUM
+from fhir_mappings.readers import Resource
+
+_FREQUENCY = {1: "once daily", 2: "twice daily", 3: "three times daily"}
+_TIME_OF_DAY = {"MORN": "in the morning", "EVE": "in the evening"}
+# Parts of the draft's first instruction kept when the dose changes (how, not how much).
+_KEPT = ("route", "method", "site", "additionalInstruction")
+
+
+def dosage_instruction(
+    dose_mg: float,
+    per_day: int,
+    *,
+    capsule_mg: float | None = None,
+    when: str | None = None,
+    sequence: int | None = None,
+    keep: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A structured FHIR Dosage the dose rules can read: ``dose_mg`` mg, ``per_day`` times a day.
+
+    ``capsule_mg`` adds the capsule count to the text; ``when`` (MORN, EVE) times the dose;
+    ``sequence`` numbers one of several instructions (its text then names the time of day);
+    ``keep`` holds elements copied from the instruction being replaced (route, method ...).
+    """
+    if sequence is None:
+        how = _FREQUENCY.get(per_day, f"{per_day} times daily")
+    else:
+        how = _TIME_OF_DAY.get(when or "", "daily")
+    capsules = ""
+    if capsule_mg is not None:
+        capsules = f" ({dose_mg / capsule_mg:.0f} x {capsule_mg:g} mg capsules)"
+    repeat: dict[str, Any] = {"frequency": per_day, "period": 1, "periodUnit": "d"}
+    if when:
+        repeat["when"] = [when]
+    instruction = {
+        **copy.deepcopy(dict(keep or {})),
+        "text": f"{dose_mg:g} mg{capsules} by mouth {how}",
+        "timing": {"repeat": repeat},
+        "doseAndRate": [
+            {"doseQuantity": {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"}}
+        ],
+    }
+    if sequence is not None:
+        instruction["sequence"] = sequence
+    return instruction
+
+
+def with_doses(
+    draft: Resource | None, doses: Sequence[tuple[float, str | None]], capsule_mg: float
+) -> Resource:
+    """The whole draft order with new dosageInstruction (a CDS Hooks update is the full resource).
+
+    ``doses`` holds (mg, time of day or None) per administration in a day: equal untimed doses
+    become one instruction, anything else one instruction per dose.
+    """
+    resource = copy.deepcopy(draft or {})
+    keep: dict[str, Any] = {}
+    for instruction in resource.get("dosageInstruction") or []:
+        if isinstance(instruction, dict):
+            keep = {k: v for k, v in instruction.items() if k in _KEPT}
+            break
+    amounts = {mg for mg, _ in doses}
+    timed = all(when for _, when in doses)
+    if len(amounts) == 1 and not timed:
+        instructions = [
+            dosage_instruction(doses[0][0], len(doses), capsule_mg=capsule_mg, keep=keep)
+        ]
+    else:
+        instructions = [
+            dosage_instruction(mg, 1, capsule_mg=capsule_mg, when=when, sequence=n, keep=keep)
+            for n, (mg, when) in enumerate(doses, start=1)
+        ]
+    resource["dosageInstruction"] = instructions
+    return resource

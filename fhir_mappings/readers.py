@@ -1,0 +1,112 @@
+"""Small, defensive readers over raw FHIR JSON (unchecked input): concepts, dates, quantities."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime
+from typing import Any, TypeGuard
+
+from fhir_mappings.codes import UCUM, Coding
+
+Resource = dict[str, Any]
+
+
+def codings(concept: Any) -> list[Coding]:
+    """Codings of a CodeableConcept, tolerating junk."""
+    if not isinstance(concept, dict):
+        return []
+    result = []
+    for c in as_list(concept.get("coding")):
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            result.append(
+                Coding(str(c.get("system") or ""), c["code"], str(c.get("display") or ""))
+            )
+    return result
+
+
+def concept_texts(concept: Any) -> list[str]:
+    """The text and the coding displays of a CodeableConcept, text first."""
+    if not isinstance(concept, dict):
+        return []
+    texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
+    texts += [c.display for c in codings(concept) if c.display]
+    return texts
+
+
+def concept_name(concept: Any) -> str:
+    """The first name a CodeableConcept gives, or "(unnamed)"."""
+    texts = concept_texts(concept)
+    return texts[0] if texts else "(unnamed)"
+
+
+def status_code(concept: Any) -> str | None:
+    """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
+    for coding in codings(concept):
+        return coding.code
+    return None
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """FHIR date/dateTime/instant (partial dates allowed) -> aware UTC datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 4:
+            return datetime(int(text), 1, 1, tzinfo=UTC)
+        if len(text) == 7:
+            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted past the range
+        return None
+
+
+def parse_date(value: Any) -> date | None:
+    """A FHIR date (or dateTime) as a calendar date."""
+    parsed = parse_datetime(value)
+    return parsed.date() if parsed else None
+
+
+def is_resource_of(value: Any, resource_type: str) -> TypeGuard[Resource]:
+    """``value`` is a JSON object with resourceType ``resource_type``."""
+    return isinstance(value, dict) and value.get("resourceType") == resource_type
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """A JSON object field, or {} when it is missing or of the wrong type."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """A JSON array field, or [] when it is missing or of the wrong type (raw JSON is unchecked)."""
+    return value if isinstance(value, list) else []
+
+
+def as_code(value: Any) -> str | None:
+    """A FHIR code field, or None when it is missing or not a string (lists are unhashable)."""
+    return value if isinstance(value, str) else None
+
+
+def as_number(value: Any) -> float | None:
+    """A JSON number as a finite float; huge integers, NaN and Infinity are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range (json.loads makes those)
+        return None
+    return number if math.isfinite(number) else None
+
+
+def quantity(value: Any) -> tuple[float, str, str | None] | None:
+    """(value, unit, comparator) of a Quantity, or None."""
+    if not isinstance(value, dict):
+        return None
+    number = as_number(value.get("value"))
+    if number is None:
+        return None
+    unit = value.get("code") if value.get("system") == UCUM else None
+    unit = unit or value.get("unit") or value.get("code") or ""
+    comparator = value.get("comparator") if isinstance(value.get("comparator"), str) else None
+    return number, str(unit), comparator

@@ -1,0 +1,113 @@
+"""Only what the rules read: the newest usable result per anchor, each exact copy once.
+
+A chart can hold thousands of results and the rules read a handful, so results are first picked
+by code and date, and only the picked ones are read in full (and validated).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from fhir_mappings.facts import BloodPressure, Measurement
+from fhir_mappings.mapper import Mapper
+from fhir_mappings.readers import Resource
+
+Dated = TypeVar("Dated", Measurement, BloodPressure)
+
+
+@dataclass(frozen=True)
+class Result:
+    """An Observation of a kind the rules read, not yet turned into a Measurement."""
+
+    when: datetime
+    kind: str
+    code: str
+    resource: Resource = field(compare=False)
+
+
+def pick(
+    results: Sequence[Result],
+    anchors: Sequence[datetime | None],
+    read: Callable[[Result], Dated | None],
+) -> list[tuple[Dated, Resource]]:
+    """The newest readable result overall and on or before each anchor's day.
+
+    ``read`` turns a result into the item the rules use, or None when it is unusable (reported
+    by ``read``); the next older result is then taken.
+    """
+    chosen: dict[int, tuple[Dated, Resource]] = {}
+    cache: dict[int, Dated | None] = {}
+    for anchor in anchors:
+        for result in reversed(results):
+            if anchor is not None and result.when.date() > anchor.date():
+                continue
+            if id(result) not in cache:
+                cache[id(result)] = read(result)
+            item = cache[id(result)]
+            if item is not None:
+                chosen[id(result)] = (item, result.resource)
+                break
+    return list(chosen.values())
+
+
+def latest(
+    mapper: Mapper,
+    series: Sequence[tuple[Dated, Resource]],
+    anchors: Sequence[datetime | None] = (None,),
+) -> tuple[Dated, ...]:
+    """The latest item overall and on or before each anchor's day; their resources are checked.
+
+    Anchors compare by calendar day: an eGFR drawn on the day the course starts is its baseline.
+    """
+    chosen: dict[int, tuple[Dated, Resource]] = {}
+    dated = sorted((i for i in series if i[0].when is not None), key=lambda i: by_time(i[0]))
+    for anchor in anchors:
+        for item in reversed(dated):
+            when = item[0].when
+            if anchor is None or (when is not None and when.date() <= anchor.date()):
+                chosen[id(item)] = item
+                break
+    return tuple(sorted({mapper.checked(r, item) for item, r in chosen.values()}, key=by_time))
+
+
+def by_time(item: Measurement | BloodPressure) -> datetime:
+    """Sort key: the time of a reading, undated ones first."""
+    return item.when or datetime.min.replace(tzinfo=UTC)
+
+
+def unique(resources: Iterable[Resource], resource_type: str) -> Iterator[Resource]:
+    """Resources of one type, each exact copy once (prefetch and paging can repeat entries)."""
+    seen: dict[str, Any] = {}
+    for resource in resources:
+        if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+            continue
+        if first_copy(seen, resource):
+            yield resource
+
+
+def first_copy(seen: dict[str, Any], resource: Resource) -> bool:
+    """False only for an exact repeat; a different resource reusing an id is kept.
+
+    Dropping a same-id resource with other content could hide an interacting drug or a lab
+    result. Contents are compared only when an id repeats, so the usual case stays cheap.
+    """
+    key = str(resource.get("id") or id(resource))
+    earlier = seen.get(key)
+    if earlier is None:
+        seen[key] = resource
+        return True
+    if isinstance(earlier, dict):
+        earlier = seen[key] = {_canonical(earlier)}
+    canonical = _canonical(resource)
+    if canonical in earlier:
+        return False
+    earlier.add(canonical)
+    return True
+
+
+def _canonical(resource: Resource) -> str:
+    return json.dumps(resource, sort_keys=True, default=str)

@@ -1,0 +1,155 @@
+"""The R4B validation gate: only the resources a rule reads are validated, once, after picking.
+
+A resource that fails validation is skipped and reported on the data-unavailable card; it never
+fails the request. The warm-up samples build pydantic's validators at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from fhir_mappings.codes import UCUM
+from fhir_mappings.readers import Resource
+
+
+@cache
+def _model(resource_type: str) -> Any:
+    module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
+    return getattr(module, resource_type)
+
+
+# One resource of each validated type using the nested elements the rules read: validating them
+# once at start-up builds pydantic's lazily compiled validators (~100 ms for the first
+# MedicationRequest), so the first hook call does not pay for it.
+_WARM_UP: tuple[Resource, ...] = (
+    {
+        "resourceType": "Patient",
+        "id": "w",
+        "gender": "female",
+        "birthDate": "1980-01-01",
+        "name": [{"family": "w", "given": ["w"]}],
+        "identifier": [{"system": "urn:w", "value": "w"}],
+        "telecom": [{"system": "phone", "value": "1"}],
+        "address": [{"city": "w"}],
+        "extension": [{"url": "urn:w", "valueCode": "F"}],
+    },
+    {
+        "resourceType": "Observation",
+        "id": "w",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "BP"},
+        "subject": {"reference": "Patient/w"},
+        "effectiveDateTime": "2026-01-01T00:00:00Z",
+        "issued": "2026-01-01T00:00:00Z",
+        "valueQuantity": {
+            "value": 1,
+            "unit": "mg/dL",
+            "system": UCUM,
+            "code": "mg/dL",
+            "comparator": ">",
+        },
+        "referenceRange": [{"low": {"value": 1}, "high": {"value": 2}}],
+        "component": [{"code": {"text": "c"}, "valueQuantity": {"value": 1}}],
+    },
+    {
+        "resourceType": "MedicationRequest",
+        "id": "w",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/w"},
+        "authoredOn": "2026-01-01",
+        "contained": [
+            {
+                "resourceType": "Medication",
+                "id": "m",
+                "code": {"text": "m"},
+                "ingredient": [{"itemCodeableConcept": {"text": "i"}}],
+            }
+        ],
+        "medicationReference": {"reference": "#m", "display": "m"},
+        "priorPrescription": {"reference": "MedicationRequest/p"},
+        "dosageInstruction": [
+            {
+                "text": "t",
+                "sequence": 1,
+                "route": {"text": "oral"},
+                "timing": {
+                    "repeat": {"frequency": 2, "period": 1, "periodUnit": "d", "when": ["MORN"]},
+                    "code": {"coding": [{"code": "BID"}]},
+                },
+                "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "mg"}}],
+            }
+        ],
+        "dispenseRequest": {
+            "quantity": {"value": 1},
+            "numberOfRepeatsAllowed": 1,
+            "expectedSupplyDuration": {"value": 30, "unit": "d"},
+            "validityPeriod": {"start": "2026-01-01"},
+        },
+    },
+    {"resourceType": "Medication", "id": "w", "code": {"text": "m"}},
+    {
+        "resourceType": "Condition",
+        "id": "w",
+        "subject": {"reference": "Patient/w"},
+        "code": {"text": "c"},
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "verificationStatus": {"coding": [{"code": "confirmed"}]},
+    },
+    {
+        "resourceType": "Immunization",
+        "id": "w",
+        "status": "completed",
+        "vaccineCode": {"text": "v"},
+        "patient": {"reference": "Patient/w"},
+        "occurrenceDateTime": "2026-01-01",
+    },
+    {
+        "resourceType": "AllergyIntolerance",
+        "id": "w",
+        "patient": {"reference": "Patient/w"},
+        "code": {"text": "a"},
+        "criticality": "high",
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "reaction": [
+            {"substance": {"text": "s"}, "manifestation": [{"text": "m"}], "severity": "severe"}
+        ],
+    },
+)
+
+
+def warm_up() -> None:
+    """Build the R4B validators at start-up so the first hook call does not pay for it."""
+    for resource in _WARM_UP:
+        problem = validation_problem(resource)
+        if problem:  # a broken sample would mean the models changed under us
+            raise RuntimeError(f"FHIR model warm-up failed: {problem}")
+
+
+def validation_problem(resource: Resource) -> str | None:
+    """Validate one picked resource against the R4B model; return a short reason or None."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type.isalpha():
+        return "resource has no valid resourceType"
+    try:
+        model = _model(resource_type)
+    except (ImportError, AttributeError):
+        return f"unknown FHIR resource type {resource_type!r}"
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return (
+            f"invalid FHIR R4 {resource_type} ({exc.error_count()} problem(s); first at "
+            f"{where or 'root'}: {first.get('msg', 'invalid')})"
+        )
+    except (ValueError, TypeError) as exc:
+        return f"invalid FHIR R4 {resource_type}: {exc}"
+    except RecursionError:  # extensions nested ~120 deep exhaust the model validator's stack
+        return f"invalid FHIR R4 {resource_type}: nested too deeply to validate"
+    return None
