@@ -38,11 +38,11 @@ from fhir_mappings.categories import (
     observation_categories,
     prefetch_key,
 )
-from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import Unreadable
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.readers import is_resource_of
 from fhir_mappings.references import missing_medications
+from fhir_mappings.vocabulary import DataCategory as D
 
 log = logging.getLogger(__name__)
 

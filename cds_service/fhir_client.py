@@ -25,10 +25,8 @@ from fhir_mappings.bundles import (
     bundle_error,
     bundle_resources,
     is_bundle,
+    next_link,
 )
-
-# kept for the CLI until it imports fhir_mappings.bundles
-from fhir_mappings.bundles import next_link as next_link
 
 log = logging.getLogger(__name__)
 

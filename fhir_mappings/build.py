@@ -12,13 +12,14 @@ from datetime import datetime
 
 from fhir_mappings import clinical
 from fhir_mappings.codes import Terminology
-from fhir_mappings.facts import DataCategory, PatientFacts, course_start
+from fhir_mappings.facts import PatientFacts, course_start
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.medications import DRAFT_TYPES, medication
 from fhir_mappings.observations import ResultReader, computed_egfr, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
 from fhir_mappings.selection import by_time, latest, pick, unique
+from fhir_mappings.vocabulary import DataCategory
 
 
 def build_facts(

@@ -2,7 +2,7 @@
 
 The prefetch key is the wire name (CDS Hooks 2.0 #prefetch-template) the discovery document,
 the prefetch, the audit and the data-unavailable card use; the category itself is a plain enum
-(``fhir_mappings.facts.DataCategory``) so facts and rules never carry a wire name.
+(``fhir_mappings.vocabulary.DataCategory``) so facts and rules never carry a wire name.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fhir_mappings.facts import DataCategory
+from fhir_mappings.vocabulary import DataCategory, ObservationKind
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,8 @@ class CategorySpec:
     category: DataCategory
     prefetch_key: str
     resource_types: frozenset[str]
-    # Observation kinds (values of ``observations.csv``) the category carries; () for the rest.
-    observation_kinds: tuple[str, ...] = ()
+    # Observation kinds (``observations.csv``) the category carries; () for the rest.
+    observation_kinds: tuple[ObservationKind, ...] = ()
     # Without it the service cannot tell whether voclosporin is involved: 412 when it cannot be
     # obtained (spec #http-status-codes); any other category goes on the data-unavailable card.
     required: bool = False
@@ -39,16 +39,20 @@ CATEGORIES: dict[DataCategory, CategorySpec] = {
             frozenset({"MedicationRequest", "Medication"}),
             required=True,
         ),
-        CategorySpec(DataCategory.EGFR, "egfr", _OBSERVATION, ("egfr",)),
-        CategorySpec(DataCategory.CREATININE, "creatinine", _OBSERVATION, ("creatinine",)),
+        CategorySpec(DataCategory.EGFR, "egfr", _OBSERVATION, (ObservationKind.EGFR,)),
+        CategorySpec(
+            DataCategory.CREATININE, "creatinine", _OBSERVATION, (ObservationKind.CREATININE,)
+        ),
         CategorySpec(
             DataCategory.BLOOD_PRESSURE,
             "bloodPressure",
             _OBSERVATION,
-            ("bp-panel", "systolic", "diastolic"),
+            (ObservationKind.BP_PANEL, ObservationKind.SYSTOLIC, ObservationKind.DIASTOLIC),
         ),
-        CategorySpec(DataCategory.POTASSIUM, "potassium", _OBSERVATION, ("potassium",)),
-        CategorySpec(DataCategory.UPCR, "upcr", _OBSERVATION, ("upcr",)),
+        CategorySpec(
+            DataCategory.POTASSIUM, "potassium", _OBSERVATION, (ObservationKind.POTASSIUM,)
+        ),
+        CategorySpec(DataCategory.UPCR, "upcr", _OBSERVATION, (ObservationKind.UPCR,)),
         CategorySpec(DataCategory.CONDITIONS, "conditions", frozenset({"Condition"})),
         CategorySpec(DataCategory.IMMUNIZATIONS, "immunizations", frozenset({"Immunization"})),
         CategorySpec(DataCategory.ALLERGIES, "allergies", frozenset({"AllergyIntolerance"})),
@@ -71,7 +75,7 @@ def category_of_key(key: str) -> DataCategory:
     return _BY_PREFETCH_KEY[key]
 
 
-def category_of_kind(kind: str) -> DataCategory:
+def category_of_kind(kind: ObservationKind) -> DataCategory:
     """The category whose results carry observation ``kind`` (a BP component: blood pressure)."""
     return _BY_OBSERVATION_KIND[kind]
 

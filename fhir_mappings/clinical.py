@@ -14,6 +14,7 @@ from fhir_mappings.readers import (
     status_code,
 )
 from fhir_mappings.references import reference_of
+from fhir_mappings.vocabulary import Role
 
 _UNUSABLE_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 _INACTIVE_CLINICAL = frozenset({"inactive", "resolved", "remission"})
@@ -67,7 +68,7 @@ def allergy(mapper: Mapper, resource: Resource) -> Allergy | None:
     return Allergy(
         reference=reference_of(resource),
         substance=([*texts, "(unnamed substance)"])[0],
-        to_voclosporin="voclosporin" in match.roles,
+        to_voclosporin=Role.VOCLOSPORIN in match.roles,
         criticality=criticality if isinstance(criticality, str) else None,
         severities=tuple(severities),
         verification=verification,

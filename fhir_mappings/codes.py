@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fhir_mappings.knowledge import Knowledge, normalize_cvx
+from fhir_mappings.vocabulary import ConditionKind, ObservationKind, Role
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 NDC = "http://hl7.org/fhir/sid/ndc"
@@ -38,12 +39,12 @@ class Coding:
 @dataclass(frozen=True)
 class MedicationMatch:
     ingredients: frozenset[str]
-    roles: frozenset[str]
+    roles: frozenset[Role]
     live_vaccine_codes: tuple[str, ...]
 
     @property
     def is_live_vaccine(self) -> bool:
-        return "live-vaccine" in self.roles
+        return Role.LIVE_VACCINE in self.roles
 
 
 def _word_pattern(terms: Iterable[str]) -> re.Pattern[str]:
@@ -70,9 +71,14 @@ class Terminology:
 
     def __init__(self, knowledge: Knowledge) -> None:
         self.knowledge = knowledge
-        self._by_term: dict[str, list[tuple[str, str]]] = {}
-        self._by_rxcui: dict[str, list[tuple[str, str]]] = {}
+        self._by_term: dict[str, list[tuple[str, Role]]] = {}
+        self._by_rxcui: dict[str, list[tuple[str, Role]]] = {}
+        # An NDC names a product's ingredient; the ingredient's rows give its roles.
+        self._by_ingredient: dict[str, list[tuple[str, Role]]] = {}
         for entry in knowledge.drugs:
+            self._by_ingredient.setdefault(entry.ingredient, []).append(
+                (entry.ingredient, entry.role)
+            )
             for term in entry.terms:
                 self._by_term.setdefault(term, []).append((entry.ingredient, entry.role))
             for code in entry.rxnorm:
@@ -99,7 +105,7 @@ class Terminology:
         return match
 
     def _match(self, codings: tuple[Coding, ...], texts: tuple[str, ...]) -> MedicationMatch:
-        pairs: set[tuple[str, str]] = set()
+        pairs: set[tuple[str, Role]] = set()
         live_codes: list[str] = []
         known_cvx = False
         all_texts = list(texts)
@@ -111,7 +117,7 @@ class Terminology:
             elif coding.system == NDC:
                 ingredient = self._ndc.get(normalize_ndc(coding.code) or (-1, -1))
                 if ingredient:
-                    pairs.add((ingredient, ingredient))
+                    pairs.update(self._by_ingredient.get(ingredient, ()))
             elif coding.system == CVX:
                 vaccine = self.knowledge.vaccines.get(normalize_cvx(coding.code))
                 known_cvx = known_cvx or vaccine is not None
@@ -127,30 +133,32 @@ class Terminology:
         if live_codes or (
             not known_cvx and any(self._live_pattern.search(t.lower()) for t in all_texts)
         ):
-            roles.add("live-vaccine")
+            roles.add(Role.LIVE_VACCINE)
         return MedicationMatch(
             ingredients=frozenset(ingredient for ingredient, _ in pairs),
             roles=frozenset(roles),
             live_vaccine_codes=tuple(live_codes),
         )
 
-    def observation_match(self, codings: Iterable[Coding]) -> tuple[str, str] | None:
+    def observation_match(self, codings: Iterable[Coding]) -> tuple[ObservationKind, str] | None:
         """(kind, LOINC code) of the first coding the knowledge knows."""
         for coding in codings:
             if coding.system == LOINC and coding.code in self.knowledge.observation_kinds:
                 return self.knowledge.observation_kinds[coding.code], coding.code
         return None
 
-    def observation_kind(self, codings: Iterable[Coding]) -> str | None:
+    def observation_kind(self, codings: Iterable[Coding]) -> ObservationKind | None:
         match = self.observation_match(codings)
         return match[0] if match else None
 
-    def condition_kinds(self, codings: Iterable[Coding], texts: Iterable[str]) -> frozenset[str]:
+    def condition_kinds(
+        self, codings: Iterable[Coding], texts: Iterable[str]
+    ) -> frozenset[ConditionKind]:
         kinds = {
             kind
             for coding in codings
             if (kind := self.knowledge.condition_kinds.get((coding.system, coding.code)))
         }
         if any(LUPUS_NEPHRITIS_TEXT.search(t) for t in texts):
-            kinds.add("lupus-nephritis")
+            kinds.add(ConditionKind.LUPUS_NEPHRITIS)
         return frozenset(kinds)

@@ -9,27 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from enum import StrEnum
 
-from fhir_mappings.vocabulary import Role
-
-
-class DataCategory(StrEnum):
-    """A slice of the chart that is fetched (or prefetched) as one unit.
-
-    Its prefetch key, resource types and observation kinds are in ``fhir_mappings.categories``.
-    """
-
-    PATIENT = "patient"
-    MEDICATIONS = "medications"
-    EGFR = "egfr"
-    CREATININE = "creatinine"
-    BLOOD_PRESSURE = "blood_pressure"
-    POTASSIUM = "potassium"
-    UPCR = "upcr"
-    CONDITIONS = "conditions"
-    IMMUNIZATIONS = "immunizations"
-    ALLERGIES = "allergies"
+from fhir_mappings.vocabulary import ConditionKind, DataCategory, Role
 
 
 @dataclass(frozen=True)
@@ -80,7 +61,7 @@ class Medication:
     reference: str
     name: str
     ingredients: frozenset[str]
-    roles: frozenset[str]
+    roles: frozenset[Role]
     status: str | None
     authored_on: datetime | None
     is_draft: bool = False
@@ -99,7 +80,7 @@ class Medication:
     def is_live_vaccine(self) -> bool:
         return Role.LIVE_VACCINE in self.roles
 
-    def has_role(self, role: str) -> bool:
+    def has_role(self, role: Role) -> bool:
         return role in self.roles
 
     @property
@@ -139,7 +120,7 @@ class Condition:
 
     reference: str
     name: str
-    kinds: frozenset[str]
+    kinds: frozenset[ConditionKind]
     clinical_status: str | None
 
 
@@ -232,7 +213,7 @@ class PatientFacts:
     def course_start(self) -> datetime | None:
         return course_start(self.medications)
 
-    def partners(self, role: str) -> tuple[Medication, ...]:
+    def partners(self, role: Role) -> tuple[Medication, ...]:
         """Orders with ``role`` that would be taken together with voclosporin.
 
         Ordering voclosporin meets every drafted and active order; a patient who already takes

@@ -152,8 +152,8 @@ class Knowledge:
     live_vaccine_terms: tuple[str, ...]
     # Values are ObservationKind / ConditionKind members (checked at load), typed as their strings
     # so that callers may mix them with the plain strings terminology adds.
-    observation_kinds: dict[str, str]
-    condition_kinds: dict[tuple[str, str], str]
+    observation_kinds: dict[str, ObservationKind]
+    condition_kinds: dict[tuple[str, str], ConditionKind]
     renal: Renal
     ckd_epi: CkdEpi2021
     creatinine_umol_per_mg_dl: float
@@ -174,7 +174,7 @@ class Knowledge:
         """Version plus a digest of the files, so an unreviewed edit is visible in the audit."""
         return f"{self.version}+{self.digest[:12]}"
 
-    def loinc_codes(self, *kinds: str) -> tuple[str, ...]:
+    def loinc_codes(self, *kinds: ObservationKind) -> tuple[str, ...]:
         return tuple(code for code, kind in self.observation_kinds.items() if kind in kinds)
 
     def template_values(self) -> dict[str, Any]:
@@ -287,7 +287,7 @@ def _kind(vocabulary: type[K], path: Path, number: int, value: str) -> K:
         raise KnowledgeError(f"{path.name} line {number}: unknown kind {value!r}") from None
 
 
-def _observation_kinds(directory: Path) -> dict[str, str]:
+def _observation_kinds(directory: Path) -> dict[str, ObservationKind]:
     path = directory / "observations.csv"
     return {
         row["loinc"].strip(): _kind(ObservationKind, path, number, row["kind"])
@@ -295,7 +295,7 @@ def _observation_kinds(directory: Path) -> dict[str, str]:
     }
 
 
-def _condition_kinds(directory: Path) -> dict[tuple[str, str], str]:
+def _condition_kinds(directory: Path) -> dict[tuple[str, str], ConditionKind]:
     path = directory / "conditions.csv"
     rows = _read_csv(path, ("system", "code", "kind", "source"))
     return {
@@ -449,13 +449,22 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
     )
     if not reasons:
         raise KnowledgeError("override_reasons.toml: no reasons")
+    drugs = _drugs(directory)
+    ingredients = {entry.ingredient for entry in drugs}
+    for number, row in enumerate(ndc_rows, start=2):
+        if row["ingredient"].strip().lower() not in ingredients:
+            raise KnowledgeError(
+                f"ndc.csv line {number}: ingredient {row['ingredient']!r} has no drugs.csv row"
+            )
     return Knowledge(
         version=str(rules_doc["version"]),
         digest=_digest(directory),
         label_url=str(rules_doc["label"]["url"]),
         payer_policy_title=str(rules_doc["payer_policy"]["title"]),
-        drugs=_drugs(directory),
-        ndc_prefixes={row["ndc_prefix"].strip(): row["ingredient"] for row in ndc_rows},
+        drugs=drugs,
+        ndc_prefixes={
+            row["ndc_prefix"].strip(): row["ingredient"].strip().lower() for row in ndc_rows
+        },
         vaccines=_vaccines(directory),
         live_vaccine_terms=tuple(row["term"].strip().lower() for row in live_terms),
         observation_kinds=_observation_kinds(directory),

@@ -9,7 +9,7 @@ from typing import Any
 
 from fhir_mappings.categories import category_of_kind, observation_categories
 from fhir_mappings.egfr import ckd_epi_2021
-from fhir_mappings.facts import BloodPressure, DataCategory, Measurement
+from fhir_mappings.facts import BloodPressure, Measurement
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
@@ -21,6 +21,7 @@ from fhir_mappings.readers import (
 )
 from fhir_mappings.references import reference_of
 from fhir_mappings.selection import Result, first_copy, pick
+from fhir_mappings.vocabulary import DataCategory, ObservationKind
 
 # Observation statuses that carry no usable result.
 _UNUSABLE_OBSERVATION = frozenset({"entered-in-error", "cancelled", "registered"})
@@ -76,7 +77,9 @@ def observation_series(
     return series
 
 
-def measurement(mapper: Mapper, resource: Resource, kind: str, code: str) -> Measurement | None:
+def measurement(
+    mapper: Mapper, resource: Resource, kind: ObservationKind, code: str
+) -> Measurement | None:
     """One lab result of ``kind`` (LOINC ``code``) in canonical units, or None."""
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return None
@@ -85,13 +88,13 @@ def measurement(mapper: Mapper, resource: Resource, kind: str, code: str) -> Mea
         mapper.skip(resource, f"{kind} result has no numeric valueQuantity")
         return None
     value, unit, comparator = amount
-    if kind == "creatinine":
+    if kind == ObservationKind.CREATININE:
         converted = _creatinine_mg_dl(mapper, value, unit)
         if converted is None:
             mapper.skip(resource, f"creatinine unit {unit!r} not recognised (mg/dL or umol/L)")
             return None
         value, unit = converted, "mg/dL"
-    if kind == "potassium" and unit.lower() not in _MMOL_L:
+    if kind == ObservationKind.POTASSIUM and unit.lower() not in _MMOL_L:
         mapper.skip(resource, f"potassium unit {unit!r} not recognised (mmol/L)")
         return None
     method = f"LOINC {code}" + (f", reported as '{comparator}{value:g}'" if comparator else "")
@@ -106,12 +109,14 @@ def measurement(mapper: Mapper, resource: Resource, kind: str, code: str) -> Mea
     )
 
 
-def blood_pressures(mapper: Mapper, resource: Resource, kind: str) -> Iterator[BloodPressure]:
+def blood_pressures(
+    mapper: Mapper, resource: Resource, kind: ObservationKind
+) -> Iterator[BloodPressure]:
     """The readings of a BP panel (its components) or of a lone systolic/diastolic result."""
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return
     when, source = observation_time(resource), reference_of(resource)
-    if kind == "bp-panel":
+    if kind == ObservationKind.BP_PANEL:
         parts: dict[str, float] = {}
         for component in as_list(resource.get("component")):
             if not isinstance(component, dict):
@@ -126,7 +131,7 @@ def blood_pressures(mapper: Mapper, resource: Resource, kind: str) -> Iterator[B
     amount = quantity(resource.get("valueQuantity"))
     if amount is None:
         mapper.skip(resource, f"{kind} blood pressure has no numeric valueQuantity")
-    elif kind == "systolic":
+    elif kind == ObservationKind.SYSTOLIC:
         yield BloodPressure(amount[0], None, when, source)
     else:
         yield BloodPressure(None, amount[0], when, source)

@@ -1,4 +1,4 @@
-"""Writing orders: a FHIR Dosage for a dose, and a draft MedicationRequest with new dosing.
+"""Writing orders: a FHIR Dosage, a draft MedicationRequest, and a draft with new dosing.
 
 One Dosage writer serves the cards' update suggestion and the CLI's draft orders, so what the
 service suggests and what the CLI sends read the same way to the dose rules.
@@ -7,10 +7,12 @@ service suggests and what the CLI sends read the same way to the dose rules.
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from fhir_mappings.codes import UCUM
+from fhir_mappings.codes import RXNORM, UCUM
 from fhir_mappings.readers import Resource
 
 _FREQUENCY = {1: "once daily", 2: "twice daily", 3: "three times daily"}
@@ -84,3 +86,32 @@ def with_doses(
         ]
     resource["dosageInstruction"] = instructions
     return resource
+
+
+def draft_medication_request(
+    patient_id: str,
+    *,
+    drug: str | None = None,
+    rxnorm: str | None = None,
+    dose_mg: float | None = None,
+    per_day: int = 2,
+    today: str | None = None,
+) -> dict[str, Any]:
+    """A draft MedicationRequest, as the EHR holds an order that is not signed yet."""
+    concept: dict[str, Any] = {}
+    if rxnorm:
+        concept["coding"] = [{"system": RXNORM, "code": rxnorm}]
+    if drug:
+        concept["text"] = drug
+    order: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "id": f"draft-{uuid.uuid4().hex[:12]}",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": concept,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": today or datetime.now(UTC).date().isoformat(),
+    }
+    if dose_mg is not None:
+        order["dosageInstruction"] = [dosage_instruction(dose_mg, per_day)]
+    return order

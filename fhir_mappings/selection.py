@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from fhir_mappings.facts import BloodPressure, Measurement
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import Resource
+from fhir_mappings.vocabulary import ObservationKind
 
 Dated = TypeVar("Dated", Measurement, BloodPressure)
 
@@ -24,7 +25,7 @@ class Result:
     """An Observation of a kind the rules read, not yet turned into a Measurement."""
 
     when: datetime
-    kind: str
+    kind: ObservationKind
     code: str
     resource: Resource = field(compare=False)
 

@@ -1,4 +1,4 @@
-"""The closed vocabulary the knowledge data and the rules share: roles, kinds, payer criteria.
+"""The closed vocabulary of the core: roles, kinds, payer criteria and data categories.
 
 Each value is the exact string written in the data files (``drugs.csv`` ``role``,
 ``observations.csv`` and ``conditions.csv`` ``kind``, ``prior_authorization.toml`` ``id``). The
@@ -84,3 +84,21 @@ class Criterion(StrEnum):
     NO_LIVE_VACCINES = "no-live-vaccines"
     QUANTITY_LIMIT = "quantity-limit"
     APPROVAL_DURATION = "approval-duration"
+
+
+class DataCategory(StrEnum):
+    """A slice of the chart that is fetched (or prefetched) as one unit.
+
+    Its prefetch key, resource types and observation kinds are in ``fhir_mappings.categories``.
+    """
+
+    PATIENT = "patient"
+    MEDICATIONS = "medications"
+    EGFR = "egfr"
+    CREATININE = "creatinine"
+    BLOOD_PRESSURE = "blood_pressure"
+    POTASSIUM = "potassium"
+    UPCR = "upcr"
+    CONDITIONS = "conditions"
+    IMMUNIZATIONS = "immunizations"
+    ALLERGIES = "allergies"

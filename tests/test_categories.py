@@ -9,8 +9,7 @@ from fhir_mappings.categories import (
     category_of_kind,
     prefetch_key,
 )
-from fhir_mappings.facts import DataCategory
-from fhir_mappings.knowledge import OBSERVATION_KINDS
+from fhir_mappings.vocabulary import DataCategory, ObservationKind
 
 
 def test_every_category_has_one_row_and_its_wire_name():
@@ -39,5 +38,5 @@ def test_without_patient_or_medications_the_call_is_412():
 def test_every_observation_kind_belongs_to_one_category():
     """Each kind the knowledge data may name is carried by exactly one category."""
     carried = [k for spec in CATEGORIES.values() for k in spec.observation_kinds]
-    assert sorted(carried) == sorted(OBSERVATION_KINDS)
+    assert sorted(carried) == sorted(ObservationKind)
     assert category_of_kind("systolic") is DataCategory.BLOOD_PRESSURE

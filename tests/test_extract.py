@@ -11,9 +11,9 @@ import pytest
 from fhir_mappings.build import build_facts
 from fhir_mappings.codes import Coding
 from fhir_mappings.egfr import ckd_epi_2021
-from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.readers import parse_datetime
+from fhir_mappings.vocabulary import DataCategory as D
 from tests.support.hooks import chart_resources
 from tests.support.paths import SYNTHEA_DIR as SYNTHEA
 

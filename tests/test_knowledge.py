@@ -95,6 +95,13 @@ def test_unknown_drug_role_stops_loading(data: Path, role: str):
         load_knowledge(data)
 
 
+def test_ndc_of_an_unlisted_ingredient_stops_loading(data: Path):
+    """An NDC row must name a drugs.csv ingredient: its roles come from that row."""
+    edit(data / "ndc.csv", ",voclosporin,", ",voclosporine,")
+    with pytest.raises(KnowledgeError, match=r"ndc\.csv line 2: ingredient 'voclosporine'"):
+        load_knowledge(data)
+
+
 @pytest.mark.parametrize(
     ("file", "kind"), [("observations.csv", "egfr"), ("conditions.csv", "lupus-nephritis")]
 )

@@ -9,8 +9,9 @@ import pytest
 from cds_service.rules.engine import DATA_UNAVAILABLE, REGISTRY, evaluate
 from cds_service.rules.model import Finding, NotChecked, RemoveOrder, ReplaceDosage, RuleSpec
 from cds_service.rules.renal import decline_percent
-from fhir_mappings.facts import DataCategory, Dosage, DoseAmount
+from fhir_mappings.facts import Dosage, DoseAmount
 from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.vocabulary import DataCategory
 from tests.support.clinical import (
     NOW,
     allergy_to_voclosporin,

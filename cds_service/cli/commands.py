@@ -23,7 +23,6 @@ from cds_service.cli.hook_requests import (
     DEFAULT_USER,
     HOOKS,
     build_hook_request,
-    draft_medication_request,
     fill_prefetch,
     load_orders,
     normalise_patient_id,
@@ -42,6 +41,7 @@ from cds_service.cli.service_calls import (
 from cds_service.cli.signing import JwtSigner, jwk_set, load_private_key
 from cds_service.errors import CliError
 from cds_service.spec_check import CHECKERS, detect_kind
+from fhir_mappings.orders import draft_medication_request
 
 DEFAULT_TIMEOUT_S = 30.0
 

@@ -14,7 +14,7 @@ import requests
 from cds_service.cli.exit_codes import EXIT_USAGE
 from cds_service.cli.rendering import Progress
 from cds_service.errors import CliError
-from cds_service.fhir_client import next_link
+from fhir_mappings.bundles import next_link
 
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 20

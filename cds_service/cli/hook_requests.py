@@ -1,6 +1,7 @@
 """Build what an EHR sends: the draft orders, the CDS Hooks 2.0 request, its prefetch.
 
-The orders come from flags (``draft_medication_request``) or a file (``load_orders``);
+The orders come from flags (``fhir_mappings.orders.draft_medication_request``) or a file
+(``load_orders``);
 ``fill_prefetch`` answers the service's discovery templates from the FHIR server, as an EHR
 does before it calls (#prefetch-template).
 """
@@ -12,7 +13,6 @@ import re
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,6 @@ from cds_service.errors import CliError
 from cds_service.spec_check import FHIR_ID
 
 HOOKS = ("order-select", "order-sign", "medication-prescribe")
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-UCUM = "http://unitsofmeasure.org"
 TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 # #prefetch-tokens: the user tokens stand for the id part of context.userId of that type.
 USER_TOKENS = {
@@ -44,51 +42,6 @@ def normalise_patient_id(value: str) -> str:
             EXIT_USAGE,
         )
     return patient_id
-
-
-def dosage_instruction(dose_mg: float, per_day: int) -> dict[str, Any]:
-    """A structured Dosage the dose rules can read: mg per dose and doses per day."""
-    times = {1: "once daily", 2: "twice daily", 3: "three times daily"}.get(
-        per_day, f"{per_day} times daily"
-    )
-    return {
-        "text": f"{dose_mg:g} mg by mouth {times}",
-        "timing": {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}},
-        "doseAndRate": [
-            {
-                "doseQuantity": {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"},
-            }
-        ],
-    }
-
-
-def draft_medication_request(
-    patient_id: str,
-    *,
-    drug: str | None = None,
-    rxnorm: str | None = None,
-    dose_mg: float | None = None,
-    per_day: int = 2,
-    today: str | None = None,
-) -> dict[str, Any]:
-    """A draft MedicationRequest, as the EHR holds an order that is not signed yet."""
-    concept: dict[str, Any] = {}
-    if rxnorm:
-        concept["coding"] = [{"system": RXNORM, "code": rxnorm}]
-    if drug:
-        concept["text"] = drug
-    order: dict[str, Any] = {
-        "resourceType": "MedicationRequest",
-        "id": f"draft-{uuid.uuid4().hex[:12]}",
-        "status": "draft",
-        "intent": "order",
-        "medicationCodeableConcept": concept,
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "authoredOn": today or datetime.now(UTC).date().isoformat(),
-    }
-    if dose_mg is not None:
-        order["dosageInstruction"] = [dosage_instruction(dose_mg, per_day)]
-    return order
 
 
 def load_orders(path: str, patient_id: str) -> list[dict[str, Any]]:

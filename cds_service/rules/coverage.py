@@ -12,9 +12,9 @@ from datetime import timedelta
 from typing import Literal
 
 from cds_service.rules.model import Finding, RuleResult, card_text, describe, latest
-from fhir_mappings.facts import Condition, DataCategory, Medication, PatientFacts
+from fhir_mappings.facts import Condition, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
-from fhir_mappings.vocabulary import ConditionKind, Criterion, Role
+from fhir_mappings.vocabulary import ConditionKind, Criterion, DataCategory, Role
 
 Status = Literal["met", "not met", "unknown"]
 Checker = Callable[[PatientFacts, Knowledge], tuple[Status, str]]

@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 from cds_service.rules import coverage, interactions, regimen, renal, vitals
 from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec
 from fhir_mappings.categories import prefetch_key
-from fhir_mappings.facts import DataCategory as D
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.vocabulary import INTERACTING_ROLES
+from fhir_mappings.vocabulary import DataCategory as D
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Literal, TypeVar
 
-from fhir_mappings.facts import BloodPressure, DataCategory, Measurement, Medication, PatientFacts
+from fhir_mappings.facts import BloodPressure, Measurement, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.vocabulary import DataCategory
 
 Indicator = Literal["info", "warning", "critical"]
 SEVERITY: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
