@@ -55,10 +55,7 @@ NOT_IN_CORE = (
 @pytest.mark.parametrize("module", CORE_MODULES)
 def test_clinical_core_loads_no_web_or_io_library(module):
     """Rules, engine and mappings import, even transitively, no Flask, requests or database."""
-    probe = (
-        f"import sys, {module}; "
-        f"print(sorted(m for m in {NOT_IN_CORE!r} if m in sys.modules))"
-    )
+    probe = f"import sys, {module}; print(sorted(m for m in {NOT_IN_CORE!r} if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
     )
