@@ -14,7 +14,7 @@ import logging
 from datetime import UTC
 from typing import Any
 
-from cds_service.errors import UnknownCardError
+from cds_service.errors import ServiceUnavailable, StorageUnavailableError, UnknownCardError
 from cds_service.service import HookOutcome
 from cds_service.storage import (
     AuditWriter,
@@ -48,12 +48,16 @@ class Recorder:
         """Store loaded feedback items; unknown card -> 404, database down -> 503."""
         entries = [feedback_entry(item) for item in items]
         try:
-            return self.storage.store_feedback(service_id, entries)
-        except UnknownCardError:
-            # The card may still be in the audit writer's queue (cards are recorded in the
-            # background): write the queue out and look once more.
-            self.writer.flush(2.0)
-            return self.storage.store_feedback(service_id, entries)
+            try:
+                return self.storage.store_feedback(service_id, entries)
+            except UnknownCardError:
+                # The card may still be in the audit writer's queue (cards are recorded in the
+                # background): write the queue out and look once more.
+                self.writer.flush(2.0)
+                return self.storage.store_feedback(service_id, entries)
+        except StorageUnavailableError as exc:
+            # As before the error tree: a plain 503 (no Retry-After) that names the feedback.
+            raise ServiceUnavailable("Feedback could not be stored; please retry") from exc
 
 
 def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:
