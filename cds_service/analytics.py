@@ -41,7 +41,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 
 from cds_service.errors import BadRequest, Forbidden, StorageUnavailableError, Unauthorized
 from cds_service.storage.extension import get_storage
-from cds_service.storage.store import BUCKETS, TOP_REASONS, Bucket, days_ago, start_of_day
+from cds_service.storage.reports import BUCKETS, TOP_REASONS, Bucket, days_ago, start_of_day
 
 analytics_bp = Blueprint("analytics", __name__, template_folder="templates")
 
@@ -111,8 +111,11 @@ def _require_access() -> None:
 # -- query parameters --------------------------------------------------------------------
 
 
-def parse_since(raw: str, now: datetime | None = None) -> datetime:
-    """Parse ``since``: an ISO date (midnight UTC) or date-time (naive means UTC)."""
+def parse_since(raw: str, now: datetime) -> datetime:
+    """Parse ``since``: an ISO date (midnight UTC) or date-time (naive means UTC).
+
+    A ``since`` before the longest window ending at ``now`` is moved up to its start.
+    """
     text = raw.strip()
     candidates = [text]
     if " " in text:  # an unencoded "+01:00" arrives as " 01:00"

@@ -1,8 +1,11 @@
-"""Audit trail of hook calls and storage of clinicians' feedback (CDS Hooks 2.0 #feedback).
+"""Record what the service did: hook calls into the audit trail, clinicians' feedback into storage.
 
-Audit records go to a background writer: a database outage is logged and never delays or fails
-the cards. Feedback is stored synchronously because the client needs to know it was kept.
-Flask-free: the views call the app's ``Recorder`` directly.
+The app's side of the audit trail and of CDS Hooks 2.0 #feedback: the ``Recorder`` turns a
+``HookOutcome`` into a ``CallRecord`` and loaded feedback into ``FeedbackEntry`` values (the
+values storage takes, ``cds_service.storage.values``), and hands them over. Audit records go to
+the background writer (``cds_service.storage.audit``): a database outage is logged and never
+delays or fails the cards. Feedback is stored synchronously because the client needs to know
+it was kept. Flask-free: the views call the app's ``Recorder`` directly.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 from datetime import UTC
 from typing import Any
 
-from cds_service.errors import StorageUnavailableError, UnknownCardError
+from cds_service.errors import ServiceUnavailable, StorageUnavailableError, UnknownCardError
 from cds_service.service import HookOutcome
 from cds_service.storage import (
     AuditWriter,
@@ -53,12 +56,12 @@ class Recorder:
                 self.writer.flush(2.0)
                 return self.storage.store_feedback(service_id, entries)
         except StorageUnavailableError as exc:
-            raise StorageUnavailableError(
-                exc.reason, detail="Feedback could not be stored; please retry"
-            ) from exc
+            # As before the error tree: a plain 503 (no Retry-After) that names the feedback.
+            raise ServiceUnavailable("Feedback could not be stored; please retry") from exc
 
 
 def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:
+    """Build the audit record of one hook call; the patient id goes in only as a keyed hash."""
     return CallRecord(
         hook_instance=outcome.hook_instance,
         service_id=outcome.service.id,

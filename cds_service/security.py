@@ -30,6 +30,7 @@ PROTECTED_PREFIX = "/cds-services/"
 
 
 def init_security(app: Flask) -> None:
+    """Turn on JWT checks when issuers are configured, and CORS when origins are."""
     issuers = app.config["CDS_JWT_ISSUERS"]
     if issuers is not None:  # set but empty must not mean "off"
         app.extensions["cds_authenticator"] = _authenticator(app, issuers)
@@ -49,6 +50,7 @@ def init_security(app: Flask) -> None:
 
 
 def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
+    """Build the verifier and its replay cache from config; bad config stops start-up."""
     if not issuers:
         raise RuntimeError("CDS_JWT_ISSUERS names no issuer, so every client would be refused")
     if not app.config["CDS_FHIR_ALLOWED_SERVERS"]:
@@ -84,6 +86,7 @@ def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
 
 
 def _require_jwt() -> None:
+    """Refuse a service or feedback POST whose bearer JWT does not verify."""
     if request.method != "POST" or not request.path.startswith(PROTECTED_PREFIX):
         return
     authenticator: ClientAuthenticator = current_app.extensions["cds_authenticator"]
@@ -99,6 +102,7 @@ def _require_jwt() -> None:
 
 
 def _allowed_origin() -> str | None:
+    """Return the CORS origin to echo for this request, or None when it is not allowed."""
     origin = request.headers.get("Origin")
     allowed: frozenset[str] = current_app.config["CDS_CORS_ORIGIN_SET"]
     if origin and origin in allowed:
@@ -116,6 +120,7 @@ def _preflight() -> Response | None:
 
 
 def _cors_headers(response: Response) -> Response:
+    """Add the CORS headers for an allowed origin."""
     origin = _allowed_origin()
     if origin is None:
         return response

@@ -265,7 +265,7 @@ def test_page_escapes_text_from_clients(storage_app: Flask) -> None:
     storage = get_storage(storage_app)
     now = datetime.now(UTC)
     issued = card("ddi-strong-cyp3a4")
-    storage.record_call(call("hook-xss", now, (issued,)))
+    storage.record_calls([call("hook-xss", now, (issued,))])
     evil = overridden(issued.uuid, now, "<script>alert(1)</script>")
     storage.store_feedback(SERVICE_ID, [evil])
     html = storage_app.test_client().get("/analytics").get_data(as_text=True)
@@ -296,8 +296,9 @@ def test_long_window_charts_weeks(client: FlaskClient) -> None:
 
 def test_parse_since_treats_naive_as_utc() -> None:
     """A date-time without a zone is read as UTC, a date as its midnight UTC."""
-    assert parse_since("2026-03-04T05:06:07") == datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-    assert parse_since("2026-03-04") == datetime(2026, 3, 4, tzinfo=UTC)
+    now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    assert parse_since("2026-03-04T05:06:07", now) == datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert parse_since("2026-03-04", now) == datetime(2026, 3, 4, tzinfo=UTC)
 
 
 def test_chart_scales_bars_and_rates_into_the_plot() -> None:

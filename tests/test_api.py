@@ -13,6 +13,7 @@ from cds_service import close_app
 from cds_service.spec_check import check_discovery, check_response
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
+from tests.support.factories import calls_for_hook_instance
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
 
 TODAY: date = FIXED_NOW.date()
@@ -541,7 +542,7 @@ def test_hook_call_is_audited_without_patient_id(app, client):
     body = voclosporin_request(app, "ln-initiation-low-egfr-high-bp")
     client.post(SIGN, json=body)
     assert app.extensions["cds_audit_writer"].flush(5.0)
-    [record] = app.extensions["cds_storage"].calls_for_hook_instance(body["hookInstance"])
+    [record] = calls_for_hook_instance(app.extensions["cds_storage"], body["hookInstance"])
     text = repr(record)
     assert "blood-pressure-high" in text
     assert body["context"]["patientId"] not in text

@@ -37,7 +37,9 @@ from tests.support.factories import (
     SERVICE_ID,
     accepted,
     call,
+    calls_for_hook_instance,
     card,
+    feedback_count,
     make_app,
     overridden,
     sqlite_url,
@@ -64,7 +66,7 @@ def store_call_with_cards(
     """Record one call issuing one card per rule id; return the card uuids."""
     cards = tuple(card(rule_id) for rule_id in rule_ids)
     record = call(f"hook-{uuid.uuid4()}", at, cards, rules=rule_ids, service_id=service_id)
-    storage.record_call(record)
+    storage.record_calls([record])
     return [item.uuid for item in cards]
 
 
@@ -195,8 +197,8 @@ def test_audit_record_round_trips(storage: Storage) -> None:
         (card("r1", "critical", 2), card("r2")),
         rules=("r1", "r2", "r3"),
     )
-    storage.record_call(record)
-    (back,) = storage.calls_for_hook_instance("hook-rt")
+    storage.record_calls([record])
+    (back,) = calls_for_hook_instance(storage, "hook-rt")
     assert back.called_at == NOW
     assert back.called_at.tzinfo is not None
     assert back.rules_evaluated == ("r1", "r2", "r3")
@@ -223,7 +225,7 @@ def test_audit_record_round_trips(storage: Storage) -> None:
 
 def test_audit_trail_never_holds_the_patient_id(storage: Storage) -> None:
     """Only the keyed hash is stored: the raw patient id appears in no table."""
-    storage.record_call(call("hook-phi", NOW, (card("r1"),), patient="Patient/secret-4711"))
+    storage.record_calls([call("hook-phi", NOW, (card("r1"),), patient="Patient/secret-4711")])
     with storage.engine.connect() as conn:
         dump = " ".join(str(row) for table in TABLES for row in conn.execute(select(table)))
     assert "secret-4711" not in dump
@@ -263,7 +265,7 @@ def test_same_feedback_twice_is_stored_once(storage: Storage) -> None:
     assert storage.store_feedback(SERVICE_ID, [entry]) == 0
     same_time_other_zone = overridden(uuid_, NOW.astimezone(timezone(timedelta(hours=2))))
     assert storage.store_feedback(SERVICE_ID, [same_time_other_zone]) == 0
-    assert storage.feedback_count() == 1
+    assert feedback_count(storage) == 1
 
 
 def test_different_feedback_on_one_card_is_kept(storage: Storage) -> None:
@@ -271,7 +273,7 @@ def test_different_feedback_on_one_card_is_kept(storage: Storage) -> None:
     (uuid_,) = store_call_with_cards(storage, "r1")
     assert storage.store_feedback(SERVICE_ID, [overridden(uuid_, NOW)]) == 1
     assert storage.store_feedback(SERVICE_ID, [accepted(uuid_, NOW + timedelta(minutes=1))]) == 1
-    assert storage.feedback_count() == 2
+    assert feedback_count(storage) == 2
 
 
 def test_unknown_card_stores_nothing(storage: Storage) -> None:
@@ -285,7 +287,7 @@ def test_unknown_card_stores_nothing(storage: Storage) -> None:
     with pytest.raises(UnknownCardError) as raised:
         storage.store_feedback(SERVICE_ID, post)
     assert raised.value.card_uuids == ("no-such-card-1", "no-such-card-2")
-    assert storage.feedback_count() == 0
+    assert feedback_count(storage) == 0
 
 
 def test_card_of_another_service_is_unknown(storage: Storage) -> None:
@@ -334,7 +336,7 @@ def test_concurrent_feedback_loses_nothing(storage: Storage) -> None:
     assert errors == []
     expected = threads_n * posts_n + shared_n
     assert sum(stored) == expected
-    assert storage.feedback_count() == expected
+    assert feedback_count(storage) == expected
 
 
 # -- analytics ---------------------------------------------------------------------------
@@ -348,7 +350,7 @@ def scenario(storage: Storage) -> dict[str, list[str]]:
         store_call_with_cards(storage, "A", at=NOW - timedelta(days=day))[0]
         for day in (0, 0, 1, 1, 2)
     ]
-    storage.record_call(call("hook-quiet", NOW, (), rules=("A", "B")))
+    storage.record_calls([call("hook-quiet", NOW, (), rules=("A", "B"))])
     storage.store_feedback(
         SERVICE_ID,
         [
@@ -447,7 +449,8 @@ def test_dead_database_raises_storage_unavailable(url: str) -> None:
             storage.store_feedback(SERVICE_ID, [accepted("c", NOW)])
         with pytest.raises(StorageUnavailableError):
             storage.rule_analytics(None)
-        assert not storage.ping()
+        with pytest.raises(StorageUnavailableError):
+            storage.current_revision()
     finally:
         storage.dispose()
 
@@ -515,7 +518,7 @@ def test_audit_writer_recovers_when_database_returns(
     finally:
         writer.close()
     try:
-        assert [r.hook_instance for r in storage.calls_for_hook_instance("hook-kept")] == [
+        assert [r.hook_instance for r in calls_for_hook_instance(storage, "hook-kept")] == [
             "hook-kept"
         ]
         assert (writer.failed, writer.written) == (1, 1)
@@ -622,7 +625,7 @@ def test_init_storage_migrates_an_empty_configured_database(
         writer = get_audit_writer(app)
         writer.submit(call("hook-app", NOW, (card("r1"),)))
         assert writer.flush(30)
-        assert len(get_storage(app).calls_for_hook_instance("hook-app")) == 1
+        assert len(calls_for_hook_instance(get_storage(app), "hook-app")) == 1
     finally:
         shutdown_storage(app)
 

@@ -1,5 +1,11 @@
 """Audit trail, feedback and override analytics on SQLite or PostgreSQL.
 
+Modules, one job each: ``values`` (the frozen records handed to storage), ``engine``
+(connection, transactions, outage mapping, fork safety), ``migrator`` (Alembic upgrades of
+``migrations/``), ``schema`` (the tables), ``audit`` (audit writes and the background
+writer), ``feedback`` (feedback writes), ``reports`` (analytics queries and window helpers),
+``store`` (the ``Storage`` facade over them) and ``extension`` (Flask set-up and the ``db`` CLI).
+
 The hook path builds a ``CallRecord`` and hands it to ``AuditWriter.submit`` (never blocks,
 never raises); the feedback endpoint calls ``Storage.store_feedback``; the analytics
 blueprint reads ``Storage.rule_analytics`` and ``Storage.timeseries``. ``init_storage(app)``
@@ -17,8 +23,8 @@ from .extension import (
     init_storage,
     shutdown_storage,
 )
-from .records import CallRecord, FeedbackEntry, IssuedCard, Outcome, hash_patient_id
 from .store import Storage
+from .values import CallRecord, FeedbackEntry, FeedbackOutcome, IssuedCard, hash_patient_id
 
 __all__ = [
     "HASH_KEY_EXTENSION",
@@ -27,8 +33,8 @@ __all__ = [
     "AuditWriter",
     "CallRecord",
     "FeedbackEntry",
+    "FeedbackOutcome",
     "IssuedCard",
-    "Outcome",
     "Storage",
     "db_cli",
     "get_audit_writer",

@@ -1,10 +1,12 @@
-"""AuditWriter: write audit records off the hook's request path.
+"""The audit trail of hook calls: the writes, and the writer that does them off the request path.
 
-The hook response must neither wait for nor fail on the database. ``submit`` only puts the
-record on a bounded in-memory queue; a daemon thread writes batches. When the database is
-down the records of that batch are logged at ERROR, each with its hookInstance and the whole
-record as JSON (it holds no names or tokens, only a keyed patient hash), so the trail can
-be rebuilt from the logs. When the queue is full the record is dropped, counted and logged.
+``write_calls`` stores audit records (calls, the rules evaluated, the cards issued) in one
+transaction. The hook response must neither wait for nor fail on the database, so the app
+hands records to ``AuditWriter.submit``, which only puts the record on a bounded in-memory
+queue; a daemon thread writes batches. When the database is down the records of that batch
+are logged at ERROR, each with its hookInstance and the whole record as JSON (it holds no
+names or tokens, only a keyed patient hash), so the trail can be rebuilt from the logs. When
+the queue is full the record is dropped, counted and logged.
 """
 
 from __future__ import annotations
@@ -15,18 +17,70 @@ import logging
 import os
 import queue
 import threading
+import uuid
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cds_service.errors import StorageUnavailableError
 
-from .records import CallRecord
-from .store import Storage
+from .engine import Database, as_utc
+from .schema import hook_call, issued_card, rule_evaluation
+from .values import CallRecord
+
+if TYPE_CHECKING:
+    from .store import Storage
 
 log = logging.getLogger(__name__)
 
 _STOP: Final = object()
 BATCH_SIZE = 100
+
+
+def write_calls(database: Database, records: Sequence[CallRecord]) -> None:
+    """Store audit records with their evaluated rules and issued cards in one transaction."""
+    if not records:
+        return
+    calls: list[dict[str, Any]] = []
+    evaluations: list[dict[str, Any]] = []
+    cards: list[dict[str, Any]] = []
+    for record in records:
+        call_id = str(uuid.uuid4())
+        called_at = as_utc(record.called_at)
+        calls.append(
+            {
+                "id": call_id,
+                "hook_instance": record.hook_instance,
+                "service_id": record.service_id,
+                "hook": record.hook,
+                "called_at": called_at,
+                "duration_ms": record.duration_ms,
+                "knowledge_version": record.knowledge_version,
+                "unavailable_data": list(record.unavailable_data),
+                "patient_hash": record.patient_hash,
+            }
+        )
+        evaluations.extend(
+            {"call_id": call_id, "rule_id": rule_id, "evaluated_at": called_at}
+            for rule_id in dict.fromkeys(record.rules_evaluated)
+        )
+        cards.extend(
+            {
+                "uuid": card.uuid,
+                "call_id": call_id,
+                "service_id": record.service_id,
+                "rule_id": card.rule_id,
+                "indicator": card.indicator,
+                "suggestion_uuids": list(card.suggestion_uuids),
+                "issued_at": called_at,
+            }
+            for card in record.cards
+        )
+    with database.transaction(write=True) as conn:
+        conn.execute(hook_call.insert(), calls)
+        if evaluations:
+            conn.execute(rule_evaluation.insert(), evaluations)
+        if cards:
+            conn.execute(issued_card.insert(), cards)
 
 
 def record_json(record: CallRecord) -> str:

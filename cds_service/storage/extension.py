@@ -100,11 +100,14 @@ def _close_at_exit(writer_ref: weakref.ReferenceType[AuditWriter]) -> None:
 
 
 def init_storage(app: Flask) -> tuple[Storage, AuditWriter, bytes]:
-    """Create Storage and AuditWriter for ``app`` and migrate an empty database.
+    """Create Storage (on the app's ``CDS_CLOCK``) and AuditWriter; migrate an empty database.
 
     Returns them with the patient-hash key; ``cds_service.app`` registers the ``db`` CLI.
     """
-    storage = Storage(app.config.get("CDS_DATABASE_URL") or default_database_url(app))
+    storage = Storage(
+        app.config.get("CDS_DATABASE_URL") or default_database_url(app),
+        clock=app.config["CDS_CLOCK"],
+    )
     try:
         storage.prepare()
     except StorageUnavailableError as exc:

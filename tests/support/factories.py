@@ -1,13 +1,19 @@
-"""Builders for audit records, feedback and seed data, shared by the storage tests."""
+"""Builders for audit records, feedback and seed data, shared by the storage tests.
+
+Also the queries tests use to read what was stored (``calls_for_hook_instance``,
+``feedback_count``): the service itself never reads the audit trail back.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flask import Flask
+from sqlalchemy import func, select
 
 from cds_service.analytics import analytics_bp
 from cds_service.app import register_error_handlers
@@ -20,6 +26,8 @@ from cds_service.storage import (
     hash_patient_id,
     init_storage,
 )
+from cds_service.storage.schema import feedback as feedback_table
+from cds_service.storage.schema import hook_call, issued_card, rule_evaluation
 
 NRCS = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 
@@ -145,3 +153,58 @@ def seed(storage: Storage, now: datetime | None = None) -> Seeded:
     storage.record_calls(records)
     storage.store_feedback(SERVICE_ID, feedback)
     return Seeded(len(records), cards, now)
+
+
+def calls_for_hook_instance(storage: Storage, hook_instance: str) -> list[CallRecord]:
+    """Rebuild the audit records of one hookInstance from the tables."""
+    with storage.engine.connect() as conn:
+        rows = (
+            conn.execute(
+                select(hook_call)
+                .where(hook_call.c.hook_instance == hook_instance)
+                .order_by(hook_call.c.called_at, hook_call.c.id)
+            )
+            .mappings()
+            .all()
+        )
+        ids = [row["id"] for row in rows]
+        rules: dict[str, list[str]] = defaultdict(list)
+        for call_id, rule_id in conn.execute(
+            select(rule_evaluation.c.call_id, rule_evaluation.c.rule_id)
+            .where(rule_evaluation.c.call_id.in_(ids))
+            .order_by(rule_evaluation.c.rule_id)
+        ):
+            rules[call_id].append(rule_id)
+        cards: dict[str, list[IssuedCard]] = defaultdict(list)
+        for card in conn.execute(
+            select(issued_card).where(issued_card.c.call_id.in_(ids)).order_by(issued_card.c.uuid)
+        ).mappings():
+            cards[card["call_id"]].append(
+                IssuedCard(
+                    card["uuid"],
+                    card["rule_id"],
+                    card["indicator"],
+                    tuple(card["suggestion_uuids"]),
+                )
+            )
+    return [
+        CallRecord(
+            hook_instance=row["hook_instance"],
+            service_id=row["service_id"],
+            hook=row["hook"],
+            called_at=row["called_at"],
+            duration_ms=row["duration_ms"],
+            rules_evaluated=tuple(rules[row["id"]]),
+            cards=tuple(cards[row["id"]]),
+            knowledge_version=row["knowledge_version"],
+            unavailable_data=tuple(row["unavailable_data"]),
+            patient_hash=row["patient_hash"],
+        )
+        for row in rows
+    ]
+
+
+def feedback_count(storage: Storage) -> int:
+    """Return how many distinct feedback entries are stored."""
+    with storage.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(feedback_table)) or 0)

@@ -1,9 +1,9 @@
-"""What the service hands to storage: audit records, feedback entries and their errors.
+"""The values the service hands to storage: audit records (``CallRecord``, ``IssuedCard``),
+feedback entries (``FeedbackEntry``) and the keyed patient hash that goes into a record.
 
-These are plain frozen values so the hook path builds them without touching the database;
-the only Flask-free, database-free helper here is the keyed patient hash.
-
-Its errors (``UnknownCardError``, ``StorageUnavailableError``) are in ``cds_service.errors``.
+Plain frozen values, so the hook path builds them without touching the database (the app's
+``cds_service.recording.Recorder`` does). Storage's errors (``UnknownCardError``,
+``StorageUnavailableError``) are in ``cds_service.errors``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-Outcome = Literal["accepted", "overridden"]
-OUTCOMES: tuple[Outcome, ...] = ("accepted", "overridden")
+FeedbackOutcome = Literal["accepted", "overridden"]
+FEEDBACK_OUTCOMES: tuple[FeedbackOutcome, ...] = ("accepted", "overridden")
 
 
 def _require_utc_aware(name: str, value: datetime) -> None:
@@ -68,7 +68,7 @@ class FeedbackEntry:
     """One CDS Hooks 2.0 feedback object (section "Feedback"), in snake_case."""
 
     card_uuid: str
-    outcome: Outcome
+    outcome: FeedbackOutcome
     accepted_suggestion_ids: tuple[str, ...]
     override_reason_system: str | None
     override_reason_code: str | None
@@ -78,8 +78,8 @@ class FeedbackEntry:
 
     def __post_init__(self) -> None:
         """Check the outcome and the timestamp, the two fields analytics relies on."""
-        if self.outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        if self.outcome not in FEEDBACK_OUTCOMES:
+            raise ValueError(f"outcome must be one of {FEEDBACK_OUTCOMES}, got {self.outcome!r}")
         _require_utc_aware("outcome_timestamp", self.outcome_timestamp)
 
 

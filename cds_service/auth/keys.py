@@ -1,0 +1,202 @@
+"""The trusted issuers' public keys: JWK Sets fetched (https) or read (``file:``), cached.
+
+Keys are cached per issuer; an unknown ``kid`` triggers one rate-limited reload; a failed
+reload keeps the older keys; private keys published by mistake are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+
+from cds_service.errors import AuthenticationError, KeySetUnavailable
+
+from .config import JWKS_TIMEOUT, MAX_JWKS_BYTES, validate_key_location
+
+# One logger for the whole auth package: operators filter on "cds_service.auth".
+logger = logging.getLogger("cds_service.auth")
+
+
+@dataclass
+class _CachedKeySet:
+    """One issuer's keys as last loaded, indexed by kid; keys per alg are built lazily."""
+
+    loaded_at: float
+    jwks_by_kid: dict[str, list[dict[str, Any]]]
+    prepared: dict[tuple[str, str], jwt.PyJWK] = field(default_factory=dict)
+
+
+@dataclass
+class _IssuerState:
+    location: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cached: _CachedKeySet | None = None
+    last_attempt: float | None = None
+
+
+class KeyStore:
+    """Public keys per trusted issuer, loaded from an https JWK Set URL or a ``file:`` path.
+
+    Keys are cached for ``max_age_seconds``. An unknown ``kid`` triggers one reload (the client
+    rotated its key), but loads per issuer are spaced at least ``refetch_interval_seconds`` apart,
+    so tokens with made-up kids cannot make us hammer the EHR's key endpoint.
+    """
+
+    def __init__(
+        self,
+        locations: Mapping[str, str],
+        *,
+        http_session: requests.Session | None = None,
+        refetch_interval_seconds: float = 30.0,
+        max_age_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for iss, location in locations.items():
+            validate_key_location(location, iss=iss)
+        self._issuers = {iss: _IssuerState(location) for iss, location in locations.items()}
+        self._owns_session = http_session is None
+        self._session = http_session if http_session is not None else requests.Session()
+        self._refetch_interval = refetch_interval_seconds
+        self._max_age = max_age_seconds
+        self._clock = clock
+
+    def location(self, iss: str) -> str | None:
+        """Return the configured key location of a trusted issuer, None if it is not trusted."""
+        state = self._issuers.get(iss)
+        return state.location if state is not None else None
+
+    def get_key(self, iss: str, kid: str, algorithm: str) -> jwt.PyJWK:
+        """Return the issuer's key ``kid`` bound to ``algorithm``, reloading once if kid is new."""
+        state = self._issuers.get(iss)
+        if state is None:
+            raise AuthenticationError("issuer not trusted", iss=iss, kid=kid)
+        with state.lock:
+            now = self._clock()
+            loaded_now = False
+            if state.cached is None or now - state.cached.loaded_at >= self._max_age:
+                loaded_now = self._reload(iss, state, now)
+            cached = state.cached
+            if cached is None:
+                raise KeySetUnavailable(
+                    f"no keys for {iss}: last load failed, next attempt allowed "
+                    f"{self._refetch_interval:.0f} s after it"
+                )
+            if kid not in cached.jwks_by_kid and not loaded_now:
+                logger.info("unknown kid for iss=%s kid=%r; reloading keys once", iss, kid)
+                self._reload(iss, state, now)
+                cached = state.cached
+                assert cached is not None  # _reload never drops an existing cache
+            return self._prepared_key(cached, iss, kid, algorithm)
+
+    def close(self) -> None:
+        """Close the HTTP session if this store created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def _reload(self, iss: str, state: _IssuerState, now: float) -> bool:
+        """Load the key set if the rate limit allows; on failure keep any older keys."""
+        if state.last_attempt is not None and now - state.last_attempt < self._refetch_interval:
+            logger.info("key reload for iss=%s skipped: rate limited", iss)
+            return False
+        state.last_attempt = now
+        try:
+            jwks_by_kid = self._load(state.location)
+        except KeySetUnavailable:
+            if state.cached is None:
+                raise
+            logger.warning("key reload for iss=%s failed; keeping cached keys", iss, exc_info=True)
+            return False
+        state.cached = _CachedKeySet(loaded_at=now, jwks_by_kid=jwks_by_kid)
+        logger.info("loaded %d signing keys for iss=%s", len(jwks_by_kid), iss)
+        return True
+
+    def _load(self, location: str) -> dict[str, list[dict[str, Any]]]:
+        """Read and parse one JWK Set; any failure is ``KeySetUnavailable``."""
+        body = self._read_file(location) if location.startswith("file:") else self._fetch(location)
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise KeySetUnavailable(f"JWK Set at {location} is not JSON") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise KeySetUnavailable(f"JWK Set at {location} has no 'keys' array")
+        try:
+            jwt.PyJWKSet.from_dict(document)  # refuses a set with no usable key at all
+        except jwt.PyJWTError as exc:
+            raise KeySetUnavailable(f"JWK Set at {location}: {exc}") from exc
+        jwks_by_kid: dict[str, list[dict[str, Any]]] = {}
+        for jwk in document["keys"]:
+            if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+                continue  # spec: kid is how a token names its key, so a key without one is unusable
+            if jwk.get("use", "sig") != "sig":
+                continue
+            if "d" in jwk:
+                # A published private key is compromised; trusting it would trust anyone.
+                logger.error(
+                    "JWK Set at %s publishes private key kid=%s; ignored", location, jwk["kid"]
+                )
+                continue
+            jwks_by_kid.setdefault(jwk["kid"], []).append(jwk)
+        return jwks_by_kid
+
+    def _fetch(self, url: str) -> bytes:
+        try:
+            with self._session.get(
+                url, timeout=JWKS_TIMEOUT, stream=True, headers={"Accept": "application/json"}
+            ) as response:
+                if response.status_code != 200:
+                    raise KeySetUnavailable(
+                        f"JWK Set at {url} answered HTTP {response.status_code}"
+                    )
+                if not response.url.startswith("https://"):
+                    raise KeySetUnavailable(f"JWK Set at {url} redirected off https")
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=65_536):
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise KeySetUnavailable(f"JWK Set at {url} exceeds {MAX_JWKS_BYTES} bytes")
+                return bytes(body)
+        except requests.RequestException as exc:
+            raise KeySetUnavailable(f"JWK Set at {url} unreachable: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _read_file(location: str) -> bytes:
+        path = urlsplit(location).path
+        try:
+            with open(path, "rb") as handle:
+                body = handle.read(MAX_JWKS_BYTES + 1)
+        except OSError as exc:
+            raise KeySetUnavailable(f"JWK Set file {path} unreadable: {exc.strerror}") from exc
+        if len(body) > MAX_JWKS_BYTES:
+            raise KeySetUnavailable(f"JWK Set file {path} exceeds {MAX_JWKS_BYTES} bytes")
+        return body
+
+    @staticmethod
+    def _prepared_key(cached: _CachedKeySet, iss: str, kid: str, algorithm: str) -> jwt.PyJWK:
+        """Bind the JWK to the token's alg; refuse a key of another type, curve or declared alg."""
+        prepared = cached.prepared.get((kid, algorithm))
+        if prepared is not None:
+            return prepared
+        candidates = cached.jwks_by_kid.get(kid)
+        if not candidates:
+            raise AuthenticationError("unknown kid", iss=iss, kid=kid)
+        for jwk in candidates:
+            if jwk.get("alg", algorithm) != algorithm:
+                continue
+            try:
+                # PyJWK would default an RSA key without "alg" to RS256; the header's alg
+                # (already on our allowlist) decides, and from_jwk refuses a mismatched kty/crv.
+                prepared = jwt.PyJWK(jwk, algorithm=algorithm)
+            except jwt.PyJWTError:
+                continue
+            cached.prepared[(kid, algorithm)] = prepared
+            return prepared
+        raise AuthenticationError(f"key {kid} cannot verify {algorithm}", iss=iss, kid=kid)

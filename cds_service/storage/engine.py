@@ -1,0 +1,156 @@
+"""The database connection: URL, engine settings per database, transactions, fork safety.
+
+Concurrency rules this module enforces (see ``cds_service.storage.store`` for all of them):
+
+- SQLite runs in WAL mode with a 30 s busy timeout, and every write transaction starts with
+  ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
+- PostgreSQL connects with a 5 s timeout and pre-pings pooled connections.
+- A database outage surfaces as ``StorageUnavailableError``, never as a driver error.
+- A forked worker (gunicorn --preload) drops the pool it inherited instead of sharing sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from cds_service.errors import StorageUnavailableError
+
+_SQLITE_BUSY_TIMEOUT_S = 30
+_PG_CONNECT_TIMEOUT_S = 5
+# Errors that mean "the database cannot serve us now", as opposed to a bug in a query.
+_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Parse a database URL; a bare ``postgresql://`` means psycopg 3, the driver we ship."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def as_utc(value: datetime) -> datetime:
+    """Return ``value`` in UTC, refusing naive datetimes."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} is ambiguous; pass UTC")
+    return value.astimezone(UTC)
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL (readers never block the writer); it stays so once set.
+
+    Switching needs a moment alone with the file and SQLite does not wait for it with the
+    busy timeout, so instances opening a new file together retry here.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    """Create a SQLite engine that is safe for several threads and processes."""
+    engine = create_engine(
+        url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+    )
+    in_memory = url.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take over BEGIN from the sqlite3 module (SQLAlchemy's documented recipe) so that
+        # writers can use BEGIN IMMEDIATE; see the module docstring.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            _enable_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("cds_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def engine_for(url: URL) -> Engine:
+    """Create the engine with the settings each supported database needs."""
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql":
+        # Fail fast during an outage: the audit writer must not hang on a dead host.
+        connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _forget_parent_connections(database_ref: weakref.ReferenceType[Database]) -> None:
+    """In a forked child, drop the pool inherited from the parent without closing it."""
+    database = database_ref()
+    if database is not None:
+        database.engine.dispose(close=False)
+
+
+class Database:
+    """One engine on one URL: transactions that map outages; thread-safe, fork-safe."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.url = normalise_url(url)
+        self.engine = engine_for(self.url)
+        # A forked worker (gunicorn --preload) must not share the parent's pooled sockets.
+        os.register_at_fork(after_in_child=partial(_forget_parent_connections, weakref.ref(self)))
+
+    @property
+    def dialect(self) -> str:
+        """Return the database's dialect name (``sqlite`` or ``postgresql``)."""
+        return self.engine.dialect.name
+
+    def safe_url(self) -> str:
+        """Return the URL with any password hidden, for logs and messages."""
+        return self.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Connection]:
+        """Yield a connection in a transaction; outages become StorageUnavailableError.
+
+        ``write=True`` starts the transaction with ``BEGIN IMMEDIATE`` on SQLite.
+        """
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn = conn.execution_options(cds_write=True)
+                with conn.begin():
+                    yield conn
+        except _UNAVAILABLE as exc:
+            raise StorageUnavailableError(
+                f"database {self.safe_url()} unavailable: "
+                f"{type(exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc).__name__}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+
+    def dispose(self) -> None:
+        """Close every pooled connection (at shutdown, in tests, and after a fork)."""
+        self.engine.dispose()

@@ -1,0 +1,91 @@
+"""Store clinicians' feedback on cards (CDS Hooks 2.0 "Feedback"), once per distinct entry.
+
+Feedback is de-duplicated by a content hash under a unique constraint with
+``ON CONFLICT DO NOTHING`` on both databases, so parallel duplicate posts store one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cds_service.errors import UnknownCardError
+
+from .engine import Database, as_utc
+from .schema import feedback, issued_card
+from .values import FeedbackEntry
+
+
+def feedback_dedup_key(entry: FeedbackEntry) -> str:
+    """Hash what makes two feedback entries "the same" (display text and order aside)."""
+    content = [
+        entry.card_uuid,
+        entry.outcome,
+        sorted(set(entry.accepted_suggestion_ids)),
+        entry.override_reason_system,
+        entry.override_reason_code,
+        entry.user_comment,
+        as_utc(entry.outcome_timestamp).isoformat(),
+    ]
+    return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
+
+
+def store_feedback(
+    database: Database,
+    service_id: str,
+    entries: Sequence[FeedbackEntry],
+    received_at: datetime,
+) -> int:
+    """Store feedback entries all-or-nothing; return how many were new (not duplicates).
+
+    Raises UnknownCardError, storing nothing, when any card uuid was not issued by
+    ``service_id``.
+    """
+    if not entries:
+        return 0
+    card_uuids = list(dict.fromkeys(entry.card_uuid for entry in entries))
+    insert = (
+        (
+            postgresql.insert(feedback)
+            if database.dialect == "postgresql"
+            else sqlite.insert(feedback)
+        )
+        .on_conflict_do_nothing(index_elements=[feedback.c.dedup_key])
+        .returning(feedback.c.id)
+    )
+    with database.transaction(write=True) as conn:
+        known = set(
+            conn.scalars(
+                select(issued_card.c.uuid).where(
+                    issued_card.c.uuid.in_(card_uuids), issued_card.c.service_id == service_id
+                )
+            )
+        )
+        unknown = [card_uuid for card_uuid in card_uuids if card_uuid not in known]
+        if unknown:
+            raise UnknownCardError(service_id, unknown)
+        stored = 0
+        for entry in entries:
+            result = conn.execute(
+                insert.values(
+                    dedup_key=feedback_dedup_key(entry),
+                    card_uuid=entry.card_uuid,
+                    service_id=service_id,
+                    outcome=entry.outcome,
+                    accepted_suggestion_ids=list(entry.accepted_suggestion_ids),
+                    override_reason_system=entry.override_reason_system,
+                    override_reason_code=entry.override_reason_code,
+                    override_reason_display=entry.override_reason_display,
+                    user_comment=entry.user_comment,
+                    outcome_timestamp=as_utc(entry.outcome_timestamp),
+                    received_at=received_at,
+                )
+            )
+            # Count returned rows: rowcount is not reliable for ON CONFLICT on every driver.
+            stored += len(result.all())
+    return stored
