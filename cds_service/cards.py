@@ -9,13 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cds_service.contract import RULE_TOPIC_SYSTEM, SUMMARY_MAX_LENGTH
 from cds_service.rules.engine import DATA_UNAVAILABLE
 from cds_service.rules.model import Finding, RemoveOrder, ReplaceDosage, Suggestion
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.orders import with_doses
-
-RULE_SYSTEM = "urn:voclosporin-cds:rule"
-SUMMARY_MAX = 139  # spec: "<140 characters"; the Inferno kit fails at 140
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def _card(
         source = {"label": knowledge.payer_policy_title}
     else:
         source = {"label": f"LUPKYNIS label: {finding.citation}"[:200], "url": knowledge.label_url}
-    source["topic"] = {"system": RULE_SYSTEM, "code": finding.rule_id, "display": title}
+    source["topic"] = {"system": RULE_TOPIC_SYSTEM, "code": finding.rule_id, "display": title}
     footer = (
         f"\n\n---\n_Rule `{finding.rule_id}` · {finding.citation} · knowledge "
         f"{knowledge.full_version}_"
@@ -80,7 +78,9 @@ def _card(
 
 
 def _clip(summary: str) -> str:
-    return summary if len(summary) <= SUMMARY_MAX else summary[: SUMMARY_MAX - 1] + "…"
+    return (
+        summary if len(summary) <= SUMMARY_MAX_LENGTH else summary[: SUMMARY_MAX_LENGTH - 1] + "…"
+    )
 
 
 def _one_recommended(suggestions: tuple[Suggestion, ...]) -> list[Suggestion]:

@@ -20,10 +20,10 @@ from typing import Any
 
 import requests
 
+from cds_service.contract import ACCEPTED_FHIR_ID
 from cds_service.errors import FhirFetchError, FhirServerNotAllowed, PreconditionFailed
 from cds_service.fhir_client import FhirClient, run_concurrently
 from cds_service.fhir_policy import FhirServerPolicy
-from cds_service.schemas import FHIR_ID
 from fhir_mappings.bundles import (
     bundle_resources,
     is_bundle,
@@ -201,7 +201,7 @@ def _read_referenced_medications(
 ) -> None:
     """Read the Medication resources that orders point at but nobody sent."""
     orders = [*chart.resources.get(D.MEDICATIONS, []), *draft_orders]
-    wanted = missing_medications(orders, client.base_url, FHIR_ID)
+    wanted = missing_medications(orders, client.base_url, ACCEPTED_FHIR_ID)
     jobs: dict[str, Callable[[], Any]] = {
         ref: functools.partial(client.read, ref) for ref in wanted[:MAX_MEDICATION_READS]
     }

@@ -5,7 +5,6 @@ camelCase exists only here (``data_key``); everything the schemas load is snake_
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from marshmallow import (
@@ -18,14 +17,8 @@ from marshmallow import (
     validates_schema,
 )
 
+from cds_service.contract import ACCEPTED_FHIR_ID, ACCEPTED_USER_REFERENCE
 from fhir_mappings.bundles import bundle_shape_problem
-
-# FHIR R4 id (R4 caps it at 64; a little room for EHRs that overshoot). It goes into FHIR URLs,
-# so nothing outside this alphabet may pass.
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,128}\Z")
-USER_REFERENCE = re.compile(
-    r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,128}\Z"
-)
 
 
 class _Lenient(Schema):
@@ -45,18 +38,20 @@ class _Context(_Lenient):
         required=True,
         data_key="userId",
         validate=validate.Regexp(
-            USER_REFERENCE,
+            ACCEPTED_USER_REFERENCE,
             error="must reference a Practitioner, PractitionerRole, Patient or RelatedPerson",
         ),
     )
     patient_id = fields.String(
         required=True,
         data_key="patientId",
-        validate=validate.Regexp(FHIR_ID, error="must be a FHIR resource id (Patient.id)"),
+        validate=validate.Regexp(ACCEPTED_FHIR_ID, error="must be a FHIR resource id (Patient.id)"),
     )
     encounter_id = fields.String(
         data_key="encounterId",
-        validate=validate.Regexp(FHIR_ID, error="must be a FHIR resource id (Encounter.id)"),
+        validate=validate.Regexp(
+            ACCEPTED_FHIR_ID, error="must be a FHIR resource id (Encounter.id)"
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 
 from cds_service.cards import BuiltCard, build_cards
 from cds_service.chart import ChartSettings, decide_access, gather_chart, prefetch_templates
+from cds_service.contract import SERVICE_ID_PREFIX
 from cds_service.errors import BadRequest, NotFound
 from cds_service.rules.engine import Evaluation, evaluate
 from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
@@ -26,8 +27,6 @@ from fhir_mappings.references import by_reference
 from fhir_mappings.validate import warm_up
 
 log = logging.getLogger(__name__)
-
-SERVICE_PREFIX = "voclosporin-"
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ _DESCRIPTIONS = {
 def service_definitions(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
     templates = prefetch_templates(knowledge)
     return {
-        f"{SERVICE_PREFIX}{hook}": ServiceDefinition(
-            id=f"{SERVICE_PREFIX}{hook}",
+        f"{SERVICE_ID_PREFIX}{hook}": ServiceDefinition(
+            id=f"{SERVICE_ID_PREFIX}{hook}",
             hook=hook,
             title=f"Voclosporin (LUPKYNIS) safety ({hook})",
             description=description,

@@ -26,6 +26,12 @@ from openapi_spec_validator import validate as validate_document
 from werkzeug.test import EnvironBuilder, TestResponse
 
 from cds_service import close_app
+from cds_service.contract import (
+    ACCEPTED_FHIR_ID,
+    ACCEPTED_USER_REFERENCE,
+    RULE_TOPIC_SYSTEM,
+    SUMMARY_MAX_LENGTH,
+)
 from cds_service.docs import SWAGGER_UI_ASSETS
 from cds_service.errors import StorageUnavailableError
 from cds_service.rules.engine import RULE_IDS
@@ -176,6 +182,19 @@ def test_rule_topic_codes_are_the_engine_rule_ids(document: dict[str, Any]) -> N
     assert topic["enum"] == list(RULE_IDS)
     described = document["info"]["description"]
     assert all(f"`{rule_id}`" in described for rule_id in RULE_IDS)
+
+
+def test_contract_limits_are_the_contract_module(document: dict[str, Any]) -> None:
+    """FhirId, UserReference, the summary limit and the topic system are cds_service.contract's."""
+    schemas = document["components"]["schemas"]
+
+    def as_openapi(pattern: re.Pattern[str]) -> str:
+        return pattern.pattern.removesuffix("\\Z") + "$"
+
+    assert schemas["FhirId"]["pattern"] == as_openapi(ACCEPTED_FHIR_ID)
+    assert schemas["UserReference"]["pattern"] == as_openapi(ACCEPTED_USER_REFERENCE)
+    assert schemas["Card"]["properties"]["summary"]["maxLength"] == SUMMARY_MAX_LENGTH
+    assert schemas["RuleTopic"]["properties"]["system"]["enum"] == [RULE_TOPIC_SYSTEM]
 
 
 def test_service_ids_and_prefetch_keys_match_discovery(

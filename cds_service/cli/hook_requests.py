@@ -18,8 +18,8 @@ from typing import Any
 
 from cds_service.cli.ehr_client import FhirReader
 from cds_service.cli.exit_codes import EXIT_USAGE
+from cds_service.contract import FHIR_ID
 from cds_service.errors import CliError
-from cds_service.spec_check import FHIR_ID
 
 HOOKS = ("order-select", "order-sign", "medication-prescribe")
 TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")

@@ -23,8 +23,13 @@ JsonObject = dict[str, object]
 # Contract limits: the numbers of the wire contract this checker holds documents to.
 # ---------------------------------------------------------------------------------------------
 
-SUMMARY_LIMIT = 140  # #card-attributes: "<140-character"; Inferno fails at length >= 140.
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# #card-attributes: summary is a "<140-character" string; Inferno fails at length >= 140.
+SUMMARY_MAX_LENGTH = 139
+# FHIR R4 datatype id: letters, digits, '-' and '.', "with a length limit of 64 characters".
+FHIR_ID_MAX_LENGTH = 64
+FHIR_ID = re.compile(rf"[A-Za-z0-9\-.]{{1,{FHIR_ID_MAX_LENGTH}}}")
+# #userid: the resource types context.userId may name.
+USER_REFERENCE_TYPES = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
 RELATIVE_REFERENCE = re.compile(r"[A-Z][A-Za-z]+/" + FHIR_ID.pattern)
 IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 

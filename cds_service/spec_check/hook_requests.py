@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 
 from .core import (
     FHIR_ID,
+    USER_REFERENCE_TYPES,
     Allowance,
     Field,
     JsonObject,
@@ -39,7 +40,6 @@ FHIR_AUTHORIZATION: Mapping[str, Field] = {
     "subject": Field("string", required=True),
     "patient": Field("string"),
 }
-USER_REFERENCE_TYPES = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from .core import (
     CODING,
     RELATIVE_REFERENCE,
-    SUMMARY_LIMIT,
+    SUMMARY_MAX_LENGTH,
     Field,
     JsonObject,
     Violation,
@@ -88,10 +88,11 @@ def _card(card: JsonObject, path: str) -> Iterator[Violation]:
             join(path, "uuid"), "is missing, so the CDS Client cannot send feedback (#feedback)"
         )
     summary = card.get("summary")
-    if isinstance(summary, str) and len(summary) >= SUMMARY_LIMIT:
+    if isinstance(summary, str) and len(summary) > SUMMARY_MAX_LENGTH:
         yield error(
             join(path, "summary"),
-            f"must be under {SUMMARY_LIMIT} characters, has {len(summary)} (#card-attributes)",
+            f"must be under {SUMMARY_MAX_LENGTH + 1} characters, has {len(summary)} "
+            "(#card-attributes)",
         )
     yield from one(card, "source", path, _source)
     yield from _suggestions(card, path)

@@ -1,0 +1,42 @@
+"""The wire contract's constants, each defined once: the standard's limits and our own names.
+
+The numbers CDS Hooks 2.0 and FHIR R4 fix live in the stdlib-only checker
+(``cds_service.spec_check.core``), which integrators may copy; this module re-exports them
+and adds what this service decides. ``openapi.yaml`` states the same values and
+``tests/test_openapi.py`` holds it to this module.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cds_service.spec_check.core import (
+    FHIR_ID,
+    FHIR_ID_MAX_LENGTH,
+    SUMMARY_MAX_LENGTH,
+    USER_REFERENCE_TYPES,
+)
+
+__all__ = [
+    "ACCEPTED_FHIR_ID",
+    "ACCEPTED_ID_MAX_LENGTH",
+    "ACCEPTED_USER_REFERENCE",
+    "FHIR_ID",
+    "FHIR_ID_MAX_LENGTH",
+    "RULE_TOPIC_SYSTEM",
+    "SERVICE_ID_PREFIX",
+    "SUMMARY_MAX_LENGTH",
+]
+
+# What the service accepts in a hook request: R4 caps an id at 64 characters; twice that is
+# accepted so an EHR that overshoots is still checked rather than refused. The alphabet is R4's
+# (ids go into FHIR URLs). The CLI and the checker hold documents to R4 itself (``FHIR_ID``).
+ACCEPTED_ID_MAX_LENGTH = 2 * FHIR_ID_MAX_LENGTH
+_ACCEPTED_ID = rf"[A-Za-z0-9\-.]{{1,{ACCEPTED_ID_MAX_LENGTH}}}"
+ACCEPTED_FHIR_ID = re.compile(rf"^{_ACCEPTED_ID}\Z")
+ACCEPTED_USER_REFERENCE = re.compile(rf"^({'|'.join(USER_REFERENCE_TYPES)})/{_ACCEPTED_ID}\Z")
+
+# card.source.topic.system: the code system whose codes are this service's rule ids.
+RULE_TOPIC_SYSTEM = "urn:voclosporin-cds:rule"
+# Every service id is this prefix and the hook name (``voclosporin-order-sign``).
+SERVICE_ID_PREFIX = "voclosporin-"
