@@ -18,7 +18,7 @@ from marshmallow import (
 )
 
 from cds_service.contract import ACCEPTED_FHIR_ID, ACCEPTED_USER_REFERENCE
-from fhir_mappings.bundles import bundle_shape_problem
+from fhir_mappings.bundles import bundle_shape_problem, entry_references, prefetch_value_problem
 
 
 class _Lenient(Schema):
@@ -65,11 +65,7 @@ class OrderSelectContext(_Context):
 
     @validates_schema
     def _selections_in_drafts(self, data: dict[str, Any], **_: Any) -> None:
-        bundle = data.get("draft_orders") or {}
-        present = {
-            f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}"
-            for e in bundle.get("entry", [])
-        }
+        present = entry_references(data.get("draft_orders") or {})
         unknown = [s for s in data.get("selections", []) if s not in present]
         if unknown:
             raise ValidationError(
@@ -120,17 +116,9 @@ class HookRequestSchema(_Lenient):
                 field_name="fhirServer",
             )
         for key, value in (data.get("prefetch") or {}).items():
-            if value is None:
-                continue
-            if not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
-                raise ValidationError(
-                    {key: ["must be a FHIR resource, a Bundle, or null"]}, field_name="prefetch"
-                )
-            if value["resourceType"] == "Bundle":
-                try:
-                    _bundle(value)
-                except ValidationError as exc:
-                    raise ValidationError({key: exc.messages}, field_name="prefetch") from exc
+            problem = prefetch_value_problem(value)
+            if problem is not None:
+                raise ValidationError({key: [problem]}, field_name="prefetch")
 
 
 class CodingSchema(_Lenient):

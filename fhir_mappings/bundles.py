@@ -141,3 +141,20 @@ def of_expected_types(
                 )
             )
     return kept, unreadable
+
+
+def entry_references(bundle: Resource) -> set[str]:
+    """``Type/id`` of every entry of a Bundle already checked by ``bundle_shape_problem``."""
+    return {
+        f"{entry['resource'].get('resourceType')}/{entry['resource'].get('id')}"
+        for entry in bundle.get("entry", [])
+    }
+
+
+def prefetch_value_problem(value: Any) -> str | None:
+    """Why a prefetch value is neither null, a FHIR resource, nor a well-shaped Bundle."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
+        return "must be a FHIR resource, a Bundle, or null"
+    return bundle_shape_problem(value) if value["resourceType"] == "Bundle" else None
