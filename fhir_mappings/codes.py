@@ -40,7 +40,6 @@ class Coding:
 class MedicationMatch:
     ingredients: frozenset[str]
     roles: frozenset[Role]
-    live_vaccine_codes: tuple[str, ...]
 
     @property
     def is_live_vaccine(self) -> bool:
@@ -106,7 +105,7 @@ class Terminology:
 
     def _match(self, codings: tuple[Coding, ...], texts: tuple[str, ...]) -> MedicationMatch:
         pairs: set[tuple[str, Role]] = set()
-        live_codes: list[str] = []
+        live_cvx = False
         known_cvx = False
         all_texts = list(texts)
         for coding in codings:
@@ -122,7 +121,7 @@ class Terminology:
                 vaccine = self.knowledge.vaccines.get(normalize_cvx(coding.code))
                 known_cvx = known_cvx or vaccine is not None
                 if vaccine and vaccine.live:
-                    live_codes.append(vaccine.cvx)
+                    live_cvx = True
         for text in all_texts:
             lowered = text.lower()
             for term in self._drug_pattern.findall(lowered):
@@ -130,14 +129,13 @@ class Terminology:
         roles = {role for _, role in pairs}
         # A CVX code in the reviewed list decides (CVX 206 JYNNEOS says "live" in its name but
         # is non-replicating: not flagged); names decide only when no listed CVX code is sent.
-        if live_codes or (
+        if live_cvx or (
             not known_cvx and any(self._live_pattern.search(t.lower()) for t in all_texts)
         ):
             roles.add(Role.LIVE_VACCINE)
         return MedicationMatch(
             ingredients=frozenset(ingredient for ingredient, _ in pairs),
             roles=frozenset(roles),
-            live_vaccine_codes=tuple(live_codes),
         )
 
     def observation_match(self, codings: Iterable[Coding]) -> tuple[ObservationKind, str] | None:
