@@ -67,10 +67,7 @@ def discover(
         except requests.Timeout as exc:
             raise CliError(f"The CDS service at {url} did not answer within {timeout:g} s") from exc
         except requests.ConnectionError as exc:
-            raise CliError(
-                f"Cannot reach the CDS service at {url}: {connection_reason(exc)}. Is it "
-                "running (voclosporin-cds serve), and is --service-url right?"
-            ) from exc
+            raise _unreachable(url, exc) from exc
         step["result"] = f"HTTP {response.status_code}"
     body = json_or_none(response)
     if not response.ok:
@@ -165,9 +162,14 @@ def send_hook(
                 f"The CDS service {url} did not answer within {timeout:g} s (--timeout)"
             ) from exc
         except requests.ConnectionError as exc:
-            raise CliError(
-                f"Cannot reach the CDS service at {url}: {connection_reason(exc)}. Is it "
-                "running (voclosporin-cds serve), and is --service-url right?"
-            ) from exc
+            raise _unreachable(url, exc) from exc
         step["result"] = f"HTTP {response.status_code}"
     return response, time.monotonic() - started
+
+
+def _unreachable(url: str, exc: requests.ConnectionError) -> CliError:
+    """The error for a CDS service that does not answer at all, with what to check."""
+    return CliError(
+        f"Cannot reach the CDS service at {url}: {connection_reason(exc)}. Is it "
+        "running (voclosporin-cds serve), and is --service-url right?"
+    )
