@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 import requests
 
-from cds_service.chart import PATIENT_TOKEN, prefetch_templates
+from fhir_mappings.categories import PATIENT_TOKEN, prefetch_templates
 from fhir_mappings.knowledge import load_knowledge
 
 DUMMY_TOKEN = "bench-dummy-token"  # sekmet's default server_auth is "none": any token passes

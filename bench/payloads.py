@@ -13,7 +13,7 @@ import random
 from datetime import date
 from typing import Any
 
-from cds_service.chart import prefetch_templates
+from fhir_mappings.categories import prefetch_templates
 from fhir_mappings.knowledge import load_knowledge
 from tests.charts.lupus import MMF, PREDNISONE, ChartBuilder, Drug, voclosporin_draft_order
 from tests.support.hooks import chart_resources, hook_request, prefetch_for

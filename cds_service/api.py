@@ -110,8 +110,9 @@ def call_service(service_id: str) -> Response:
             unavailable=list(outcome.unavailable),
             fetched=list(outcome.fetched),
         )
-    recorder().record_call(outcome)
-    return jsonify(HOOK_RESPONSE.dump(outcome.response()))
+    response = jsonify(HOOK_RESPONSE.dump(outcome.response()))
+    recorder().record_call(outcome)  # only cards that are answered go into the audit trail
+    return response
 
 
 @bp.post("/cds-services/<service_id>/feedback")

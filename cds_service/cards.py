@@ -5,13 +5,14 @@ actions, override reasons, fresh uuids. Severity order is kept from the engine.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cds_service.contract import RULE_TOPIC_SYSTEM, SUMMARY_MAX_LENGTH
 from cds_service.rules.engine import DATA_UNAVAILABLE
 from cds_service.rules.model import Finding, RemoveOrder, ReplaceDosage, Suggestion
+from fhir_mappings.facts import Medication
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.orders import with_doses
 
@@ -30,15 +31,14 @@ class BuiltCard:
 def build_cards(
     findings: tuple[Finding, ...],
     knowledge: Knowledge,
-    drafts: Mapping[str, dict[str, Any]],
+    drafts: Sequence[dict[str, Any]],
 ) -> list[BuiltCard]:
-    """Cards for the findings; ``drafts`` (reference -> draft order) are what updates rewrite."""
+    """Cards for the findings; ``drafts`` (the session's draft orders, in request order) are what
+    update suggestions rewrite."""
     return [_card(finding, knowledge, drafts) for finding in findings]
 
 
-def _card(
-    finding: Finding, knowledge: Knowledge, drafts: Mapping[str, dict[str, Any]]
-) -> BuiltCard:
+def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any]]) -> BuiltCard:
     citation = knowledge.rules.get(finding.rule_id)
     title = citation.title if citation else finding.rule_id
     suggestions = [_suggestion(s, knowledge, drafts) for s in _one_recommended(finding.suggestions)]
@@ -96,7 +96,7 @@ def _one_recommended(suggestions: tuple[Suggestion, ...]) -> list[Suggestion]:
 
 
 def _suggestion(
-    suggestion: Suggestion, knowledge: Knowledge, drafts: Mapping[str, dict[str, Any]]
+    suggestion: Suggestion, knowledge: Knowledge, drafts: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     actions: list[dict[str, Any]] = []
     for action in suggestion.actions:
@@ -114,7 +114,7 @@ def _suggestion(
                     "type": "update",
                     "description": f"Change {action.order.name} to {action.description}",
                     "resource": with_doses(
-                        drafts.get(action.order.reference),
+                        _draft_of(action.order, drafts),
                         action.doses,
                         knowledge.dose.capsule_mg,
                     ),
@@ -128,3 +128,10 @@ def _suggestion(
     if suggestion.is_recommended:
         result["is_recommended"] = True
     return result
+
+
+def _draft_of(order: Medication, drafts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The raw draft a Medication fact was read from (by position: references may repeat)."""
+    if order.draft_index is None or not 0 <= order.draft_index < len(drafts):
+        return None
+    return drafts[order.draft_index]

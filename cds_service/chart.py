@@ -16,9 +16,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from cds_service.contract import ACCEPTED_FHIR_ID
 from cds_service.errors import FhirFetchError, FhirServerNotAllowed, PreconditionFailed
@@ -33,48 +31,26 @@ from fhir_mappings.bundles import (
 )
 from fhir_mappings.categories import (
     CATEGORIES,
+    PATIENT_TOKEN,
     REQUIRED_KEYS,
     category_of_key,
-    observation_categories,
     prefetch_key,
 )
 from fhir_mappings.facts import Unreadable
-from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.readers import is_resource_of
 from fhir_mappings.references import missing_medications
 from fhir_mappings.vocabulary import DataCategory as D
 
+if TYPE_CHECKING:  # the session is made in app.py; only fhir_client.py calls it
+    import requests
+
 log = logging.getLogger(__name__)
 
 Resource = dict[str, Any]
-PATIENT_TOKEN = "{{context.patientId}}"
 # A Patient read that answers 404 and a prefetched ``null`` patient are the same fact (spec
 # #prefetch-template: prefetch must equal what the service would fetch), so both leave the
 # patient unavailable; the rules that need age or sex then say they could not run.
 PATIENT_NOT_FOUND = "patient not found on the FHIR server (404)"
-
-
-def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
-    """The discovery prefetch: everything the rules read, filtered by code where it helps."""
-    templates = {
-        D.PATIENT: f"Patient/{PATIENT_TOKEN}",
-        # Completed and stopped orders too: the voclosporin course starts at its first order.
-        D.MEDICATIONS: (
-            f"MedicationRequest?patient={PATIENT_TOKEN}"
-            "&status=active,on-hold,completed,stopped&_count=100"
-        ),
-        D.CONDITIONS: f"Condition?patient={PATIENT_TOKEN}&clinical-status=active&_count=100",
-        D.IMMUNIZATIONS: f"Immunization?patient={PATIENT_TOKEN}&_count=100",
-        D.ALLERGIES: f"AllergyIntolerance?patient={PATIENT_TOKEN}&_count=100",
-    }
-    for spec in observation_categories():
-        codes = ",".join(
-            f"http://loinc.org|{c}" for c in knowledge.loinc_codes(*spec.observation_kinds)
-        )
-        templates[spec.category] = (
-            f"Observation?patient={PATIENT_TOKEN}&code={codes}&_sort=-date&_count=100"
-        )
-    return {prefetch_key(category): value for category, value in templates.items()}
 
 
 @dataclass(frozen=True)

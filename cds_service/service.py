@@ -12,18 +12,17 @@ from typing import Any
 from marshmallow import ValidationError
 
 from cds_service.cards import BuiltCard, build_cards
-from cds_service.chart import ChartSettings, decide_access, gather_chart, prefetch_templates
+from cds_service.chart import ChartSettings, decide_access, gather_chart
 from cds_service.contract import SERVICE_ID_PREFIX
 from cds_service.errors import BadRequest, NotFound
 from cds_service.rules.engine import Evaluation, evaluate
 from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
 from fhir_mappings.build import build_facts
 from fhir_mappings.bundles import bundle_resources
-from fhir_mappings.categories import prefetch_key
+from fhir_mappings.categories import prefetch_key, prefetch_templates
 from fhir_mappings.codes import Terminology
 from fhir_mappings.facts import PatientFacts, Unreadable
 from fhir_mappings.knowledge import Knowledge
-from fhir_mappings.references import by_reference
 from fhir_mappings.validate import warm_up
 
 log = logging.getLogger(__name__)
@@ -165,7 +164,7 @@ class CdsService:
             service=service,
             hook_instance=str(request["hook_instance"]),
             patient_id=context["patient_id"],
-            cards=build_cards(evaluation.findings, self.knowledge, by_reference(drafts)),
+            cards=build_cards(evaluation.findings, self.knowledge, drafts),
             evaluation=evaluation,
             unavailable=tuple(sorted(prefetch_key(c) for c in chart.unavailable)),
             fetched=tuple(chart.fetched),

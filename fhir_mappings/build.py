@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from fhir_mappings import clinical
+from fhir_mappings.categories import prefetch_key
 from fhir_mappings.codes import Terminology
 from fhir_mappings.facts import PatientFacts, course_start
 from fhir_mappings.mapper import Mapper
@@ -54,12 +55,14 @@ def build_facts(
         sex = gender if gender in ("female", "male") else None
 
     drafts = []
-    for r in draft_orders:
+    for index, r in enumerate(draft_orders):
         if not isinstance(r.get("resourceType"), str) or r["resourceType"] not in DRAFT_TYPES:
             continue
         mapper.check(r)
         selected = selections is None or reference_of(r) in selections
-        drafts.append(medication(mapper, r, medications_by_ref, draft=True, selected=selected))
+        drafts.append(
+            medication(mapper, r, medications_by_ref, draft_index=index, selected=selected)
+        )
     medications = [
         mapper.checked(r, m)
         for r in unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
@@ -110,6 +113,8 @@ def build_facts(
             if (a := clinical.allergy(mapper, r)) and a.to_voclosporin
         ),
         unavailable=frozenset(unavailable),
-        unavailable_reasons=tuple(sorted(unavailable.items())),
+        unavailable_reasons=tuple(
+            sorted(unavailable.items(), key=lambda item: prefetch_key(item[0]))
+        ),
         unreadable=tuple(mapper.unreadable),
     )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeGuard
 
 from fhir_mappings.facts import Unreadable
-from fhir_mappings.readers import Resource, is_resource_of
+from fhir_mappings.readers import Resource, as_list, as_object, is_resource_of
 from fhir_mappings.references import reference_of
 
 
@@ -62,6 +62,18 @@ def bundle_error(bundle: Resource) -> str | None:
 
 def operation_outcome_text(outcome: Resource) -> str:
     """First issue of an OperationOutcome as short text (diagnostics or details)."""
+    for code, text in _issues(outcome):
+        return f"{code}: {text[:200]}" if text else code
+    return "no issue given"
+
+
+def operation_outcome_texts(outcome: Resource) -> list[str]:
+    """The text (diagnostics or details) of every issue of an OperationOutcome that has one."""
+    return [text for _, text in _issues(outcome) if text]
+
+
+def _issues(outcome: Resource) -> Iterator[tuple[str, str]]:
+    """(code, text) of each issue; text is diagnostics, else details.text, else empty."""
     issues = outcome.get("issue")
     for issue in issues if isinstance(issues, list) else []:
         if not isinstance(issue, dict):
@@ -70,9 +82,62 @@ def operation_outcome_text(outcome: Resource) -> str:
         text = issue.get("diagnostics") or (
             details.get("text") if isinstance(details, dict) else None
         )
-        code = issue.get("code") or "error"
-        return f"{code}: {str(text)[:200]}" if text else str(code)
-    return "no issue given"
+        yield str(issue.get("code") or "error"), str(text or "")
+
+
+def error_outcome(diagnostics: str) -> Resource:
+    """An OperationOutcome with one error issue: what a client sends for a failed prefetch."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "diagnostics": diagnostics}],
+    }
+
+
+def collection_bundle(resources: Iterable[Mapping[str, Any]]) -> Resource:
+    """A collection Bundle of ``resources`` (CDS Hooks draftOrders / medications)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": dict(r)} for r in resources],
+    }
+
+
+def merged_searchset(pages: Sequence[Resource]) -> Resource:
+    """One searchset Bundle holding the entries of every page, as a client prefetches a search.
+
+    ``total`` comes from the first page; the last page's ``next`` link is kept (a page cap was
+    hit: the service may follow the rest).
+    """
+    first, last = pages[0], pages[-1]
+    entries = [e for page in pages for e in as_list(page.get("entry"))]
+    merged: Resource = {"resourceType": "Bundle", "type": "searchset"}
+    if "total" in first:
+        merged["total"] = first["total"]
+    last_next = next_link(last)
+    if last_next is not None:
+        merged["link"] = [{"relation": "next", "url": last_next}]
+    if entries:
+        merged["entry"] = entries
+    return merged
+
+
+def search_matches(bundle: Resource) -> int:
+    """How many entries of a search Bundle are matches (not includes or outcomes)."""
+    return sum(
+        1
+        for entry in as_list(bundle.get("entry"))
+        if isinstance(entry, dict)
+        and as_object(entry.get("search")).get("mode", "match") == "match"
+    )
+
+
+def resource_ids(bundle: Any, resource_type: str) -> list[str]:
+    """The ids of the ``resource_type`` resources in a Bundle."""
+    return [
+        str(r["id"])
+        for r in bundle_resources(bundle)
+        if r.get("resourceType") == resource_type and r.get("id")
+    ]
 
 
 def answer_problem(body: Any) -> str | None:

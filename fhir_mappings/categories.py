@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from fhir_mappings.codes import LOINC
+from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.vocabulary import DataCategory, ObservationKind
+
+PATIENT_TOKEN = "{{context.patientId}}"
+# In an Observation query: replaced by the LOINC codes of the category's kinds (observations.csv).
+LOINC_CODES = "<loinc-codes>"
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,8 @@ class CategorySpec:
     category: DataCategory
     prefetch_key: str
     resource_types: frozenset[str]
+    # The FHIR query (CDS Hooks prefetch template) that reads the category.
+    query: str
     # Observation kinds (``observations.csv``) the category carries; () for the rest.
     observation_kinds: tuple[ObservationKind, ...] = ()
     # Without it the service cannot tell whether voclosporin is involved: 412 when it cannot be
@@ -28,34 +36,64 @@ class CategorySpec:
 
 
 _OBSERVATION = frozenset({"Observation"})
+_OBSERVATION_QUERY = (
+    f"Observation?patient={PATIENT_TOKEN}&code={LOINC_CODES}&_sort=-date&_count=100"
+)
+K = ObservationKind
 
+# In discovery order: the prefetch object lists its keys in this order.
 CATEGORIES: dict[DataCategory, CategorySpec] = {
     spec.category: spec
     for spec in (
-        CategorySpec(DataCategory.PATIENT, "patient", frozenset({"Patient"}), required=True),
+        CategorySpec(
+            DataCategory.PATIENT,
+            "patient",
+            frozenset({"Patient"}),
+            f"Patient/{PATIENT_TOKEN}",
+            required=True,
+        ),
         CategorySpec(
             DataCategory.MEDICATIONS,
             "medications",
             frozenset({"MedicationRequest", "Medication"}),
+            # Completed and stopped orders too: the voclosporin course starts at its first order.
+            f"MedicationRequest?patient={PATIENT_TOKEN}"
+            "&status=active,on-hold,completed,stopped&_count=100",
             required=True,
         ),
-        CategorySpec(DataCategory.EGFR, "egfr", _OBSERVATION, (ObservationKind.EGFR,)),
         CategorySpec(
-            DataCategory.CREATININE, "creatinine", _OBSERVATION, (ObservationKind.CREATININE,)
+            DataCategory.CONDITIONS,
+            "conditions",
+            frozenset({"Condition"}),
+            f"Condition?patient={PATIENT_TOKEN}&clinical-status=active&_count=100",
+        ),
+        CategorySpec(
+            DataCategory.IMMUNIZATIONS,
+            "immunizations",
+            frozenset({"Immunization"}),
+            f"Immunization?patient={PATIENT_TOKEN}&_count=100",
+        ),
+        CategorySpec(
+            DataCategory.ALLERGIES,
+            "allergies",
+            frozenset({"AllergyIntolerance"}),
+            f"AllergyIntolerance?patient={PATIENT_TOKEN}&_count=100",
+        ),
+        CategorySpec(DataCategory.EGFR, "egfr", _OBSERVATION, _OBSERVATION_QUERY, (K.EGFR,)),
+        CategorySpec(
+            DataCategory.CREATININE, "creatinine", _OBSERVATION, _OBSERVATION_QUERY, (K.CREATININE,)
         ),
         CategorySpec(
             DataCategory.BLOOD_PRESSURE,
             "bloodPressure",
             _OBSERVATION,
-            (ObservationKind.BP_PANEL, ObservationKind.SYSTOLIC, ObservationKind.DIASTOLIC),
+            _OBSERVATION_QUERY,
+            (K.BP_PANEL, K.SYSTOLIC, K.DIASTOLIC),
         ),
         CategorySpec(
-            DataCategory.POTASSIUM, "potassium", _OBSERVATION, (ObservationKind.POTASSIUM,)
+            DataCategory.POTASSIUM, "potassium", _OBSERVATION, _OBSERVATION_QUERY, (K.POTASSIUM,)
         ),
-        CategorySpec(DataCategory.UPCR, "upcr", _OBSERVATION, (ObservationKind.UPCR,)),
-        CategorySpec(DataCategory.CONDITIONS, "conditions", frozenset({"Condition"})),
-        CategorySpec(DataCategory.IMMUNIZATIONS, "immunizations", frozenset({"Immunization"})),
-        CategorySpec(DataCategory.ALLERGIES, "allergies", frozenset({"AllergyIntolerance"})),
+        CategorySpec(DataCategory.UPCR, "upcr", _OBSERVATION, _OBSERVATION_QUERY, (K.UPCR,)),
     )
 }
 _BY_PREFETCH_KEY = {spec.prefetch_key: spec.category for spec in CATEGORIES.values()}
@@ -83,3 +121,13 @@ def category_of_kind(kind: ObservationKind) -> DataCategory:
 def observation_categories() -> Iterator[CategorySpec]:
     """The categories that hold Observations, in table order."""
     return (spec for spec in CATEGORIES.values() if spec.observation_kinds)
+
+
+def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
+    """The discovery prefetch (prefetch key -> query): everything the rules read, by code where
+    it helps (Observations are asked for by the LOINC codes of the category's kinds)."""
+    templates = {}
+    for spec in CATEGORIES.values():
+        codes = ",".join(f"{LOINC}|{c}" for c in knowledge.loinc_codes(*spec.observation_kinds))
+        templates[spec.prefetch_key] = spec.query.replace(LOINC_CODES, codes)
+    return templates

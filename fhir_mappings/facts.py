@@ -66,6 +66,9 @@ class Medication:
     authored_on: datetime | None
     is_draft: bool = False
     is_selected: bool = False
+    # Position of a draft in the order session's draft list: what an update suggestion rewrites
+    # (references can repeat across drafts, positions cannot).
+    draft_index: int | None = None
     dosage: Dosage | None = None
     expected_supply_days: float | None = None
     number_of_repeats: int | None = None

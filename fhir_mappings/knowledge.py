@@ -14,6 +14,7 @@ import hashlib
 import tomllib
 from collections.abc import Set
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,8 +178,13 @@ class Knowledge:
     def loinc_codes(self, *kinds: ObservationKind) -> tuple[str, ...]:
         return tuple(code for code, kind in self.observation_kinds.items() if kind in kinds)
 
+    @cached_property
     def template_values(self) -> dict[str, Any]:
-        """The knowledge values a template may name (after any local policy was applied)."""
+        """The knowledge values a template may name (after any local policy was applied).
+
+        Computed once per Knowledge (``with_local_policy`` makes a new one): cards are filled
+        on the hook path.
+        """
         return _template_values(self)
 
     def card_text(self, rule_id: str, name: str, /, **facts: object) -> str:
@@ -191,7 +197,7 @@ class Knowledge:
 
     def fill(self, template: str, /, **facts: object) -> str:
         """Fill a checked template with the knowledge values and ``facts``."""
-        return template.format_map({**self.template_values(), **facts})
+        return template.format_map({**self.template_values, **facts})
 
     def with_local_policy(
         self,

@@ -34,10 +34,13 @@ def medication(
     resource: Resource,
     medications_by_ref: Mapping[str, Resource],
     *,
-    draft: bool = False,
+    draft_index: int | None = None,
     selected: bool = False,
 ) -> Medication:
-    """One order as a Medication: the drug matched by every means, its dosage when it matters."""
+    """One order as a Medication: the drug matched by every means, its dosage when it matters.
+
+    ``draft_index``: the order's position among the session's drafts (None: a recorded order).
+    """
     concept, extra_texts = _medication_concept(mapper, resource, medications_by_ref)
     concept_codings, texts = codings(concept), concept_texts(concept) + extra_texts
     match = mapper.terminology.match_medication(concept_codings, texts)
@@ -53,8 +56,9 @@ def medication(
         roles=match.roles,
         status=resource.get("status") if isinstance(resource.get("status"), str) else None,
         authored_on=parse_datetime(resource.get("authoredOn")),
-        is_draft=draft,
+        is_draft=draft_index is not None,
         is_selected=selected,
+        draft_index=draft_index,
         dosage=dosage(resource, capsule_mg) if match.roles else None,
         expected_supply_days=to_days(supply) if supply else None,
         number_of_repeats=repeats if isinstance(repeats, int) else None,

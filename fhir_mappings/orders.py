@@ -115,3 +115,11 @@ def draft_medication_request(
     if dose_mg is not None:
         order["dosageInstruction"] = [dosage_instruction(dose_mg, per_day)]
     return order
+
+
+def as_draft_order(resource: Resource, patient_id: str) -> Resource:
+    """A resource read from a file, as an EHR holds a draft: with an id and the patient."""
+    order = dict(resource)
+    order.setdefault("id", f"draft-{uuid.uuid4().hex[:12]}")
+    order.setdefault("subject", {"reference": f"Patient/{patient_id}"})
+    return order

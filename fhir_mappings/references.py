@@ -14,14 +14,6 @@ def reference_of(resource: Resource) -> str:
     return f"{resource.get('resourceType', 'Resource')}/{resource.get('id', '?')}"
 
 
-def by_reference(resources: Iterable[Resource]) -> dict[str, Resource]:
-    """Resources by their reference; the first of repeated references wins."""
-    result: dict[str, Resource] = {}
-    for resource in resources:
-        result.setdefault(reference_of(resource), resource)
-    return result
-
-
 def medications_by_reference(resources: Iterable[Resource]) -> dict[str, Resource]:
     """The Medication resources among ``resources``, by ``Medication/id``."""
     result: dict[str, Resource] = {}

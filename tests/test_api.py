@@ -120,6 +120,32 @@ def test_moderate_inhibitor_update_is_a_full_resource(app, client):
     assert card["selectionBehavior"] == "at-most-one"
 
 
+def test_update_rewrites_its_own_draft_when_draft_ids_repeat(app, client):
+    """Two drafts sharing an id: the dose change rewrites the voclosporin draft, not the other."""
+    patient_id, resources = chart("ln-initiation-clean")
+    draft = voclosporin_draft_order(patient_id, TODAY)
+    diltiazem = {
+        "resourceType": "MedicationRequest",
+        "id": draft["id"],
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "medicationCodeableConcept": {"text": "diltiazem 120 MG Extended Release"},
+    }
+    body = hook_request(
+        "order-sign",
+        patient_id,
+        [diltiazem, draft],
+        prefetch_for(resources, patient_id, templates(app)),
+    )
+    cards = client.post(SIGN, json=body).json["cards"]
+    card = next(c for c in cards if c["source"]["topic"]["code"] == "moderate-cyp3a4-inhibitor")
+    [resource] = [
+        a["resource"] for s in card["suggestions"] for a in s["actions"] if a["type"] == "update"
+    ]
+    assert resource["medicationCodeableConcept"] == draft["medicationCodeableConcept"]
+
+
 def test_no_voclosporin_gives_empty_cards(app, client):
     """An unrelated order for a patient not on voclosporin: {"cards": []}."""
     patient_id, resources = chart("ln-initiation-clean")

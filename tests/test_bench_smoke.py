@@ -12,7 +12,7 @@ from bench.fetch_path import BASE_PLACEHOLDER, ReplayFhirServer
 from bench.payloads import count_prefetched, encode, prefetch_request
 from bench.run import FLOOR_APP, Budget, linear_fit, load_once
 from bench.servers import Gunicorn, WorkerSettings, memory_kib
-from cds_service.chart import prefetch_templates
+from fhir_mappings.categories import prefetch_templates
 from fhir_mappings.knowledge import load_knowledge
 
 TODAY = date(2026, 11, 1)

@@ -72,7 +72,8 @@ def test_the_layering_probe_sees_a_transitive_import():
 
 
 def test_only_fhir_client_and_auth_use_requests():
-    """requests is confined to the FHIR client and JWKS fetching."""
+    """requests is confined to the FHIR client, JWKS fetching, the app's session set-up and the
+    CLI's own HTTP (it plays the EHR and the CDS client)."""
     users = {
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "cds_service").rglob("*.py")

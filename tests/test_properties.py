@@ -29,17 +29,15 @@ from hypothesis import strategies as st
 
 from cds_service import close_app
 from cds_service.cards import build_cards
-from cds_service.chart import prefetch_templates
 from cds_service.rules.engine import evaluate
 from cds_service.schemas import HookResponseOut
 from cds_service.spec_check import check_response
 from fhir_mappings.build import build_facts
 from fhir_mappings.bundles import bundle_resources
-from fhir_mappings.categories import CATEGORIES, category_of_key
+from fhir_mappings.categories import CATEGORIES, category_of_key, prefetch_templates
 from fhir_mappings.codes import Terminology
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge, load_knowledge
-from fhir_mappings.references import by_reference
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
@@ -244,7 +242,7 @@ def _assert_rules_and_cards_survive(facts: PatientFacts, drafts: list[Resource])
     evaluation = evaluate(facts, KNOWLEDGE)
     crashed = [g for g in evaluation.not_checked if "internal error" in g.reason]
     assert not crashed, f"rules raised on this input: {[g.rule_id for g in crashed]}"
-    cards = build_cards(evaluation.findings, KNOWLEDGE, by_reference(drafts))
+    cards = build_cards(evaluation.findings, KNOWLEDGE, drafts)
     dumped = HookResponseOut().dump({"cards": [card.body for card in cards]})
     json.dumps(dumped, allow_nan=False)  # what the EHR gets must be strict JSON
 

@@ -14,7 +14,16 @@ import requests
 from cds_service.cli.exit_codes import EXIT_USAGE
 from cds_service.cli.rendering import Progress
 from cds_service.errors import CliError
-from fhir_mappings.bundles import next_link
+from fhir_mappings.bundles import (
+    error_outcome,
+    is_bundle,
+    merged_searchset,
+    next_link,
+    operation_outcome_texts,
+    resource_ids,
+    search_matches,
+)
+from fhir_mappings.readers import is_resource_of
 
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 20
@@ -87,7 +96,7 @@ class FhirReader:
                 f"The FHIR server {self.base} answered HTTP {response.status_code} for "
                 f"Patient/{patient_id}: {fhir_error_text(body, response)}"
             )
-        if not isinstance(body, dict) or body.get("resourceType") != "Patient":
+        if not is_resource_of(body, "Patient"):
             raise CliError(
                 f"{self.base}/Patient/{patient_id} did not return a FHIR Patient; is "
                 "--fhir-server the FHIR base URL (the one /metadata lives under)?"
@@ -105,17 +114,9 @@ class FhirReader:
             )
         except requests.RequestException:
             return []
-        body = json_or_none(response)
-        if not response.ok or not isinstance(body, dict):
+        if not response.ok:
             return []
-        return [
-            str(entry["resource"]["id"])
-            for entry in body.get("entry") or []
-            if isinstance(entry, dict)
-            and isinstance(entry.get("resource"), dict)
-            and entry["resource"].get("resourceType") == "Patient"
-            and entry["resource"].get("id")
-        ]
+        return resource_ids(json_or_none(response), "Patient")
 
     def prefetch_value(self, key: str, query: str) -> Any:
         """Answer one template the way the spec asks of a client (#prefetch-template).
@@ -131,55 +132,30 @@ class FhirReader:
                 return None
             if not response.ok or not isinstance(body, dict):
                 step["result"] = f"HTTP {response.status_code}, sending an OperationOutcome"
-                return _operation_outcome(body, response)
-            if body.get("resourceType") != "Bundle":
+                if is_resource_of(body, "OperationOutcome"):
+                    return body
+                return error_outcome(f"HTTP {response.status_code} from {response.url}")
+            if not is_bundle(body):
                 step["result"] = f"HTTP {response.status_code}, {body.get('resourceType')}"
                 return body
-            merged, pages = self._all_pages(key, body)
-            matches = sum(
-                1
-                for e in merged.get("entry", [])
-                if (e.get("search") or {}).get("mode", "match") == "match"
-            )
+            pages = self._all_pages(key, body)
+            merged = merged_searchset(pages)
+            matches = search_matches(merged)
             step["result"] = f"HTTP {response.status_code}, {matches} resource(s)" + (
-                f" in {pages} pages" if pages > 1 else ""
+                f" in {len(pages)} pages" if len(pages) > 1 else ""
             )
             return merged
 
-    def _all_pages(self, key: str, first: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        entries = list(first.get("entry") or [])
-        bundle, pages = first, 1
-        while (url := next_link(bundle)) is not None and pages < MAX_PAGES:
-            response = self._get(url, f"prefetch {key} page {pages + 1}")
+    def _all_pages(self, key: str, first: dict[str, Any]) -> list[dict[str, Any]]:
+        """The first page and those behind its ``next`` links, up to MAX_PAGES."""
+        pages = [first]
+        while (url := next_link(pages[-1])) is not None and len(pages) < MAX_PAGES:
+            response = self._get(url, f"prefetch {key} page {len(pages) + 1}")
             body = json_or_none(response)
             if not response.ok or not isinstance(body, dict):
                 break
-            bundle, pages = body, pages + 1
-            entries += body.get("entry") or []
-        merged: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-        if "total" in first:
-            merged["total"] = first["total"]
-        last_next = next_link(bundle)
-        if last_next is not None:  # page cap hit: let the service follow the rest
-            merged["link"] = [{"relation": "next", "url": last_next}]
-        if entries:
-            merged["entry"] = entries
-        return merged, pages
-
-
-def _operation_outcome(body: Any, response: requests.Response) -> dict[str, Any]:
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return body
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {
-                "severity": "error",
-                "code": "exception",
-                "diagnostics": f"HTTP {response.status_code} from {response.url}",
-            }
-        ],
-    }
+            pages.append(body)
+        return pages
 
 
 def json_or_none(response: requests.Response) -> Any:
@@ -192,13 +168,8 @@ def json_or_none(response: requests.Response) -> Any:
 
 def fhir_error_text(body: Any, response: requests.Response) -> str:
     """The diagnostics of an OperationOutcome, or the start of the body text."""
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        texts = [
-            str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or "")
-            for issue in body.get("issue") or []
-            if isinstance(issue, dict)
-        ]
-        return "; ".join(t for t in texts if t) or "OperationOutcome without text"
+    if is_resource_of(body, "OperationOutcome"):
+        return "; ".join(operation_outcome_texts(body)) or "OperationOutcome without text"
     return excerpt(response.text)
 
 

@@ -20,6 +20,9 @@ from cds_service.cli.ehr_client import FhirReader
 from cds_service.cli.exit_codes import EXIT_USAGE
 from cds_service.contract import FHIR_ID
 from cds_service.errors import CliError
+from fhir_mappings.bundles import bundle_resources, collection_bundle, is_bundle
+from fhir_mappings.orders import as_draft_order
+from fhir_mappings.references import reference_of
 
 HOOKS = ("order-select", "order-sign", "medication-prescribe")
 TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
@@ -47,14 +50,7 @@ def normalise_patient_id(value: str) -> str:
 def load_orders(path: str, patient_id: str) -> list[dict[str, Any]]:
     """Read a MedicationRequest (or a Bundle of draft orders) from a JSON file."""
     document = read_json_file(path)
-    if isinstance(document, dict) and document.get("resourceType") == "Bundle":
-        resources = [
-            e["resource"]
-            for e in document.get("entry") or []
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-        ]
-    else:
-        resources = [document]
+    resources = bundle_resources(document) if is_bundle(document) else [document]
     orders = []
     for resource in resources:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
@@ -63,10 +59,7 @@ def load_orders(path: str, patient_id: str) -> list[dict[str, Any]]:
                 "or a Bundle of them",
                 EXIT_USAGE,
             )
-        order = dict(resource)
-        order.setdefault("id", f"draft-{uuid.uuid4().hex[:12]}")
-        order.setdefault("subject", {"reference": f"Patient/{patient_id}"})
-        orders.append(order)
+        orders.append(as_draft_order(resource, patient_id))
     if not orders:
         raise CliError(f"{path}: the Bundle holds no resources", EXIT_USAGE)
     return orders
@@ -83,11 +76,7 @@ def build_hook_request(
     fhir_token: str | None = None,
 ) -> dict[str, Any]:
     """A CDS Hooks 2.0 request for ``hook`` whose new orders are ``orders`` (#http-request_1)."""
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": dict(order)} for order in orders],
-    }
+    bundle = collection_bundle(orders)
     context: dict[str, Any] = {"userId": user_id, "patientId": patient_id}
     if encounter_id:
         context["encounterId"] = encounter_id
@@ -95,7 +84,7 @@ def build_hook_request(
         context["medications"] = bundle
     else:
         if hook == "order-select":
-            context["selections"] = [f"{o['resourceType']}/{o['id']}" for o in orders]
+            context["selections"] = [reference_of(dict(o)) for o in orders]
         context["draftOrders"] = bundle
     request: dict[str, Any] = {
         "hook": hook,

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from cds_service.rules import coverage, interactions, regimen, renal, vitals
-from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec
+from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec, card_text
 from fhir_mappings.categories import prefetch_key
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
@@ -150,10 +150,7 @@ def _data_unavailable(
 ) -> Finding | None:
     if not gaps and not facts.unavailable_reasons and not facts.unreadable:
         return None
-
-    def text(name: str, **values: object) -> str:
-        return knowledge.card_text(DATA_UNAVAILABLE, name, **values)
-
+    text = card_text(knowledge, "data-unavailable")
     lines = []
     if facts.unavailable_reasons:
         lines.append(text("data_heading"))
