@@ -149,7 +149,8 @@ class CdsService:
         facts = build_facts(
             terminology=self.terminology,
             now=started_at,
-            hook=service.hook,
+            # order-select fires when an order is picked, possibly before its dose is entered.
+            order_entry_complete=service.hook != "order-select",
             patient_id=context["patient_id"],
             patient=chart.patient,
             chart=chart.resources,

@@ -27,7 +27,7 @@ def build_facts(
     *,
     terminology: Terminology,
     now: datetime,
-    hook: str,
+    order_entry_complete: bool = True,
     patient_id: str,
     patient: Resource | None,
     chart: Mapping[DataCategory, Sequence[Resource]],
@@ -85,7 +85,7 @@ def build_facts(
     return PatientFacts(
         now=now,
         patient_id=patient_id,
-        hook=hook,
+        order_entry_complete=order_entry_complete,
         birth_date=birth_date,
         sex=sex,
         draft_orders=tuple(drafts),

@@ -141,7 +141,9 @@ class PatientFacts:
 
     now: datetime
     patient_id: str
-    hook: str
+    # The draft orders are fully entered. False at order-select, which fires when an order is
+    # picked and may come before its dose is entered (CDS Hooks order-select); the service sets it.
+    order_entry_complete: bool = True
     birth_date: date | None = None
     sex: str | None = None
     draft_orders: tuple[Medication, ...] = ()
@@ -166,12 +168,6 @@ class PatientFacts:
         today = self.now.date()
         before_birthday = (today.month, today.day) < (self.birth_date.month, self.birth_date.day)
         return today.year - self.birth_date.year - int(before_birthday)
-
-    @property
-    def order_entry_complete(self) -> bool:
-        """The draft orders are fully entered; False at order-select, which fires when an order is
-        picked and may come before its dose is entered (CDS Hooks order-select)."""
-        return self.hook != "order-select"
 
     @property
     def active_medications(self) -> tuple[Medication, ...]:

@@ -146,6 +146,21 @@ def test_update_rewrites_its_own_draft_when_draft_ids_repeat(app, client):
     assert resource["medicationCodeableConcept"] == draft["medicationCodeableConcept"]
 
 
+@pytest.mark.parametrize(
+    ("hook", "checked"),
+    [("order-select", False), ("order-sign", True), ("medication-prescribe", True)],
+)
+def test_a_dose_not_yet_entered_is_checked_except_at_order_select(app, client, hook, checked):
+    """order-select may fire before the dose is entered: only the other hooks ask for one."""
+    body = voclosporin_request(app, "ln-initiation-clean", hook)
+    context = body["context"]
+    bundle = context.get("draftOrders") or context["medications"]
+    bundle["entry"][0]["resource"].pop("dosageInstruction")
+    response = client.post(f"/cds-services/voclosporin-{hook}", json=body)
+    assert response.status_code == 200, response.json
+    assert ("dose-check" in rule_ids(response)) is checked
+
+
 def test_no_voclosporin_gives_empty_cards(app, client):
     """An unrelated order for a patient not on voclosporin: {"cards": []}."""
     patient_id, resources = chart("ln-initiation-clean")

@@ -227,7 +227,6 @@ def _facts(
     return build_facts(
         terminology=TERMINOLOGY,
         now=FIXED_NOW,
-        hook="order-sign",
         patient_id=patient_id,
         patient=patient,
         chart={category_of_key(key): value for key, value in chart.items()},

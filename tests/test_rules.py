@@ -227,10 +227,10 @@ def test_strong_inhibitor_ordered_for_patient_on_voclosporin(knowledge):
 def test_order_select_ignores_unselected_partner(knowledge):
     """order-select: a voclosporin draft not selected now meets only the selected orders."""
     keto = med("ketoconazole 200 MG", "strong-cyp3a4-inhibitor", draft=True, selected=True)
-    f = facts(hook="order-select", draft_orders=(voclosporin(selected=False), keto))
+    f = facts(order_entry_complete=False, draft_orders=(voclosporin(selected=False), keto))
     assert "strong-cyp3a4-inhibitor" in fired(f, knowledge)
     lisinopril = med("lisinopril 10 MG", draft=True, selected=True)
-    f2 = facts(hook="order-select", draft_orders=(voclosporin(selected=False), lisinopril))
+    f2 = facts(order_entry_complete=False, draft_orders=(voclosporin(selected=False), lisinopril))
     assert fired(f2, knowledge) == {}
 
 
@@ -354,18 +354,9 @@ def test_dose_check_missing_dose_only_at_sign(knowledge):
     """order-select may come before the dose; order-sign without one is flagged."""
     no_dose = Dosage((), None, "")
     assert "dose-check" not in fired(
-        facts(hook="order-select", draft_orders=(voclosporin(dosage=no_dose),)), knowledge
+        facts(order_entry_complete=False, draft_orders=(voclosporin(dosage=no_dose),)), knowledge
     )
     assert "dose-check" in fired(facts(draft_orders=(voclosporin(dosage=no_dose),)), knowledge)
-
-
-@pytest.mark.parametrize(
-    ("hook", "complete"),
-    [("order-select", False), ("order-sign", True), ("medication-prescribe", True)],
-)
-def test_order_entry_is_complete_except_at_order_select(hook, complete):
-    """Rules ask facts.order_entry_complete, not the hook name: only order-select is partial."""
-    assert facts(hook=hook).order_entry_complete is complete
 
 
 @pytest.mark.parametrize(

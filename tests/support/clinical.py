@@ -121,7 +121,6 @@ def facts(**overrides: Any) -> PatientFacts:
     base = PatientFacts(
         now=NOW,
         patient_id="p1",
-        hook="order-sign",
         birth_date=date(1986, 5, 1),
         sex="female",
         draft_orders=(voclosporin(),),

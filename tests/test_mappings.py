@@ -40,7 +40,6 @@ def facts_from(terminology, resources, drafts=(), patient=None, **kw) -> Patient
     return build_facts(
         terminology=terminology,
         now=NOW,
-        hook="order-sign",
         patient_id="p1",
         patient=patient,
         chart=chart,
