@@ -42,7 +42,7 @@ class CdsError(Exception):
     """Root of every error the service raises on purpose; carries its HTTP status and title."""
 
     status: ClassVar[int] = 500
-    title: ClassVar[str] = "Internal Server Error"
+    title: str = "Internal Server Error"  # a class default; an instance may name itself
     # Headers every error of the class is answered with (``headers=`` adds to them).
     default_headers: ClassVar[dict[str, str]] = {}
 
@@ -61,7 +61,7 @@ class CdsError(Exception):
         self.extra = extra or {}
         self.headers = {**self.default_headers, **(headers or {})}
         if title is not None:
-            self.title = title  # type: ignore[misc]  # instance title shadows the class one
+            self.title = title
 
     def document(self) -> dict[str, Any]:
         """The JSON error body for this error."""

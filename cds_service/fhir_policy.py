@@ -30,7 +30,6 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from cds_service.errors import FhirServerNotAllowed
 
 __all__ = [
-    "FhirServerNotAllowed",
     "FhirServerPolicy",
     "Resolver",
     "parse_allowed_servers",

@@ -151,8 +151,7 @@ class Knowledge:
     ndc_prefixes: dict[str, str]
     vaccines: dict[str, VaccineEntry]
     live_vaccine_terms: tuple[str, ...]
-    # Values are ObservationKind / ConditionKind members (checked at load), typed as their strings
-    # so that callers may mix them with the plain strings terminology adds.
+    # Values are ObservationKind / ConditionKind members, checked at load.
     observation_kinds: dict[str, ObservationKind]
     condition_kinds: dict[tuple[str, str], ConditionKind]
     renal: Renal

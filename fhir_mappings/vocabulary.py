@@ -2,9 +2,9 @@
 
 Each value is the exact string written in the data files (``drugs.csv`` ``role``,
 ``observations.csv`` and ``conditions.csv`` ``kind``, ``prior_authorization.toml`` ``id``). The
-loader refuses a value that is not a member, so a typo in the data stops start-up. Members are
-``StrEnum``s: they compare equal to the plain strings, so code and tests written with strings keep
-working.
+loader refuses a value that is not a member, so a typo in the data stops start-up. Code names
+the members (``Role.CYCLOPHOSPHAMIDE``), never the strings; ``DataCategory`` values are internal
+names, the wire names (prefetch keys) are in ``fhir_mappings.categories``.
 """
 
 from __future__ import annotations

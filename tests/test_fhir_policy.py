@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cds_service.errors import FhirServerNotAllowed
 from cds_service.fhir_policy import (
-    FhirServerNotAllowed,
     FhirServerPolicy,
     parse_allowed_servers,
     safe_next_link,

@@ -18,7 +18,7 @@ from typing import Any
 
 from cds_service.cli.ehr_client import FhirReader
 from cds_service.cli.exit_codes import EXIT_USAGE
-from cds_service.contract import FHIR_ID
+from cds_service.contract import FHIR_ID, FHIR_ID_MAX_LENGTH
 from cds_service.errors import CliError
 from fhir_mappings.bundles import bundle_resources, collection_bundle, is_bundle
 from fhir_mappings.orders import as_draft_order
@@ -41,7 +41,8 @@ def normalise_patient_id(value: str) -> str:
     patient_id = value.strip().removeprefix("Patient/")
     if not FHIR_ID.fullmatch(patient_id):
         raise CliError(
-            f"--patient {value!r} is not a FHIR id (letters, digits, '-' and '.', at most 64)",
+            f"--patient {value!r} is not a FHIR id (letters, digits, '-' and '.', at most "
+            f"{FHIR_ID_MAX_LENGTH})",
             EXIT_USAGE,
         )
     return patient_id
