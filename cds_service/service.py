@@ -127,6 +127,8 @@ def service_endpoints(knowledge: Knowledge) -> dict[str, ServiceEndpoint]:
     own id (no client fires it together with the order hooks). The per-hook order ids answer
     as before but are not listed: a client calling every listed service for a hook would
     otherwise get each card twice, once per id, and could not replace either set.
+    order-sign is listed after order-select on purpose: a client that keeps one entry per id
+    (the CDS Hooks Sandbox stores services by URL) keeps the last, the hook that checks the dose.
     """
     templates = prefetch_templates(knowledge)
 
