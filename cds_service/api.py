@@ -70,7 +70,7 @@ def read_json(schema: Schema) -> dict[str, Any]:
 
 @bp.get("/cds-services")
 def discovery() -> Response:
-    services = [s.discovery() for s in cds().services.values()]
+    services = [entry.discovery() for entry in cds().discovery_entries()]
     return jsonify(DiscoveryOut().dump({"services": services}))
 
 
@@ -83,6 +83,7 @@ def call_log(service_id: str) -> Iterator[dict[str, Any]]:
         "event": "hook-call",
         "hookInstance": None,
         "service": service_id[:200],
+        "hook": None,
         "status": 200,
         "rulesFired": [],
     }
@@ -101,10 +102,13 @@ def call_log(service_id: str) -> Iterator[dict[str, Any]]:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     with call_log(service_id) as entry:
-        service = cds().service(service_id)
+        endpoint = cds().service(service_id)
         hook_request = read_json(HOOK_REQUEST)
-        entry["hookInstance"] = str(hook_request["hook_instance"])
-        outcome = cds().call(service, hook_request)
+        entry.update(
+            hookInstance=str(hook_request["hook_instance"]), hook=hook_request["hook"][:200]
+        )
+        # One id may answer several hooks (#update-stale-guidance): the request's hook picks.
+        outcome = cds().call(endpoint.for_hook(hook_request["hook"]), hook_request)
         entry.update(
             rulesFired=[card.rule_id for card in outcome.cards],
             unavailable=list(outcome.unavailable),
@@ -117,6 +121,9 @@ def call_service(service_id: str) -> Response:
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
+    # Cards are known by the id that issued them: a card from voclosporin-order-sign takes its
+    # feedback there, one from voclosporin-orders at voclosporin-orders (spec: the feedback
+    # endpoint of the service that returned the card).
     service = cds().service(service_id)
     entries = read_json(FEEDBACK)["feedback"]
     stored = recorder().store_feedback(service.id, entries)

@@ -23,6 +23,8 @@ __all__ = [
     "ACCEPTED_USER_REFERENCE",
     "FHIR_ID",
     "FHIR_ID_MAX_LENGTH",
+    "ORDERS_SERVICE_HOOKS",
+    "ORDERS_SERVICE_ID",
     "RULE_TOPIC_SYSTEM",
     "SERVICE_ID_PREFIX",
     "SUMMARY_MAX_LENGTH",
@@ -38,5 +40,12 @@ ACCEPTED_USER_REFERENCE = re.compile(rf"^({'|'.join(USER_REFERENCE_TYPES)})/{_AC
 
 # card.source.topic.system: the code system whose codes are this service's rule ids.
 RULE_TOPIC_SYSTEM = "urn:voclosporin-cds:rule"
-# Every service id is this prefix and the hook name (``voclosporin-order-sign``).
+# One id for the order-select and order-sign entries of discovery (#update-stale-guidance: "CDS
+# Services indicate this intent by providing multiple CDS Services with the same id"), so a
+# client replaces the order-select cards with the order-sign cards instead of showing both.
+ORDERS_SERVICE_ID = "voclosporin-orders"
+ORDERS_SERVICE_HOOKS = ("order-select", "order-sign")
+# Every other id is this prefix and the hook name: ``voclosporin-medication-prescribe`` in
+# discovery, and the per-hook ``voclosporin-order-select`` / ``voclosporin-order-sign``, which
+# answer (sites registered them) but discovery no longer lists.
 SERVICE_ID_PREFIX = "voclosporin-"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ from marshmallow import ValidationError
 
 from cds_service.cards import BuiltCard, build_cards
 from cds_service.chart import ChartSettings, decide_access, gather_chart
-from cds_service.contract import SERVICE_ID_PREFIX
+from cds_service.contract import ORDERS_SERVICE_HOOKS, ORDERS_SERVICE_ID, SERVICE_ID_PREFIX
 from cds_service.errors import BadRequest, NotFound
 from cds_service.rules.engine import Evaluation, evaluate
 from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServiceDefinition:
+    """One discovery entry: the service ``id`` answering one ``hook``."""
+
     id: str
     hook: str
     title: str
@@ -51,6 +53,54 @@ class ServiceDefinition:
         }
 
 
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    """One service id, ``POST /cds-services/{id}``: its discovery entries, one per hook.
+
+    Several hooks at one id is how a service asks a client to replace its earlier cards when
+    the next hook fires (CDS Hooks 2.0 #update-stale-guidance). An id that is not ``listed``
+    still answers, for sites that registered it, but discovery does not offer it.
+    """
+
+    id: str
+    entries: Mapping[str, ServiceDefinition]  # by hook, in discovery order
+    listed: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise ValueError(f"service '{self.id}' answers no hook")
+        for hook, entry in self.entries.items():
+            if (entry.id, entry.hook) != (self.id, hook):
+                raise ValueError(f"service '{self.id}' lists {entry.id} ({entry.hook}) as {hook}")
+            if entry.prefetch != self.prefetch:
+                raise ValueError(f"service '{self.id}' asks {hook} for other prefetch templates")
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return tuple(self.entries)
+
+    @property
+    def prefetch(self) -> dict[str, str]:
+        """The prefetch templates: every hook at one id asks for the same chart."""
+        return next(iter(self.entries.values())).prefetch
+
+    def for_hook(self, hook: str) -> ServiceDefinition:
+        """The entry answering ``hook``; a hook this id does not serve is a 400 naming the field."""
+        try:
+            return self.entries[hook]
+        except KeyError:
+            pass
+        if len(self.hooks) == 1:
+            handles, expected = f"hook '{self.hooks[0]}'", f"must be '{self.hooks[0]}'"
+        else:
+            quoted = ", ".join(f"'{h}'" for h in self.hooks)
+            handles, expected = f"hooks {quoted}", f"must be one of {quoted}"
+        raise BadRequest(
+            f"Service '{self.id}' handles {handles}, not '{hook}'",
+            fields={"hook": [f"{expected} for this service"]},
+        )
+
+
 _DESCRIPTIONS = {
     "order-select": "Voclosporin (LUPKYNIS) safety checks when a medication order is selected: "
     "CYP3A4 interactions, live vaccines, renal function, blood pressure, potassium, dose, "
@@ -61,20 +111,54 @@ _DESCRIPTIONS = {
     "medication-prescribe": "Deprecated hook, kept for older EHRs: the same voclosporin "
     "(LUPKYNIS) safety checks, on the draft medications being prescribed.",
 }
+_SHARED_ID_NOTES = {
+    "order-select": " Shares its id with the order-sign entry: a client that updates stale "
+    "guidance replaces these cards with the order-sign cards.",
+    "order-sign": " Shares its id with the order-select entry: a client that updates stale "
+    "guidance shows these cards in place of the order-select cards.",
+}
 
 
-def service_definitions(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
+def service_endpoints(knowledge: Knowledge) -> dict[str, ServiceEndpoint]:
+    """Every id the service answers, the listed ones first in discovery order.
+
+    ``voclosporin-orders`` answers order-select and order-sign; medication-prescribe keeps its
+    own id (no client fires it together with the order hooks). The per-hook order ids answer
+    as before but are not listed: a client calling every listed service for a hook would
+    otherwise get each card twice, once per id, and could not replace either set.
+    order-sign is listed after order-select on purpose: a client that keeps one entry per id
+    (the CDS Hooks Sandbox stores services by URL) keeps the last, the hook that checks the dose.
+    """
     templates = prefetch_templates(knowledge)
-    return {
-        f"{SERVICE_ID_PREFIX}{hook}": ServiceDefinition(
-            id=f"{SERVICE_ID_PREFIX}{hook}",
+
+    def entry(service_id: str, hook: str, note: str = "") -> ServiceDefinition:
+        return ServiceDefinition(
+            id=service_id,
             hook=hook,
             title=f"Voclosporin (LUPKYNIS) safety ({hook})",
-            description=description,
+            description=_DESCRIPTIONS[hook] + note,
             prefetch=templates,
         )
-        for hook, description in _DESCRIPTIONS.items()
-    }
+
+    prescribe = f"{SERVICE_ID_PREFIX}medication-prescribe"
+    endpoints = [
+        ServiceEndpoint(
+            ORDERS_SERVICE_ID,
+            {h: entry(ORDERS_SERVICE_ID, h, _SHARED_ID_NOTES[h]) for h in ORDERS_SERVICE_HOOKS},
+        ),
+        ServiceEndpoint(
+            prescribe, {"medication-prescribe": entry(prescribe, "medication-prescribe")}
+        ),
+        *(
+            ServiceEndpoint(
+                f"{SERVICE_ID_PREFIX}{hook}",
+                {hook: entry(f"{SERVICE_ID_PREFIX}{hook}", hook)},
+                listed=False,
+            )
+            for hook in ORDERS_SERVICE_HOOKS
+        ),
+    ]
+    return {endpoint.id: endpoint for endpoint in endpoints}
 
 
 @dataclass(frozen=True)
@@ -109,16 +193,26 @@ class CdsService:
         self.knowledge = knowledge
         self.terminology = Terminology(knowledge)
         warm_up()
-        self.services = service_definitions(knowledge)
+        self.services = service_endpoints(knowledge)
         self.chart_settings = chart_settings
         self.deadline_ms = deadline_ms
         self.clock = clock
 
-    def service(self, service_id: str) -> ServiceDefinition:
+    def service(self, service_id: str) -> ServiceEndpoint:
+        """The service answering at ``service_id``, listed or not; else 404."""
         try:
             return self.services[service_id]
         except KeyError:
             raise NotFound(f"No CDS service with id '{service_id}'") from None
+
+    def discovery_entries(self) -> list[ServiceDefinition]:
+        """What discovery lists: each hook of each listed id, one entry apiece (#discovery)."""
+        return [
+            entry
+            for endpoint in self.services.values()
+            if endpoint.listed
+            for entry in endpoint.entries.values()
+        ]
 
     def call(self, service: ServiceDefinition, request: dict[str, Any]) -> HookOutcome:
         """Run one hook call; ``request`` is the loaded HookRequestSchema (snake_case)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import uuid
 from datetime import date
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 import responses
 
 from cds_service import close_app
+from cds_service.contract import ORDERS_SERVICE_HOOKS, ORDERS_SERVICE_ID
 from cds_service.spec_check import check_discovery, check_response
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
@@ -703,3 +707,163 @@ def test_dstu2_medication_order_is_read_not_ignored(app, client):
     assert "blood-pressure-high" in ids
     card = response.json["cards"][ids.index("data-unavailable")]
     assert "MedicationOrder/mo1" in card["detail"]
+
+
+# -- one id for order-select and order-sign (#update-stale-guidance) ----------------------------
+
+ORDERS = f"/cds-services/{ORDERS_SERVICE_ID}"
+PER_HOOK_IDS = [f"voclosporin-{hook}" for hook in ORDERS_SERVICE_HOOKS]
+
+
+def overridden(card: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-01T12:05:00Z",
+            }
+        ]
+    }
+
+
+def test_discovery_lists_one_id_for_both_order_hooks(client):
+    """Discovery: the shared id for order-select and order-sign, then medication-prescribe; the
+    per-hook ids are not listed; the checker accepts two entries with one id."""
+    services = client.get("/cds-services").json["services"]
+    assert [(s["id"], s["hook"]) for s in services] == [
+        (ORDERS_SERVICE_ID, "order-select"),
+        (ORDERS_SERVICE_ID, "order-sign"),
+        ("voclosporin-medication-prescribe", "medication-prescribe"),
+    ]
+    assert not {s["id"] for s in services} & set(PER_HOOK_IDS)
+    assert errors_only(check_discovery({"services": services})) == []
+    assert services[0]["prefetch"] == services[1]["prefetch"] == services[2]["prefetch"]
+
+
+@pytest.mark.parametrize("hook", ORDERS_SERVICE_HOOKS)
+def test_shared_id_answers_each_order_hook(app, client, hook):
+    """The shared id answers order-select and order-sign (the body's hook picks) with the cards
+    the per-hook id gives, each card with its own uuid."""
+    body = voclosporin_request(app, "ln-initiation-low-egfr-high-bp", hook)
+    shared = client.post(ORDERS, json=body)
+    per_hook = client.post(
+        f"/cds-services/voclosporin-{hook}", json={**body, "hookInstance": str(uuid.uuid4())}
+    )
+    assert shared.status_code == per_hook.status_code == 200, shared.json
+    assert errors_only(check_response(shared.json)) == []
+    assert (
+        rule_ids(shared)
+        == rule_ids(per_hook)
+        == [
+            "blood-pressure-high",
+            "egfr-baseline-low",
+            "hyperkalemia",
+            "prior-authorization",
+        ]
+    )
+    uuids = [card["uuid"] for response in (shared, per_hook) for card in response.json["cards"]]
+    assert len(set(uuids)) == len(uuids) == 8
+
+
+def test_select_then_sign_at_the_shared_id_share_no_card_uuid(app, client):
+    """order-select then order-sign for one order session: one id, fresh uuids on every card."""
+    cards = [
+        client.post(
+            ORDERS, json=voclosporin_request(app, "ln-initiation-low-egfr-high-bp", hook)
+        ).json["cards"]
+        for hook in ORDERS_SERVICE_HOOKS
+    ]
+    select_uuids = {card["uuid"] for card in cards[0]}
+    sign_uuids = {card["uuid"] for card in cards[1]}
+    assert select_uuids
+    assert sign_uuids
+    assert not select_uuids & sign_uuids
+
+
+@pytest.mark.parametrize(
+    ("path", "hook", "detail", "expected"),
+    [
+        pytest.param(
+            ORDERS,
+            "medication-prescribe",
+            f"Service '{ORDERS_SERVICE_ID}' handles hooks 'order-select', 'order-sign', "
+            "not 'medication-prescribe'",
+            "must be one of 'order-select', 'order-sign' for this service",
+            id="shared-id",
+        ),
+        pytest.param(
+            SIGN,
+            "order-select",
+            "Service 'voclosporin-order-sign' handles hook 'order-sign', not 'order-select'",
+            "must be 'order-sign' for this service",
+            id="per-hook-id",
+        ),
+        pytest.param(
+            "/cds-services/voclosporin-medication-prescribe",
+            "order-sign",
+            "Service 'voclosporin-medication-prescribe' handles hook 'medication-prescribe', "
+            "not 'order-sign'",
+            "must be 'medication-prescribe' for this service",
+            id="medication-prescribe",
+        ),
+    ],
+)
+def test_hook_the_id_does_not_answer_is_400_naming_hook(app, client, path, hook, detail, expected):
+    """A hook the id does not serve is a 400 whose fields name `hook`; nothing is evaluated."""
+    body = voclosporin_request(app, "ln-initiation-low-egfr-high-bp", hook)
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json["error"]["detail"] == detail
+    assert response.json["error"]["fields"] == {"hook": [expected]}
+
+
+@pytest.mark.parametrize("hook", ORDERS_SERVICE_HOOKS)
+def test_feedback_at_the_shared_id_for_its_cards(app, client, hook):
+    """Cards issued at the shared id, by either hook, take their feedback at the shared id."""
+    body = voclosporin_request(app, "ln-on-voclosporin-interactions", hook)
+    card = client.post(ORDERS, json=body).json["cards"][0]
+    app.extensions["cds_audit_writer"].flush(5.0)
+    response = client.post(f"{ORDERS}/feedback", json=overridden(card))
+    assert (response.status_code, response.json) == (200, {"received": 1, "stored": 1})
+
+
+@pytest.mark.parametrize(
+    ("issued_at", "feedback_at"),
+    [(ORDERS, SIGN), (SIGN, ORDERS)],
+    ids=["shared-card-at-per-hook-id", "per-hook-card-at-shared-id"],
+)
+def test_feedback_goes_to_the_id_that_issued_the_card(app, client, issued_at, feedback_at):
+    """Feedback at another id than the card's is a 404 naming the card, and nothing is stored;
+    at the issuing id the same feedback is then stored."""
+    body = voclosporin_request(app, "ln-on-voclosporin-interactions")
+    card = client.post(issued_at, json=body).json["cards"][0]
+    app.extensions["cds_audit_writer"].flush(5.0)
+    refused = client.post(f"{feedback_at}/feedback", json=overridden(card))
+    assert refused.status_code == 404
+    assert refused.json["error"]["unknownCards"] == [card["uuid"]]
+    stored = client.post(f"{issued_at}/feedback", json=overridden(card))
+    assert stored.json == {"received": 1, "stored": 1}
+
+
+def test_shared_id_call_is_audited_and_logged_with_id_and_hook(app, client, caplog):
+    """The audit record and the call log line of a shared-id call name the id and the hook."""
+    body = voclosporin_request(app, "ln-initiation-clean", "order-select")
+    with caplog.at_level(logging.INFO, logger="cds_service.calls"):
+        assert client.post(ORDERS, json=body).status_code == 200
+    assert app.extensions["cds_audit_writer"].flush(5.0)
+    [record] = calls_for_hook_instance(app.extensions["cds_storage"], body["hookInstance"])
+    assert (record.service_id, record.hook) == (ORDERS_SERVICE_ID, "order-select")
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cds_service.calls"]
+    assert (line["service"], line["hook"], line["hookInstance"]) == (
+        ORDERS_SERVICE_ID,
+        "order-select",
+        body["hookInstance"],
+    )
+
+
+def test_health_lists_every_id_that_answers(client):
+    """/healthz names the shared id, medication-prescribe and the unlisted per-hook ids."""
+    assert client.get("/healthz").json["services"] == sorted(
+        [ORDERS_SERVICE_ID, "voclosporin-medication-prescribe", *PER_HOOK_IDS]
+    )

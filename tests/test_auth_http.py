@@ -671,7 +671,7 @@ def test_replay_to_the_other_worker_is_refused(gunicorn: Gunicorn, keys: dict[st
         for service in session.get(f"{gunicorn.base_url}/cds-services", timeout=5).json()[
             "services"
         ]:
-            if service["id"] == "voclosporin-order-sign":
+            if service["hook"] == "order-sign":  # the per-hook id is not listed; same templates
                 templates = service["prefetch"]
     today = datetime.now(UTC).date()  # gunicorn runs on the real clock
     resources = chart_resources(ln_initiation_clean(today))

@@ -32,7 +32,9 @@ from cds_service import cli, close_app
 from cds_service.cli.exit_codes import EXIT_HTTP_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
 from cds_service.cli.hook_requests import fill_template
 from cds_service.cli.rendering import render_cards
-from cds_service.cli.service_calls import parse_service_target
+from cds_service.cli.service_calls import choose_service, parse_service_target
+from cds_service.contract import ORDERS_SERVICE_ID
+from cds_service.errors import CliError
 from cds_service.spec_check import check_request, check_response
 from tests.charts.lupus import CHARTS, VOCLOSPORIN_TEXT, voclosporin_draft_order
 from tests.conftest import make_app
@@ -40,7 +42,8 @@ from tests.support.fhir_server import FhirServer, free_port
 
 HIGH_BP = "ln-initiation-low-egfr-high-bp"  # BP 170/95, eGFR 42, K 5.6: three gates fail
 ON_VOCLOSPORIN = "ln-on-voclosporin-interactions"  # on LUPKYNIS and ketoconazole
-SIGN = "voclosporin-order-sign"
+ORDERS = ORDERS_SERVICE_ID  # order-select and order-sign at one id (#update-stale-guidance)
+SIGN = "voclosporin-order-sign"  # the per-hook id: answers, not listed in discovery
 HOOKS = ("order-select", "order-sign", "medication-prescribe")
 JWT_ISS = "https://ehr.example.org/cds-client"
 JWT_KID = "cli-test-1"
@@ -64,7 +67,7 @@ class LiveService:
         assert self.app is not None
         return self.app(environ, start_response)
 
-    def service_url(self, service_id: str = SIGN) -> str:
+    def service_url(self, service_id: str = ORDERS) -> str:
         return f"{self.base_url}/cds-services/{service_id}"
 
     def start(self, app: Flask) -> LiveService:
@@ -124,6 +127,8 @@ def hook_args(service: LiveService, fhir: FhirServer, patient: str, *extra: str)
         "hook",
         "--service-url",
         service.service_url(),
+        "--hook",
+        "order-sign",
         "--fhir-server",
         fhir.base_url,
         "--patient",
@@ -150,7 +155,7 @@ def test_hook_with_prefetch_prints_cards(
     """--prefetch fills every template from the FHIR server and the critical BP card is shown."""
     code, out, err = run(*hook_args(service, charts, HIGH_BP, *LUPKYNIS, "--prefetch"))
     assert code == 0, err
-    assert f"{SIGN}: HTTP 200" in out
+    assert f"{ORDERS}: HTTP 200" in out
     assert "CRITICAL BP 170/95 is above 165/105: do not start voclosporin" in out
     assert "suggestions (selectionBehavior: at-most-one):" in out
     assert "delete MedicationRequest/draft-" in out
@@ -237,6 +242,10 @@ def test_each_hook_is_built_and_answered(
     code, out, err = run(*base, "--json")
     assert code == 0, err
     assert topic_codes(json.loads(out))[0] == "blood-pressure-high"
+    listed_id = "voclosporin-medication-prescribe" if hook == "medication-prescribe" else ORDERS
+    code, out, err = run(*base)
+    assert code == 0, err
+    assert out.startswith(f"{listed_id}: HTTP 200")
 
 
 def test_order_by_rxnorm_code(run: Run, service: LiveService, charts: FhirServer) -> None:
@@ -369,6 +378,8 @@ def test_unreachable_fhir_server(run: Run, service: LiveService) -> None:
         "hook",
         "--service-url",
         service.service_url(),
+        "--hook",
+        "order-sign",
         "--fhir-server",
         fhir,
         "--patient",
@@ -435,7 +446,114 @@ def test_unknown_service_id_lists_services(
     )
     assert code == EXIT_USAGE
     assert "lists no service 'voclosporin-typo'" in err
-    assert "voclosporin-order-sign (order-sign)" in err
+    assert f"{ORDERS} (order-select), {ORDERS} (order-sign)" in err
+
+
+def test_shared_id_without_hook_asks_for_it(
+    run: Run, service: LiveService, charts: FhirServer
+) -> None:
+    """The shared id serves two hooks: without --hook the CLI says so (exit 2), sends nothing."""
+    args = hook_args(service, charts, HIGH_BP, *LUPKYNIS, "--prefetch")
+    hook_at = args.index("--hook")
+    del args[hook_at : hook_at + 2]
+    code, out, err = run(*args)
+    assert code == EXIT_USAGE
+    assert out == ""
+    assert f"Service '{ORDERS}' serves order-select, order-sign: give --hook" in err
+    assert "POST" not in err
+
+
+def test_per_hook_id_still_answers_without_discovery(
+    run: Run, service: LiveService, charts: FhirServer
+) -> None:
+    """The unlisted per-hook id answers when called with --hook (no discovery needed); with
+    --prefetch the CLI needs its templates from discovery and says how to call it instead."""
+    args = hook_args(service, charts, HIGH_BP, *LUPKYNIS, "--fhir-token", "sandbox-token")
+    args[args.index(service.service_url())] = service.service_url(SIGN)
+    code, out, err = run(*args)
+    assert code == 0, err
+    assert out.startswith(f"{SIGN}: HTTP 200")
+    assert "GET " + service.base_url + "/cds-services:" not in err
+    assert "CRITICAL BP 170/95" in out
+    code, _, err = run(*args, "--prefetch")
+    assert code == EXIT_USAGE
+    assert f"lists no service '{SIGN}'" in err
+    assert "with --hook and without --prefetch" in err
+
+
+def entry(service_id: str, hook: str) -> dict[str, Any]:
+    return {"id": service_id, "hook": hook, "description": "d"}
+
+
+BOTH_LISTED = [
+    entry("voclosporin-order-select", "order-select"),
+    entry(ORDERS, "order-select"),
+    entry(ORDERS, "order-sign"),
+    entry("voclosporin-order-sign", "order-sign"),
+    entry("voclosporin-medication-prescribe", "medication-prescribe"),
+]
+
+
+@pytest.mark.parametrize(
+    ("service_id", "hook", "expected"),
+    [
+        pytest.param(None, "order-select", (ORDERS, "order-select"), id="hook-prefers-shared"),
+        pytest.param(None, "order-sign", (ORDERS, "order-sign"), id="sign-prefers-shared"),
+        pytest.param(
+            None,
+            "medication-prescribe",
+            ("voclosporin-medication-prescribe", "medication-prescribe"),
+            id="single-entry-hook",
+        ),
+        pytest.param(ORDERS, "order-sign", (ORDERS, "order-sign"), id="shared-id-and-hook"),
+        pytest.param(
+            "voclosporin-order-select",
+            "order-select",
+            ("voclosporin-order-select", "order-select"),
+            id="per-hook-id-when-asked",
+        ),
+        pytest.param(
+            "voclosporin-order-sign",
+            None,
+            ("voclosporin-order-sign", "order-sign"),
+            id="per-hook-id-gives-its-hook",
+        ),
+    ],
+)
+def test_choose_service_prefers_the_shared_id(
+    service_id: str | None, hook: str | None, expected: tuple[str, str]
+) -> None:
+    """A discovery listing a hook under several ids: --hook alone picks the id that serves
+    several hooks (a client doing update stale guidance); an explicit id always wins."""
+    chosen = choose_service(BOTH_LISTED, service_id, hook, "http://h/cds-services")
+    assert (chosen["id"], chosen["hook"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("services", "service_id", "hook", "message"),
+    [
+        pytest.param(
+            [
+                *BOTH_LISTED,
+                entry("other-orders", "order-select"),
+                entry("other-orders", "order-sign"),
+            ],
+            None,
+            "order-select",
+            "Cannot tell which service to call",
+            id="two-shared-ids-for-the-hook",
+        ),
+        pytest.param(BOTH_LISTED, ORDERS, None, "serves order-select, order-sign", id="no-hook"),
+        pytest.param(BOTH_LISTED, None, None, "Cannot tell which service", id="nothing-given"),
+    ],
+)
+def test_choose_service_refuses_to_guess(
+    services: list[dict[str, Any]], service_id: str | None, hook: str | None, message: str
+) -> None:
+    """When discovery leaves more than one candidate, the CLI asks rather than guesses."""
+    with pytest.raises(CliError, match=message) as raised:
+        choose_service(services, service_id, hook, "http://h/cds-services")
+    assert raised.value.exit_code == EXIT_USAGE
 
 
 def test_slow_fhir_server_shows_progress_then_times_out(run: Run, service: LiveService) -> None:
@@ -448,6 +566,8 @@ def test_slow_fhir_server_shows_progress_then_times_out(run: Run, service: LiveS
             "hook",
             "--service-url",
             service.service_url(),
+            "--hook",
+            "order-sign",
             "--fhir-server",
             fhir,
             "--patient",

@@ -29,6 +29,8 @@ from cds_service import close_app
 from cds_service.contract import (
     ACCEPTED_FHIR_ID,
     ACCEPTED_USER_REFERENCE,
+    ORDERS_SERVICE_HOOKS,
+    ORDERS_SERVICE_ID,
     RULE_TOPIC_SYSTEM,
     SUMMARY_MAX_LENGTH,
 )
@@ -43,6 +45,12 @@ from tests.support.hooks import chart_resources, hook_request, prefetch_for
 CONTRACT = Path(__file__).resolve().parent.parent / "openapi.yaml"
 TODAY: date = FIXED_NOW.date()
 HOOKS = ("order-select", "order-sign", "medication-prescribe")
+# The id discovery lists for each hook (the two order hooks share one, #update-stale-guidance).
+LISTED_ID = {
+    "order-select": ORDERS_SERVICE_ID,
+    "order-sign": ORDERS_SERVICE_ID,
+    "medication-prescribe": "voclosporin-medication-prescribe",
+}
 PATIENT = "ln-initiation-low-egfr-high-bp"
 SIGN = "/cds-services/voclosporin-order-sign"
 # Flask adds these to every rule; the contract documents the methods a view implements.
@@ -200,12 +208,30 @@ def test_contract_limits_are_the_contract_module(document: dict[str, Any]) -> No
 def test_service_ids_and_prefetch_keys_match_discovery(
     document: dict[str, Any], app: Flask
 ) -> None:
-    """The serviceId enum and the Prefetch properties are the services' ids and template keys."""
+    """The serviceId enum is every id that answers, Service.id the listed ones, and the
+    Prefetch properties are every entry's template keys."""
     services = app.extensions["cds_service"].services
     schemas = document["components"]["schemas"]
     assert document["components"]["parameters"]["ServiceId"]["schema"]["enum"] == list(services)
+    listed = [service.id for service in services.values() if service.listed]
+    assert schemas["Service"]["properties"]["id"]["enum"] == listed
+    assert listed == [ORDERS_SERVICE_ID, "voclosporin-medication-prescribe"]
     for service in services.values():
-        assert list(schemas["Prefetch"]["properties"]) == list(service.prefetch)
+        for entry in service.entries.values():
+            assert list(schemas["Prefetch"]["properties"]) == list(entry.prefetch)
+
+
+def test_discovery_example_is_what_discovery_answers(
+    document: dict[str, Any], client: FlaskClient
+) -> None:
+    """The Discovery example is the real discovery document: two entries share the order id."""
+    example = _resolve(document, {"$ref": "#/components/examples/Discovery"})["value"]
+    assert example == client.get("/cds-services").get_json()
+    assert [(s["id"], s["hook"]) for s in example["services"]] == [
+        (ORDERS_SERVICE_ID, "order-select"),
+        (ORDERS_SERVICE_ID, "order-sign"),
+        ("voclosporin-medication-prescribe", "medication-prescribe"),
+    ]
 
 
 def test_swagger_ui_assets_match_the_docs_blueprint(document: dict[str, Any]) -> None:
@@ -292,7 +318,7 @@ def test_hook_examples_are_what_the_service_answers(
     """Posting a documented request gives the documented cards (same rules, indicators, actions)."""
     body = _resolve(document, {"$ref": f"#/components/examples/{request_example}"})["value"]
     expected = _resolve(document, {"$ref": f"#/components/examples/{response_example}"})["value"]
-    call = exchange(client, "POST", f"/cds-services/voclosporin-{body['hook']}", json=body)
+    call = exchange(client, "POST", f"/cds-services/{LISTED_ID[body['hook']]}", json=body)
     contract.validate_request(call.request)
     cards = conforms(contract, call, 200)["cards"]
 
@@ -314,18 +340,26 @@ def test_hook_examples_are_what_the_service_answers(
 
 
 def test_discovery_conforms(contract: OpenAPI, client: FlaskClient) -> None:
-    """Discovery lists the three services with the ten prefetch templates."""
+    """Discovery lists one entry per hook, each with the ten prefetch templates."""
     body = conforms(contract, exchange(client, "GET", "/cds-services"), 200)
     assert [s["hook"] for s in body["services"]] == list(HOOKS)
+    assert {s["hook"]: s["id"] for s in body["services"]} == LISTED_ID
     assert all(len(s["prefetch"]) == 10 for s in body["services"])
 
 
-@pytest.mark.parametrize("hook", HOOKS)
-def test_each_hook_conforms(contract: OpenAPI, app: Flask, client: FlaskClient, hook: str) -> None:
-    """A LUPKYNIS order for a lupus-nephritis chart: request and cards conform on every hook."""
-    call = exchange(
-        client, "POST", f"/cds-services/voclosporin-{hook}", json=voclosporin_call(app, hook)
-    )
+@pytest.mark.parametrize(
+    ("service_id", "hook"),
+    [
+        *((LISTED_ID[hook], hook) for hook in HOOKS),
+        *((f"voclosporin-{hook}", hook) for hook in ORDERS_SERVICE_HOOKS),
+    ],
+)
+def test_each_hook_conforms(
+    contract: OpenAPI, app: Flask, client: FlaskClient, service_id: str, hook: str
+) -> None:
+    """A LUPKYNIS order for a lupus-nephritis chart: request and cards conform on every hook,
+    at the listed ids and at the unlisted per-hook ids."""
+    call = exchange(client, "POST", f"/cds-services/{service_id}", json=voclosporin_call(app, hook))
     contract.validate_request(call.request)
     cards = conforms(contract, call, 200)["cards"]
     assert [card["source"]["topic"]["code"] for card in cards] == [

@@ -815,6 +815,17 @@ DISCOVERY_MUTATIONS = [
         [err("services[1]", "repeats")],
         id="duplicate-id-and-hook",
     ),
+    pytest.param({"services[1].id": "other-service"}, [], id="two-ids-two-hooks"),
+    pytest.param(
+        {f"{SVC}.id": {"id": "voclosporin-safety"}},
+        [err(f"{SVC}.id", "string")],
+        id="id-object-is-a-type-error-not-a-crash",
+    ),
+    pytest.param(
+        {f"{SVC}.hook": ["order-sign"], "services[1].hook": ["order-sign"]},
+        [err(f"{SVC}.hook", "string"), err("services[1].hook", "string")],
+        id="hooks-arrays-are-type-errors-not-duplicates",
+    ),
     pytest.param({f"{SVC}.version": "2.0"}, [warn(f"{SVC}.version", "extension")], id="unknown"),
 ]
 
@@ -823,6 +834,30 @@ DISCOVERY_MUTATIONS = [
 def test_discovery_rule(changes: dict[str, Any], expected: list[tuple[str, str, str]]) -> None:
     """Each broken discovery or prefetch-token rule is reported at its path."""
     assert_violations(check_discovery(mutate(VALID_DISCOVERY, changes)), expected)
+
+
+def test_one_id_for_several_hooks_is_update_stale_guidance() -> None:
+    """#update-stale-guidance: one id listed for order-select and order-sign passes; a third
+    entry for a hook that id already serves is the only duplicate."""
+    shared = VALID_DISCOVERY["services"]
+    assert {s["id"] for s in shared} == {"voclosporin-safety"}
+    assert check_discovery(VALID_DISCOVERY) == []
+    doc = {"services": [*shared, {**shared[1], "title": "Again"}]}
+    assert_violations(check_discovery(doc), [err("services[2]", "repeats the id and hook")])
+
+
+@pytest.mark.parametrize(
+    "bad_id", [{"value": "x"}, ["x"], 7, None], ids=["object", "array", "number", "null"]
+)
+def test_non_string_ids_never_crash_the_duplicate_check(bad_id: Any) -> None:
+    """Two entries whose id is not a string are each a type error, never a TypeError."""
+    entry = {**VALID_DISCOVERY["services"][1], "id": bad_id}
+    violations = check_discovery({"services": [entry, entry]})
+    assert [v.path for v in violations if "repeats" in v.message] == []
+    assert {v.path for v in violations if v.severity == "error"} == {
+        "services[0].id",
+        "services[1].id",
+    }
 
 
 # ---------------------------------------------------------------------------------------------

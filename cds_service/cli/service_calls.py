@@ -90,16 +90,31 @@ def discover(
 def choose_service(
     services: Sequence[Mapping[str, Any]], service_id: str | None, hook: str | None, url: str
 ) -> Mapping[str, Any]:
-    """Pick the service to call: by id (and hook, if the id serves several), else by hook."""
+    """Pick the entry to call: by id (and hook, when the id serves several), else by hook.
+
+    Several entries for one hook: the one whose id discovery lists for several hooks wins, as
+    a client doing #update-stale-guidance would register it (``voclosporin-orders``).
+    """
     listed = ", ".join(f"{s.get('id')} ({s.get('hook')})" for s in services) or "none"
     if service_id:
         matches = [s for s in services if s.get("id") == service_id]
-        if hook and len(matches) > 1:  # #update-stale-guidance: one id may serve several hooks
-            matches = [s for s in matches if s.get("hook") == hook] or matches
         if not matches:
-            raise CliError(f"{url} lists no service '{service_id}'. Services: {listed}", EXIT_USAGE)
+            raise CliError(
+                f"{url} lists no service '{service_id}'. Services: {listed}. An id discovery "
+                "does not list can still be called with --hook and without --prefetch.",
+                EXIT_USAGE,
+            )
+        if hook:  # a hook the id does not serve is sent anyway: the service's 400 says why
+            return next((s for s in matches if s.get("hook") == hook), matches[0])
+        if len(matches) > 1:
+            hooks = ", ".join(str(s.get("hook")) for s in matches)
+            raise CliError(f"Service '{service_id}' serves {hooks}: give --hook", EXIT_USAGE)
         return matches[0]
     matches = [s for s in services if hook is None or s.get("hook") == hook]
+    if hook is not None and len(matches) > 1:
+        shared = [s for s in matches if _hook_count(services, s.get("id")) > 1]
+        if len(shared) == 1:
+            return shared[0]
     if len(matches) != 1:
         raise CliError(
             f"Cannot tell which service to call at {url}: give --service-id, or a "
@@ -107,6 +122,11 @@ def choose_service(
             EXIT_USAGE,
         )
     return matches[0]
+
+
+def _hook_count(services: Sequence[Mapping[str, Any]], service_id: object) -> int:
+    """How many distinct hooks discovery lists for ``service_id``."""
+    return len({str(s.get("hook")) for s in services if s.get("id") == service_id})
 
 
 def service_error_text(body: Any, response: requests.Response) -> str:

@@ -93,13 +93,21 @@ def _token_problem(token: str, hook: str) -> str | None:
 
 
 def _duplicate_services(doc: JsonObject) -> Iterator[Violation]:
-    """Report a service listed twice for one hook; one id for several hooks is allowed."""
+    """Report a service listed twice for one hook; one id for several hooks is allowed.
+
+    #discovery: "a CDS server can host multiple entries of CDS service with the same id for
+    different hooks" (#update-stale-guidance). An id or hook that is not a string is already
+    reported by the field check and takes no part here.
+    """
     services = doc.get("services")
-    seen: dict[tuple[object, object], int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for index, service in enumerate(services if isinstance(services, list) else []):
         if not isinstance(service, dict):
             continue
-        key = (service.get("id"), service.get("hook"))
+        service_id, hook = service.get("id"), service.get("hook")
+        if not (isinstance(service_id, str) and isinstance(hook, str)):
+            continue
+        key = (service_id, hook)
         if key in seen:
             yield error(f"services[{index}]", f"repeats the id and hook of services[{seen[key]}]")
         else:
