@@ -79,7 +79,7 @@ def test_migrate_from_empty_reaches_head(empty_storage: Storage) -> None:
     assert empty_storage.current_revision() is None
     empty_storage.migrate()
     assert not empty_storage.is_empty()
-    assert empty_storage.current_revision() == empty_storage.head_revision() == "0001"
+    assert empty_storage.current_revision() == empty_storage.head_revision() == "0002"
     with empty_storage.engine.connect() as conn:
         assert {table.name for table in TABLES} <= set(inspect(conn).get_table_names())
 
@@ -665,9 +665,9 @@ def test_cli_db_upgrade_and_current(database_url: str, tmp_path: Path) -> None:
         runner = app.test_cli_runner()
         upgraded = runner.invoke(args=["db", "upgrade"])
         assert upgraded.exit_code == 0, upgraded.output
-        assert "is at migration 0001" in upgraded.output
+        assert "is at migration 0002" in upgraded.output
         current = runner.invoke(args=["db", "current"])
         assert current.exit_code == 0
-        assert "at 0001, newest 0001" in current.output
+        assert "at 0002, newest 0002" in current.output
     finally:
         shutdown_storage(app)

@@ -133,17 +133,29 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Connection]:
+    def transaction(self, *, write: bool, timeout_ms: int | None = None) -> Iterator[Connection]:
         """Yield a connection in a transaction; outages become StorageUnavailableError.
 
         ``write=True`` starts the transaction with ``BEGIN IMMEDIATE`` on SQLite.
+        ``timeout_ms`` bounds the wait for locks and the statements (the hook path reads with
+        it): SQLite's busy timeout for this use of the connection, PostgreSQL's
+        ``statement_timeout`` for this transaction.
         """
         try:
             with self.engine.connect() as conn:
                 if write:
                     conn = conn.execution_options(cds_write=True)
-                with conn.begin():
-                    yield conn
+                sqlite_timeout = timeout_ms is not None and self.dialect == "sqlite"
+                if sqlite_timeout:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout_ms or 0)}")
+                try:
+                    with conn.begin():
+                        if timeout_ms is not None and self.dialect == "postgresql":
+                            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                        yield conn
+                finally:
+                    if sqlite_timeout:  # the pooled connection goes back with the usual timeout
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
         except _UNAVAILABLE as exc:
             raise StorageUnavailableError(
                 f"database {self.safe_url()} unavailable: "
