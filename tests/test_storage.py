@@ -396,6 +396,7 @@ def test_rule_analytics_counts_outcomes_per_rule(
         "accepted": 2,
         "overridden": 3,
         "no_feedback": 1,
+        "quieted": 0,
         "override_rate": pytest.approx(0.6),
     }
 
