@@ -68,6 +68,11 @@ def _enable_wal(cursor: Any) -> None:
             time.sleep(0.02)
 
 
+def _sqlite_busy_timeout(conn: Connection, milliseconds: int) -> None:
+    """Set how long SQLite waits for a lock on this pooled connection."""
+    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={milliseconds}")  # type: ignore[union-attr]
+
+
 def _sqlite_engine(url: URL) -> Engine:
     """Create a SQLite engine that is safe for several threads and processes."""
     engine = create_engine(
@@ -146,8 +151,8 @@ class Database:
                 if write:
                     conn = conn.execution_options(cds_write=True)
                 sqlite_timeout = timeout_ms is not None and self.dialect == "sqlite"
-                if sqlite_timeout:
-                    conn.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout_ms or 0)}")
+                if sqlite_timeout:  # on the driver connection: outside any transaction
+                    _sqlite_busy_timeout(conn, int(timeout_ms or 0))
                 try:
                     with conn.begin():
                         if timeout_ms is not None and self.dialect == "postgresql":
@@ -155,7 +160,7 @@ class Database:
                         yield conn
                 finally:
                     if sqlite_timeout:  # the pooled connection goes back with the usual timeout
-                        conn.exec_driver_sql(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
+                        _sqlite_busy_timeout(conn, _SQLITE_BUSY_TIMEOUT_S * 1000)
         except _UNAVAILABLE as exc:
             raise StorageUnavailableError(
                 f"database {self.safe_url()} unavailable: "

@@ -5,7 +5,9 @@ Feedback is de-duplicated by a content hash under a unique constraint with
 ``ON CONFLICT DO NOTHING`` on both databases, so parallel duplicate posts store one row.
 ``recent_overrides`` is one query on the hook path: it starts at the patient's calls
 (``ix_cds_hook_call_patient_hash``), finds their cards with these finding keys
-(``ix_cds_issued_card_finding_key_call_id``) and their feedback (``card_uuid`` index).
+(``ix_cds_issued_card_call_id_finding_key``) and their feedback (``card_uuid`` index). No index
+leads with ``finding_key``: a common finding has cards for every patient, so the query must
+start from the one patient's calls.
 """
 
 from __future__ import annotations

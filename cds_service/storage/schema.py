@@ -112,7 +112,7 @@ issued_card = Table(
     Index(None, "rule_id", "issued_at"),
     Index(None, "issued_at"),
     Index(None, "call_id"),
-    Index(None, "finding_key", "call_id"),
+    Index(None, "call_id", "finding_key"),  # the repeat lookup, after the patient's calls
 )
 
 feedback = Table(

@@ -30,13 +30,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_cds_hook_call_patient_hash", "cds_hook_call", ["patient_hash"])
     op.create_index(
-        "ix_cds_issued_card_finding_key_call_id", "cds_issued_card", ["finding_key", "call_id"]
+        "ix_cds_issued_card_call_id_finding_key", "cds_issued_card", ["call_id", "finding_key"]
     )
 
 
 def downgrade() -> None:
     """Drop what upgrade added."""
-    op.drop_index("ix_cds_issued_card_finding_key_call_id", table_name="cds_issued_card")
+    op.drop_index("ix_cds_issued_card_call_id_finding_key", table_name="cds_issued_card")
     op.drop_index("ix_cds_hook_call_patient_hash", table_name="cds_hook_call")
     with op.batch_alter_table("cds_issued_card") as batch:
         batch.drop_column("quieted")
