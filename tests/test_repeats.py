@@ -390,7 +390,8 @@ def test_migration_upgrades_a_v1_database(database_url: str) -> None:
                 if not (isinstance(d, tuple) and d[0] == "remove_table")
             ]
         assert diff == []
-        assert storage.recent_overrides("p" * 64, ["k" * 64], datetime(2026, 9, 1, tzinfo=UTC)) == {}
+        since = datetime(2026, 9, 1, tzinfo=UTC)
+        assert storage.recent_overrides("p" * 64, ["k" * 64], since) == {}
         assert storage.rule_analytics()["rules"][0]["quieted"] == 0
     finally:
         storage.dispose()
