@@ -194,7 +194,7 @@ def test_audit_record_round_trips(storage: Storage) -> None:
     record = call(
         "hook-rt",
         NOW.astimezone(),
-        (card("r1", "critical", 2), card("r2")),
+        (card("r1", "critical", 2), card("r2", "info", quieted=True)),
         rules=("r1", "r2", "r3"),
     )
     storage.record_calls([record])

@@ -193,6 +193,8 @@ def calls_for_hook_instance(storage: Storage, hook_instance: str) -> list[CallRe
                     card["rule_id"],
                     card["indicator"],
                     tuple(card["suggestion_uuids"]),
+                    card["finding_key"],
+                    bool(card["quieted"]),
                 )
             )
     return [
