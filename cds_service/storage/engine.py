@@ -5,6 +5,9 @@ Concurrency rules this module enforces (see ``cds_service.storage.store`` for al
 - SQLite runs in WAL mode with a 30 s busy timeout, and every write transaction starts with
   ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
 - PostgreSQL connects with a 5 s timeout and pre-pings pooled connections.
+- A read on the hook path (``transaction(timeout_ms=...)``) waits at most that long for a
+  lock (SQLite's busy timeout, set for that use only) or a statement (PostgreSQL's
+  ``statement_timeout``), never the 30 s a background writer may wait.
 - A database outage surfaces as ``StorageUnavailableError``, never as a driver error.
 - A forked worker (gunicorn --preload) drops the pool it inherited instead of sharing sockets.
 """
