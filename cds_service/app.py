@@ -34,7 +34,7 @@ from cds_service.config import from_environment
 from cds_service.docs import docs_bp
 from cds_service.errors import CdsError, error_document
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
-from cds_service.recording import RECORDER_EXTENSION, Recorder
+from cds_service.recording import RECORDER_EXTENSION, Recorder, StoredOverrides
 from cds_service.service import CdsService
 from cds_service.storage import db_cli, init_storage, shutdown_storage
 from fhir_mappings.knowledge import load_knowledge
@@ -72,17 +72,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         allow_unauthenticated=bool(app.config["CDS_ALLOW_UNAUTHENTICATED_FHIR"]),
         max_pages=int(app.config["CDS_FHIR_MAX_PAGES"]),
     )
+    # Storage: audit trail and feedback (SQLite by default), then what records through it and
+    # what reads past overrides back for repeated alerts.
+    storage, writer, hash_key = init_storage(app)
+    app.extensions[RECORDER_EXTENSION] = Recorder(storage, writer, hash_key)
     app.extensions[SERVICE_EXTENSION] = CdsService(
         knowledge,
         chart_settings,
         deadline_ms=int(app.config["CDS_REQUEST_DEADLINE_MS"]),
         clock=app.config["CDS_CLOCK"],
+        overrides=StoredOverrides(storage, hash_key),
+        repeat_window_days=int(app.config["CDS_REPEAT_WINDOW_DAYS"]),
     )
     app.extensions[CLOSERS_EXTENSION] = [session.close, lambda: executor.shutdown(wait=False)]
-
-    # Storage: audit trail and feedback (SQLite by default), then what records through it.
-    storage, writer, hash_key = init_storage(app)
-    app.extensions[RECORDER_EXTENSION] = Recorder(storage, writer, hash_key)
     app.extensions[CLOSERS_EXTENSION].append(lambda: shutdown_storage(app))
     app.cli.add_command(db_cli)
 

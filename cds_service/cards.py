@@ -26,6 +26,8 @@ class BuiltCard:
     uuid: str
     suggestion_uuids: tuple[str, ...]
     body: dict[str, Any]
+    finding_key: str | None = None
+    quieted: bool = False
 
 
 def build_cards(
@@ -74,6 +76,8 @@ def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any
         uuid=card["uuid"],
         suggestion_uuids=tuple(s["uuid"] for s in suggestions),
         body=card,
+        finding_key=finding.finding_key,
+        quieted=finding.quieted,
     )
 
 

@@ -31,6 +31,13 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+def _days(value: str) -> int:
+    days = int(value)
+    if days < 0:
+        raise ValueError(f"expected 0 or more days, got {days}")
+    return days
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -105,6 +112,14 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: float(v) if v.strip() else None,
         "Local policy: potassium upper limit when the lab sends no reference range "
         "(default rules.toml: 5.0 mmol/L).",
+    ),
+    Setting(
+        "CDS_REPEAT_WINDOW_DAYS",
+        30,
+        _days,
+        "Local policy: a warning or info card overridden for the same patient and finding "
+        "within this many days comes back as info saying when and why (critical cards never "
+        "change); 0 turns it off.",
     ),
     Setting(
         "CDS_DATABASE_URL",

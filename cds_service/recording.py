@@ -11,7 +11,10 @@ it was kept. Flask-free: the views call the app's ``Recorder`` directly.
 from __future__ import annotations
 
 import logging
-from datetime import UTC
+import threading
+import time
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from cds_service.errors import ServiceUnavailable, StorageUnavailableError, UnknownCardError
@@ -21,6 +24,7 @@ from cds_service.storage import (
     CallRecord,
     FeedbackEntry,
     IssuedCard,
+    Override,
     Storage,
     hash_patient_id,
 )
@@ -70,7 +74,8 @@ def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:
         duration_ms=outcome.duration_ms,
         rules_evaluated=outcome.evaluation.rules_evaluated,
         cards=tuple(
-            IssuedCard(c.uuid, c.rule_id, c.indicator, c.suggestion_uuids) for c in outcome.cards
+            IssuedCard(c.uuid, c.rule_id, c.indicator, c.suggestion_uuids, c.finding_key, c.quieted)
+            for c in outcome.cards
         ),
         knowledge_version=outcome.knowledge_version,
         unavailable_data=outcome.unavailable,
@@ -91,3 +96,49 @@ def feedback_entry(item: dict[str, Any]) -> FeedbackEntry:
         user_comment=(item.get("override_reason") or {}).get("user_comment"),
         outcome_timestamp=item["outcome_timestamp"].astimezone(UTC),
     )
+
+
+class StoredOverrides:
+    """Past overrides read from the shared database for repeated alerts (``OverrideLookup``).
+
+    On the hook path, so never raises and never waits long: the read is bounded by
+    ``timeout_ms`` (lock and statement timeouts); when the database fails the answer is "no
+    overrides known" (cards go out unquieted), logged, and the database is not asked again for
+    ``retry_after_s``, so an outage does not add its connect timeout to every call.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        hash_key: bytes,
+        timeout_ms: int = 500,
+        retry_after_s: float = 30.0,
+    ) -> None:
+        self.storage = storage
+        self.hash_key = hash_key
+        self.timeout_ms = timeout_ms
+        self.retry_after_s = retry_after_s
+        self._lock = threading.Lock()
+        self._resume_at = 0.0
+
+    def recent_overrides(
+        self, patient_id: str, finding_keys: Collection[str], since: datetime
+    ) -> Mapping[str, Override]:
+        """Per finding key, this patient's latest override since ``since``; {} on failure."""
+        with self._lock:
+            if time.monotonic() < self._resume_at:
+                return {}
+        try:
+            return self.storage.recent_overrides(
+                hash_patient_id(self.hash_key, patient_id), finding_keys, since, self.timeout_ms
+            )
+        except Exception as exc:  # repeats are a courtesy: the cards must go out regardless
+            with self._lock:
+                self._resume_at = time.monotonic() + self.retry_after_s
+            log.error(
+                "past overrides not read (%s: %s); cards go out unquieted, next try in %.0f s",
+                type(exc).__name__,
+                exc,
+                self.retry_after_s,
+            )
+            return {}

@@ -15,6 +15,7 @@ from cds_service.cards import BuiltCard, build_cards
 from cds_service.chart import ChartSettings, decide_access, gather_chart
 from cds_service.contract import ORDERS_SERVICE_HOOKS, ORDERS_SERVICE_ID, SERVICE_ID_PREFIX
 from cds_service.errors import BadRequest, NotFound
+from cds_service.repeats import OverrideLookup, RepeatFilter
 from cds_service.rules.engine import Evaluation, evaluate
 from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
 from fhir_mappings.build import build_facts
@@ -189,6 +190,8 @@ class CdsService:
         chart_settings: ChartSettings,
         deadline_ms: int,
         clock: Callable[[], datetime],
+        overrides: OverrideLookup | None = None,
+        repeat_window_days: int = 0,
     ) -> None:
         self.knowledge = knowledge
         self.terminology = Terminology(knowledge)
@@ -197,6 +200,7 @@ class CdsService:
         self.chart_settings = chart_settings
         self.deadline_ms = deadline_ms
         self.clock = clock
+        self.repeats = RepeatFilter(overrides, repeat_window_days, knowledge)
 
     def service(self, service_id: str) -> ServiceEndpoint:
         """The service answering at ``service_id``, listed or not; else 404."""
@@ -255,11 +259,12 @@ class CdsService:
         if chart.unreadable:
             facts = _with_unreadable(facts, chart.unreadable)
         evaluation = evaluate(facts, self.knowledge)
+        findings = self.repeats.apply(evaluation.findings, context["patient_id"], started_at)
         return HookOutcome(
             service=service,
             hook_instance=str(request["hook_instance"]),
             patient_id=context["patient_id"],
-            cards=build_cards(evaluation.findings, self.knowledge, drafts),
+            cards=build_cards(findings, self.knowledge, drafts),
             evaluation=evaluation,
             unavailable=tuple(sorted(prefetch_key(c) for c in chart.unavailable)),
             fetched=tuple(chart.fetched),

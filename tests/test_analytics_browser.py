@@ -102,13 +102,23 @@ def test_page_loads_and_its_numbers_match_the_json(
     assert list(page.rules) == [rule["rule_id"] for rule in body["rules"]]
     for rule in body["rules"]:
         cells = page.rules[rule["rule_id"]]
-        for field in ("evaluated", "fired", "accepted", "overridden", "no_feedback"):
+        for field in ("evaluated", "fired", "accepted", "overridden", "no_feedback", "quieted"):
             assert cells[field].text == str(rule[field]), (rule["rule_id"], field)
         assert cells["override_rate"].text == percent(rule["override_rate"])
         if rule["fired"]:
             assert sum(n for _, n in page.bars[rule["rule_id"]]) == rule["fired"]
     assert page.totals["fired"].text == str(body["totals"]["fired"])
     assert page.rate_points["ddi-strong-cyp3a4"] > 0
+
+
+def test_page_shows_cards_quieted_as_repeats(chromium: Chromium, live_server: LiveServer) -> None:
+    """The rule table and the totals show how many cards were quieted as a repeat, per rule."""
+    page = parse_analytics_page(chromium.dump_dom(live_server.url + "/analytics"))
+    body = live_server.get_json("/analytics/rules?since=" + quote(page.since or ""))
+    quieted = {rule["rule_id"]: rule["quieted"] for rule in body["rules"]}
+    assert quieted == {rule_id: 0 for rule_id in quieted} | {"bp-uncontrolled": 2}
+    assert {rule_id: int(cells["quieted"].text) for rule_id, cells in page.rules.items()} == quieted
+    assert page.totals["quieted"].text == "2"
 
 
 def test_chart_is_drawn_on_screen(chromium: Chromium, live_server: LiveServer) -> None:

@@ -204,7 +204,8 @@ def test_every_template_is_used_by_the_code(knowledge: Knowledge):
     """No dead prose: every template name in cards.toml appears in the rules code."""
     constants = {
         node.value
-        for path in RULES_DIR.glob("*.py")
+        # repeats.py words any rule's card shown again as a repeat (data-unavailable's table)
+        for path in (*RULES_DIR.glob("*.py"), ROOT / "cds_service" / "repeats.py")
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     }

@@ -24,6 +24,7 @@ from cds_service.storage import (
     AuditWriter,
     CallRecord,
     FeedbackEntry,
+    IssuedCard,
     Storage,
     get_audit_writer,
     get_storage,
@@ -79,7 +80,7 @@ def test_migrate_from_empty_reaches_head(empty_storage: Storage) -> None:
     assert empty_storage.current_revision() is None
     empty_storage.migrate()
     assert not empty_storage.is_empty()
-    assert empty_storage.current_revision() == empty_storage.head_revision() == "0001"
+    assert empty_storage.current_revision() == empty_storage.head_revision() == "0002"
     with empty_storage.engine.connect() as conn:
         assert {table.name for table in TABLES} <= set(inspect(conn).get_table_names())
 
@@ -194,7 +195,7 @@ def test_audit_record_round_trips(storage: Storage) -> None:
     record = call(
         "hook-rt",
         NOW.astimezone(),
-        (card("r1", "critical", 2), card("r2")),
+        (card("r1", "critical", 2), card("r2", "info", quieted=True)),
         rules=("r1", "r2", "r3"),
     )
     storage.record_calls([record])
@@ -396,6 +397,7 @@ def test_rule_analytics_counts_outcomes_per_rule(
         "accepted": 2,
         "overridden": 3,
         "no_feedback": 1,
+        "quieted": 0,
         "override_rate": pytest.approx(0.6),
     }
 
@@ -456,6 +458,49 @@ def test_dead_database_raises_storage_unavailable(url: str) -> None:
 
 
 # -- audit writer ------------------------------------------------------------------------
+
+
+def test_hook_path_read_has_a_short_timeout(storage: Storage) -> None:
+    """A bounded read waits at most its timeout; the pooled connection then gets 30 s back."""
+    show = (
+        "PRAGMA busy_timeout" if storage.database.dialect == "sqlite" else "SHOW statement_timeout"
+    )
+    with storage.database.transaction(write=False, timeout_ms=250) as conn:
+        inside = str(conn.exec_driver_sql(show).scalar())
+    with storage.database.transaction(write=False) as conn:
+        after = str(conn.exec_driver_sql(show).scalar())
+    assert (inside, after) in {("250", "30000"), ("250ms", "0")}
+
+
+def test_recent_overrides_picks_the_latest_override_per_finding(storage: Storage) -> None:
+    """Per finding key the latest override since the window start; other patients never."""
+    mine, theirs = hash_patient_id(b"test-key", "Patient/123"), "f" * 64
+    first, second = card("A"), card("A")
+    other = IssuedCard(str(uuid.uuid4()), "B", "warning", (), "B-key")
+    storage.record_calls(
+        [
+            call("h1", NOW - timedelta(days=5), (first,)),
+            call("h2", NOW - timedelta(days=2), (second, other)),
+            call("h3", NOW - timedelta(days=2), (card("A"),), patient="Patient/999"),
+        ]
+    )
+    storage.store_feedback(
+        SERVICE_ID,
+        [
+            overridden(first.uuid, NOW - timedelta(days=5), "cds-not-applicable"),
+            overridden(second.uuid, NOW - timedelta(days=1), "recipient-concerns-outcomes", "ok"),
+            overridden(other.uuid, NOW - timedelta(days=40)),
+        ],
+    )
+    found = storage.recent_overrides(mine, ["A-key", "B-key"], NOW - timedelta(days=30))
+    assert list(found) == ["A-key"]
+    assert found["A-key"].overridden_at == NOW - timedelta(days=1)
+    assert (found["A-key"].reason_code, found["A-key"].user_comment) == (
+        "recipient-concerns-outcomes",
+        "ok",
+    )
+    assert storage.recent_overrides(theirs, ["A-key"], NOW - timedelta(days=30)) == {}
+    assert storage.recent_overrides(mine, [], NOW) == {}
 
 
 def test_audit_writer_writes_what_is_submitted(storage: Storage) -> None:
@@ -665,9 +710,9 @@ def test_cli_db_upgrade_and_current(database_url: str, tmp_path: Path) -> None:
         runner = app.test_cli_runner()
         upgraded = runner.invoke(args=["db", "upgrade"])
         assert upgraded.exit_code == 0, upgraded.output
-        assert "is at migration 0001" in upgraded.output
+        assert "is at migration 0002" in upgraded.output
         current = runner.invoke(args=["db", "current"])
         assert current.exit_code == 0
-        assert "at 0001, newest 0001" in current.output
+        assert "at 0002, newest 0002" in current.output
     finally:
         shutdown_storage(app)

@@ -14,6 +14,7 @@ from cds_service.rules.model import (
     names,
     order_line,
     remove_suggestions,
+    subject_of,
     when_text,
 )
 from fhir_mappings.facts import Medication, PatientFacts
@@ -78,6 +79,7 @@ def strong_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iterat
         text("summary", partners=names(partners)),
         text("detail", involved=_involved(facts, partners)),
         _removals(facts, partners),
+        subject=subject_of(partners),
     )
 
 
@@ -117,6 +119,7 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
         summary,
         text("detail", regimen=regimen, involved=_involved(facts, partners)),
         suggestions,
+        subject=subject_of(partners),
     )
 
 
@@ -140,6 +143,7 @@ def cyp3a4_inducer(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleRe
         text("summary_strong" if strong else "summary_moderate", partners=names(partners)),
         text("detail", moderate_note=note, involved=_involved(facts, partners)),
         _removals(facts, partners),
+        subject=subject_of(partners),
     )
 
 
@@ -171,6 +175,7 @@ def live_vaccine(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
         summary,
         text("detail", lines="\n".join(lines)),
         remove_suggestions(ordered),
+        subject=",".join(sorted({subject_of(ordered), *(i.name.lower() for i in recent_given)})),
     )
 
 
@@ -185,6 +190,7 @@ def cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rule
         text("summary"),
         text("detail", involved=_involved(facts, partners)),
         _removals(facts, partners),
+        subject=subject_of(partners),
     )
 
 
@@ -201,6 +207,7 @@ def calcineurin_inhibitor_duplicate(
         text("summary", partners=names(partners)),
         text("detail", involved=_involved(facts, partners)),
         _removals(facts, partners),
+        subject=subject_of(partners),
     )
 
 
@@ -214,4 +221,5 @@ def p_gp_substrate(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleRe
         "info",
         text("summary", partners=names(partners)),
         text("detail", involved=_involved(facts, partners)),
+        subject=subject_of(partners),
     )

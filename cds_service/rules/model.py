@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,7 +48,13 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class Finding:
-    """One thing a clinician should see; the engine stamps rule id and citation."""
+    """One thing a clinician should see; the engine stamps rule id and citation.
+
+    ``subject`` is what the finding is about (the interacting ingredients, say), so that
+    ``finding_key`` tells the same finding apart from another of the same rule across calls;
+    empty for findings about the patient as a whole (the rule id says it all). ``quieted`` is set
+    after the engine (``cds_service.repeats``) when the card is shown as a repeat.
+    """
 
     indicator: Indicator
     summary: str
@@ -55,6 +62,13 @@ class Finding:
     suggestions: tuple[Suggestion, ...] = ()
     rule_id: str = ""
     citation: str = ""
+    subject: str = ""
+    quieted: bool = False
+
+    @property
+    def finding_key(self) -> str:
+        """Return a stable hash of rule id and subject (no patient data in it)."""
+        return hashlib.sha256(f"{self.rule_id}\x1f{self.subject}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,11 @@ def describe(m: Measurement) -> str:
     """Markdown line with the value, unit, date, source and whether it was computed."""
     origin = "computed" if m.computed else "measured"
     return f"{num(m.value)} {m.unit} on {when_text(m.when)} ({origin}; {m.method}; `{m.source}`)"
+
+
+def subject_of(orders: Iterable[Medication]) -> str:
+    """The sorted ingredient names of ``orders`` (their names when no ingredient is known)."""
+    return ",".join(sorted({i.lower() for o in orders for i in (o.ingredients or {o.name})}))
 
 
 def names(orders: Iterable[Medication]) -> str:

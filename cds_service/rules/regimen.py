@@ -72,6 +72,7 @@ def dose_check(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult
                 problems="\n".join(f"- {p}" for p in problems),
                 capsules_per_dose=knowledge.dose.starting_dose_mg / knowledge.dose.capsule_mg,
             ),
+            subject=_as_ordered(order),  # a different wrong dose is a different finding
         )
 
 

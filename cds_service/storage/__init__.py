@@ -7,7 +7,8 @@ writer), ``feedback`` (feedback writes), ``reports`` (analytics queries and wind
 ``store`` (the ``Storage`` facade over them) and ``extension`` (Flask set-up and the ``db`` CLI).
 
 The hook path builds a ``CallRecord`` and hands it to ``AuditWriter.submit`` (never blocks,
-never raises); the feedback endpoint calls ``Storage.store_feedback``; the analytics
+never raises); the feedback endpoint calls ``Storage.store_feedback``; the hook path reads
+``Storage.recent_overrides`` (repeated alerts, bounded time); the analytics
 blueprint reads ``Storage.rule_analytics`` and ``Storage.timeseries``. ``init_storage(app)``
 creates them (``cds_service.app`` wires the rest); its module docstring lists the config keys.
 """
@@ -24,7 +25,14 @@ from .extension import (
     shutdown_storage,
 )
 from .store import Storage
-from .values import CallRecord, FeedbackEntry, FeedbackOutcome, IssuedCard, hash_patient_id
+from .values import (
+    CallRecord,
+    FeedbackEntry,
+    FeedbackOutcome,
+    IssuedCard,
+    Override,
+    hash_patient_id,
+)
 
 __all__ = [
     "HASH_KEY_EXTENSION",
@@ -35,6 +43,7 @@ __all__ = [
     "FeedbackEntry",
     "FeedbackOutcome",
     "IssuedCard",
+    "Override",
     "Storage",
     "db_cli",
     "get_audit_writer",

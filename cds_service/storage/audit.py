@@ -72,6 +72,8 @@ def write_calls(database: Database, records: Sequence[CallRecord]) -> None:
                 "indicator": card.indicator,
                 "suggestion_uuids": list(card.suggestion_uuids),
                 "issued_at": called_at,
+                "finding_key": card.finding_key,
+                "quieted": card.quieted,
             }
             for card in record.cards
         )

@@ -5,6 +5,9 @@ Concurrency rules this module enforces (see ``cds_service.storage.store`` for al
 - SQLite runs in WAL mode with a 30 s busy timeout, and every write transaction starts with
   ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
 - PostgreSQL connects with a 5 s timeout and pre-pings pooled connections.
+- A read on the hook path (``transaction(timeout_ms=...)``) waits at most that long for a
+  lock (SQLite's busy timeout, set for that use only) or a statement (PostgreSQL's
+  ``statement_timeout``), never the 30 s a background writer may wait.
 - A database outage surfaces as ``StorageUnavailableError``, never as a driver error.
 - A forked worker (gunicorn --preload) drops the pool it inherited instead of sharing sockets.
 """
@@ -66,6 +69,11 @@ def _enable_wal(cursor: Any) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def _sqlite_busy_timeout(conn: Connection, milliseconds: int) -> None:
+    """Set how long SQLite waits for a lock on this pooled connection."""
+    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={milliseconds}")  # type: ignore[union-attr]
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -133,17 +141,29 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Connection]:
+    def transaction(self, *, write: bool, timeout_ms: int | None = None) -> Iterator[Connection]:
         """Yield a connection in a transaction; outages become StorageUnavailableError.
 
         ``write=True`` starts the transaction with ``BEGIN IMMEDIATE`` on SQLite.
+        ``timeout_ms`` bounds the wait for locks and the statements (the hook path reads with
+        it): SQLite's busy timeout for this use of the connection, PostgreSQL's
+        ``statement_timeout`` for this transaction.
         """
         try:
             with self.engine.connect() as conn:
                 if write:
                     conn = conn.execution_options(cds_write=True)
-                with conn.begin():
-                    yield conn
+                sqlite_timeout = timeout_ms is not None and self.dialect == "sqlite"
+                if sqlite_timeout:  # on the driver connection: outside any transaction
+                    _sqlite_busy_timeout(conn, int(timeout_ms or 0))
+                try:
+                    with conn.begin():
+                        if timeout_ms is not None and self.dialect == "postgresql":
+                            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                        yield conn
+                finally:
+                    if sqlite_timeout:  # the pooled connection goes back with the usual timeout
+                        _sqlite_busy_timeout(conn, _SQLITE_BUSY_TIMEOUT_S * 1000)
         except _UNAVAILABLE as exc:
             raise StorageUnavailableError(
                 f"database {self.safe_url()} unavailable: "

@@ -1,14 +1,20 @@
-"""Store clinicians' feedback on cards (CDS Hooks 2.0 "Feedback"), once per distinct entry.
+"""Store clinicians' feedback on cards (CDS Hooks 2.0 "Feedback"), once per distinct entry, and
+read back the recent overrides of one patient's findings (repeated alerts).
 
 Feedback is de-duplicated by a content hash under a unique constraint with
 ``ON CONFLICT DO NOTHING`` on both databases, so parallel duplicate posts store one row.
+``recent_overrides`` is one query on the hook path: it starts at the patient's calls
+(``ix_cds_hook_call_patient_hash``), finds their cards with these finding keys
+(``ix_cds_issued_card_call_id_finding_key``) and their feedback (``card_uuid`` index). No index
+leads with ``finding_key``: a common finding has cards for every patient, so the query must
+start from the one patient's calls.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -17,8 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from cds_service.errors import UnknownCardError
 
 from .engine import Database, as_utc
-from .schema import feedback, issued_card
-from .values import FeedbackEntry
+from .schema import feedback, hook_call, issued_card
+from .values import FeedbackEntry, Override
 
 
 def feedback_dedup_key(entry: FeedbackEntry) -> str:
@@ -89,3 +95,44 @@ def store_feedback(
             # Count returned rows: rowcount is not reliable for ON CONFLICT on every driver.
             stored += len(result.all())
     return stored
+
+
+def recent_overrides(
+    database: Database,
+    patient_hash: str,
+    finding_keys: Collection[str],
+    since: datetime,
+    timeout_ms: int,
+) -> dict[str, Override]:
+    """Return per finding key the latest override for this patient at or after ``since``.
+
+    One read-only query, bounded by ``timeout_ms``; outages raise StorageUnavailableError.
+    """
+    if not finding_keys:
+        return {}
+    query = (
+        select(
+            issued_card.c.finding_key,
+            feedback.c.outcome_timestamp,
+            feedback.c.override_reason_code,
+            feedback.c.override_reason_display,
+            feedback.c.user_comment,
+        )
+        .select_from(
+            hook_call.join(issued_card, issued_card.c.call_id == hook_call.c.id).join(
+                feedback, feedback.c.card_uuid == issued_card.c.uuid
+            )
+        )
+        .where(
+            hook_call.c.patient_hash == patient_hash,
+            issued_card.c.finding_key.in_(sorted(set(finding_keys))),
+            feedback.c.outcome == "overridden",
+            feedback.c.outcome_timestamp >= as_utc(since),
+        )
+        .order_by(feedback.c.outcome_timestamp.desc(), feedback.c.id.desc())
+    )
+    found: dict[str, Override] = {}
+    with database.transaction(write=False, timeout_ms=timeout_ms) as conn:
+        for key, when, code, display, comment in conn.execute(query):
+            found.setdefault(key, Override(key, when, code, display, comment))
+    return found

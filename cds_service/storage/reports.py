@@ -74,7 +74,8 @@ def rule_analytics(
 
     A card's outcome is its latest feedback; a card with none counts as no-feedback
     (CDS Hooks sends nothing for ignored cards). ``override_rate`` is overridden /
-    (accepted + overridden); ``feedback_rate`` is cards with feedback / cards fired.
+    (accepted + overridden); ``feedback_rate`` is cards with feedback / cards fired;
+    ``quieted`` counts cards shown at info as a repeat of an overridden one.
     """
     latest = _latest_feedback()
     window = _since(issued_card.c.issued_at, since)
@@ -106,6 +107,7 @@ def rule_analytics(
                     func.sum(case((latest.c.outcome == "overridden", 1), else_=0)).label(
                         "overridden"
                     ),
+                    func.sum(case((issued_card.c.quieted, 1), else_=0)).label("quieted"),
                 )
                 .select_from(cards_with_outcome)
                 .where(window)
@@ -160,6 +162,7 @@ def rule_analytics(
         fired_calls = int(found["fired_calls"]) if found else 0
         accepted = int(found["accepted"] or 0) if found else 0
         overridden = int(found["overridden"] or 0) if found else 0
+        quieted = int(found["quieted"] or 0) if found else 0
         rules.append(
             {
                 "rule_id": rule_id,
@@ -174,12 +177,13 @@ def rule_analytics(
                 "feedback_rate": _rate(accepted + overridden, fired),
                 "top_override_reasons": reasons.get(rule_id, []),
                 "overridden_without_coded_reason": uncoded.get(rule_id, 0),
+                "quieted": quieted,
             }
         )
     rules.sort(key=lambda rule: (-rule["fired"], rule["rule_id"]))
     totals = {
         key: sum(rule[key] for rule in rules)
-        for key in ("fired", "accepted", "overridden", "no_feedback")
+        for key in ("fired", "accepted", "overridden", "no_feedback", "quieted")
     }
     return {
         "since": _iso(since),

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so later migrations can refer to them on both databases.
@@ -80,6 +82,7 @@ hook_call = Table(
     Column("patient_hash", String(64), nullable=True),  # HMAC-SHA256 of the patient id
     Index(None, "called_at"),
     Index(None, "hook_instance"),
+    Index(None, "patient_hash"),  # the repeat lookup starts here (migration 0002)
 )
 
 rule_evaluation = Table(
@@ -102,9 +105,14 @@ issued_card = Table(
     Column("indicator", String(16), nullable=False),
     Column("suggestion_uuids", JSON(), nullable=False),
     Column("issued_at", UTCDateTime(), nullable=False),
+    # SHA-256 of rule id + what the finding is about (Finding.finding_key; no patient data).
+    Column("finding_key", String(64), nullable=True),
+    # Shown at info because the same finding was overridden for this patient lately.
+    Column("quieted", Boolean(), nullable=False, server_default=false()),
     Index(None, "rule_id", "issued_at"),
     Index(None, "issued_at"),
     Index(None, "call_id"),
+    Index(None, "call_id", "finding_key"),  # the repeat lookup, after the patient's calls
 )
 
 feedback = Table(

@@ -17,7 +17,7 @@ instances). Concurrency rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,10 +27,10 @@ from sqlalchemy.engine import URL
 from . import reports
 from .audit import write_calls
 from .engine import Database
-from .feedback import store_feedback
+from .feedback import recent_overrides, store_feedback
 from .migrator import Migrator
 from .reports import Bucket
-from .values import CallRecord, FeedbackEntry
+from .values import CallRecord, FeedbackEntry, Override
 
 
 def utc_now() -> datetime:
@@ -108,6 +108,19 @@ class Storage:
         if not entries:
             return 0
         return store_feedback(self.database, service_id, entries, received_at=self.clock())
+
+    def recent_overrides(
+        self,
+        patient_hash: str,
+        finding_keys: Collection[str],
+        since: datetime,
+        timeout_ms: int = 500,
+    ) -> dict[str, Override]:
+        """Per finding key, the latest override for this patient since ``since`` (one query).
+
+        Read on the hook path, so bounded by ``timeout_ms``; raises StorageUnavailableError.
+        """
+        return recent_overrides(self.database, patient_hash, finding_keys, since, timeout_ms)
 
     # -- analytics -----------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The values the service hands to storage: audit records (``CallRecord``, ``IssuedCard``),
-feedback entries (``FeedbackEntry``) and the keyed patient hash that goes into a record.
+feedback entries (``FeedbackEntry``), past overrides read back (``Override``) and the keyed
+patient hash that goes into a record.
 
 Plain frozen values, so the hook path builds them without touching the database (the app's
 ``cds_service.recording.Recorder`` does). Storage's errors (``UnknownCardError``,
@@ -32,6 +33,8 @@ class IssuedCard:
     rule_id: str
     indicator: str
     suggestion_uuids: tuple[str, ...] = ()
+    finding_key: str | None = None  # rule id + what it is about, hashed (no patient data)
+    quieted: bool = False  # shown at info as a repeat of an overridden card
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,17 @@ class FeedbackEntry:
         if self.outcome not in FEEDBACK_OUTCOMES:
             raise ValueError(f"outcome must be one of {FEEDBACK_OUTCOMES}, got {self.outcome!r}")
         _require_utc_aware("outcome_timestamp", self.outcome_timestamp)
+
+
+@dataclass(frozen=True)
+class Override:
+    """The latest override of one finding for one patient (what a repeated card tells)."""
+
+    finding_key: str
+    overridden_at: datetime
+    reason_code: str | None
+    reason_display: str | None
+    user_comment: str | None
 
 
 def hash_patient_id(key: bytes, patient_id: str) -> str:

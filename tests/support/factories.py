@@ -92,10 +92,17 @@ def call(
     )
 
 
-def card(rule_id: str, indicator: str = "warning", suggestions: int = 1) -> IssuedCard:
-    """Build an issued card with fresh uuids."""
+def card(
+    rule_id: str, indicator: str = "warning", suggestions: int = 1, quieted: bool = False
+) -> IssuedCard:
+    """Build an issued card with fresh uuids (``quieted``: shown at info as a repeat)."""
     return IssuedCard(
-        str(uuid.uuid4()), rule_id, indicator, tuple(str(uuid.uuid4()) for _ in range(suggestions))
+        str(uuid.uuid4()),
+        rule_id,
+        indicator,
+        tuple(str(uuid.uuid4()) for _ in range(suggestions)),
+        finding_key=f"{rule_id}-key",
+        quieted=quieted,
     )
 
 
@@ -118,7 +125,8 @@ def overridden(
 
 
 def seed(storage: Storage, now: datetime | None = None) -> Seeded:
-    """Store a realistic fortnight: four rules, 40 calls, mixed outcomes and reasons."""
+    """Store a realistic fortnight: four rules, 40 calls, mixed outcomes and reasons, and two
+    bp-uncontrolled cards quieted as repeats."""
     now = now or datetime.now(UTC)
     cards: dict[str, list[str]] = {rule: [] for rule in RULES}
     records = []
@@ -130,8 +138,8 @@ def seed(storage: Storage, now: datetime | None = None) -> Seeded:
             issued.append(card("ddi-strong-cyp3a4", "critical"))
         if index % 5 == 0:
             issued.append(card("renal-egfr-low", "warning"))
-        if index % 8 == 0:
-            issued.append(card("bp-uncontrolled", "info"))
+        if index % 8 == 0:  # every other one a repeat of an overridden card, quieted to info
+            issued.append(card("bp-uncontrolled", "info", quieted=index % 16 == 8))
         records.append(call(f"hook-{index}", at, tuple(issued), patient=f"Patient/{index % 7}"))
         for item in issued:
             cards[item.rule_id].append(item.uuid)
@@ -185,6 +193,8 @@ def calls_for_hook_instance(storage: Storage, hook_instance: str) -> list[CallRe
                     card["rule_id"],
                     card["indicator"],
                     tuple(card["suggestion_uuids"]),
+                    card["finding_key"],
+                    bool(card["quieted"]),
                 )
             )
     return [
