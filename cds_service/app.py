@@ -82,7 +82,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     # Storage: audit trail and feedback (SQLite by default), then what records through it.
     storage, writer, hash_key = init_storage(app)
-    app.extensions[RECORDER_EXTENSION] = Recorder(storage, writer, hash_key)
+    app.extensions[RECORDER_EXTENSION] = Recorder(
+        storage, writer, hash_key, knowledge.override_reason_displays
+    )
     app.extensions[CLOSERS_EXTENSION].append(lambda: shutdown_storage(app))
     app.cli.add_command(db_cli)
 
