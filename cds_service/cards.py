@@ -70,7 +70,9 @@ def _card(
         card["suggestions"] = suggestions
         card["selection_behavior"] = "at-most-one"
     if citation is not None and citation.link is not None:  # rules.toml link_label / link_url
-        card["links"] = [{"label": citation.link.label, "url": citation.link.url, "type": "absolute"}]
+        card["links"] = [
+            {"label": citation.link.label, "url": citation.link.url, "type": "absolute"}
+        ]
     return BuiltCard(
         rule_id=finding.rule_id,
         indicator=finding.indicator,

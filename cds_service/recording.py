@@ -100,15 +100,15 @@ def feedback_entry(
     display; a display the client sent is kept as sent; an unknown code stays without one.
     """
     reason = (item.get("override_reason") or {}).get("reason") or {}
-    display = reason.get("display")
-    if not display:
-        display = (reason_displays or {}).get((reason.get("system"), reason.get("code")))
+    system, code, display = reason.get("system"), reason.get("code"), reason.get("display")
+    if not display and isinstance(system, str) and isinstance(code, str):
+        display = (reason_displays or {}).get((system, code))
     return FeedbackEntry(
         card_uuid=item["card"],
         outcome=item["outcome"],
         accepted_suggestion_ids=tuple(s["id"] for s in item.get("accepted_suggestions") or []),
-        override_reason_system=reason.get("system"),
-        override_reason_code=reason.get("code"),
+        override_reason_system=system,
+        override_reason_code=code,
         override_reason_display=display,
         user_comment=(item.get("override_reason") or {}).get("user_comment"),
         outcome_timestamp=item["outcome_timestamp"].astimezone(UTC),
