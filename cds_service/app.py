@@ -75,7 +75,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Storage: audit trail and feedback (SQLite by default), then what records through it and
     # what reads past overrides back for repeated alerts.
     storage, writer, hash_key = init_storage(app)
-    app.extensions[RECORDER_EXTENSION] = Recorder(storage, writer, hash_key)
+    app.extensions[RECORDER_EXTENSION] = Recorder(
+        storage, writer, hash_key, knowledge.override_reason_displays
+    )
     app.extensions[SERVICE_EXTENSION] = CdsService(
         knowledge,
         chart_settings,

@@ -1,5 +1,6 @@
 """Findings -> CDS Hooks 2.0 cards: source with the label section, suggestions with full-resource
-actions, override reasons, fresh uuids. Severity order is kept from the engine.
+actions, override reasons, a link to the label section the rule cites, fresh uuids. Severity
+order is kept from the engine.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any
     if suggestions:
         card["suggestions"] = suggestions
         card["selection_behavior"] = "at-most-one"
+    if citation is not None and citation.link is not None:  # rules.toml link_label / link_url
+        card["links"] = [
+            {"label": citation.link.label, "url": citation.link.url, "type": "absolute"}
+        ]
     return BuiltCard(
         rule_id=finding.rule_id,
         indicator=finding.indicator,

@@ -34,12 +34,24 @@ RECORDER_EXTENSION = "cds_recorder"
 
 
 class Recorder:
-    """Turns hook outcomes and loaded feedback into storage records."""
+    """Turns hook outcomes and loaded feedback into storage records.
 
-    def __init__(self, storage: Storage, writer: AuditWriter, hash_key: bytes) -> None:
+    ``reason_displays``: (system, code) -> display of the override reasons the cards offer, so
+    feedback that names a reason by code and system only (the Sandbox does) is stored with the
+    display the clinician saw.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        writer: AuditWriter,
+        hash_key: bytes,
+        reason_displays: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         self.storage = storage
         self.writer = writer
         self.hash_key = hash_key
+        self.reason_displays = dict(reason_displays or {})
 
     def record_call(self, outcome: HookOutcome) -> None:
         """Queue the audit record; a failure here is logged and never touches the cards."""
@@ -50,7 +62,7 @@ class Recorder:
 
     def store_feedback(self, service_id: str, items: list[dict[str, Any]]) -> int:
         """Store loaded feedback items; unknown card -> 404, database down -> 503."""
-        entries = [feedback_entry(item) for item in items]
+        entries = [feedback_entry(item, self.reason_displays) for item in items]
         try:
             try:
                 return self.storage.store_feedback(service_id, entries)
@@ -83,16 +95,25 @@ def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:
     )
 
 
-def feedback_entry(item: dict[str, Any]) -> FeedbackEntry:
-    """A loaded FeedbackItemSchema (snake_case) as the record storage keeps."""
+def feedback_entry(
+    item: dict[str, Any], reason_displays: Mapping[tuple[str, str], str] | None = None
+) -> FeedbackEntry:
+    """A loaded FeedbackItemSchema (snake_case) as the record storage keeps.
+
+    A reason without a display whose system and code the service issued gets the issued
+    display; a display the client sent is kept as sent; an unknown code stays without one.
+    """
     reason = (item.get("override_reason") or {}).get("reason") or {}
+    system, code, display = reason.get("system"), reason.get("code"), reason.get("display")
+    if not display and isinstance(system, str) and isinstance(code, str):
+        display = (reason_displays or {}).get((system, code))
     return FeedbackEntry(
         card_uuid=item["card"],
         outcome=item["outcome"],
         accepted_suggestion_ids=tuple(s["id"] for s in item.get("accepted_suggestions") or []),
-        override_reason_system=reason.get("system"),
-        override_reason_code=reason.get("code"),
-        override_reason_display=reason.get("display"),
+        override_reason_system=system,
+        override_reason_code=code,
+        override_reason_display=display,
         user_comment=(item.get("override_reason") or {}).get("user_comment"),
         outcome_timestamp=item["outcome_timestamp"].astimezone(UTC),
     )

@@ -15,7 +15,7 @@ from fhir_mappings.categories import prefetch_key
 from fhir_mappings.codes import Terminology
 from fhir_mappings.facts import PatientFacts, course_start
 from fhir_mappings.mapper import Mapper
-from fhir_mappings.medications import DRAFT_TYPES, medication
+from fhir_mappings.medications import DRAFT_TYPES, medication, names_a_medication
 from fhir_mappings.observations import ResultReader, computed_egfr, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
@@ -57,6 +57,8 @@ def build_facts(
     drafts = []
     for index, r in enumerate(draft_orders):
         if not isinstance(r.get("resourceType"), str) or r["resourceType"] not in DRAFT_TYPES:
+            continue
+        if not names_a_medication(r):  # a draft before a drug is picked: no order to check
             continue
         mapper.check(r)
         selected = selections is None or reference_of(r) in selections

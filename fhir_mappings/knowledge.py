@@ -53,10 +53,19 @@ class VaccineEntry:
 
 
 @dataclass(frozen=True)
+class LabelLink:
+    """Where a clinician reads on: the label section a rule cites (a CDS Hooks absolute link)."""
+
+    label: str
+    url: str
+
+
+@dataclass(frozen=True)
 class RuleCitation:
     rule_id: str
     title: str
     section: str
+    link: LabelLink | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,11 @@ class Knowledge:
     def full_version(self) -> str:
         """Version plus a digest of the files, so an unreviewed edit is visible in the audit."""
         return f"{self.version}+{self.digest[:12]}"
+
+    @property
+    def override_reason_displays(self) -> dict[tuple[str, str], str]:
+        """(system, code) -> the display the cards offer (feedback may come without it)."""
+        return {(r.system, r.code): r.display for r in self.override_reasons}
 
     def loinc_codes(self, *kinds: ObservationKind) -> tuple[str, ...]:
         return tuple(code for code, kind in self.observation_kinds.items() if kind in kinds)
@@ -401,6 +415,46 @@ def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerC
     return tuple(criteria)
 
 
+def _absolute(url: str, schemes: tuple[str, ...]) -> bool:
+    return any(url.startswith(scheme) and len(url) > len(scheme) for scheme in schemes)
+
+
+def _link(entry: dict[str, Any], where: str, label_url: str) -> LabelLink | None:
+    """``link_label`` (and ``link_url``, default the [label] url): the card's label link."""
+    label, url = entry.get("link_label"), entry.get("link_url", label_url)
+    if label is None:
+        if "link_url" in entry:
+            raise KnowledgeError(f"{where}: link_url without link_label")
+        return None
+    if not isinstance(label, str) or not label.strip():
+        raise KnowledgeError(f"{where}: link_label must be a non-empty string")
+    if not isinstance(url, str) or not _absolute(url, ("https://",)):
+        raise KnowledgeError(f"{where}: link_url must be an absolute https URL, got {url!r}")
+    return LabelLink(label.strip(), url)
+
+
+def _override_reasons(doc: dict[str, Any]) -> tuple[OverrideReason, ...]:
+    """override_reasons.toml: each reason with its own system, a code and a display."""
+    reasons = []
+    for number, entry in enumerate(doc.get("reason", []), start=1):
+        where = f"override_reasons.toml reason {number}"
+        values = {key: entry.get(key) for key in ("system", "code", "display")}
+        missing = [k for k, v in values.items() if not isinstance(v, str) or not v.strip()]
+        if missing:
+            raise KnowledgeError(f"{where}: missing {', '.join(missing)}")
+        system = str(values["system"])
+        if not _absolute(system, ("http://", "https://", "urn:")):
+            raise KnowledgeError(f"{where}: system {system!r} is not an absolute URI")
+        reasons.append(OverrideReason(system, str(values["code"]), str(values["display"])))
+    if not reasons:
+        raise KnowledgeError("override_reasons.toml: no reasons")
+    keys = [(r.system, r.code) for r in reasons]
+    repeated = sorted({f"{s}|{c}" for s, c in keys if keys.count((s, c)) > 1})
+    if repeated:
+        raise KnowledgeError(f"override_reasons.toml: repeated system|code {repeated}")
+    return tuple(reasons)
+
+
 def normalize_cvx(code: str) -> str:
     """CVX codes arrive as "03" or "3": compare them without leading zeros."""
     stripped = code.strip().lstrip("0")
@@ -444,16 +498,17 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
     ndc_rows = _read_csv(directory / "ndc.csv", ("ndc_prefix", "ingredient", "source"))
     live_terms = _read_csv(directory / "live_vaccine_terms.csv", ("term", "source"))
     creatinine = rules_doc["creatinine"]
+    label_url = str(rules_doc["label"]["url"])
     citations = {
-        rule_id: RuleCitation(rule_id, str(entry["title"]), str(entry["section"]))
+        rule_id: RuleCitation(
+            rule_id,
+            str(entry["title"]),
+            str(entry["section"]),
+            _link(entry, f"rules.toml [rules.{rule_id}]", label_url),
+        )
         for rule_id, entry in rules_doc["rules"].items()
     }
-    reasons = tuple(
-        OverrideReason(str(reasons_doc["system"]), str(r["code"]), str(r["display"]))
-        for r in reasons_doc["reason"]
-    )
-    if not reasons:
-        raise KnowledgeError("override_reasons.toml: no reasons")
+    reasons = _override_reasons(reasons_doc)
     drugs = _drugs(directory)
     ingredients = {entry.ingredient for entry in drugs}
     for number, row in enumerate(ndc_rows, start=2):
@@ -464,7 +519,7 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
     return Knowledge(
         version=str(rules_doc["version"]),
         digest=_digest(directory),
-        label_url=str(rules_doc["label"]["url"]),
+        label_url=label_url,
         payer_policy_title=str(rules_doc["payer_policy"]["title"]),
         drugs=drugs,
         ndc_prefixes={

@@ -27,6 +27,19 @@ from fhir_mappings.references import (
 # Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
 # read leniently; it has no R4 model, so it is also reported).
 DRAFT_TYPES = frozenset({"MedicationRequest", "Immunization", "MedicationOrder"})
+# The elements that name the drug of an order; an order with none of them names nothing.
+_MEDICATION_ELEMENTS = ("medicationCodeableConcept", "medicationReference", "vaccineCode")
+
+
+def names_a_medication(resource: Resource) -> bool:
+    """The order has a medication element at all, readable or not.
+
+    A client may send a draft before a drug is picked (the CDS Hooks Sandbox sends a
+    MedicationRequest with no medication[x] and no intent): there is nothing to identify and
+    nothing to check, so it is not an order. A medication element that is present but cannot
+    be recognised (empty, a broken reference) is: that order stays "unidentified".
+    """
+    return any(resource.get(key) is not None for key in _MEDICATION_ELEMENTS)
 
 
 def medication(

@@ -85,7 +85,7 @@ ORDER_SETS: dict[str, OrderSet] = {
 # "rule-id:indicator", in the order the service sends them (critical, warning, info).
 
 PA = "prior-authorization:info"
-UNAVAILABLE = "data-unavailable:warning"
+MONITORING = "monitoring-gaps:info"  # a result the chart lacks: an info note, not a warning
 LIVE = "live-vaccine:warning"
 STRONG = "strong-cyp3a4-inhibitor:critical"
 
@@ -94,7 +94,8 @@ STRONG = "strong-cyp3a4-inhibitor:critical"
 # - egfr-baseline-missing: no eGFR (LOINC 33914-3) or creatinine in the last 30 days;
 # - blood-pressure-missing: no BP panel (55284-4) in the last 30 days (so an old 172/110 is not
 #   "blood-pressure-high": the rule looks at the pre-initiation window only);
-# - data-unavailable: hyperkalemia could not run, no potassium (6298-4) in the last 30 days;
+# - monitoring-gaps (info): no potassium (6298-4) in the last 30 days, a result the chart lacks,
+#   not data that could not be obtained (that would be the data-unavailable warning);
 # - background-therapy-missing: nobody has mycophenolate;
 # - prior-authorization: initiation always shows the payer criteria (no lupus nephritis here).
 # No interaction or critical card: their active drugs (hydrochlorothiazide, metformin, insulin,
@@ -104,9 +105,9 @@ STRONG = "strong-cyp3a4-inhibitor:critical"
 SYNTHEA_ADULT = (
     "egfr-baseline-missing:warning",
     "blood-pressure-missing:warning",
-    UNAVAILABLE,
     "background-therapy-missing:info",
     PA,
+    MONITORING,
 )
 VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     # Dirk Kuhlman has active carbamazepine (Tegretol) since 1989, a strong CYP3A4 inducer:
@@ -129,12 +130,13 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
         "hyperkalemia:warning",
         PA,
     ),
-    # eGFR, BP and K only from 120 days ago: nothing in the 30-day windows, said out loud.
+    # eGFR, BP and K only from 120 days ago: nothing in the 30-day windows, said out loud
+    # (eGFR and BP as the label's pre-initiation warnings, potassium as a monitoring note).
     "ln-initiation-missing-labs": (
         "egfr-baseline-missing:warning",
         "blood-pressure-missing:warning",
-        UNAVAILABLE,
         PA,
+        MONITORING,
     ),
     # eGFR computed from creatinine (65 by CKD-EPI 2021): a baseline, so nothing is missing.
     "ln-creatinine-only": (PA,),
@@ -143,8 +145,8 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "ln-renewal-egfr-25pct": ("egfr-decline:warning",),
     "ln-renewal-egfr-35pct": ("egfr-decline:critical",),
     # Active ketoconazole (contraindicated). The only eGFR is from 8 days ago, after the course
-    # started 60 days ago, so the decline check cannot run: data-unavailable says so.
-    "ln-on-voclosporin-interactions": (STRONG, UNAVAILABLE),
+    # started 60 days ago, so there is no pre-treatment baseline: a monitoring note says so.
+    "ln-on-voclosporin-interactions": (STRONG, MONITORING),
     # MMR 14 days ago: inside the 28-day window before starting.
     "ln-live-vaccine-recent": (LIVE, PA),
     "ln-adolescent": ("pediatric:warning", PA),

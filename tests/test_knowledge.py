@@ -195,7 +195,7 @@ def _text_calls() -> dict[str, set[str]]:
 def test_every_template_the_rules_ask_for_exists(knowledge: Knowledge):
     """Each text("name") in a rule names a template of that rule's cards.toml table."""
     calls = _text_calls()
-    assert "data-unavailable" in calls  # the engine's own card is scanned too
+    assert {"data-unavailable", "monitoring-gaps"} <= set(calls)  # the engine's cards too
     for rule_id, names in calls.items():
         assert names <= set(knowledge.cards[rule_id].templates), rule_id
 
@@ -296,4 +296,76 @@ def test_bad_criterion_stops_loading(data: Path, old: str, new: str, message: st
     """An unknown, repeated or missing criterion, or a bad name template, stops start-up."""
     edit(data / "prior_authorization.toml", old, new)
     with pytest.raises(KnowledgeError, match=rf"prior_authorization\.toml.*{message}"):
+        load_knowledge(data)
+
+
+# -- override reasons and label links -----------------------------------------------------------
+
+NRCS = 'system = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"\ncode = '
+
+
+def test_override_reasons_are_the_hl7_codes_with_their_displays(knowledge: Knowledge):
+    """The displays are HL7's own, and the lookup for display-less feedback has every reason."""
+    displays = knowledge.override_reason_displays
+    assert len(displays) == len(knowledge.override_reasons) == 7
+    nrcs = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+    assert displays[(nrcs, "recipient-disagrees-evidence")] == (
+        "Recipient disagrees with recommendation because of issues with the evidence"
+    )
+    assert displays[(nrcs, "action-performed-no-adverse-effect")] == (
+        "Intended action was performed previously without adverse effect"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (NRCS, 'system = ""\ncode = ', "reason 1: missing system"),
+        (NRCS, 'system = "non-adherence"\ncode = ', "reason 1: system 'non-adherence' is not"),
+        (
+            'code = "cds-suboptimal-context"',
+            'code = "cds-not-applicable"',
+            r"repeated system\|code",
+        ),
+        ('display = "PC CDS does not apply to patient"', 'display = " "', "missing display"),
+    ],
+    ids=["no-system", "relative-system", "repeated", "blank-display"],
+)
+def test_bad_override_reason_stops_loading(data: Path, old: str, new: str, message: str):
+    """A reason without system, code or display, or repeated, stops start-up."""
+    edit(data / "override_reasons.toml", old, new)
+    with pytest.raises(KnowledgeError, match=rf"override_reasons\.toml.*{message}"):
+        load_knowledge(data)
+
+
+def test_label_links_default_to_the_label_page(knowledge: Knowledge):
+    """Rules that cite the label link it; local-rule, payer and data cards do not."""
+    link = knowledge.rules["hyperkalemia"].link
+    assert link is not None
+    assert (link.label, link.url) == (
+        "LUPKYNIS label (DailyMed): 5.6 Hyperkalemia",
+        knowledge.label_url,
+    )
+    unlinked = {rule_id for rule_id, citation in knowledge.rules.items() if citation.link is None}
+    assert unlinked == {
+        "calcineurin-inhibitor-duplicate",
+        "prior-authorization",
+        "monitoring-gaps",
+        "data-unavailable",
+    }
+
+
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        ('link_label = "x"\nlink_url = "http://example.org/label"', "absolute https URL"),
+        ('link_label = ""', "non-empty string"),
+        ('link_url = "https://example.org/label"', "link_url without link_label"),
+    ],
+    ids=["plain-http", "blank-label", "url-only"],
+)
+def test_bad_label_link_stops_loading(data: Path, new: str, message: str):
+    """A link must be labelled and https: a card never links somewhere unreviewed."""
+    edit(data / "rules.toml", 'link_label = "LUPKYNIS label (DailyMed): 5.6 Hyperkalemia"', new)
+    with pytest.raises(KnowledgeError, match=rf"rules\.toml \[rules\.hyperkalemia\]: .*{message}"):
         load_knowledge(data)

@@ -370,3 +370,14 @@ def test_allergy_refuted_is_ignored(terminology):
         "verificationStatus": {"coding": [{"code": "refuted"}]},
     }
     assert facts_from(terminology, [PATIENT, allergy]).allergies == ()
+
+
+def test_draft_without_a_medication_element_is_no_order(terminology):
+    """The Sandbox's draft before a drug is picked is skipped; an unreadable one is kept."""
+    empty = {"resourceType": "MedicationRequest", "id": "empty", "status": "draft"}
+    unreadable = {**empty, "id": "unreadable", "intent": "order", "medicationCodeableConcept": {}}
+    f = facts_from(terminology, [], drafts=[empty, unreadable])
+    assert [(m.reference, m.identified) for m in f.draft_orders] == [
+        ("MedicationRequest/unreadable", False)
+    ]
+    assert all("empty" not in u.reference for u in f.unreadable)

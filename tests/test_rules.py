@@ -6,8 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from cds_service.rules.engine import DATA_UNAVAILABLE, REGISTRY, evaluate
-from cds_service.rules.model import Finding, NotChecked, RemoveOrder, ReplaceDosage, RuleSpec
+from cds_service.rules.engine import DATA_UNAVAILABLE, MONITORING_GAPS, REGISTRY, evaluate
+from cds_service.rules.model import (
+    Finding,
+    MonitoringGap,
+    NotChecked,
+    RemoveOrder,
+    ReplaceDosage,
+    RuleSpec,
+)
 from cds_service.rules.renal import decline_percent
 from fhir_mappings.facts import Dosage, DoseAmount
 from fhir_mappings.knowledge import Knowledge
@@ -141,14 +148,27 @@ def test_egfr_decline_discontinue_suggests_removing_draft(knowledge):
     assert isinstance(card.suggestions[0].actions[0], RemoveOrder)
 
 
-def test_egfr_decline_without_baseline_is_said_out_loud(knowledge):
-    """No eGFR before the course start: the decline check is listed as not run."""
+def test_egfr_decline_without_baseline_is_a_monitoring_gap(knowledge):
+    """No eGFR before the course start: an info monitoring note, not a data-access warning."""
     f = replace(renewal(72, 54), egfr=(egfr(54, 3),))
-    assert "egfr-decline" not in fired(f, knowledge)
+    result = fired(f, knowledge)
+    assert "egfr-decline" not in result
+    assert DATA_UNAVAILABLE not in result
+    assert result[MONITORING_GAPS] == "info"
     assert (
         "no usable eGFR on or before the course start"
-        in finding(f, knowledge, DATA_UNAVAILABLE).detail
+        in finding(f, knowledge, MONITORING_GAPS).detail
     )
+
+
+def test_unknown_course_start_is_could_not_check(knowledge):
+    """Voclosporin orders without authoredOn: course unknown, on the data-unavailable card."""
+    undated = replace(voclosporin(draft=False), authored_on=None)
+    f = replace(renewal(72, 54), medications=(undated, mmf()))
+    card = finding(f, knowledge, DATA_UNAVAILABLE)
+    assert card.indicator == "warning"
+    assert "egfr-decline: start of the voclosporin course unknown" in card.detail
+    assert MONITORING_GAPS not in fired(f, knowledge)
 
 
 def test_decline_percent_rounds_binary_noise():
@@ -194,11 +214,16 @@ def test_hyperkalemia_uses_reference_range_then_default(knowledge, value, high, 
     assert ("hyperkalemia" in result) is fires
 
 
-def test_no_recent_potassium_is_reported(knowledge):
-    """No potassium in 30 days: the check is listed as not run, not passed."""
+def test_no_recent_potassium_is_a_monitoring_gap(knowledge):
+    """No potassium in 30 days: one info monitoring note, no data-unavailable warning."""
     f = facts(potassium=(potassium(6.0, days_ago=45),))
-    assert "hyperkalemia" not in fired(f, knowledge)
-    assert "no potassium result" in finding(f, knowledge, DATA_UNAVAILABLE).detail
+    result = fired(f, knowledge)
+    assert "hyperkalemia" not in result
+    assert DATA_UNAVAILABLE not in result
+    card = finding(f, knowledge, MONITORING_GAPS)
+    assert card.indicator == "info"
+    assert "potassium" in card.summary
+    assert "hyperkalemia: no potassium result in the last 30 days" in card.detail
 
 
 # -- interactions, both directions -------------------------------------------------------------
@@ -435,15 +460,25 @@ def test_interacting_order_with_unreadable_med_list_is_reported(knowledge):
 
 def test_every_registered_rule_has_a_citation(knowledge):
     """Rule ids, citations in rules.toml and the registry stay in step."""
-    assert {spec.rule_id for spec in REGISTRY} | {DATA_UNAVAILABLE} == set(knowledge.rules)
+    assert {spec.rule_id for spec in REGISTRY} | {MONITORING_GAPS, DATA_UNAVAILABLE} == set(
+        knowledge.rules
+    )
 
 
 def test_not_checked_carries_rule_id(knowledge):
     """NotChecked outcomes are stamped with the rule that produced them."""
+    result = evaluate(facts(birth_date=None), knowledge)
+    assert NotChecked("patient birth date unknown", "pediatric") in result.not_checked
+
+
+def test_monitoring_gap_carries_rule_id(knowledge):
+    """MonitoringGap outcomes are stamped with the rule that produced them."""
     result = evaluate(facts(potassium=()), knowledge)
     assert (
-        NotChecked("no potassium result in the last 30 days", "hyperkalemia") in result.not_checked
+        MonitoringGap("potassium", "no potassium result in the last 30 days", "hyperkalemia")
+        in result.monitoring_gaps
     )
+    assert result.not_checked == ()
 
 
 def test_cyclosporine_gets_the_duplicate_card_not_a_dose_change(knowledge):
@@ -468,11 +503,13 @@ def test_unidentified_draft_is_said_out_loud(knowledge):
 
 
 def test_stale_on_treatment_egfr_is_reported_and_still_judged(knowledge):
-    """Renewal with a 60-day-old eGFR: reported as not current; a 35% fall still fires."""
+    """Renewal with a 60-day-old eGFR: a monitoring note (not current); a 35% fall still fires."""
     f = replace(renewal(80, 52), egfr=(egfr(80, 105), egfr(52, 60)))
     result = evaluate(f, knowledge)
-    assert {x.rule_id: x.indicator for x in result.findings}["egfr-decline"] == "critical"
-    card = next(x for x in result.findings if x.rule_id == DATA_UNAVAILABLE)
+    indicators = {x.rule_id: x.indicator for x in result.findings}
+    assert indicators["egfr-decline"] == "critical"
+    assert DATA_UNAVAILABLE not in indicators
+    card = next(x for x in result.findings if x.rule_id == MONITORING_GAPS)
     assert "older than 28 days" in card.detail
 
 

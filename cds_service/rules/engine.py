@@ -2,7 +2,8 @@
 
 A rule that lacks data it ``needs`` is not run and is listed on the data-unavailable card; a rule
 that raises is listed there too (and logged): a checker that could not check never looks like one
-that found nothing.
+that found nothing. A result the chart simply does not hold (``MonitoringGap``: no potassium in
+the window) is no failure: the gaps go on one info card, ``monitoring-gaps``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import logging
 from dataclasses import dataclass, replace
 
 from cds_service.rules import coverage, interactions, regimen, renal, vitals
-from cds_service.rules.model import SEVERITY, Finding, NotChecked, RuleSpec, card_text
+from cds_service.rules.model import (
+    SEVERITY,
+    Finding,
+    MonitoringGap,
+    NotChecked,
+    RuleSpec,
+    card_text,
+)
 from fhir_mappings.categories import prefetch_key
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
@@ -21,6 +29,7 @@ from fhir_mappings.vocabulary import DataCategory as D
 log = logging.getLogger(__name__)
 
 DATA_UNAVAILABLE = "data-unavailable"
+MONITORING_GAPS = "monitoring-gaps"
 INVOLVEMENT = "voclosporin-involvement"  # the label of "cannot tell" gaps, not a rule
 _UNREADABLE_SHOWN = 20  # skipped resources listed one by one on the card, then a count
 _MEDS = frozenset({D.MEDICATIONS})
@@ -57,7 +66,11 @@ REGISTRY: tuple[RuleSpec, ...] = (
         reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _MEDS,
     ),
 )
-RULE_IDS: tuple[str, ...] = (*(spec.rule_id for spec in REGISTRY), DATA_UNAVAILABLE)
+RULE_IDS: tuple[str, ...] = (
+    *(spec.rule_id for spec in REGISTRY),
+    MONITORING_GAPS,
+    DATA_UNAVAILABLE,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Evaluation:
     findings: tuple[Finding, ...]
     rules_evaluated: tuple[str, ...]
     not_checked: tuple[NotChecked, ...]
+    monitoring_gaps: tuple[MonitoringGap, ...] = ()
 
 
 def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
@@ -97,10 +111,11 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
     if not facts.voclosporin_involved:
         unknown = _unknown_involvement(facts)
         if unknown:
-            return _finish(facts, knowledge, [], unknown, ())
+            return _finish(facts, knowledge, [], unknown, [], ())
         return Evaluation((), (), ())
     findings: list[Finding] = []
     gaps: list[NotChecked] = []
+    monitoring: list[MonitoringGap] = []
     for spec in REGISTRY:
         missing = sorted(prefetch_key(c) for c in (spec.needs | spec.reads) & facts.unavailable)
         if spec.needs & facts.unavailable:
@@ -110,6 +125,8 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
             for result in spec.check(facts, knowledge):
                 if isinstance(result, NotChecked):
                     gaps.append(replace(result, rule_id=spec.rule_id))
+                elif isinstance(result, MonitoringGap):
+                    monitoring.append(replace(result, rule_id=spec.rule_id))
                 else:
                     findings.append(_stamp(result, spec.rule_id, knowledge))
         except Exception:  # a broken rule must surface as "could not check", not as silence
@@ -122,7 +139,8 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
                     "checked the orders only: " + ", ".join(missing) + " unavailable", spec.rule_id
                 )
             )
-    return _finish(facts, knowledge, findings, gaps, tuple(s.rule_id for s in REGISTRY))
+    evaluated = (*(s.rule_id for s in REGISTRY), MONITORING_GAPS)
+    return _finish(facts, knowledge, findings, gaps, monitoring, evaluated)
 
 
 def _stamp(finding: Finding, rule_id: str, knowledge: Knowledge) -> Finding:
@@ -135,14 +153,27 @@ def _finish(
     knowledge: Knowledge,
     findings: list[Finding],
     gaps: list[NotChecked],
+    monitoring: list[MonitoringGap],
     evaluated: tuple[str, ...],
 ) -> Evaluation:
     unavailable_card = _data_unavailable(facts, gaps, knowledge)
     if unavailable_card is not None:
         findings.append(_stamp(unavailable_card, DATA_UNAVAILABLE, knowledge))
+    if monitoring:
+        findings.append(_stamp(_monitoring_gaps(monitoring, knowledge), MONITORING_GAPS, knowledge))
     order = {rule_id: n for n, rule_id in enumerate(RULE_IDS)}
     findings.sort(key=lambda f: (SEVERITY[f.indicator], order.get(f.rule_id, 99)))
-    return Evaluation(tuple(findings), (*evaluated, DATA_UNAVAILABLE), tuple(gaps))
+    return Evaluation(
+        tuple(findings), (*evaluated, DATA_UNAVAILABLE), tuple(gaps), tuple(monitoring)
+    )
+
+
+def _monitoring_gaps(monitoring: list[MonitoringGap], knowledge: Knowledge) -> Finding:
+    """One info card for every result the chart lacks; the checks ran on what it holds."""
+    text = card_text(knowledge, "monitoring-gaps")
+    results = ", ".join(dict.fromkeys(gap.result for gap in monitoring))
+    lines = "\n".join(text("line", rule=gap.rule_id, note=gap.note) for gap in monitoring)
+    return Finding("info", text("summary", results=results), text("detail", lines=lines))
 
 
 def _data_unavailable(

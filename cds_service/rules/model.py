@@ -79,8 +79,23 @@ class NotChecked:
     rule_id: str = ""
 
 
+@dataclass(frozen=True)
+class MonitoringGap:
+    """The chart has no recent result a check would read: an info note, not a failure.
+
+    Data that could not be obtained or read is a ``NotChecked`` (the data-unavailable warning);
+    a result the chart simply does not hold (no potassium in the window) is a monitoring gap,
+    collected by the engine onto one info card (knowledge: "a card that found nothing vs a
+    check that could not run").
+    """
+
+    result: str  # what is missing, as a clinician names it ("potassium")
+    note: str
+    rule_id: str = ""
+
+
 # What a rule yields (named apart from the feedback outcome of a card and the hook call's result).
-RuleResult = Finding | NotChecked
+RuleResult = Finding | NotChecked | MonitoringGap
 Rule = Callable[[PatientFacts, Knowledge], Iterator[RuleResult]]
 
 

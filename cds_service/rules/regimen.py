@@ -23,7 +23,11 @@ _DAYS_PER_WEEK = 7
 
 
 def pediatric(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
-    """Under 18: safety and effectiveness not established (PI 8.4). Unknown age is reported."""
+    """Under 18: safety and effectiveness not established (PI 8.4).
+
+    A Patient without a birth date is could-not-check (data-unavailable warning), not a
+    monitoring gap: no result is due, the record that was read lacks what the check needs.
+    """
     if not facts.ordering_voclosporin:
         return
     text = card_text(knowledge, "pediatric")
@@ -123,7 +127,11 @@ def _dose_problems(order: Medication, facts: PatientFacts, knowledge: Knowledge)
 
 
 def treatment_duration(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
-    """Renewal past 24 weeks: reassess benefit; past one year: safety not established."""
+    """Renewal past 24 weeks: reassess benefit; past one year: safety not established.
+
+    Course start unknown (no usable ``authoredOn`` on the voclosporin orders read) is
+    could-not-check (data-unavailable warning): the record read does not say what it should.
+    """
     if not facts.is_renewal:
         return
     text = card_text(knowledge, "treatment-duration")

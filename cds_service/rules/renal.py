@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from cds_service.rules.model import (
     Finding,
+    MonitoringGap,
     NotChecked,
     ReplaceDosage,
     RuleResult,
@@ -31,6 +32,8 @@ def egfr_baseline_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterator
     """Initiation needs an accurate baseline eGFR; none within the window is a warning.
 
     Only runs when eGFR and creatinine data were obtained: a fetch failure is not "missing".
+    A finding of its own (warning), not a monitoring gap: PI 2.2 asks for an accurate baseline
+    before initiating, so its absence is what the card is about.
     """
     if not facts.is_initiation or baseline_egfr(facts, knowledge) is not None:
         return
@@ -76,8 +79,18 @@ def decline_percent(baseline: float, current: float) -> float:
 def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Renewal: eGFR < 60 and > 20% below baseline -> reduce; >= 30% -> discontinue (PI 2.2).
 
-    Baseline: the latest eGFR on or before the course start. Without a baseline or an
-    on-treatment eGFR the decline cannot be assessed: said on the data-unavailable card.
+    Baseline: the latest eGFR on or before the course start. What is unknown, decided case by
+    case (knowledge: "a card that found nothing vs a check that could not run"):
+
+    - course start unknown (the voclosporin orders on record carry no usable ``authoredOn``, or
+      the renewal names a prior order the medication list does not hold): could not check, on
+      the data-unavailable warning: the record that was read does not say what it should;
+    - no eGFR on or before the course start, none since it started, or the latest one older
+      than the monitoring interval: the chart simply lacks the result, a monitoring gap (info
+      note; PI 2.2 asks for eGFR every two weeks, then every four). An old on-treatment value
+      is still judged: a decline it shows is real.
+
+    eGFR or creatinine that could not be obtained never reaches this rule (``needs``).
     """
     if not facts.is_renewal:
         return
@@ -91,15 +104,15 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     after = [m for m in facts.egfr if m.when is not None and m.when.date() > start.date()]
     baseline, current = latest(before), latest(after)
     if baseline is None or baseline.value <= 0:
-        yield NotChecked(text("no_baseline", start=when_text(start)))
+        yield MonitoringGap(text("gap_result"), text("no_baseline", start=when_text(start)))
         return
     if current is None:
-        yield NotChecked(text("no_current", start=when_text(start)))
+        yield MonitoringGap(text("gap_result"), text("no_current", start=when_text(start)))
         return
     renal = knowledge.renal
     if not recent([current], facts.now, renal.monitoring_max_age_days):
         # Judged below on the old value all the same: a decline it shows is still real.
-        yield NotChecked(text("not_current", when=when_text(current.when)))
+        yield MonitoringGap(text("gap_result"), text("not_current", when=when_text(current.when)))
     decline = decline_percent(baseline.value, current.value)
     if (
         current.value >= renal.decline_applies_below

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from cds_service.rules.model import (
     Finding,
-    NotChecked,
+    MonitoringGap,
     RuleResult,
     card_text,
     describe,
@@ -67,7 +67,12 @@ def _fmt(bp: BloodPressure | None, part: str) -> str:
 
 
 def blood_pressure_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
-    """Initiation without a systolic and diastolic reading in the window: check BP first."""
+    """Initiation without a systolic and diastolic reading in the window: check BP first.
+
+    A finding of its own (warning): PI 2.2 asks for BP before initiating, so its absence is the
+    finding, not a monitoring gap. BP data that could not be obtained never reaches this rule
+    (``needs``): that is the data-unavailable warning.
+    """
     if not facts.is_initiation:
         return
     systolic, diastolic = _latest_parts(facts, knowledge)
@@ -89,14 +94,19 @@ def blood_pressure_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterato
 
 
 def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
-    """Latest potassium above the lab's reference high (else the local default) (PI 5.6)."""
+    """Latest potassium above the lab's reference high (else the local default) (PI 5.6).
+
+    No potassium in the window is a monitoring gap (info note: "monitor serum potassium"), not
+    a check that could not run: the data was obtained and holds no recent result. Potassium
+    that could not be obtained never reaches this rule (``needs``): data-unavailable warning.
+    """
     if not facts.ordering_voclosporin:
         return
     text = card_text(knowledge, "hyperkalemia")
     limits = knowledge.potassium
     result = latest(recent(facts.potassium, facts.now, limits.max_age_days))
     if result is None:
-        yield NotChecked(text("no_result"))
+        yield MonitoringGap(text("gap_result"), text("no_result"))
         return
     high = result.reference_high
     basis = "basis_reference_range"

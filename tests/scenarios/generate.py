@@ -69,13 +69,14 @@ SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]]]] = [
         "ln-initiation-missing-labs",
         "order-select",
         "31-year-old woman whose last eGFR is 4 months old and who has no BP or potassium this "
-        "month. The baseline eGFR and BP must be measured first; the potassium check cannot run.",
+        "month. The baseline eGFR and BP must be measured first; the missing potassium is a "
+        "monitoring note (info), not a data-access warning.",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
         [
             ("egfr-baseline-missing", "warning"),
             ("blood-pressure-missing", "warning"),
-            ("data-unavailable", "warning"),
             ("prior-authorization", "info"),
+            ("monitoring-gaps", "info"),
         ],
     ),
     (
@@ -118,9 +119,10 @@ SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]]]] = [
         "ln-on-voclosporin-interactions",
         "order-sign",
         "Woman on LUPKYNIS and, since recently, ketoconazole. Renewing LUPKYNIS: contraindicated; "
-        "no pre-treatment eGFR is on file, so the decline check says it could not run.",
+        "no pre-treatment eGFR is on file, so the decline cannot be assessed: a monitoring note "
+        "(info), not a data-access warning.",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
-        [("strong-cyp3a4-inhibitor", "critical"), ("data-unavailable", "warning")],
+        [("strong-cyp3a4-inhibitor", "critical"), ("monitoring-gaps", "info")],
     ),
     (
         "clarithromycin-ordered-while-on-voclosporin",
