@@ -173,7 +173,11 @@ def test_critical_card_never_changes_after_override(app, client):
 
 def test_data_unavailable_card_is_never_quieted(app, client):
     """A check that could not run this time is not the finding overridden before."""
-    body = _request(app, "ln-initiation-missing-labs")
+    body = _request(app, "ln-initiation-clean")
+    body["prefetch"]["potassium"] = {  # the EHR could not read the potassium results
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout", "diagnostics": "lab system down"}],
+    }
     first = _card(client.post(SIGN, json=body), "data-unavailable")
     _override(app, client, first)
     assert _card(client.post(SIGN, json=body), "data-unavailable")["indicator"] == "warning"
