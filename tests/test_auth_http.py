@@ -13,11 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import re
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +36,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from cds_service import close_app
 from tests.charts.lupus import ln_initiation_clean, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
+from tests.support.gunicorn import Gunicorn, free_port, two_workers
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -527,123 +523,21 @@ def test_feedback_with_its_own_token_is_let_through(
 # --------------------------------------------------------------------------- two workers
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Gunicorn:
-    """A gunicorn master with its access log (pid, status and our probe header per line)."""
-
-    base_url: str
-    access_log: Path
-    process: subprocess.Popen[bytes]
-
-    def served(self) -> dict[str, tuple[int, int]]:
-        """{probe id: (worker pid, status)} from the access log."""
-        result = {}
-        for line in self.access_log.read_text().splitlines():
-            match = re.fullmatch(r"<?(\d+)>? (\d{3}) (\S+)", line.strip())  # %(p)s is "<pid>"
-            if match and match.group(3) != "-":
-                result[match.group(3)] = (int(match.group(1)), int(match.group(2)))
-        return result
-
-    def wait_for_probes(
-        self, probes: list[str], timeout: float = 10.0
-    ) -> dict[str, tuple[int, int]]:
-        """Access lines are written after the answer is sent: wait until all are there."""
-        give_up = time.monotonic() + timeout
-        while True:
-            served = self.served()
-            if all(p in served for p in probes) or time.monotonic() > give_up:
-                return {p: served[p] for p in probes if p in served}
-            time.sleep(0.05)
-
-    def wait_for_both_workers(self, timeout: float = 30.0) -> None:
-        """The master answers once one worker is up; wait until both have served a request."""
-        give_up = time.monotonic() + timeout
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for attempt in range(1000):
-                probes = [f"health-{attempt}-{n}" for n in range(8)]
-                list(pool.map(lambda p: _get_health(self.base_url, p), probes))
-                if len({pid for pid, _ in self.wait_for_probes(probes).values()}) == 2:
-                    return
-                if time.monotonic() > give_up:
-                    pytest.fail("the second gunicorn worker never served a request")
-
-
 @pytest.fixture
 def gunicorn(tmp_path: Path, oracle_jwks: Path) -> Iterator[Gunicorn]:
     """gunicorn -w 2 (sync) on 127.0.0.1 with the replay cache in Redis and file: keys."""
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
+    port = free_port()
     database = f"sqlite:///{tmp_path / 'gunicorn.sqlite3'}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CDS_")},
+    close_app(make_app(tmp_path, CDS_DATABASE_URL=database))  # migrate once, up front
+    settings = {
         "CDS_JWT_ISSUERS": json.dumps({ORACLE_ISS: f"file:{oracle_jwks}"}),
-        "CDS_PUBLIC_BASE_URL": base_url,
+        "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "CDS_REDIS_URL": REDIS_URL,
         "CDS_DATABASE_URL": database,
         "CDS_AUDIT_HASH_KEY": "gunicorn-test",
     }
-    # Migrate once up front so the two workers do not race to create the SQLite schema.
-    close_app(make_app(tmp_path, CDS_DATABASE_URL=database))
-    access_log = tmp_path / "access.log"
-    access_log.touch()
-    error_log = tmp_path / "gunicorn.log"
-    gunicorn_bin = Path(sys.executable).with_name("gunicorn")
-    with error_log.open("wb") as errors:
-        process = subprocess.Popen(
-            [
-                str(gunicorn_bin),
-                "-w",
-                "2",
-                "-k",
-                "sync",
-                "-b",
-                f"127.0.0.1:{port}",
-                "--access-logfile",
-                str(access_log),
-                "--access-logformat",
-                "%(p)s %(s)s %({x-probe}i)s",
-                "cds_service:create_app()",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-            cwd=Path(__file__).parent.parent,
-        )
-    server = Gunicorn(base_url, access_log, process)
-    try:
-        give_up = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{base_url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass  # workers still booting
-            if process.poll() is not None or time.monotonic() > give_up:
-                pytest.fail(f"gunicorn did not start:\n{error_log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        server.wait_for_both_workers()
+    with two_workers(tmp_path, port, settings) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _get_health(base_url: str, probe: str) -> int:
-    with requests.Session() as session:
-        response = session.get(
-            f"{base_url}/healthz", timeout=10, headers={"Connection": "close", "X-Probe": probe}
-        )
-        return response.status_code
 
 
 def _send(base_url: str, token: str, body: str, probe: str) -> int:

@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -30,6 +24,7 @@ from cds_service.storage import Storage
 from cds_service.storage.schema import metadata
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
+from tests.support.gunicorn import Gunicorn, free_port, two_workers
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
 
 pytest_plugins = ["tests.support.databases"]
@@ -404,96 +399,14 @@ def test_migration_upgrades_a_v1_database(database_url: str) -> None:
 # ------------------------------------------------------------------------------ two workers
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Workers:
-    """gunicorn -w 2 on one shared database; the access log says which worker served what."""
-
-    base_url: str
-    access_log: Path
-
-    def served_by(self, probe: str, timeout: float = 10.0) -> int:
-        """The pid of the worker that answered the request with ``X-Probe: probe``."""
-        give_up = time.monotonic() + timeout
-        while time.monotonic() < give_up:
-            for line in self.access_log.read_text().splitlines():
-                match = re.fullmatch(r"<?(\d+)>? (\S+)", line.strip())
-                if match and match.group(2) == probe:
-                    return int(match.group(1))
-            time.sleep(0.05)
-        raise AssertionError(f"request {probe} is not in the access log")
-
-    def post(self, path: str, body: dict[str, Any], probe: str) -> requests.Response:
-        """POST on a fresh connection, so either worker may take it."""
-        with requests.Session() as session:
-            return session.post(
-                f"{self.base_url}{path}",
-                json=body,
-                timeout=20,
-                headers={"Connection": "close", "X-Probe": probe},
-            )
-
-
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
+def workers(tmp_path: Path) -> Iterator[Gunicorn]:
     """Two gunicorn workers (sync) sharing a SQLite file, with one hash key, on the real clock."""
-    port = _free_port()
     database = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CDS_")},
-        "CDS_DATABASE_URL": database,
-        "CDS_AUDIT_HASH_KEY": "two-workers",
-    }
     close_app(make_app(tmp_path, CDS_DATABASE_URL=database))  # migrate once, up front
-    access_log = tmp_path / "access.log"
-    access_log.touch()
-    error_log = tmp_path / "gunicorn.log"
-    with error_log.open("wb") as errors:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("gunicorn")),
-                "-w",
-                "2",
-                "-k",
-                "sync",
-                "-b",
-                f"127.0.0.1:{port}",
-                "--access-logfile",
-                str(access_log),
-                "--access-logformat",
-                "%(p)s %({x-probe}i)s",
-                "cds_service:create_app()",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-            cwd=Path(__file__).parent.parent,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        give_up = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{base_url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass  # workers still booting
-            if process.poll() is not None or time.monotonic() > give_up:
-                pytest.fail(f"gunicorn did not start:\n{error_log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield Workers(base_url, access_log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    settings = {"CDS_DATABASE_URL": database, "CDS_AUDIT_HASH_KEY": "two-workers"}
+    with two_workers(tmp_path, free_port(), settings) as server:
+        yield server
 
 
 def test_override_via_one_worker_quiets_the_repeat_on_the_other(workers, tmp_path):
