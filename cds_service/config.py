@@ -54,8 +54,11 @@ SETTINGS: tuple[Setting, ...] = (
         "CDS_JWT_ISSUERS",
         None,
         lambda v: parse_issuers(v) if v.strip() else None,
-        "JSON object: trusted client `iss` -> its JWKS URL (https) or `file:/path`. When set, "
-        "service and feedback calls need a valid JWT; unset turns client authentication off.",
+        "JSON object: trusted client `iss` -> its JWKS URL (https), `file:/path`, or "
+        '`{"jwks": "file:/path", "jku": "https://..."}` (a local copy standing for the https '
+        "key location its tokens name in `jku`). `file:` key sets are read at start-up; a "
+        "missing or invalid one stops it. When set, service and feedback calls need a valid "
+        "JWT; unset turns client authentication off.",
     ),
     Setting("CDS_JWT_LEEWAY_SECONDS", 30, int, "Clock leeway for exp / iat / nbf."),
     Setting(

@@ -2,8 +2,9 @@
 
 When ``CDS_JWT_ISSUERS`` is set, every service call and feedback call must carry a valid
 ``Authorization: Bearer <JWT>``; failures get a bare 401 (best practice: no detail). Discovery,
-health, the contract and CORS preflights stay open. When unset, authentication is off and the
-service says so at start-up and in ``/healthz``.
+health, the contract and CORS preflights stay open. ``file:`` key sets are read at start-up, so
+a missing or broken one stops the service. When unset, authentication is off and the service says
+so at start-up and in ``/healthz``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cds_service.auth import (
     ReplayCache,
     bearer_token,
     endpoint_audience,
-    validate_key_location,
+    issuer_key_sources,
 )
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def init_security(app: Flask) -> None:
         app.after_request(_cors_headers)
 
 
-def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
+def _authenticator(app: Flask, issuers: Any) -> ClientAuthenticator:
     """Build the verifier and its replay cache from config; bad config stops start-up."""
     if not issuers:
         raise RuntimeError("CDS_JWT_ISSUERS names no issuer, so every client would be refused")
@@ -63,10 +64,10 @@ def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
             "CDS_PUBLIC_BASE_URL must be set when CDS_JWT_ISSUERS is set: the "
             "JWT audience is the public URL of each endpoint"
         )
-    for iss, location in issuers.items():
-        if not isinstance(location, str):
-            raise RuntimeError(f"CDS_JWT_ISSUERS[{iss!r}] must be a JWKS URL or file: path")
-        validate_key_location(location, iss=iss)
+    try:
+        sources = issuer_key_sources(issuers)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from exc
     cache: ReplayCache
     if app.config["CDS_REDIS_URL"]:
         redis_cache = RedisReplayCache(app.config["CDS_REDIS_URL"])
@@ -79,9 +80,14 @@ def _authenticator(app: Flask, issuers: dict[str, Any]) -> ClientAuthenticator:
         )
         cache = MemoryReplayCache()
     authenticator = ClientAuthenticator(
-        issuers, cache, leeway_seconds=int(app.config["CDS_JWT_LEEWAY_SECONDS"])
+        sources, cache, leeway_seconds=int(app.config["CDS_JWT_LEEWAY_SECONDS"])
     )
     app.extensions.setdefault("cds_closers", []).append(authenticator.close)
+    try:
+        # A missing or broken key file must stop start-up, not be a 503 at the first call.
+        authenticator.check_key_files()
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from exc
     return authenticator
 
 

@@ -203,11 +203,14 @@ class CdsService:
         self.repeats = RepeatFilter(overrides, repeat_window_days, knowledge)
 
     def service(self, service_id: str) -> ServiceEndpoint:
-        """The service answering at ``service_id``, listed or not; else 404."""
+        """The service answering at ``service_id``, listed or not; else 404 listing the ids."""
         try:
             return self.services[service_id]
         except KeyError:
-            raise NotFound(f"No CDS service with id '{service_id}'") from None
+            listed = [known for known, endpoint in self.services.items() if endpoint.listed]
+            raise NotFound(
+                f"No CDS service with id '{service_id}'", extra={"services": listed}
+            ) from None
 
     def discovery_entries(self) -> list[ServiceDefinition]:
         """What discovery lists: each hook of each listed id, one entry apiece (#discovery)."""

@@ -482,6 +482,17 @@ def test_unknown_service_is_404(client):
     assert "nope" in response.json["error"]["detail"]
 
 
+def test_unknown_service_404_lists_the_discovery_ids(client):
+    """The 404 for an unknown id lists the ids discovery offers, in discovery order."""
+    discovered = list(dict.fromkeys(s["id"] for s in client.get("/cds-services").json["services"]))
+
+    response = client.post("/cds-services/voclosporin-safety", json={})
+
+    assert response.status_code == 404
+    assert response.json["error"]["services"] == discovered
+    assert ORDERS_SERVICE_ID in discovered
+
+
 @pytest.mark.parametrize(
     ("data", "content_type", "status"),
     [

@@ -31,6 +31,7 @@ from cds_service.auth import (
     AuthenticationError,
     AuthUnavailable,
     ClientAuthenticator,
+    IssuerKeys,
     KeySetUnavailable,
     KeyStore,
     MemoryReplayCache,
@@ -806,6 +807,97 @@ def test_missing_key_file_is_unavailable(
         authenticator.verify(make_token(keys["oracle_rsa"], ORACLE_ISS), AUDIENCE)
 
 
+@pytest.fixture
+def sandbox_copy(tmp_path: Path, keys: dict[str, SigningKey]) -> dict[str, Any]:
+    """The Sandbox's key set kept as a local file standing for its https jku (no internet)."""
+    path = tmp_path / "sandbox-jwks.json"
+    path.write_text(json.dumps({"keys": [keys["sandbox_es384"].jwk()]}))
+    return {SANDBOX_ISS: {"jwks": f"file:{path}", "jku": SANDBOX_JKU}}
+
+
+def test_file_copy_verifies_a_token_naming_its_jku(
+    make_authenticator: Callable[..., ClientAuthenticator],
+    mocked: responses.RequestsMock,
+    keys: dict[str, SigningKey],
+    sandbox_copy: dict[str, Any],
+) -> None:
+    """A token whose jku is the https location a file: copy stands for verifies; nothing fetched."""
+    authenticator = make_authenticator(issuers=sandbox_copy)
+    token = make_token(keys["sandbox_es384"], SANDBOX_ISS, jku=SANDBOX_JKU)
+
+    assert authenticator.verify(token, AUDIENCE)["iss"] == SANDBOX_ISS
+    assert authenticator.verify(make_token(keys["sandbox_es384"], SANDBOX_ISS), AUDIENCE)
+    assert len(mocked.calls) == 0
+
+
+@pytest.mark.parametrize(
+    "jku",
+    [
+        "https://evil.example/jwks.json",
+        SANDBOX_JKU + "?x=1",
+        "file:/etc/cds/sandbox.json",
+    ],
+    ids=["other-host", "extra-query", "the-file-itself"],
+)
+def test_file_copy_refuses_any_other_jku(
+    make_authenticator: Callable[..., ClientAuthenticator],
+    mocked: responses.RequestsMock,
+    keys: dict[str, SigningKey],
+    sandbox_copy: dict[str, Any],
+    jku: str,
+) -> None:
+    """With a file: copy standing for a jku, any other jku is refused and never fetched."""
+    authenticator = make_authenticator(issuers=sandbox_copy)
+
+    with pytest.raises(AuthenticationError, match="jku"):
+        authenticator.verify(make_token(keys["sandbox_es384"], SANDBOX_ISS, jku=jku), AUDIENCE)
+    assert len(mocked.calls) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        pytest.param(None, "unreadable", id="missing"),
+        pytest.param("{not json", "not JSON", id="not-json"),
+        pytest.param('{"keys": "none"}', "no 'keys' array", id="no-keys-array"),
+        pytest.param('{"keys": []}', "did not contain any keys", id="empty"),
+        pytest.param("no-kid", "no usable signing key", id="no-kid"),
+    ],
+)
+def test_check_key_files_names_issuer_and_path(
+    tmp_path: Path, keys: dict[str, SigningKey], content: str | None, match: str
+) -> None:
+    """A missing or invalid file: key set is a ValueError naming the issuer and the path."""
+    path = tmp_path / "jwks.json"
+    if content == "no-kid":  # a real key, but a token could never name it
+        jwk = {k: v for k, v in keys["oracle_ec"].jwk().items() if k != "kid"}
+        content = json.dumps({"keys": [jwk]})
+    if content is not None:
+        path.write_text(content)
+    store = KeyStore({ORACLE_ISS: {"jwks": f"file:{path}", "jku": "https://o.example/jwks"}})
+    try:
+        with pytest.raises(ValueError, match=match) as caught:
+            store.check_key_files()
+    finally:
+        store.close()
+    assert ORACLE_ISS in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_check_key_files_loads_files_and_leaves_urls(
+    mocked: responses.RequestsMock, oracle_jwks_file: Path, keys: dict[str, SigningKey]
+) -> None:
+    """Start-up reads file: key sets (so the first call needs no read) and fetches no URL."""
+    store = KeyStore({ORACLE_ISS: f"file:{oracle_jwks_file}", EPIC_ISS: EPIC_JKU})
+    try:
+        store.check_key_files()
+        oracle_jwks_file.unlink()  # already loaded: the first call does not read it again
+        assert store.get_key(ORACLE_ISS, keys["oracle_rsa"].kid, "RS384")
+    finally:
+        store.close()
+    assert len(mocked.calls) == 0
+
+
 def test_failed_first_load_is_rate_limited(
     mocked: responses.RequestsMock, keys: dict[str, SigningKey]
 ) -> None:
@@ -1045,9 +1137,21 @@ def test_parse_issuers_accepts_urls_and_files() -> None:
     value = json.dumps({EPIC_ISS: EPIC_JKU, ORACLE_ISS: "file:/etc/cds/oracle-jwks.json"})
 
     assert parse_issuers(value) == {
-        EPIC_ISS: EPIC_JKU,
-        ORACLE_ISS: "file:/etc/cds/oracle-jwks.json",
+        EPIC_ISS: IssuerKeys(jwks=EPIC_JKU, jku=EPIC_JKU),
+        ORACLE_ISS: IssuerKeys(
+            jwks="file:/etc/cds/oracle-jwks.json", jku="file:/etc/cds/oracle-jwks.json"
+        ),
     }
+
+
+def test_parse_issuers_accepts_a_file_standing_for_a_jku() -> None:
+    """{"jwks": "file:...", "jku": "https://..."}: a local copy of the issuer's https key set."""
+    value = json.dumps({SANDBOX_ISS: {"jwks": "file:/etc/cds/sandbox.json", "jku": SANDBOX_JKU}})
+
+    (source,) = parse_issuers(value).values()
+
+    assert source == IssuerKeys(jwks="file:/etc/cds/sandbox.json", jku=SANDBOX_JKU)
+    assert source.key_file == "/etc/cds/sandbox.json"
 
 
 @pytest.mark.parametrize(
@@ -1062,6 +1166,28 @@ def test_parse_issuers_accepts_urls_and_files() -> None:
         pytest.param('{"https://a": "file://host/jwks.json"}', "absolute", id="file-host"),
         pytest.param('{"https://a": "https://u:p@a/jwks"}', "credentials", id="userinfo"),
         pytest.param('{" ": "https://a/jwks"}', "empty issuer", id="blank-iss"),
+        pytest.param('{"https://a": {"jwks": "file:/k.json"}}', "both jwks", id="object-no-jku"),
+        pytest.param('{"https://a": {"jku": "https://a/k"}}', "both jwks", id="object-no-jwks"),
+        pytest.param(
+            '{"https://a": {"jwks": "file:/k.json", "jku": "file:/k.json"}}',
+            "jku must be the https URL",
+            id="object-file-jku",
+        ),
+        pytest.param(
+            '{"https://a": {"jwks": "file:k.json", "jku": "https://a/k"}}',
+            "absolute",
+            id="object-relative-file",
+        ),
+        pytest.param(
+            '{"https://a": {"jwks": "file:/k.json", "jku": "http://a/k"}}',
+            "https URL or a file",
+            id="object-http-jku",
+        ),
+        pytest.param(
+            '{"https://a": {"jwks": "file:/k.json", "jku": "https://a/k", "kid": "x"}}',
+            "unknown keys",
+            id="object-extra-key",
+        ),
     ],
 )
 def test_parse_issuers_rejects_bad_config(value: str, match: str) -> None:

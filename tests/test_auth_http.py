@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from flask.testing import FlaskClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service import close_app
+from cds_service.config import from_environment
 from tests.charts.lupus import ln_initiation_clean, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
 from tests.support.gunicorn import Gunicorn, free_port, two_workers
@@ -518,6 +520,120 @@ def test_feedback_with_its_own_token_is_let_through(
     response = post(client, FEEDBACK_PATH, _feedback_body(), token)
     assert response.status_code == 404
     assert "unknownCards" in response.get_json()["error"]
+
+
+# ------------------------------------------------------------------------- Sandbox keys, local copy
+
+# What today's CDS Hooks Sandbox sends: ES384, this kid, a jku header, and iss/aud/exp/iat/jti
+# with no `sub` (CDS Hooks 2.0 dropped it).
+SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
+
+
+@pytest.fixture(scope="module")
+def sandbox_key() -> Key:
+    """A stand-in for the Sandbox's signing key (EC P-384, the Sandbox's kid)."""
+    return Key(ec.generate_private_key(ec.SECP384R1()), SANDBOX_KID, "ES384")
+
+
+def sandbox_token(key: Key, aud: str, jku: str = SANDBOX_JKU) -> str:
+    """A token in the Sandbox's exact shape: header alg/kid/typ/jku, claims without sub."""
+    now = int(time.time())
+    claims = {
+        "iss": SANDBOX_ISS,
+        "aud": aud,
+        "exp": now + 300,
+        "iat": now,
+        "jti": str(uuid.uuid4()),
+    }
+    headers = {"kid": key.kid, "typ": "JWT", "jku": jku}
+    return jwt.encode(claims, key.private, algorithm="ES384", headers=headers)
+
+
+@pytest.fixture
+def offline_app(tmp_path: Path, sandbox_key: Key) -> Iterator[Flask]:
+    """The Sandbox trusted through a local copy of its key set that stands for its jku."""
+    copy = tmp_path / "sandbox-jwks.json"
+    copy.write_text(json.dumps({"keys": [sandbox_key.jwk()]}))
+    setting = json.dumps({SANDBOX_ISS: {"jwks": f"file:{copy}", "jku": SANDBOX_JKU}})
+    with responses.RequestsMock(assert_all_requests_are_fired=False):  # any fetch would fail
+        application = make_app(
+            tmp_path,
+            CDS_JWT_ISSUERS=from_environment({"CDS_JWT_ISSUERS": setting})["CDS_JWT_ISSUERS"],
+            CDS_PUBLIC_BASE_URL=PUBLIC_BASE,
+            CDS_REDIS_URL=None,
+        )
+        yield application
+        close_app(application)
+
+
+def _offline_body(app: Flask) -> dict[str, Any]:
+    templates = app.extensions["cds_service"].services["voclosporin-order-sign"].prefetch
+    prefetch = prefetch_for(chart_resources(ln_initiation_clean(TODAY)), PATIENT_ID, templates)
+    return hook_request(
+        "order-sign", PATIENT_ID, [voclosporin_draft_order(PATIENT_ID, TODAY)], prefetch
+    )
+
+
+def test_sandbox_token_is_accepted_with_a_local_copy_of_its_keys(
+    offline_app: Flask, sandbox_key: Key
+) -> None:
+    """The Sandbox's token (ES384, jku, no sub) verifies against a file: copy mapped to its jku."""
+    token = sandbox_token(sandbox_key, PUBLIC_BASE + SIGN_PATH)
+    assert "sub" not in jwt.decode(token, options={"verify_signature": False})
+
+    response = post(offline_app.test_client(), SIGN_PATH, _offline_body(offline_app), token)
+
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert response.get_json()["cards"]
+
+
+@pytest.mark.parametrize(
+    "jku",
+    ["https://evil.example/.well-known/jwks.json", SANDBOX_JKU.replace("https:", "http:")],
+    ids=["other-host", "http"],
+)
+def test_sandbox_token_with_another_jku_is_refused(
+    offline_app: Flask, sandbox_key: Key, jku: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A jku other than the one the local copy stands for is a bare 401, even if well signed."""
+    token = sandbox_token(sandbox_key, PUBLIC_BASE + SIGN_PATH, jku=jku)
+
+    with caplog.at_level(logging.WARNING, logger="cds_service.auth"):
+        response = post(offline_app.test_client(), SIGN_PATH, _offline_body(offline_app), token)
+
+    assert_bare_401(response, token)
+    assert "is not the configured key location" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        pytest.param(None, "unreadable", id="missing"),
+        pytest.param("{not json", "not JSON", id="not-json"),
+        pytest.param('{"keys": []}', "did not contain any keys", id="empty"),
+    ],
+)
+@pytest.mark.parametrize("form", ["string", "object"])
+def test_bad_key_file_stops_start_up(
+    tmp_path: Path, content: str | None, reason: str, form: str
+) -> None:
+    """A missing or invalid file: key set stops start-up, naming the issuer and the path."""
+    path = tmp_path / "sandbox-jwks.json"
+    if content is not None:
+        path.write_text(content)
+    location: Any = f"file:{path}"
+    if form == "object":
+        location = {"jwks": location, "jku": SANDBOX_JKU}
+
+    with pytest.raises(RuntimeError, match=reason) as caught:
+        make_app(
+            tmp_path,
+            CDS_JWT_ISSUERS={SANDBOX_ISS: location},
+            CDS_PUBLIC_BASE_URL=PUBLIC_BASE,
+            CDS_REDIS_URL=None,
+        )
+    assert SANDBOX_ISS in str(caught.value)
+    assert str(path) in str(caught.value)
 
 
 # --------------------------------------------------------------------------- two workers

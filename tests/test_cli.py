@@ -723,6 +723,86 @@ def test_validate_request_file(run: Run, tmp_path: Path) -> None:
     assert "prefetch" not in out
 
 
+def _order_sign_request(draft: dict[str, Any], prefetch: dict[str, Any]) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "hook": "order-sign",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {
+            "userId": "Practitioner/1",
+            "patientId": "pat-1",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": draft}],
+            },
+        },
+    }
+    if prefetch:
+        request["prefetch"] = prefetch
+    return request
+
+
+def test_validate_request_reports_invalid_r4_draft_with_its_path(run: Run, tmp_path: Path) -> None:
+    """A draft with `category` as an object (as the Sandbox sends; invalid R4) errs at its path."""
+    draft = voclosporin_draft_order("pat-1", date(2026, 12, 1), order_id="request-123")
+    draft["category"] = {"coding": [{"code": "outpatient"}]}  # R4: a list of CodeableConcept
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(_order_sign_request(draft, {})))
+
+    code, out, _ = run("validate", str(path), "--json")
+
+    assert code == EXIT_HTTP_ERROR
+    result = json.loads(out)
+    assert result["errors"] == 1, result
+    (violation,) = result["violations"]
+    assert violation["severity"] == "error"
+    assert violation["path"] == "context.draftOrders.entry[0].resource"
+    assert "invalid FHIR R4 MedicationRequest" in violation["message"]
+    assert "category" in violation["message"]
+
+
+def test_validate_request_checks_prefetch_resources(run: Run, tmp_path: Path) -> None:
+    """Prefetch resources and Bundle entries are validated too; a valid request has 0 errors."""
+    draft = voclosporin_draft_order("pat-1", date(2026, 12, 1))
+    patient = {"resourceType": "Patient", "id": "pat-1", "gender": "female"}
+    labs = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "ok",
+                    "status": "final",
+                    "code": {"text": "eGFR"},
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "bad",
+                    "status": "final",
+                    "code": {"text": "eGFR"},
+                    "valueQuantity": {"value": "high"},
+                }
+            },
+        ],
+    }
+    valid = tmp_path / "valid.json"
+    valid.write_text(json.dumps(_order_sign_request(draft, {"patient": patient, "egfr": None})))
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(json.dumps(_order_sign_request(draft, {"patient": patient, "egfr": labs})))
+
+    code, out, _ = run("validate", str(valid))
+    assert code == 0, out
+    assert "0 error(s)" in out
+    code, out, _ = run("validate", str(invalid))
+    assert code == EXIT_HTTP_ERROR
+    assert "error: prefetch.egfr.entry[1].resource: invalid FHIR R4 Observation" in out
+    assert "entry[0]" not in out
+    assert "1 error(s)" in out
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

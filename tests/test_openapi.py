@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
+from jwt.algorithms import ECAlgorithm
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
@@ -135,7 +137,9 @@ def issued_cards(app: Flask, client: FlaskClient) -> list[dict[str, Any]]:
 def jwt_app(tmp_path: Path) -> Iterator[Flask]:
     """Client authentication on (an issuer whose JWK Set is a local file); no network."""
     keys = tmp_path / "jwks.json"
-    keys.write_text(json.dumps({"keys": []}), encoding="utf-8")
+    # A real key: file: key sets are checked at start-up and an empty one stops it.
+    public = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key(), as_dict=True)
+    keys.write_text(json.dumps({"keys": [{**public, "kid": "k1"}]}), encoding="utf-8")
     application = make_app(
         tmp_path,
         CDS_JWT_ISSUERS={"https://ehr.example.org": f"file:{keys}"},

@@ -15,8 +15,10 @@ from cds_service.errors import (
 
 from .config import (
     ALLOWED_ALGORITHMS,
+    IssuerKeys,
     bearer_token,
     endpoint_audience,
+    issuer_key_sources,
     parse_issuers,
     validate_key_location,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "AuthUnavailable",
     "AuthenticationError",
     "ClientAuthenticator",
+    "IssuerKeys",
     "KeySetUnavailable",
     "KeyStore",
     "MemoryReplayCache",
@@ -37,6 +40,7 @@ __all__ = [
     "ReplayCacheUnavailable",
     "bearer_token",
     "endpoint_audience",
+    "issuer_key_sources",
     "parse_issuers",
     "validate_key_location",
 ]

@@ -1,13 +1,16 @@
 """CDS client authentication settings: the trusted issuers, endpoint audiences, the bearer token.
 
-``parse_issuers`` reads ``CDS_JWT_ISSUERS`` so bad config stops start-up; ``endpoint_audience``
-builds the ``aud`` a token must carry; ``bearer_token`` reads the Authorization header. Also
-the limits a token and a JWK Set must keep (spec #jwt-signing-algorithm and best practice).
+``parse_issuers`` reads ``CDS_JWT_ISSUERS`` into ``IssuerKeys`` so bad config stops start-up;
+``endpoint_audience`` builds the ``aud`` a token must carry; ``bearer_token`` reads the
+Authorization header. Also the limits a token and a JWK Set must keep (spec
+#jwt-signing-algorithm and best practice).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from cds_service.errors import AuthenticationError
@@ -26,11 +29,32 @@ MAX_JWKS_BYTES = 1_048_576
 JWKS_TIMEOUT: tuple[float, float] = (2.0, 3.0)
 
 
-def parse_issuers(env_value: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class IssuerKeys:
+    """Where one trusted issuer's JWK Set is read, and the ``jku`` its tokens may name.
+
+    ``jwks`` is an https URL or ``file:/abs/path``. ``jku`` is the https location a local copy
+    stands for (a site without internet access keeps the Sandbox's keys in a file); for a plain
+    string value it equals ``jwks``. A token with no ``jku`` header is fine either way (spec:
+    the key set was then exchanged out of band).
+    """
+
+    jwks: str
+    jku: str
+
+    @property
+    def key_file(self) -> str | None:
+        """Return the local path of a ``file:`` key set, None for an https one."""
+        return urlsplit(self.jwks).path if self.jwks.startswith("file:") else None
+
+
+def parse_issuers(env_value: str) -> dict[str, IssuerKeys]:
     """Parse ``CDS_JWT_ISSUERS`` (JSON ``{iss: key location}``) so bad config stops start-up.
 
-    A key location is the https URL of the issuer's JWK Set, or ``file:/abs/path/jwks.json`` for
-    keys exchanged out of band (air-gapped sites, clients that send no ``jku``).
+    A key location is the https URL of the issuer's JWK Set, ``file:/abs/path/jwks.json`` for
+    keys exchanged out of band (clients that send no ``jku``), or
+    ``{"jwks": "file:/abs/path", "jku": "https://..."}``: a local copy standing for the https
+    location the issuer's tokens name in their ``jku`` header.
     """
     try:
         parsed = json.loads(env_value)
@@ -43,19 +67,53 @@ def parse_issuers(env_value: str) -> dict[str, str]:
         raise ValueError(
             f"CDS_JWT_ISSUERS must be a JSON object, not a JSON {type(parsed).__name__}"
         )
-    if not parsed:
+    return issuer_key_sources(parsed)
+
+
+def issuer_key_sources(issuers: Mapping[str, object]) -> dict[str, IssuerKeys]:
+    """Check each trusted issuer's key location (string, object or ``IssuerKeys``)."""
+    if not isinstance(issuers, Mapping):
+        raise ValueError(f"CDS_JWT_ISSUERS must be a JSON object, not {type(issuers).__name__}")
+    if not issuers:
         raise ValueError("CDS_JWT_ISSUERS names no issuer, so every client would be refused")
-    issuers: dict[str, str] = {}
-    for iss, location in parsed.items():
-        if not iss.strip():
+    sources: dict[str, IssuerKeys] = {}
+    for iss, location in issuers.items():
+        if not isinstance(iss, str) or not iss.strip():
             raise ValueError("CDS_JWT_ISSUERS has an empty issuer name")
-        if not isinstance(location, str):
-            raise ValueError(
-                f"CDS_JWT_ISSUERS[{iss!r}] must be a string (JWK Set URL or file: path)"
-            )
+        sources[iss] = issuer_keys(iss, location)
+    return sources
+
+
+def issuer_keys(iss: str, location: object) -> IssuerKeys:
+    """Read one issuer's key location: a string, or ``{"jwks": ..., "jku": "https://..."}``."""
+    if isinstance(location, IssuerKeys):
+        validate_key_location(location.jwks, iss=iss)
+        return location
+    if isinstance(location, str):
         validate_key_location(location, iss=iss)
-        issuers[iss] = location
-    return issuers
+        return IssuerKeys(jwks=location, jku=location)
+    if not isinstance(location, Mapping):
+        raise ValueError(
+            f"CDS_JWT_ISSUERS[{iss!r}] must be a string (JWK Set URL or file: path) or an "
+            '{"jwks": "file:/path", "jku": "https://..."} object'
+        )
+    unknown = sorted(set(location) - {"jwks", "jku"})
+    if unknown:
+        raise ValueError(f"CDS_JWT_ISSUERS[{iss!r}] has unknown keys {unknown}: use jwks and jku")
+    jwks, jku = location.get("jwks"), location.get("jku")
+    if not isinstance(jwks, str) or not isinstance(jku, str):
+        raise ValueError(
+            f"CDS_JWT_ISSUERS[{iss!r}] needs string values for both jwks (where the keys are "
+            "read: https URL or file: path) and jku (the https URL tokens name)"
+        )
+    validate_key_location(jwks, iss=iss)
+    validate_key_location(jku, iss=iss)
+    if not jku.startswith("https:"):
+        raise ValueError(
+            f"CDS_JWT_ISSUERS[{iss!r}] jku must be the https URL the issuer's tokens name, "
+            f"got {jku!r}"
+        )
+    return IssuerKeys(jwks=jwks, jku=jku)
 
 
 def validate_key_location(location: str, *, iss: str = "?") -> None:

@@ -1,7 +1,8 @@
 """The trusted issuers' public keys: JWK Sets fetched (https) or read (``file:``), cached.
 
 Keys are cached per issuer; an unknown ``kid`` triggers one rate-limited reload; a failed
-reload keeps the older keys; private keys published by mistake are ignored.
+reload keeps the older keys; private keys published by mistake are ignored. ``file:`` key sets
+are read once at start-up (``check_key_files``) so a missing or broken one stops the service.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import requests
 
 from cds_service.errors import AuthenticationError, KeySetUnavailable
 
-from .config import JWKS_TIMEOUT, MAX_JWKS_BYTES, validate_key_location
+from .config import JWKS_TIMEOUT, MAX_JWKS_BYTES, IssuerKeys, issuer_key_sources
 
 # One logger for the whole auth package: operators filter on "cds_service.auth".
 logger = logging.getLogger("cds_service.auth")
@@ -37,7 +38,7 @@ class _CachedKeySet:
 
 @dataclass
 class _IssuerState:
-    location: str
+    source: IssuerKeys
     lock: threading.Lock = field(default_factory=threading.Lock)
     cached: _CachedKeySet | None = None
     last_attempt: float | None = None
@@ -53,26 +54,49 @@ class KeyStore:
 
     def __init__(
         self,
-        locations: Mapping[str, str],
+        locations: Mapping[str, object],
         *,
         http_session: requests.Session | None = None,
         refetch_interval_seconds: float = 30.0,
         max_age_seconds: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        for iss, location in locations.items():
-            validate_key_location(location, iss=iss)
-        self._issuers = {iss: _IssuerState(location) for iss, location in locations.items()}
+        sources = issuer_key_sources(locations)
+        self._issuers = {iss: _IssuerState(source) for iss, source in sources.items()}
         self._owns_session = http_session is None
         self._session = http_session if http_session is not None else requests.Session()
         self._refetch_interval = refetch_interval_seconds
         self._max_age = max_age_seconds
         self._clock = clock
 
-    def location(self, iss: str) -> str | None:
-        """Return the configured key location of a trusted issuer, None if it is not trusted."""
+    def source(self, iss: str) -> IssuerKeys | None:
+        """Return a trusted issuer's key location and the jku it answers to; None if untrusted."""
         state = self._issuers.get(iss)
-        return state.location if state is not None else None
+        return state.source if state is not None else None
+
+    def check_key_files(self) -> None:
+        """Read every ``file:`` key set now; raise ``ValueError`` naming the issuer and path.
+
+        Called at start-up: a key file that is missing, unreadable, not a JWK Set or without a
+        usable signing key would otherwise surface only as a 503 at the first signed call.
+        """
+        for iss, state in self._issuers.items():
+            path = state.source.key_file
+            if path is None:
+                continue
+            with state.lock:
+                try:
+                    self._reload(iss, state, self._clock())
+                except KeySetUnavailable as exc:
+                    raise ValueError(
+                        f"CDS_JWT_ISSUERS[{iss!r}]: key file {path} cannot be used: {exc}"
+                    ) from exc
+                cached = state.cached
+                if cached is None or not cached.jwks_by_kid:
+                    raise ValueError(
+                        f"CDS_JWT_ISSUERS[{iss!r}]: key file {path} has no usable signing key "
+                        "(each needs a kid, no use other than sig, and no private part)"
+                    )
 
     def get_key(self, iss: str, kid: str, algorithm: str) -> jwt.PyJWK:
         """Return the issuer's key ``kid`` bound to ``algorithm``, reloading once if kid is new."""
@@ -109,7 +133,7 @@ class KeyStore:
             return False
         state.last_attempt = now
         try:
-            jwks_by_kid = self._load(state.location)
+            jwks_by_kid = self._load(state.source.jwks)
         except KeySetUnavailable:
             if state.cached is None:
                 raise

@@ -10,10 +10,11 @@ and gets back the verified claims or one of these errors of ``cds_service.errors
 
 Checks follow the spec (#trusting-cds-clients, #jwt-signing-algorithm) and cds-hooks.org
 best practices: asymmetric ``alg`` only, ``kid`` required, ``iss`` on an allowlist before any key
-is fetched, ``jku`` only if it is the configured key location, signature, ``aud`` equal to the
-endpoint URL, ``exp``/``iat`` (and ``nbf`` if present) with leeway, lifetime at most an hour, and
-``jti`` claimed once in a replay cache shared by all workers. Extra claims (Epic's ``sub`` and
-``nbf``, ``tenant``) are tolerated. The token itself is never logged; ``iss``/``kid``/``jti`` are.
+is fetched, ``jku`` only if it is the configured key location (or the https location a configured
+``file:`` copy stands for), signature, ``aud`` equal to the endpoint URL, ``exp``/``iat`` (and
+``nbf`` if present) with leeway, lifetime at most an hour, and ``jti`` claimed once in a replay
+cache shared by all workers. Extra claims (Epic's ``sub`` and ``nbf``, ``tenant``) are tolerated.
+The token itself is never logged; ``iss``/``kid``/``jti`` are.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ClientAuthenticator:
 
     def __init__(
         self,
-        issuers: Mapping[str, str],
+        issuers: Mapping[str, object],
         replay_cache: ReplayCache,
         leeway_seconds: int = 30,
         max_lifetime_seconds: int = 3600,
@@ -80,6 +81,10 @@ class ClientAuthenticator:
             )
             raise
 
+    def check_key_files(self) -> None:
+        """Read the ``file:`` key sets now; a bad one is a ``ValueError`` naming issuer and path."""
+        self._keys.check_key_files()
+
     def close(self) -> None:
         """Close the HTTP session used for JWK Sets if the authenticator created it."""
         self._keys.close()
@@ -98,12 +103,13 @@ class ClientAuthenticator:
         iss = unverified.get("iss")
         if not isinstance(iss, str):
             raise AuthenticationError("iss missing", kid=kid)
-        location = self._keys.location(iss)
-        if location is None:  # before any key fetch: an unknown iss costs us nothing
+        source = self._keys.source(iss)
+        if source is None:  # before any key fetch: an unknown iss costs us nothing
             raise AuthenticationError("issuer not trusted", iss=iss, kid=kid)
         jku = header.get("jku")
-        if jku is not None and jku != location:
+        if jku is not None and jku != source.jku:
             # Never fetch a token-supplied URL: the key would come from whoever minted the token.
+            # A configured local copy answers only to the https location it stands for.
             raise AuthenticationError(
                 f"jku {jku!r} is not the configured key location", iss=iss, kid=kid
             )

@@ -19,6 +19,7 @@ import requests
 from cds_service.app import close_app, create_app
 from cds_service.cli.ehr_client import FhirReader, excerpt, json_or_none
 from cds_service.cli.exit_codes import EXIT_HTTP_ERROR, EXIT_OK, EXIT_USAGE
+from cds_service.cli.fhir_check import request_resource_violations
 from cds_service.cli.hook_requests import (
     DEFAULT_USER,
     HOOKS,
@@ -192,6 +193,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     violations = CHECKERS[kind](document)
+    if kind == "request":
+        # The envelope checker is stdlib-only; the FHIR inside is checked as the service does.
+        violations = [*violations, *request_resource_violations(document)]
     errors = sum(v.severity == "error" for v in violations)
     warnings = len(violations) - errors
     if args.json:
@@ -406,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         help="check a CDS Hooks JSON document against the 2.0 rules",
         description="Check a hook request, response, discovery or feedback document; each "
-        "violation is printed with its path. Exit 1 when there are errors.",
+        "violation is printed with its path. A request's FHIR resources (context Bundles such "
+        "as draftOrders, prefetch values) are also validated against FHIR R4, as the service "
+        "does. Exit 1 when there are errors.",
     )
     validate.add_argument("file", metavar="FILE", help="JSON file, or - for stdin")
     validate.add_argument("--kind", choices=tuple(CHECKERS), help="default: guessed from keys")
