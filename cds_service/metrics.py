@@ -13,7 +13,7 @@ indicators, fixed outcomes):
 - ``cds_hook_calls_total{service, hook, status}`` and ``cds_hook_call_duration_seconds{service}``
 - ``cds_cards_total{rule_id, indicator}``, ``cds_cards_quieted_total{rule_id}`` (repeats)
 - ``cds_fhir_fetches_total{outcome}``: ``ok`` or ``failed``, one per FHIR query for a prefetch key
-- ``cds_feedback_total{outcome}``: ``accepted`` or ``overridden``, per stored feedback item
+- ``cds_feedback_total{outcome}``: ``accepted`` or ``overridden``, per feedback item taken (200)
 - ``cds_database_errors_total``, ``cds_redis_errors_total``: outages met (StorageUnavailableError,
   ReplayCacheUnavailable)
 """
@@ -61,7 +61,9 @@ FHIR_FETCHES = Counter(
     ["outcome"],
 )
 FEEDBACK = Counter(
-    "cds_feedback", "Feedback items stored, by outcome (accepted, overridden).", ["outcome"]
+    "cds_feedback",
+    "Feedback items taken (answered 200), by outcome (accepted, overridden).",
+    ["outcome"],
 )
 DATABASE_ERRORS = Counter(
     "cds_database_errors", "Audit/feedback database outages met (StorageUnavailableError)."
