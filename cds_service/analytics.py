@@ -25,6 +25,9 @@ Access (checked before every analytics request, including the page):
   ``WWW-Authenticate: Basic realm="analytics"`` so that a browser asks for it.
 - unset while ``CDS_JWT_ISSUERS`` is set (production): 403; analytics needs the token.
 - both unset (development): open.
+
+``GET /metrics`` (``cds_service.api``) follows the same rules through
+``require_operator_token``, with ``CDS_METRICS_TOKEN`` (or, unset, ``CDS_ANALYTICS_TOKEN``).
 """
 
 from __future__ import annotations
@@ -86,26 +89,34 @@ def _presented_token() -> str | None:
     return None
 
 
-@analytics_bp.before_request
-def _require_access() -> None:
-    """Apply the access rules in the module docstring."""
-    token = current_app.config.get("CDS_ANALYTICS_TOKEN")
+def require_operator_token(area: str, token: str | None, token_setting: str) -> None:
+    """Apply the access rules in the module docstring to ``area`` (analytics, metrics).
+
+    ``token`` is the token that area takes (from ``token_setting``); 401 names its realm.
+    """
     if token:
         presented = _presented_token()
         if presented is None or not hmac.compare_digest(
             presented.encode("utf-8"), str(token).encode("utf-8")
         ):
             raise Unauthorized(
-                "Analytics needs the analytics token (Bearer, or as the HTTP Basic password).",
-                headers={"WWW-Authenticate": 'Basic realm="analytics", charset="UTF-8"'},
+                f"{area} needs the {area.lower()} token (Bearer, or as the HTTP Basic password).",
+                headers={"WWW-Authenticate": f'Basic realm="{area.lower()}", charset="UTF-8"'},
             )
         return
     if current_app.config.get("CDS_JWT_ISSUERS") is not None:
         raise Forbidden(
-            "This service authenticates CDS clients (CDS_JWT_ISSUERS is set), so analytics "
-            "stays closed until CDS_ANALYTICS_TOKEN is set.",
-            title="Analytics disabled",
+            "This service authenticates CDS clients (CDS_JWT_ISSUERS is set), so "
+            f"{area.lower()} stays closed until {token_setting} is set.",
+            title=f"{area} disabled",
         )
+
+
+@analytics_bp.before_request
+def _require_access() -> None:
+    """Apply the access rules in the module docstring."""
+    token = current_app.config.get("CDS_ANALYTICS_TOKEN")
+    require_operator_token("Analytics", token, "CDS_ANALYTICS_TOKEN")
 
 
 # -- query parameters --------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""HTTP surface (CDS Hooks 2.0): discovery, service calls, feedback, the contract, health.
+"""HTTP surface (CDS Hooks 2.0): discovery, service calls, feedback, the contract, health, and
+``GET /metrics`` (Prometheus, ``metrics_bp``, protected like ``/analytics``).
 
 Each view: read and validate the body with a schema, hand it to the service, dump the answer.
 """
@@ -16,6 +17,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 
+from cds_service import metrics
+from cds_service.analytics import require_operator_token
 from cds_service.errors import BadRequest, CdsError, UnsupportedMediaType
 from cds_service.recording import RECORDER_EXTENSION, Recorder
 from cds_service.schemas import (
@@ -31,6 +34,7 @@ log = logging.getLogger("cds_service.calls")
 # Schema instances hold no per-request state: build them once, not on every call (hot path).
 HOOK_REQUEST, FEEDBACK, HOOK_RESPONSE = HookRequestSchema(), FeedbackSchema(), HookResponseOut()
 bp = Blueprint("cds", __name__)
+metrics_bp = Blueprint("metrics", __name__)
 OPENAPI_PATH = Path(__file__).parent / "openapi.yaml"
 
 
@@ -77,7 +81,8 @@ def discovery() -> Response:
 @contextmanager
 def call_log(service_id: str) -> Iterator[dict[str, Any]]:
     """Log one JSON line per hook call, refused ones included (412 shows an operator a
-    fhirServer outside the allowlist, or an EHR that sends no prefetch). No names, no tokens."""
+    fhirServer outside the allowlist, or an EHR that sends no prefetch), and count it for
+    /metrics. The fields are the line's top-level keys (``extra``). No names, no tokens."""
     started = time.monotonic()
     entry: dict[str, Any] = {
         "event": "hook-call",
@@ -94,9 +99,23 @@ def call_log(service_id: str) -> Iterator[dict[str, Any]]:
             status=exc.status, error=exc.title, missingPrefetch=exc.extra.get("missingPrefetch", [])
         )
         raise
+    except Exception:
+        entry.update(status=500, error="Internal Server Error")  # the app's handler answers 500
+        raise
     finally:
-        entry["durationMs"] = round((time.monotonic() - started) * 1000, 1)
-        log.info(json.dumps(entry))
+        elapsed = time.monotonic() - started
+        entry["durationMs"] = round(elapsed * 1000, 1)
+        log.info("hook-call", extra=entry)
+        _count_call(entry, elapsed)
+
+
+def _count_call(entry: dict[str, Any], elapsed_s: float) -> None:
+    """Count the call under known label values only, so a client cannot grow the series."""
+    services = cds().services
+    service = entry["service"] if entry["service"] in services else metrics.UNKNOWN
+    hooks = {hook for endpoint in services.values() for hook in endpoint.entries}
+    hook = entry["hook"] if entry["hook"] in hooks else metrics.UNKNOWN
+    metrics.count_call(service, hook, entry["status"], elapsed_s)
 
 
 @bp.post("/cds-services/<service_id>")
@@ -114,6 +133,8 @@ def call_service(service_id: str) -> Response:
             unavailable=list(outcome.unavailable),
             fetched=list(outcome.fetched),
         )
+        metrics.count_cards((card.rule_id, card.indicator, card.quieted) for card in outcome.cards)
+        metrics.count_fetches(outcome.fetched, outcome.fetch_failed)
     response = jsonify(HOOK_RESPONSE.dump(outcome.response()))
     recorder().record_call(outcome)  # only cards that are answered go into the audit trail
     return response
@@ -127,6 +148,7 @@ def feedback(service_id: str) -> Response:
     service = cds().service(service_id)
     entries = read_json(FEEDBACK)["feedback"]
     stored = recorder().store_feedback(service.id, entries)
+    metrics.count_feedback(entry["outcome"] for entry in entries)
     return jsonify({"received": len(entries), "stored": stored})
 
 
@@ -151,3 +173,17 @@ def health() -> Response:
             ),
         }
     )
+
+
+@metrics_bp.before_request
+def _require_metrics_access() -> None:
+    """The /analytics rules: the metrics token (or the analytics token), 401/403 otherwise."""
+    config = current_app.config
+    token = config.get("CDS_METRICS_TOKEN") or config.get("CDS_ANALYTICS_TOKEN")
+    require_operator_token("Metrics", token, "CDS_METRICS_TOKEN (or CDS_ANALYTICS_TOKEN)")
+
+
+@metrics_bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

@@ -26,14 +26,15 @@ from flask import Flask, Response, jsonify, request
 from requests.adapters import HTTPAdapter
 from werkzeug.exceptions import HTTPException
 
-from cds_service import security
+from cds_service import metrics, security
 from cds_service.analytics import analytics_bp
-from cds_service.api import bp
+from cds_service.api import bp, metrics_bp
 from cds_service.chart import ChartSettings
 from cds_service.config import from_environment
 from cds_service.docs import docs_bp
-from cds_service.errors import CdsError, error_document
+from cds_service.errors import CdsError, ReplayCacheUnavailable, error_document
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
+from cds_service.logs import LogFormat, configure_root
 from cds_service.recording import RECORDER_EXTENSION, Recorder, StoredOverrides
 from cds_service.service import CdsService
 from cds_service.storage import db_cli, init_storage, shutdown_storage
@@ -52,7 +53,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    _configure_logging()
+    _configure_logging(app.config["CDS_LOG_FORMAT"])
 
     knowledge = load_knowledge().with_local_policy(
         egfr_baseline_max_days=app.config["CDS_EGFR_BASELINE_MAX_DAYS"],
@@ -95,6 +96,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(docs_bp)
     app.register_blueprint(analytics_bp)
+    app.register_blueprint(metrics_bp)
     app.after_request(_no_store)
     return app
 
@@ -111,6 +113,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CdsError)
     def _cds_error(exc: CdsError) -> Response:
+        if isinstance(exc, ReplayCacheUnavailable):  # database outages count where they occur
+            metrics.REDIS_ERRORS.inc()
         return _json_error(exc.status, exc.document(), exc.headers)
 
     @app.errorhandler(HTTPException)
@@ -144,8 +148,7 @@ def _no_store(response: Response) -> Response:
     return response
 
 
-def _configure_logging() -> None:
+def _configure_logging(log_format: LogFormat) -> None:
+    """Log to stderr in ``CDS_LOG_FORMAT`` unless something (gunicorn, pytest) configured it."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+        configure_root(log_format)

@@ -69,6 +69,7 @@ class Chart:
     unavailable: dict[D, str] = field(default_factory=dict)
     unreadable: list[Unreadable] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
+    fetch_failed: list[str] = field(default_factory=list)  # prefetch keys whose query failed
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def gather_chart(
             category = category_of_key(key)
             if isinstance(result, FhirFetchError):
                 chart.unavailable[category] = str(result)
+                chart.fetch_failed.append(key)
                 chart.resources.pop(category, None)
                 continue
             chart.fetched.append(key)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service.auth import parse_issuers
+from cds_service.logs import parse_log_format
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,21 @@ SETTINGS: tuple[Setting, ...] = (
         _optional,
         "Token protecting /analytics (Bearer or HTTP Basic password). Unset: open when client "
         "authentication is off, refused (403) when it is on.",
+    ),
+    Setting(
+        "CDS_METRICS_TOKEN",
+        None,
+        _optional,
+        "Token protecting /metrics (Bearer or HTTP Basic password), for the Prometheus scraper. "
+        "Unset: CDS_ANALYTICS_TOKEN protects it; neither set: open when client authentication "
+        "is off, refused (403) when it is on.",
+    ),
+    Setting(
+        "CDS_LOG_FORMAT",
+        "json",
+        parse_log_format,
+        "`json`: every log line is one JSON object (timestamp, level, logger, message and the "
+        "call's fields); `text`: readable lines for development.",
     ),
     Setting(
         "MAX_CONTENT_LENGTH",

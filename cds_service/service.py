@@ -176,6 +176,7 @@ class HookOutcome:
     started_at: datetime
     duration_ms: float
     knowledge_version: str
+    fetch_failed: tuple[str, ...] = ()  # prefetch keys whose FHIR query failed (for metrics)
 
     def response(self) -> dict[str, Any]:
         return {"cards": [card.body for card in self.cards]}
@@ -274,6 +275,7 @@ class CdsService:
             started_at=started_at,
             duration_ms=(time.monotonic() - started) * 1000,
             knowledge_version=self.knowledge.full_version,
+            fetch_failed=tuple(chart.fetch_failed),
         )
 
 

@@ -14,6 +14,7 @@ import responses
 
 from cds_service import close_app
 from cds_service.contract import ORDERS_SERVICE_HOOKS, ORDERS_SERVICE_ID
+from cds_service.logs import json_formatter
 from cds_service.spec_check import check_discovery, check_response
 from tests.charts.lupus import CHARTS, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
@@ -865,7 +866,9 @@ def test_shared_id_call_is_audited_and_logged_with_id_and_hook(app, client, capl
     assert app.extensions["cds_audit_writer"].flush(5.0)
     [record] = calls_for_hook_instance(app.extensions["cds_storage"], body["hookInstance"])
     assert (record.service_id, record.hook) == (ORDERS_SERVICE_ID, "order-select")
-    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cds_service.calls"]
+    formatter = json_formatter()  # the line as written with CDS_LOG_FORMAT=json
+    calls = [r for r in caplog.records if r.name == "cds_service.calls"]
+    [line] = [json.loads(formatter.format(r)) for r in calls]
     assert (line["service"], line["hook"], line["hookInstance"]) == (
         ORDERS_SERVICE_ID,
         "order-select",

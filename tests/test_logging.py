@@ -25,6 +25,7 @@ from flask.testing import FlaskClient
 from jwt.algorithms import ECAlgorithm
 
 from cds_service import close_app
+from cds_service.logs import TextFormatter, json_formatter
 from tests.charts.lupus import ln_initiation_clean, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
 from tests.support.faulty_fhir import FaultyFhir
@@ -107,9 +108,12 @@ def fetch_body(fhir: FaultyFhir) -> dict[str, Any]:
 
 
 def call_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    """The per-call lines, parsed (each must be one JSON object)."""
-    lines = [r for r in caplog.records if r.name == "cds_service.calls"]
-    return [json.loads(r.getMessage()) for r in lines]
+    """The per-call lines as the service writes them (CDS_LOG_FORMAT=json), each parsed as one
+    JSON object."""
+    formatter = json_formatter()
+    lines = [formatter.format(r) for r in caplog.records if r.name == "cds_service.calls"]
+    assert all("\n" not in line for line in lines)
+    return [json.loads(line) for line in lines]
 
 
 def everything_logged(caplog: pytest.LogCaptureFixture) -> str:
@@ -194,6 +198,51 @@ def test_refused_call_still_logs_one_line(
     assert len(lines) == 1, "a refused call left no line in cds_service.calls"
     assert lines[0]["hookInstance"] == body["hookInstance"]
     assert lines[0]["service"] == "voclosporin-order-sign"
+
+
+def test_call_line_is_one_json_object_without_patient_id(
+    client: FlaskClient,
+    fhir: FaultyFhir,
+    signing_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The JSON line has timestamp, level, logger and the call's fields, and no patient id."""
+    with caplog.at_level(logging.INFO):
+        client.post(
+            SIGN_PATH,
+            json=fetch_body(fhir),
+            headers={"Authorization": f"Bearer {client_jwt(signing_key)}"},
+        )
+    (record,) = [r for r in caplog.records if r.name == "cds_service.calls"]
+    text = json_formatter().format(record)
+    line = json.loads(text)
+    assert line["level"] == "INFO"
+    assert line["logger"] == "cds_service.calls"
+    assert line["timestamp"].startswith(str(time.gmtime().tm_year))
+    assert line["event"] == "hook-call"
+    assert line["status"] == 200
+    assert line["hook"] == "order-sign"
+    assert_no_secrets(text, PATIENT_ID, FAMILY, GIVEN, ACCESS_TOKEN)
+
+
+def test_text_format_keeps_the_call_fields(
+    client: FlaskClient,
+    fhir: FaultyFhir,
+    signing_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """CDS_LOG_FORMAT=text: a readable line that still ends with the call's fields as JSON."""
+    with caplog.at_level(logging.INFO):
+        client.post(
+            SIGN_PATH,
+            json=fetch_body(fhir),
+            headers={"Authorization": f"Bearer {client_jwt(signing_key)}"},
+        )
+    (record,) = [r for r in caplog.records if r.name == "cds_service.calls"]
+    text = TextFormatter().format(record)
+    head, _, fields = text.partition(" {")
+    assert head.endswith("INFO cds_service.calls hook-call")
+    assert json.loads("{" + fields)["service"] == "voclosporin-order-sign"
 
 
 # --------------------------------------------------------------------------- no secrets

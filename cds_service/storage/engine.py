@@ -29,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from cds_service import metrics
 from cds_service.errors import StorageUnavailableError
 
 _SQLITE_BUSY_TIMEOUT_S = 30
@@ -165,6 +166,7 @@ class Database:
                     if sqlite_timeout:  # the pooled connection goes back with the usual timeout
                         _sqlite_busy_timeout(conn, _SQLITE_BUSY_TIMEOUT_S * 1000)
         except _UNAVAILABLE as exc:
+            metrics.DATABASE_ERRORS.inc()  # every outage passes here, whoever catches it
             raise StorageUnavailableError(
                 f"database {self.safe_url()} unavailable: "
                 f"{type(exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc).__name__}: "
