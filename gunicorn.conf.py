@@ -1,20 +1,7 @@
-"""Production gunicorn settings (gunicorn reads this file from the working directory).
+"""gunicorn reads this file from the working directory: the packaged settings, nothing else.
 
-Two processes for two cores (hook calls are CPU-bound Python), four threads each so a worker keeps
-serving while one call waits on the EHR's FHIR server. bench/README.md has the measurements.
+Edit cds_service/gunicorn_conf.py (settings and hooks); an installed service uses it as
+``gunicorn -c python:cds_service.gunicorn_conf``.
 """
 
-import gc
-
-bind = "0.0.0.0:8080"
-workers = 2
-worker_class = "gthread"
-threads = 4
-
-
-def post_worker_init(worker: object) -> None:
-    """Move start-up objects (knowledge, FHIR models) out of the GC's reach.
-
-    Every full collection would walk them again; json.loads of a large prefetch triggers many.
-    """
-    gc.freeze()
+from cds_service.gunicorn_conf import *  # noqa: F403
