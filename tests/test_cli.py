@@ -833,15 +833,38 @@ def test_console_script_is_registered() -> None:
 
 
 def test_serve_production_prints_gunicorn(run: Run) -> None:
-    """serve --production prints a gunicorn command around the app factory, runs nothing."""
-    code, out, _ = run(
-        "serve", "--production", "--host", "0.0.0.0", "--port", "9000", "--workers", "5"
-    )
+    """serve --production prints the README's recipe: the packaged config, runs nothing."""
+    code, out, _ = run("serve", "--production", "--host", "0.0.0.0", "--port", "9000")
     assert code == 0
-    assert out.splitlines()[0] == (
-        "gunicorn --bind 0.0.0.0:9000 --workers 5 --timeout 30 --access-logfile - "
+    command, note = out.splitlines()
+    assert command == (
+        "gunicorn -c python:cds_service.gunicorn_conf --bind 0.0.0.0:9000 "
         "'cds_service:create_app()'"
     )
+    assert "2 gthread workers x 4 threads" in note
+    assert note.endswith("README.md#production.")
+
+
+def test_serve_production_workers_override_the_config(run: Run) -> None:
+    """--workers is passed on after the config file, so it overrides the config's 2."""
+    code, out, _ = run("serve", "--production", "--port", "9000", "--workers", "5")
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "gunicorn -c python:cds_service.gunicorn_conf --bind 127.0.0.1:9000 --workers 5 "
+        "'cds_service:create_app()'"
+    )
+
+
+def test_packaged_gunicorn_config_is_the_recipe() -> None:
+    """The module the command names holds the README's 2 x 4 gthread settings and the GC hook;
+    the top-level gunicorn.conf.py only re-exports it."""
+    from cds_service import gunicorn_conf
+
+    assert (gunicorn_conf.workers, gunicorn_conf.threads) == (2, 4)
+    assert gunicorn_conf.worker_class == "gthread"
+    assert callable(gunicorn_conf.post_worker_init)
+    top = (Path(__file__).resolve().parents[1] / "gunicorn.conf.py").read_text(encoding="utf-8")
+    assert "\nfrom cds_service.gunicorn_conf import *" in top
 
 
 def test_serve_runs_the_dev_server(tmp_path: Path) -> None:

@@ -223,22 +223,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_HTTP_ERROR if failed else EXIT_OK
 
 
-def gunicorn_command(host: str, port: int, workers: int) -> str:
-    """The production command: gunicorn workers around the same app factory."""
-    return shlex.join(
-        [
-            "gunicorn",
-            "--bind",
-            f"{host}:{port}",
-            "--workers",
-            str(workers),
-            "--timeout",
-            "30",
-            "--access-logfile",
-            "-",
-            "cds_service:create_app()",
-        ]
-    )
+GUNICORN_CONFIG = "python:cds_service.gunicorn_conf"
+"""The packaged gunicorn settings (2 workers x 4 threads), found wherever the package is."""
+
+PRODUCTION_README_SECTION = "README.md#production"
+"""Where the production recipe is written down (a test checks the heading exists)."""
+
+
+def gunicorn_command(host: str, port: int, workers: int | None = None) -> str:
+    """The production command: the packaged gunicorn config around the same app factory.
+
+    ``workers`` overrides the config's worker count; None keeps the config's 2 x 4 threads.
+    """
+    command = ["gunicorn", "-c", GUNICORN_CONFIG, "--bind", f"{host}:{port}"]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    return shlex.join([*command, "cds_service:create_app()"])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -247,8 +247,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.production:
         print(gunicorn_command(args.host, args.port, args.workers), file=out)
         print(
-            "# Set CDS_PUBLIC_BASE_URL, CDS_JWT_ISSUERS, CDS_REDIS_URL, CDS_DATABASE_URL and "
-            "CDS_AUDIT_HASH_KEY first (README: Configuration); terminate TLS in front of it.",
+            "# Settings from cds_service/gunicorn_conf.py (2 gthread workers x 4 threads). Set "
+            "CDS_PUBLIC_BASE_URL, CDS_JWT_ISSUERS, CDS_REDIS_URL, CDS_FHIR_ALLOWED_SERVERS, "
+            "CDS_DATABASE_URL, CDS_AUDIT_HASH_KEY and CDS_ANALYTICS_TOKEN first and terminate "
+            f"TLS in front of it: {PRODUCTION_README_SECTION}.",
             file=out,
         )
         return EXIT_OK
@@ -308,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=(os.cpu_count() or 1) * 2 + 1,
-        help="gunicorn workers for --production (default 2 x CPUs + 1)",
+        default=None,
+        help="gunicorn workers for --production (default: the packaged config's 2, each with "
+        "4 threads)",
     )
     serve.set_defaults(run=cmd_serve)
 
