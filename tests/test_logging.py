@@ -200,13 +200,13 @@ def test_refused_call_still_logs_one_line(
     assert lines[0]["service"] == "voclosporin-order-sign"
 
 
-def test_call_line_is_one_json_object_without_patient_id(
+def _call_record(
     client: FlaskClient,
     fhir: FaultyFhir,
     signing_key: ec.EllipticCurvePrivateKey,
     caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The JSON line has timestamp, level, logger and the call's fields, and no patient id."""
+) -> logging.LogRecord:
+    """Make one signed order-sign call on the fetch path; return its call log record."""
     with caplog.at_level(logging.INFO):
         client.post(
             SIGN_PATH,
@@ -214,6 +214,17 @@ def test_call_line_is_one_json_object_without_patient_id(
             headers={"Authorization": f"Bearer {client_jwt(signing_key)}"},
         )
     (record,) = [r for r in caplog.records if r.name == "cds_service.calls"]
+    return record
+
+
+def test_call_line_is_one_json_object_without_patient_id(
+    client: FlaskClient,
+    fhir: FaultyFhir,
+    signing_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The JSON line has timestamp, level, logger and the call's fields, and no patient id."""
+    record = _call_record(client, fhir, signing_key, caplog)
     text = json_formatter().format(record)
     line = json.loads(text)
     assert line["level"] == "INFO"
@@ -232,13 +243,7 @@ def test_text_format_keeps_the_call_fields(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """CDS_LOG_FORMAT=text: a readable line that still ends with the call's fields as JSON."""
-    with caplog.at_level(logging.INFO):
-        client.post(
-            SIGN_PATH,
-            json=fetch_body(fhir),
-            headers={"Authorization": f"Bearer {client_jwt(signing_key)}"},
-        )
-    (record,) = [r for r in caplog.records if r.name == "cds_service.calls"]
+    record = _call_record(client, fhir, signing_key, caplog)
     text = TextFormatter().format(record)
     head, _, fields = text.partition(" {")
     assert head.endswith("INFO cds_service.calls hook-call")
