@@ -59,7 +59,7 @@ class RepeatFilter:
         self, findings: tuple[Finding, ...], patient_id: str | None, now: datetime
     ) -> tuple[Finding, ...]:
         """Return ``findings`` with recent repeats at info, in severity order."""
-        if self.lookup is None or self.window_days <= 0 or not patient_id:
+        if not self.enabled or self.lookup is None or not patient_id:
             return findings
         keys = sorted({f.finding_key for f in findings if quietable(f)})
         if not keys:

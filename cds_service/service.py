@@ -198,6 +198,8 @@ class CdsService:
         self.terminology = Terminology(knowledge)
         warm_up()
         self.services = service_endpoints(knowledge)
+        # Every hook some id answers (bounded label values for metrics and logs).
+        self.hooks = frozenset(hook for e in self.services.values() for hook in e.entries)
         self.chart_settings = chart_settings
         self.deadline_ms = deadline_ms
         self.clock = clock
