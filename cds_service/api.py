@@ -1,4 +1,5 @@
-"""HTTP surface (CDS Hooks 2.0): discovery, service calls, feedback, the contract, health, and
+"""HTTP surface (CDS Hooks 2.0): discovery, service calls, feedback, the contract, health
+(``/healthz`` liveness, ``/readyz`` readiness), and
 ``GET /metrics`` (Prometheus, ``metrics_bp``, protected like ``/analytics``).
 
 Each view: read and validate the body with a schema, hand it to the service, dump the answer.
@@ -20,6 +21,7 @@ from marshmallow import Schema, ValidationError
 from cds_service import metrics
 from cds_service.analytics import require_operator_token
 from cds_service.errors import BadRequest, CdsError, UnsupportedMediaType
+from cds_service.readiness import READINESS_EXTENSION, Readiness
 from cds_service.recording import RECORDER_EXTENSION, Recorder
 from cds_service.schemas import (
     DiscoveryOut,
@@ -157,10 +159,12 @@ def openapi() -> Response:
 
 @bp.get("/healthz")
 def health() -> Response:
+    """Liveness: cheap, no dependency asked (a database outage must not restart instances)."""
     service = cds()
     return jsonify(
         {
             "status": "ok",
+            "settingsFingerprint": current_app.config["CDS_SETTINGS_FINGERPRINT"],
             "knowledgeVersion": service.knowledge.full_version,
             "services": sorted(service.services),
             "clientAuthentication": current_app.config["CDS_AUTH_STATE"],
@@ -171,6 +175,24 @@ def health() -> Response:
             ),
         }
     )
+
+
+@bp.get("/readyz")
+def ready() -> Response:
+    """Readiness: database and Redis each answer within CDS_READY_TIMEOUT_MS, else 503."""
+    readiness: Readiness = current_app.extensions[READINESS_EXTENSION]
+    is_ready, checks = readiness.check()
+    response = jsonify(
+        {
+            "status": "ready" if is_ready else "not ready",
+            "checks": checks,
+            "settingsFingerprint": current_app.config["CDS_SETTINGS_FINGERPRINT"],
+            "knowledgeVersion": cds().knowledge.full_version,
+        }
+    )
+    response.status_code = 200 if is_ready else 503
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @metrics_bp.before_request

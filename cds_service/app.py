@@ -10,6 +10,8 @@ What the app holds (``app.extensions``):
 - ``cds_recorder``: the ``Recorder`` (audit trail and feedback, over ``storage``);
 - ``cds_storage`` / ``cds_audit_writer`` / ``cds_audit_hash_key``: storage (``init_storage``);
 - ``cds_authenticator``: the JWT verifier when ``CDS_JWT_ISSUERS`` is set (``init_security``);
+- ``cds_readiness``: the dependency checks of ``/readyz``; ``CDS_SETTINGS_FINGERPRINT`` (config):
+  the digest ``/healthz`` and ``/readyz`` show (``cds_service.fingerprint``);
 - ``cds_closers``: what ``close_app`` releases (sockets, threads, connections).
 """
 
@@ -34,7 +36,9 @@ from cds_service.config import from_environment
 from cds_service.docs import docs_bp
 from cds_service.errors import CdsError, ReplayCacheUnavailable, error_document
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
+from cds_service.fingerprint import settings_fingerprint
 from cds_service.logs import LogFormat, configure_root
+from cds_service.readiness import READINESS_EXTENSION, Readiness
 from cds_service.recording import RECORDER_EXTENSION, Recorder, StoredOverrides
 from cds_service.service import CdsService
 from cds_service.storage import db_cli, init_storage, shutdown_storage
@@ -77,7 +81,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # what reads past overrides back for repeated alerts.
     storage, writer, hash_key = init_storage(app)
     app.extensions[RECORDER_EXTENSION] = Recorder(
-        storage, writer, hash_key, knowledge.override_reason_displays
+        storage,
+        writer,
+        hash_key,
+        knowledge.override_reason_displays,
+        feedback_slots=int(app.config["CDS_FEEDBACK_CONCURRENCY"]),
     )
     app.extensions[SERVICE_EXTENSION] = CdsService(
         knowledge,
@@ -88,7 +96,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         repeat_window_days=int(app.config["CDS_REPEAT_WINDOW_DAYS"]),
     )
     app.extensions[CLOSERS_EXTENSION] = [session.close, lambda: executor.shutdown(wait=False)]
+    readiness = Readiness(
+        storage, app.config["CDS_REDIS_URL"], timeout_ms=int(app.config["CDS_READY_TIMEOUT_MS"])
+    )
+    app.extensions[READINESS_EXTENSION] = readiness
+    app.extensions[CLOSERS_EXTENSION].append(readiness.close)
     app.extensions[CLOSERS_EXTENSION].append(lambda: shutdown_storage(app))
+    app.config["CDS_SETTINGS_FINGERPRINT"] = settings_fingerprint(
+        app.config,
+        knowledge.full_version,
+        f"{storage.database.dialect}:{storage.url.host or ''}:{storage.url.port or ''}"
+        f"/{storage.url.database or ''}",
+        hash_key,
+    )
     app.cli.add_command(db_cli)
 
     register_error_handlers(app)

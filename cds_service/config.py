@@ -39,6 +39,13 @@ def _days(value: str) -> int:
     return days
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"expected a whole number above 0, got {number}")
+    return number
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -131,6 +138,55 @@ SETTINGS: tuple[Setting, ...] = (
         _optional,
         "SQLAlchemy URL of the audit/feedback database; default a SQLite file in the "
         "instance folder.",
+    ),
+    Setting(
+        "CDS_DB_STATEMENT_TIMEOUT_MS",
+        5000,
+        _positive,
+        "Longest any database statement may run (PostgreSQL `statement_timeout`, set on "
+        "every connection); migrations are exempt.",
+    ),
+    Setting(
+        "CDS_DB_LOCK_TIMEOUT_MS",
+        2000,
+        _positive,
+        "Longest any database use waits for a lock (PostgreSQL `lock_timeout`, SQLite busy "
+        "timeout) or for a pooled connection.",
+    ),
+    Setting(
+        "CDS_AUDIT_WRITE_TIMEOUT_MS",
+        500,
+        _positive,
+        "Bound of the audit write each hook call makes before answering; a database that "
+        "does not take it in time gets the record in the spool instead.",
+    ),
+    Setting(
+        "CDS_AUDIT_SPOOL_MAX_MB",
+        256,
+        _positive,
+        "Size bound of the audit spool (`<instance folder>/audit-spool`: records the "
+        "database did not take, replayed when it returns); above it records are logged "
+        "whole at ERROR.",
+    ),
+    Setting(
+        "CDS_AUDIT_DRAIN_SECONDS",
+        10,
+        _positive,
+        "At shutdown (SIGTERM), how long to replay the spool before saying at ERROR what "
+        "stays in it; keep it below gunicorn's graceful timeout (30 s).",
+    ),
+    Setting(
+        "CDS_FEEDBACK_CONCURRENCY",
+        2,
+        _positive,
+        "Feedback writes one process runs at once; more wait 0.25 s, then get 503 with "
+        "Retry-After, so a stalled database cannot take the hook path's threads.",
+    ),
+    Setting(
+        "CDS_READY_TIMEOUT_MS",
+        1000,
+        _positive,
+        "How long `/readyz` waits for the database and Redis before answering 503.",
     ),
     Setting(
         "CDS_AUDIT_HASH_KEY",

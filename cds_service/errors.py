@@ -14,6 +14,8 @@ and title, so one handler writes every JSON error body and no module translates 
     ├── UnsupportedMediaType (415)          body is not application/json
     ├── ServiceUnavailable (503)            a dependency the answer needs is down
     │   ├── StorageUnavailableError         the audit/feedback database cannot be used now
+    │   ├── FeedbackBusy                    every feedback write slot is taken (Retry-After)
+    │   ├── CardNotYetRecorded              the card's audit record waits in the spool (Retry-After)
     │   └── AuthUnavailable                 client JWTs cannot be checked now (never let through)
     │       ├── ReplayCacheUnavailable      the shared replay cache (Redis) cannot be reached
     │       └── KeySetUnavailable           the issuer's JWK Set cannot be fetched or read
@@ -165,6 +167,26 @@ class StorageUnavailableError(ServiceUnavailable):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class FeedbackBusy(ServiceUnavailable):
+    """Every feedback write slot is taken (a slow database): retry soon, keep the hook path free."""
+
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "2"}
+
+    def __init__(self) -> None:
+        super().__init__("Feedback is busy; please retry shortly")
+
+
+class CardNotYetRecorded(ServiceUnavailable):
+    """The card was issued but its audit record is still in the local spool: retry later."""
+
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The card's audit record is not yet in the database; please retry; nothing was stored"
+        )
 
 
 class AuthUnavailable(ServiceUnavailable):

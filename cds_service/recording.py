@@ -3,9 +3,12 @@
 The app's side of the audit trail and of CDS Hooks 2.0 #feedback: the ``Recorder`` turns a
 ``HookOutcome`` into a ``CallRecord`` and loaded feedback into ``FeedbackEntry`` values (the
 values storage takes, ``cds_service.storage.values``), and hands them over. Audit records go to
-the background writer (``cds_service.storage.audit``): a database outage is logged and never
-delays or fails the cards. Feedback is stored synchronously because the client needs to know
-it was kept. Flask-free: the views call the app's ``Recorder`` directly.
+the ``AuditWriter`` (``cds_service.storage.audit``) before the answer leaves: the database
+within a short bound, else the local spool, so any instance knows the card at once and an
+outage never fails the cards. Feedback is stored synchronously because the client needs to
+know it was kept; at most ``feedback_slots`` writes per process run at once (a stalled
+database cannot take every thread the hook path needs): beyond that 503 with Retry-After.
+Flask-free: the views call the app's ``Recorder`` directly.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from cds_service.errors import ServiceUnavailable, StorageUnavailableError, UnknownCardError
+from cds_service.errors import (
+    CardNotYetRecorded,
+    FeedbackBusy,
+    StorageUnavailableError,
+    UnknownCardError,
+)
 from cds_service.service import HookOutcome
 from cds_service.storage import (
     AuditWriter,
@@ -47,11 +55,16 @@ class Recorder:
         writer: AuditWriter,
         hash_key: bytes,
         reason_displays: Mapping[tuple[str, str], str] | None = None,
+        *,
+        feedback_slots: int = 2,
+        feedback_wait_s: float = 0.25,
     ) -> None:
         self.storage = storage
         self.writer = writer
         self.hash_key = hash_key
         self.reason_displays = dict(reason_displays or {})
+        self.feedback_wait_s = feedback_wait_s
+        self._feedback_slots = threading.BoundedSemaphore(feedback_slots)
 
     def record_call(self, outcome: HookOutcome) -> None:
         """Queue the audit record; a failure here is logged and never touches the cards."""
@@ -61,19 +74,32 @@ class Recorder:
             log.exception("audit record for hookInstance %s not queued", outcome.hook_instance)
 
     def store_feedback(self, service_id: str, items: list[dict[str, Any]]) -> int:
-        """Store loaded feedback items; unknown card -> 404, database down -> 503."""
+        """Store loaded feedback items; 404 unknown card, 503 (Retry-After) database down,
+        card still spooled, or every feedback slot taken."""
         entries = [feedback_entry(item, self.reason_displays) for item in items]
+        if not self._feedback_slots.acquire(timeout=self.feedback_wait_s):
+            raise FeedbackBusy()
         try:
-            try:
-                return self.storage.store_feedback(service_id, entries)
-            except UnknownCardError:
-                # The card may still be in the audit writer's queue (cards are recorded in the
-                # background): write the queue out and look once more.
-                self.writer.flush(2.0)
-                return self.storage.store_feedback(service_id, entries)
+            return self.storage.store_feedback(service_id, entries)
+        except UnknownCardError as exc:
+            # Issued here while the database was away: the record waits in the spool, and a
+            # retry after its replay succeeds. A card no instance issued stays a 404.
+            spool = self.writer.spool
+            if spool is None or not spool.holds_any(exc.card_uuids):
+                raise
+            if self.writer.replay(time.monotonic() + 1.0):
+                try:
+                    return self.storage.store_feedback(service_id, entries)
+                except UnknownCardError:
+                    pass  # spooled by another process of this folder, not replayed yet
+            raise CardNotYetRecorded() from exc
         except StorageUnavailableError as exc:
-            # As before the error tree: a plain 503 (no Retry-After) that names the feedback.
-            raise ServiceUnavailable("Feedback could not be stored; please retry") from exc
+            log.error("feedback not stored: %s", exc)
+            raise StorageUnavailableError(
+                str(exc), detail="Feedback could not be stored; please retry"
+            ) from exc
+        finally:
+            self._feedback_slots.release()
 
 
 def call_record(outcome: HookOutcome, hash_key: bytes) -> CallRecord:

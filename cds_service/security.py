@@ -10,6 +10,7 @@ so at start-up and in ``/healthz``.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from flask import Flask, Response, current_app, request
@@ -74,9 +75,15 @@ def _authenticator(app: Flask, issuers: Any) -> ClientAuthenticator:
         app.extensions.setdefault("cds_closers", []).append(redis_cache.close)
         cache = redis_cache
     else:
-        log.warning(
+        # Never silent: under gunicorn (production) this is an ERROR line; the packaged
+        # gunicorn config refuses more than one worker like this (gunicorn_conf).
+        (
+            log.error
+            if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+            else log.warning
+        )(
             "JWT replay cache is in-process (CDS_REDIS_URL unset): replays across "
-            "workers or instances are not detected"
+            "workers or instances are not detected; set CDS_REDIS_URL in production"
         )
         cache = MemoryReplayCache()
     authenticator = ClientAuthenticator(

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -32,6 +31,7 @@ from cds_service.storage import (
     shutdown_storage,
 )
 from cds_service.storage.schema import TABLES, feedback, metadata
+from cds_service.storage.spool import AuditSpool, record_json
 from tests.support.ci import find_postgres, skip_or_fail
 from tests.support.factories import (
     NRCS,
@@ -461,7 +461,7 @@ def test_dead_database_raises_storage_unavailable(url: str) -> None:
 
 
 def test_hook_path_read_has_a_short_timeout(storage: Storage) -> None:
-    """A bounded read waits at most its timeout; the pooled connection then gets 30 s back."""
+    """A bounded read waits at most its timeout; the pooled connection then gets its own back."""
     show = (
         "PRAGMA busy_timeout" if storage.database.dialect == "sqlite" else "SHOW statement_timeout"
     )
@@ -469,7 +469,7 @@ def test_hook_path_read_has_a_short_timeout(storage: Storage) -> None:
         inside = str(conn.exec_driver_sql(show).scalar())
     with storage.database.transaction(write=False) as conn:
         after = str(conn.exec_driver_sql(show).scalar())
-    assert (inside, after) in {("250", "30000"), ("250ms", "0")}
+    assert (inside, after) in {("250", "2000"), ("250ms", "5s")}
 
 
 def test_recent_overrides_picks_the_latest_override_per_finding(storage: Storage) -> None:
@@ -527,122 +527,102 @@ def test_audit_writer_writes_what_is_submitted(storage: Storage) -> None:
 
 
 @pytest.mark.parametrize("url", DEAD_URLS.values(), ids=DEAD_URLS.keys())
-def test_audit_writer_logs_outage_and_never_raises(
-    url: str, caplog: pytest.LogCaptureFixture
+def test_audit_writer_spools_during_an_outage_and_never_raises(
+    url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With the database down, submit returns, and the log keeps the record and hookInstance."""
+    """With the database down, submit returns and the record is in the spool, said once at ERROR."""
     storage = Storage(url)
-    writer = AuditWriter(storage)
+    spool = AuditSpool(tmp_path / "spool", max_bytes=1 << 20)
+    writer = AuditWriter(storage, spool)
     try:
         with caplog.at_level(logging.ERROR, logger="cds_service.storage"):
+            storage._migrator._prepared = True  # as if it had answered at start-up
             writer.submit(call("hook-during-outage", NOW, (card("r1"),)))
-            assert writer.flush(30)
+            writer.submit(call("hook-during-outage-2", NOW, (card("r1"),)))
     finally:
-        writer.close()
+        writer.close(0.1)
         storage.dispose()
-    assert writer.failed == 1
-    (line,) = [r.getMessage() for r in caplog.records if "hook-during-outage" in r.getMessage()]
-    assert "audit record not stored" in line
-    assert '"rules_evaluated"' in line
+    assert (writer.spooled, writer.written, writer.dropped) == (2, 0, 0)
+    assert spool.pending() == 2
+    assert sum("did not take a record" in r.getMessage() for r in caplog.records) == 1
+    assert "AUDIT RECORDS NOT WRITTEN at shutdown: 2 record(s)" in caplog.text
 
 
-def test_audit_writer_recovers_when_database_returns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """After an outage the writer creates the schema and writes again, without a restart."""
+def test_audit_writer_replays_the_spool_when_the_database_returns(tmp_path: Path) -> None:
+    """Records spooled during an outage reach the database once it is back, without a restart."""
     missing = tmp_path / "not-yet"
     storage = Storage(sqlite_url(missing))
-    writer = AuditWriter(storage)
+    writer = AuditWriter(storage, AuditSpool(tmp_path / "spool", max_bytes=1 << 20))
     try:
-        with caplog.at_level(logging.ERROR, logger="cds_service.storage"):
-            writer.submit(call("hook-lost", NOW, ()))
-            assert writer.flush(30)
+        writer.submit(call("hook-during-outage", NOW, ()))
         missing.mkdir()
-        writer.submit(call("hook-kept", NOW, ()))
         assert writer.flush(30)
+        writer.submit(call("hook-after", NOW, ()))
     finally:
         writer.close()
     try:
-        assert [r.hook_instance for r in calls_for_hook_instance(storage, "hook-kept")] == [
-            "hook-kept"
-        ]
-        assert (writer.failed, writer.written) == (1, 1)
+        for hook_instance in ("hook-during-outage", "hook-after"):
+            assert len(calls_for_hook_instance(storage, hook_instance)) == 1, hook_instance
+        assert (writer.spooled, writer.replayed, writer.written) == (1, 1, 1)
     finally:
         storage.dispose()
 
 
-class BlockingStorage:
-    """A stand-in storage whose writes wait until released (a very slow database)."""
+class FailingStorage:
+    """A stand-in storage that is prepared but never takes a write, counting the tries."""
+
+    is_prepared = True
 
     def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.written: list[str] = []
+        self.tries = 0
 
     def prepare(self) -> None:
         """Nothing to prepare."""
 
-    def record_calls(self, records: Sequence[CallRecord]) -> None:
-        """Block until released, then remember what was written."""
-        self.entered.set()
-        self.release.wait(30)
-        self.written.extend(record.hook_instance for record in records)
+    def record_calls(self, records: Sequence[CallRecord], timeout_ms: int | None = None) -> int:
+        """Fail as an outage does."""
+        self.tries += 1
+        raise StorageUnavailableError("database down (test)")
 
 
-def test_submit_does_not_wait_for_the_database() -> None:
-    """While the database is stuck, 1000 submits still return at once (a queue put each)."""
-    slow = BlockingStorage()
-    writer = AuditWriter(slow)  # type: ignore[arg-type]
-    records = [call(f"hook-{i}", NOW, (card("r1"),)) for i in range(1000)]
+def test_after_a_failure_submits_go_straight_to_the_spool(tmp_path: Path) -> None:
+    """An outage costs one bounded database try, not one per call, for retry_after_s."""
+    down = FailingStorage()
+    writer = AuditWriter(down, AuditSpool(tmp_path, 1 << 20), retry_after_s=60)  # type: ignore[arg-type]
     try:
-        started = time.perf_counter()
-        for record in records:
-            writer.submit(record)
-        elapsed = time.perf_counter() - started
-        assert not slow.release.is_set()  # nothing was written while we submitted
-        slow.release.set()
-        assert writer.flush(30)
+        for n in range(50):
+            writer.submit(call(f"hook-{n}", NOW, ()))
+        assert down.tries == 1
+        assert writer.spooled == 50
     finally:
-        slow.release.set()
-        writer.close()
-    assert elapsed < 2.0
-    assert len(slow.written) == 1000
+        writer.close(0.1)
 
 
-def test_full_queue_drops_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """When the database lags so far that the queue is full, records are dropped, not waited on."""
-    slow = BlockingStorage()
-    writer = AuditWriter(slow, max_queue=2)  # type: ignore[arg-type]
+def test_a_full_spool_logs_each_record_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Above the spool's bound a record is logged whole at ERROR and counted, never dropped mute."""
+    one = len(record_json(call("hook-0", NOW, ()))) + 1
+    writer = AuditWriter(FailingStorage(), AuditSpool(tmp_path, max_bytes=2 * one + 10))  # type: ignore[arg-type]
     try:
-        writer.submit(call("hook-0", NOW, ()))
-        assert slow.entered.wait(10)  # the writer holds hook-0; the queue is empty again
         with caplog.at_level(logging.ERROR, logger="cds_service.storage"):
-            started = time.perf_counter()
-            for n in range(1, 6):
+            for n in range(5):
                 writer.submit(call(f"hook-{n}", NOW, ()))
-            assert time.perf_counter() - started < 0.5
-        slow.release.set()
-        assert writer.flush(10)
     finally:
-        slow.release.set()
-        writer.close()
-    assert writer.dropped == 3
-    assert slow.written == ["hook-0", "hook-1", "hook-2"]
-    assert (
-        sum(
-            "audit record dropped" in r.getMessage() and "queue is full" in r.getMessage()
-            for r in caplog.records
-        )
-        == 3
-    )
+        writer.close(0.1)
+    assert (writer.spooled, writer.dropped) == (2, 3)
+    lost = [r.getMessage() for r in caplog.records if "AUDIT RECORD NOT STORED" in r.getMessage()]
+    assert len(lost) == 3
+    assert all("is full" in line and '"rules_evaluated"' in line for line in lost)
 
 
-def test_submit_after_close_is_dropped_quietly(storage: Storage) -> None:
-    """A record submitted during shutdown is counted as dropped; submit still returns."""
+def test_submit_after_close_still_stores(storage: Storage) -> None:
+    """A record of a call still in flight at shutdown is written, not dropped."""
     writer = AuditWriter(storage)
     writer.close()
     writer.submit(call("hook-late", NOW, ()))
-    assert writer.dropped == 1
+    assert (writer.written, writer.dropped) == (1, 0)
+    assert len(calls_for_hook_instance(storage, "hook-late")) == 1
 
 
 # -- Flask wiring ------------------------------------------------------------------------

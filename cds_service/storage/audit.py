@@ -1,30 +1,38 @@
-"""The audit trail of hook calls: the writes, and the writer that does them off the request path.
+"""The audit trail of hook calls: the writes, and the writer that makes each one durable.
 
 ``write_calls`` stores audit records (calls, the rules evaluated, the cards issued) in one
-transaction. The hook response must neither wait for nor fail on the database, so the app
-hands records to ``AuditWriter.submit``, which only puts the record on a bounded in-memory
-queue; a daemon thread writes batches. When the database is down the records of that batch
-are logged at ERROR, each with its hookInstance and the whole record as JSON (it holds no
-names or tokens, only a keyed patient hash), so the trail can be rebuilt from the logs. When
-the queue is full the record is dropped, counted and logged.
+idempotent transaction. ``AuditWriter.submit`` runs on the hook path *before the answer
+leaves*, so any instance can take feedback on a card the moment the client has it:
+
+1. the record goes to the database, bounded by ``write_timeout_ms`` (statement and lock);
+2. if the database cannot take it (down, stalled, not yet migrated), the record is appended
+   and fsync'd to the local spool (``cds_service.storage.spool``), and the database is not
+   tried again on the hook path for ``retry_after_s``, so an outage costs one bounded wait,
+   not one per call;
+3. if the spool is full too, the record is logged whole at ERROR and counted as dropped.
+
+A daemon thread replays the spool every ``replay_every_s`` once the database answers;
+``close`` (at exit: SIGTERM under gunicorn) replays for at most ``drain_s`` and says at ERROR
+how many records stay in the spool. A record holds no names or tokens, only a keyed patient
+hash, so it may go to the log. The cost on the hook path is in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-import queue
 import threading
-import uuid
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
 
 from cds_service.errors import StorageUnavailableError
 
 from .engine import Database, as_utc
 from .schema import hook_call, issued_card, rule_evaluation
+from .spool import AuditSpool, record_json
 from .values import CallRecord
 
 if TYPE_CHECKING:
@@ -32,19 +40,41 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_STOP: Final = object()
-BATCH_SIZE = 100
 
+def write_calls(
+    database: Database, records: Sequence[CallRecord], timeout_ms: int | None = None
+) -> int:
+    """Store audit records with their evaluated rules and issued cards in one transaction.
 
-def write_calls(database: Database, records: Sequence[CallRecord]) -> None:
-    """Store audit records with their evaluated rules and issued cards in one transaction."""
+    Idempotent: a record whose ``call_id`` is already stored is skipped (a spool replayed
+    after a write whose commit answer was lost). Returns how many records were new.
+    """
     if not records:
-        return
+        return 0
+    with database.transaction(write=True, timeout_ms=timeout_ms) as conn:
+        ids = [record.call_id for record in records]
+        stored = set(conn.scalars(select(hook_call.c.id).where(hook_call.c.id.in_(ids))))
+        new = [r for r in dict((r.call_id, r) for r in records).values() if r.call_id not in stored]
+        if not new:
+            return 0
+        calls, evaluations, cards = _rows(new)
+        conn.execute(hook_call.insert(), calls)
+        if evaluations:
+            conn.execute(rule_evaluation.insert(), evaluations)
+        if cards:
+            conn.execute(issued_card.insert(), cards)
+    return len(new)
+
+
+def _rows(
+    records: Sequence[CallRecord],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the call, rule evaluation and issued card tables for ``records``."""
     calls: list[dict[str, Any]] = []
     evaluations: list[dict[str, Any]] = []
     cards: list[dict[str, Any]] = []
     for record in records:
-        call_id = str(uuid.uuid4())
+        call_id = record.call_id
         called_at = as_utc(record.called_at)
         calls.append(
             {
@@ -77,39 +107,44 @@ def write_calls(database: Database, records: Sequence[CallRecord]) -> None:
             }
             for card in record.cards
         )
-    with database.transaction(write=True) as conn:
-        conn.execute(hook_call.insert(), calls)
-        if evaluations:
-            conn.execute(rule_evaluation.insert(), evaluations)
-        if cards:
-            conn.execute(issued_card.insert(), cards)
-
-
-def record_json(record: CallRecord) -> str:
-    """Serialise an audit record for a log line (the fallback audit trail)."""
-    return json.dumps(dataclasses.asdict(record), default=str, separators=(",", ":"))
+    return calls, evaluations, cards
 
 
 class AuditWriter:
-    """Queue audit records and write them to ``storage`` on a background thread."""
+    """Store each audit record before the hook answer leaves: database, else spool, else log.
 
-    def __init__(self, storage: Storage, max_queue: int = 10000) -> None:
+    Counters: ``written`` (to the database on the hook path), ``spooled`` (to the spool),
+    ``replayed`` (from the spool to the database), ``dropped`` (in neither: logged whole).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        spool: AuditSpool | None = None,
+        *,
+        write_timeout_ms: int = 500,
+        retry_after_s: float = 5.0,
+        replay_every_s: float = 2.0,
+        drain_s: float = 10.0,
+    ) -> None:
         self.storage = storage
-        self.max_queue = max_queue
-        self.dropped = 0
-        self.failed = 0
-        self.written = 0
+        self.spool = spool
+        self.write_timeout_ms = write_timeout_ms
+        self.retry_after_s = retry_after_s
+        self.replay_every_s = replay_every_s
+        self.drain_s = drain_s
+        self.written = self.spooled = self.replayed = self.dropped = 0
         self._closed = False
         self._start()
 
     def _start(self) -> None:
-        """Create the queue, the counters' lock and the thread (again after a fork)."""
+        """Create the lock, the replay thread and its stop event (again after a fork)."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._pending = 0
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=self.max_queue)
-        self._thread = threading.Thread(target=self._run, name="cds-audit-writer", daemon=True)
+        self._replaying = threading.Lock()
+        self._db_skip_until = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cds-audit-replay", daemon=True)
         self._thread.start()
 
     def _restart_after_fork(self) -> None:
@@ -119,111 +154,180 @@ class AuditWriter:
         """
         self._start()
 
+    @property
+    def failed(self) -> int:
+        """Records the database did not take on the hook path (spooled or dropped)."""
+        return self.spooled + self.dropped
+
+    # -- the hook path -------------------------------------------------------------------
+
     def submit(self, record: CallRecord) -> None:
-        """Queue ``record`` for writing; never blocks, never raises."""
+        """Make ``record`` durable before returning; bounded in time, never raises."""
         try:
             if self._pid != os.getpid():
                 self._restart_after_fork()
-            if self._closed:
-                self._count_drop(record, "the audit writer is closed")
-                return
-            with self._lock:
-                self._pending += 1
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
-                with self._lock:
-                    self._pending -= 1
-                self._count_drop(record, f"the audit queue is full ({self.max_queue} waiting)")
+            if self._database_worth_trying():
+                try:
+                    self.storage.record_calls([record], timeout_ms=self.write_timeout_ms)
+                except StorageUnavailableError as exc:
+                    self._database_failed(exc)
+                else:
+                    self._count("written")
+                    return
+            self._keep(record)
         except Exception:  # the hook response must go out whatever happens here
             log.exception(
-                "audit record for hookInstance=%s could not be queued",
+                "audit record for hookInstance=%s not stored; record: %s",
                 getattr(record, "hook_instance", "?"),
+                _safe_json(record),
+            )
+            self._count("dropped")
+
+    def _database_worth_trying(self) -> bool:
+        """False while a recent failure says the database is away, or it is not prepared."""
+        with self._lock:
+            if time.monotonic() < self._db_skip_until:
+                return False
+        # An unprepared database (down at start-up) is prepared by the replay thread, not
+        # on the hook path, where the schema check would add its queries to every call.
+        return self.storage.is_prepared
+
+    def _database_failed(self, exc: Exception) -> None:
+        """Stop trying the database on the hook path for ``retry_after_s``; log once."""
+        with self._lock:
+            first = time.monotonic() >= self._db_skip_until
+            self._db_skip_until = time.monotonic() + self.retry_after_s
+        if first:
+            log.error(
+                "audit database did not take a record (%s: %s); records go to %s, "
+                "the database is tried again in %.0f s",
+                type(exc).__name__,
+                exc,
+                self.spool or "the log (no spool)",
+                self.retry_after_s,
             )
 
-    def _count_drop(self, record: CallRecord, why: str) -> None:
-        """Count and log a record that will never be written."""
-        with self._lock:
-            self.dropped += 1
-            dropped = self.dropped
+    def _keep(self, record: CallRecord) -> None:
+        """Spool the record, or log it whole when there is no room."""
+        if self.spool is not None:
+            try:
+                if self.spool.append(record):
+                    self._count("spooled")
+                    return
+                why = f"the spool {self.spool.directory} is full ({self.spool.max_bytes} bytes)"
+            except OSError as exc:
+                why = f"the spool {self.spool.directory} could not be written: {exc}"
+        else:
+            why = "there is no spool"
+        self._count("dropped")
         log.error(
-            "audit record dropped because %s (hookInstance=%s, %d dropped so far): %s",
+            "AUDIT RECORD NOT STORED: the database did not take it and %s "
+            "(hookInstance=%s, %d not stored so far); record: %s",
             why,
             record.hook_instance,
-            dropped,
+            self.dropped,
             record_json(record),
         )
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until every queued record was written or given up; False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+    def _count(self, counter: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + n)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the thread (at shutdown; idempotent)."""
+    # -- replay --------------------------------------------------------------------------
+
+    def replay(self, deadline: float | None = None) -> bool:
+        """Prepare the database and write the spool to it; True when nothing waits any more."""
+        if self._pid != os.getpid():
+            self._restart_after_fork()
+        with self._replaying:
+            try:
+                self.storage.prepare()
+                if self.spool is not None and self.spool.segments():
+                    replayed = self.spool.replay(self._write_replayed, deadline)
+                    if replayed:
+                        self._count("replayed", replayed)
+                        log.info("audit spool: %d record(s) written to the database", replayed)
+            except StorageUnavailableError as exc:
+                log.debug("audit spool not replayed yet: %s", exc)
+                return False
+            with self._lock:
+                self._db_skip_until = 0.0  # it answered: the hook path may use it again
+            return self.spool is None or not self.spool.segments()
+
+    def _write_replayed(self, batch: Sequence[CallRecord]) -> None:
+        """Write a replayed batch; a record refused for a reason other than an outage is set
+        aside (one at a time finds it), an outage stops the replay."""
+        try:
+            self.storage.record_calls(batch)
+        except StorageUnavailableError:
+            raise
+        except Exception as exc:  # a bad record must not hold back the others
+            if len(batch) > 1:
+                for record in batch:
+                    self._write_replayed([record])
+                return
+            assert self.spool is not None
+            self.spool.reject(record_json(batch[0]), f"{type(exc).__name__}: {exc}")
+
+    def _run(self) -> None:
+        """Replay the spool now and then until stopped."""
+        while not self._stop.wait(self.replay_every_s):
+            try:
+                spooled = self.spool is not None and bool(self.spool.segments())
+                if spooled or not self.storage.is_prepared:
+                    self.replay()
+            except Exception:  # the thread must outlive any surprise
+                log.exception("audit spool replay failed")
+
+    def flush(self, timeout: float) -> bool:
+        """Replay what is spooled, for at most ``timeout`` s; True when nothing waits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.replay(deadline):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread, replay for at most ``timeout`` (``drain_s``), say what stays.
+
+        Records that stay are safe in the spool (the next start with this instance folder
+        replays them), but an operator must hear of them: one ERROR line with the counts.
+        Later ``submit`` calls still store (in-flight requests at shutdown).
+        """
         if self._closed or self._pid != os.getpid():
             self._closed = True
             return
         self._closed = True
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.error("audit writer did not stop: its queue stayed full for %.1f s", timeout)
-            return
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        """Write batches until told to stop."""
-        stop = False
-        while not stop:
-            batch: list[CallRecord] = []
-            item = self._queue.get()
-            while True:
-                if item is _STOP:
-                    stop = True
-                    break
-                assert isinstance(item, CallRecord)
-                batch.append(item)
-                if len(batch) >= BATCH_SIZE:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._write(batch)
-                with self._idle:
-                    self._pending -= len(batch)
-                    if self._pending == 0:
-                        self._idle.notify_all()
-
-    def _write(self, batch: Sequence[CallRecord]) -> None:
-        """Write a batch; on a bad record fall back to one at a time; log what fails."""
-        try:
-            self.storage.prepare()
-            self.storage.record_calls(batch)
-        except StorageUnavailableError as exc:
-            self._log_failed(batch, exc)
-            return
-        except Exception as exc:  # a bad record must not stop the thread or its batch
-            if len(batch) == 1:
-                self._log_failed(batch, exc)
-                return
-            for record in batch:
-                self._write([record])
-            return
-        with self._lock:
-            self.written += len(batch)
-
-    def _log_failed(self, batch: Sequence[CallRecord], exc: Exception) -> None:
-        """Log each record of a failed write, so the trail survives in the logs."""
-        with self._lock:
-            self.failed += len(batch)
-        for record in batch:
+        self._stop.set()
+        self._thread.join(1.0)
+        drain_s = self.drain_s if timeout is None else timeout
+        done = self.flush(drain_s) if self.spool is not None and self.spool.segments() else True
+        if self.spool is not None:
+            self.spool.rotate()  # close our segment file (a later submit opens a new one)
+        if not done and self.spool is not None:
             log.error(
-                "audit record not stored (hookInstance=%s): %s: %s; record: %s",
-                record.hook_instance,
-                type(exc).__name__,
-                exc,
-                record_json(record),
+                "AUDIT RECORDS NOT WRITTEN at shutdown: %d record(s) stay in the spool %s "
+                "after %.1f s (written this run: %d direct, %d replayed; %d never stored, "
+                "see earlier ERROR lines); an instance using this folder replays them when "
+                "the database answers",
+                self.spool.pending(),
+                self.spool.directory,
+                drain_s,
+                self.written,
+                self.replayed,
+                self.dropped,
             )
+        elif self.dropped:
+            log.error(
+                "AUDIT RECORDS NOT STORED this run: %d (each logged whole at ERROR)", self.dropped
+            )
+
+
+def _safe_json(record: object) -> str:
+    """The record as JSON for a last-resort log line, or its repr when even that fails."""
+    try:
+        return record_json(record)  # type: ignore[arg-type]
+    except Exception:  # logging must not raise
+        return repr(record)

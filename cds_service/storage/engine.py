@@ -2,12 +2,16 @@
 
 Concurrency rules this module enforces (see ``cds_service.storage.store`` for all of them):
 
-- SQLite runs in WAL mode with a 30 s busy timeout, and every write transaction starts with
-  ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
+- Every use is bounded (``DatabaseTimeouts``): PostgreSQL connections get ``statement_timeout``
+  and ``lock_timeout`` when they connect, SQLite connections a busy timeout of the lock
+  timeout; waiting for a pooled connection is bounded too. A stalled database (a held lock, a
+  slow query) costs a caller at most these, never a thread for good.
+- SQLite runs in WAL mode, and every write transaction starts with ``BEGIN IMMEDIATE`` so two
+  writers queue for the lock instead of failing mid-transaction.
 - PostgreSQL connects with a 5 s timeout and pre-pings pooled connections.
-- A read on the hook path (``transaction(timeout_ms=...)``) waits at most that long for a
+- A use on the hook path (``transaction(timeout_ms=...)``) waits at most that long for a
   lock (SQLite's busy timeout, set for that use only) or a statement (PostgreSQL's
-  ``statement_timeout``), never the 30 s a background writer may wait.
+  ``statement_timeout`` and ``lock_timeout`` for that transaction).
 - A database outage surfaces as ``StorageUnavailableError``, never as a driver error.
 - A forked worker (gunicorn --preload) drops the pool it inherited instead of sharing sockets.
 """
@@ -20,6 +24,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -32,10 +37,28 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from cds_service import metrics
 from cds_service.errors import StorageUnavailableError
 
-_SQLITE_BUSY_TIMEOUT_S = 30
 _PG_CONNECT_TIMEOUT_S = 5
+_WAL_SWITCH_WAIT_S = 30  # once per new file, at start-up
 # Errors that mean "the database cannot serve us now", as opposed to a bug in a query.
 _UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long any database use may wait (``CDS_DB_STATEMENT_TIMEOUT_MS`` / ``_LOCK_``)."""
+
+    statement_ms: int = 5000
+    lock_ms: int = 2000
+
+    def __post_init__(self) -> None:
+        """Refuse 0 or less: both databases read 0 as "wait for ever"."""
+        if self.statement_ms <= 0 or self.lock_ms <= 0:
+            raise ValueError(f"database timeouts must be positive, got {self}")
+
+    @property
+    def pool_wait_s(self) -> float:
+        """Wait for a pooled connection at most as long as for a lock."""
+        return self.lock_ms / 1000
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -59,7 +82,7 @@ def _enable_wal(cursor: Any) -> None:
     Switching needs a moment alone with the file and SQLite does not wait for it with the
     busy timeout, so instances opening a new file together retry here.
     """
-    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    deadline = time.monotonic() + _WAL_SWITCH_WAIT_S
     while True:
         try:
             if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
@@ -77,10 +100,12 @@ def _sqlite_busy_timeout(conn: Connection, milliseconds: int) -> None:
     conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={milliseconds}")  # type: ignore[union-attr]
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, timeouts: DatabaseTimeouts) -> Engine:
     """Create a SQLite engine that is safe for several threads and processes."""
     engine = create_engine(
-        url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        url,
+        connect_args={"timeout": timeouts.lock_ms / 1000, "check_same_thread": False},
+        pool_timeout=timeouts.pool_wait_s,
     )
     in_memory = url.database in (None, "", ":memory:")
 
@@ -90,7 +115,7 @@ def _sqlite_engine(url: URL) -> Engine:
         # writers can use BEGIN IMMEDIATE; see the module docstring.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeouts.lock_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         if not in_memory:
             _enable_wal(cursor)
@@ -105,15 +130,30 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def engine_for(url: URL) -> Engine:
+def engine_for(url: URL, timeouts: DatabaseTimeouts | None = None) -> Engine:
     """Create the engine with the settings each supported database needs."""
+    timeouts = timeouts or DatabaseTimeouts()
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, timeouts)
     connect_args: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
         # Fail fast during an outage: the audit writer must not hang on a dead host.
         connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_engine(
+        url, pool_pre_ping=True, connect_args=connect_args, pool_timeout=timeouts.pool_wait_s
+    )
+    if url.get_backend_name() == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _bound_every_statement(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            # SET on connect, not the ``options`` connect argument: a URL may carry its own
+            # options (a search_path) that connect_args would replace.
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET statement_timeout = {int(timeouts.statement_ms)}")
+                cursor.execute(f"SET lock_timeout = {int(timeouts.lock_ms)}")
+            dbapi_connection.commit()
+
+    return engine
 
 
 def _forget_parent_connections(database_ref: weakref.ReferenceType[Database]) -> None:
@@ -126,9 +166,10 @@ def _forget_parent_connections(database_ref: weakref.ReferenceType[Database]) ->
 class Database:
     """One engine on one URL: transactions that map outages; thread-safe, fork-safe."""
 
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, timeouts: DatabaseTimeouts | None = None) -> None:
         self.url = normalise_url(url)
-        self.engine = engine_for(self.url)
+        self.timeouts = timeouts or DatabaseTimeouts()
+        self.engine = engine_for(self.url, self.timeouts)
         # A forked worker (gunicorn --preload) must not share the parent's pooled sockets.
         os.register_at_fork(after_in_child=partial(_forget_parent_connections, weakref.ref(self)))
 
@@ -146,9 +187,10 @@ class Database:
         """Yield a connection in a transaction; outages become StorageUnavailableError.
 
         ``write=True`` starts the transaction with ``BEGIN IMMEDIATE`` on SQLite.
-        ``timeout_ms`` bounds the wait for locks and the statements (the hook path reads with
-        it): SQLite's busy timeout for this use of the connection, PostgreSQL's
-        ``statement_timeout`` for this transaction.
+        ``timeout_ms`` bounds the wait for locks and the statements (the hook path uses it):
+        SQLite's busy timeout for this use of the connection, PostgreSQL's
+        ``statement_timeout`` and ``lock_timeout`` for this transaction. Without it the
+        connection's own timeouts (``DatabaseTimeouts``) hold.
         """
         try:
             with self.engine.connect() as conn:
@@ -161,10 +203,11 @@ class Database:
                     with conn.begin():
                         if timeout_ms is not None and self.dialect == "postgresql":
                             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
                         yield conn
                 finally:
                     if sqlite_timeout:  # the pooled connection goes back with the usual timeout
-                        _sqlite_busy_timeout(conn, _SQLITE_BUSY_TIMEOUT_S * 1000)
+                        _sqlite_busy_timeout(conn, self.timeouts.lock_ms)
         except _UNAVAILABLE as exc:
             metrics.DATABASE_ERRORS.inc()  # every outage passes here, whoever catches it
             raise StorageUnavailableError(

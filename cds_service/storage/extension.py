@@ -11,6 +11,12 @@ Config keys (set by create_app from ``CDS_*`` environment variables):
     a random key per process, so hashes stay unlinkable to ids but do not link one
     patient's calls across restarts or instances; set it in production.
 
+``CDS_DB_STATEMENT_TIMEOUT_MS`` / ``CDS_DB_LOCK_TIMEOUT_MS``
+    Bounds of every database use (``DatabaseTimeouts``).
+``CDS_AUDIT_WRITE_TIMEOUT_MS``, ``CDS_AUDIT_SPOOL_MAX_MB``, ``CDS_AUDIT_DRAIN_SECONDS``
+    The hook path's audit write bound, the spool's size bound (the spool is
+    ``<instance folder>/audit-spool``), the replay wait at shutdown (``AuditWriter``).
+
 At start-up an *empty* database gets the schema; a database that already has data is only
 upgraded by ``flask --app cds_service db upgrade``, so one instance never changes a schema
 under others still running. A database that cannot be reached at start-up is logged and
@@ -32,6 +38,8 @@ from flask.cli import AppGroup
 from cds_service.errors import StorageUnavailableError
 
 from .audit import AuditWriter
+from .engine import DatabaseTimeouts
+from .spool import AuditSpool
 from .store import Storage
 
 log = logging.getLogger(__name__)
@@ -45,8 +53,21 @@ db_cli = AppGroup("db", help="Manage the audit and feedback database.")
 
 @db_cli.command("upgrade")
 def upgrade_command() -> None:
-    """Upgrade the database to the newest migration shipped with this code."""
+    """Upgrade the database to the newest migration shipped with this code.
+
+    Without CDS_DATABASE_URL the target would be the instance folder's SQLite file, which
+    is development's database, never a shared one: refused unless the app runs in debug
+    mode (``FLASK_DEBUG=1``), and then the file is named.
+    """
     storage = get_storage()
+    if not current_app.config.get("CDS_DATABASE_URL"):
+        if not current_app.debug:
+            raise click.ClickException(
+                f"CDS_DATABASE_URL is not set: refusing to migrate the instance folder's "
+                f"SQLite file {storage.url.database} (a rollout migrates the shared database: "
+                "set CDS_DATABASE_URL; for the development file set FLASK_DEBUG=1)"
+            )
+        click.echo(f"CDS_DATABASE_URL is not set: migrating the development file {storage!r}")
     storage.migrate()
     click.echo(f"{storage!r} is at migration {storage.current_revision()}")
 
@@ -104,15 +125,31 @@ def init_storage(app: Flask) -> tuple[Storage, AuditWriter, bytes]:
 
     Returns them with the patient-hash key; ``cds_service.app`` registers the ``db`` CLI.
     """
+    config = app.config
     storage = Storage(
-        app.config.get("CDS_DATABASE_URL") or default_database_url(app),
-        clock=app.config["CDS_CLOCK"],
+        config.get("CDS_DATABASE_URL") or default_database_url(app),
+        clock=config["CDS_CLOCK"],
+        timeouts=DatabaseTimeouts(
+            statement_ms=int(config.get("CDS_DB_STATEMENT_TIMEOUT_MS", 5000)),
+            lock_ms=int(config.get("CDS_DB_LOCK_TIMEOUT_MS", 2000)),
+        ),
     )
     try:
         storage.prepare()
     except StorageUnavailableError as exc:
         log.error("audit database unavailable at start-up; serving cards without it: %s", exc)
-    writer = AuditWriter(storage)
+    spool = AuditSpool(
+        os.path.join(app.instance_path, "audit-spool"),
+        max_bytes=int(float(config.get("CDS_AUDIT_SPOOL_MAX_MB", 256)) * 1024 * 1024),
+    )
+    writer = AuditWriter(
+        storage,
+        spool,
+        write_timeout_ms=int(config.get("CDS_AUDIT_WRITE_TIMEOUT_MS", 500)),
+        drain_s=float(config.get("CDS_AUDIT_DRAIN_SECONDS", 10)),
+    )
+    if spool.segments():
+        log.warning("audit spool %s holds records from an earlier run: replaying", spool)
     atexit.register(_close_at_exit, weakref.ref(writer))
     app.extensions[STORAGE_EXTENSION] = storage
     app.extensions[WRITER_EXTENSION] = writer
@@ -120,7 +157,8 @@ def init_storage(app: Flask) -> tuple[Storage, AuditWriter, bytes]:
     return storage, writer, hash_key
 
 
-def shutdown_storage(app: Flask, timeout: float = 5.0) -> None:
-    """Write queued audit records, stop the writer and close connections (tests, shutdown)."""
+def shutdown_storage(app: Flask, timeout: float | None = None) -> None:
+    """Replay spooled audit records (at most ``timeout``, default ``CDS_AUDIT_DRAIN_SECONDS``),
+    stop the writer and close connections (tests, shutdown)."""
     get_audit_writer(app).close(timeout)
     get_storage(app).dispose()

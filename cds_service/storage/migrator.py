@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any constant works; it only has to be the same in every instance of this service.
 _PG_MIGRATION_LOCK = 0x6364_7356_6F63  # "cdsVoc"
+_MIGRATION_LOCK_WAIT_MS = 60_000
 
 
 class Migrator:
@@ -65,10 +66,19 @@ class Migrator:
         """Upgrade the database to the newest migration, under the migration lock."""
         with self.database.transaction(write=True) as conn:
             if conn.dialect.name == "postgresql":
+                # A migration may rewrite a large table and wait for another instance's: the
+                # connection's statement timeout would cut it off; a minute for locks stays.
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {_MIGRATION_LOCK_WAIT_MS}")
                 conn.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
             command.upgrade(self._alembic_config(conn), "head")
         self._prepared = True
         log.info("database %s migrated to %s", self.label, self.head_revision())
+
+    @property
+    def prepared(self) -> bool:
+        """Tell whether ``prepare`` has succeeded once."""
+        return self._prepared
 
     def prepare(self) -> None:
         """Migrate an empty database; warn when a used one is behind this code's schema."""
@@ -77,6 +87,7 @@ class Migrator:
         if self.is_empty():
             log.info("database %s is empty: creating the schema", self.label)
             self.migrate()
+            self._prepared = True
             return
         current, head = self.current_revision(), self.head_revision()
         if current != head:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL
 
 from . import reports
 from .audit import write_calls
-from .engine import Database
+from .engine import Database, DatabaseTimeouts
 from .feedback import recent_overrides, store_feedback
 from .migrator import Migrator
 from .reports import Bucket
@@ -45,8 +45,14 @@ class Storage:
     passes its ``CDS_CLOCK``.
     """
 
-    def __init__(self, url: str | URL, *, clock: Callable[[], datetime] = utc_now) -> None:
-        self.database = Database(url)
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        timeouts: DatabaseTimeouts | None = None,
+    ) -> None:
+        self.database = Database(url, timeouts)
         self.clock = clock
         self._migrator = Migrator(self.database, label=repr(self))
 
@@ -95,9 +101,22 @@ class Storage:
 
     # -- writes --------------------------------------------------------------------------
 
-    def record_calls(self, records: Sequence[CallRecord]) -> None:
-        """Store several audit records in one transaction (the audit writer batches)."""
-        write_calls(self.database, records)
+    @property
+    def is_prepared(self) -> bool:
+        """Tell whether ``prepare`` has succeeded (the schema is there to write to)."""
+        return self._migrator.prepared
+
+    def record_calls(self, records: Sequence[CallRecord], timeout_ms: int | None = None) -> int:
+        """Store audit records in one idempotent transaction; return how many were new.
+
+        ``timeout_ms`` bounds the wait (the hook path writes with it).
+        """
+        return write_calls(self.database, records, timeout_ms)
+
+    def ping(self, timeout_ms: int) -> None:
+        """Run ``SELECT 1`` within ``timeout_ms`` (readiness); raises StorageUnavailableError."""
+        with self.database.transaction(write=False, timeout_ms=timeout_ms) as conn:
+            conn.exec_driver_sql("SELECT 1")
 
     def store_feedback(self, service_id: str, entries: Sequence[FeedbackEntry]) -> int:
         """Store feedback entries all-or-nothing; return how many were new (not duplicates).

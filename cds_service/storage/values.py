@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -55,6 +56,8 @@ class CallRecord:
     knowledge_version: str
     unavailable_data: tuple[str, ...]
     patient_hash: str | None
+    # Made with the record, so a record written twice (a replayed spool) is stored once.
+    call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:
         """Check the time has a zone, so stored times compare across instances."""

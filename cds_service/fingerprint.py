@@ -1,0 +1,78 @@
+"""The settings fingerprint: one digest of everything that changes cards or trust.
+
+Instances behind one load balancer must answer the same request with the same cards and trust
+the same clients. ``/healthz`` and ``/readyz`` show this digest, so an operator (or a deploy
+check) sees at a glance that they agree. Covered: the local-policy and fetch settings (they
+change which cards fire), client authentication and the FHIR server policy (who is trusted),
+the replay cache and the database each instance uses (kind and location, never credentials),
+the audit hash key (through a keyed derivation, never the key: different keys break repeated
+alerts across instances) and the knowledge version. Secrets and passwords never enter it in
+the clear. Flask-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+# Settings whose value changes what cards a request gets or whom the service trusts.
+FINGERPRINT_SETTINGS: tuple[str, ...] = (
+    "CDS_EGFR_BASELINE_MAX_DAYS",
+    "CDS_BP_MAX_AGE_DAYS",
+    "CDS_POTASSIUM_HIGH_DEFAULT",
+    "CDS_REPEAT_WINDOW_DAYS",
+    "CDS_REQUEST_DEADLINE_MS",
+    "CDS_FHIR_MAX_PAGES",
+    "CDS_FHIR_ALLOWED_SERVERS",
+    "CDS_ALLOW_UNAUTHENTICATED_FHIR",
+    "CDS_JWT_ISSUERS",
+    "CDS_JWT_LEEWAY_SECONDS",
+    "CDS_PUBLIC_BASE_URL",
+)
+
+
+def _location(url: str | None, default: str) -> str:
+    """Kind and place of a database or Redis URL, without user or password."""
+    if not url:
+        return default
+    try:
+        parsed = make_url(url)
+    except Exception:  # an unparsable URL still fingerprints, by its text's digest
+        return "unparsed:" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    place = f"{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}"
+    return f"{parsed.get_backend_name()}://{place}"
+
+
+def fingerprint_inputs(
+    config: Mapping[str, Any], knowledge_version: str, database: str, hash_key: bytes
+) -> dict[str, Any]:
+    """The values the digest covers (``database``: the storage's dialect and place)."""
+    inputs: dict[str, Any] = {name: config.get(name) for name in FINGERPRINT_SETTINGS}
+    inputs["replayCache"] = _location(config.get("CDS_REDIS_URL"), "in-process")
+    inputs["database"] = database
+    inputs["auditHashKey"] = hmac.new(hash_key, b"cds-settings-fingerprint", "sha256").hexdigest()
+    inputs["knowledgeVersion"] = knowledge_version
+    return inputs
+
+
+def settings_fingerprint(
+    config: Mapping[str, Any], knowledge_version: str, database: str, hash_key: bytes
+) -> str:
+    """Return ``sha256:<16 hex>`` over the covered settings (same settings, same digest)."""
+    inputs = fingerprint_inputs(config, knowledge_version, database, hash_key)
+    canonical = json.dumps(inputs, sort_keys=True, default=_canonical, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _canonical(value: object) -> object:
+    """Parsed settings (issuer maps, dataclasses) as plain, ordered values."""
+    if isinstance(value, Mapping):
+        return {str(k): value[k] for k in sorted(value, key=str)}
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    return repr(value)
