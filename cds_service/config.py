@@ -169,6 +169,13 @@ SETTINGS: tuple[Setting, ...] = (
         "whole at ERROR.",
     ),
     Setting(
+        "CDS_AUDIT_SPOOL_DIR",
+        None,
+        _optional,
+        "Folder of the audit spool; default `audit-spool` in the instance folder. Keep it on "
+        "local disk that survives a restart of the instance.",
+    ),
+    Setting(
         "CDS_AUDIT_DRAIN_SECONDS",
         10,
         _positive,

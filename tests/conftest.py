@@ -24,6 +24,7 @@ def make_app(tmp_path: Path, **overrides: object) -> Flask:
         "TESTING": True,
         "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'cds-test.sqlite3'}",
         "CDS_AUDIT_HASH_KEY": "test-key",
+        "CDS_AUDIT_SPOOL_DIR": str(tmp_path / "audit-spool"),
         "CDS_CLOCK": lambda: FIXED_NOW,
     }
     config.update(overrides)

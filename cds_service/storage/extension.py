@@ -14,8 +14,10 @@ Config keys (set by create_app from ``CDS_*`` environment variables):
 ``CDS_DB_STATEMENT_TIMEOUT_MS`` / ``CDS_DB_LOCK_TIMEOUT_MS``
     Bounds of every database use (``DatabaseTimeouts``).
 ``CDS_AUDIT_WRITE_TIMEOUT_MS``, ``CDS_AUDIT_SPOOL_MAX_MB``, ``CDS_AUDIT_DRAIN_SECONDS``
-    The hook path's audit write bound, the spool's size bound (the spool is
-    ``<instance folder>/audit-spool``), the replay wait at shutdown (``AuditWriter``).
+    The hook path's audit write bound, the spool's size bound, the replay wait at shutdown
+    (``AuditWriter``).
+``CDS_AUDIT_SPOOL_DIR``
+    The spool's folder; default ``<instance folder>/audit-spool``.
 
 At start-up an *empty* database gets the schema; a database that already has data is only
 upgraded by ``flask --app cds_service db upgrade``, so one instance never changes a schema
@@ -139,8 +141,9 @@ def init_storage(app: Flask) -> tuple[Storage, AuditWriter, bytes]:
     except StorageUnavailableError as exc:
         log.error("audit database unavailable at start-up; serving cards without it: %s", exc)
     spool = AuditSpool(
-        os.path.join(app.instance_path, "audit-spool"),
+        config.get("CDS_AUDIT_SPOOL_DIR") or os.path.join(app.instance_path, "audit-spool"),
         max_bytes=int(float(config.get("CDS_AUDIT_SPOOL_MAX_MB", 256)) * 1024 * 1024),
+        database_key=storage.url.render_as_string(hide_password=True),
     )
     writer = AuditWriter(
         storage,

@@ -1,7 +1,9 @@
 """The audit spool: records the database did not take, on local disk until it takes them.
 
 A directory under the instance folder holds append-only JSON-lines files, one line per
-``CallRecord``. Each process appends to its own segment (``audit-<pid>-<id>.jsonl``), holding
+``CallRecord``. Each process appends to its own segment (``audit-<db>-<pid>-<id>.jsonl``;
+``<db>`` is a digest of the database's URL, so a folder shared by instances on different
+databases never replays a record into the wrong one), holding
 an exclusive ``flock`` on it while it may still append; every line is written and fsync'd
 before the hook answer leaves, so neither SIGKILL nor a power cut loses a record that was
 answered. Any process of any instance that shares the folder replays any segment it can lock
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +37,6 @@ from .values import CallRecord, IssuedCard
 
 log = logging.getLogger(__name__)
 
-SEGMENT_GLOB = "audit-*.jsonl"
 REPLAY_BATCH = 100
 
 
@@ -64,9 +66,12 @@ def record_from_json(line: str) -> CallRecord:
 class AuditSpool:
     """Append-only, fsync'd, bounded JSON-lines files of audit records; thread- and fork-safe."""
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int, database_key: str = "any"
+    ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.database_key = hashlib.sha256(database_key.encode()).hexdigest()[:12]
         self._lock = threading.Lock()
         self._segment: IO[bytes] | None = None
         self._pid = os.getpid()
@@ -94,7 +99,8 @@ class AuditSpool:
             self._pid, self._segment = os.getpid(), None
         if self._segment is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"audit-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            name = f"audit-{self.database_key}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            path = self.directory / name
             segment = path.open("ab")
             fcntl.flock(segment.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             _fsync_directory(self.directory)  # the new name survives a crash too
@@ -111,15 +117,18 @@ class AuditSpool:
     # -- reading -------------------------------------------------------------------------
 
     def segments(self) -> list[Path]:
-        """Return the segment files, oldest first."""
+        """Return this database's segment files, oldest first."""
         try:
-            return sorted(self.directory.glob(SEGMENT_GLOB), key=_mtime)
+            return sorted(self.directory.glob(f"audit-{self.database_key}-*.jsonl"), key=_mtime)
         except OSError:
             return []
 
     def size(self) -> int:
-        """Return the bytes the segments hold (the bound counts every process's)."""
-        return sum(_size(path) for path in self.segments())
+        """Return the bytes the directory's segments hold (every process's, every database's)."""
+        try:
+            return sum(_size(path) for path in self.directory.glob("audit-*.jsonl"))
+        except OSError:
+            return 0
 
     def pending(self) -> int:
         """Return how many records wait in the segments (read at shutdown and readiness)."""
