@@ -622,6 +622,22 @@ def test_healthz_conforms(contract: OpenAPI, client: FlaskClient) -> None:
     assert body["clientAuthentication"].startswith("OFF")
 
 
+def test_readyz_conforms_ready_and_not_ready(contract: OpenAPI, tmp_path: Path) -> None:
+    """/readyz is 200 with its checks, and 503 naming the database when it is down."""
+    ready_app = make_app(tmp_path)
+    down_app = make_app(
+        tmp_path / "down", CDS_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/test"
+    )
+    try:
+        ready = conforms(contract, exchange(ready_app.test_client(), "GET", "/readyz"), 200)
+        down = conforms(contract, exchange(down_app.test_client(), "GET", "/readyz"), 503)
+    finally:
+        close_app(ready_app)
+        close_app(down_app)
+    assert ready["checks"]["database"] == "ok"
+    assert down["checks"]["database"].startswith("failed")
+
+
 def test_analytics_conform_after_calls_and_feedback(
     contract: OpenAPI, app: Flask, client: FlaskClient
 ) -> None:
