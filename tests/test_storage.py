@@ -579,7 +579,9 @@ class FailingStorage:
     def prepare(self) -> None:
         """Nothing to prepare."""
 
-    def record_calls(self, records: Sequence[CallRecord], timeout_ms: int | None = None) -> int:
+    def record_calls(
+        self, records: Sequence[CallRecord], timeout_ms: int | None = None, *, fresh: bool = False
+    ) -> int:
         """Fail as an outage does."""
         self.tries += 1
         raise StorageUnavailableError("database down (test)")

@@ -42,19 +42,26 @@ log = logging.getLogger(__name__)
 
 
 def write_calls(
-    database: Database, records: Sequence[CallRecord], timeout_ms: int | None = None
+    database: Database,
+    records: Sequence[CallRecord],
+    timeout_ms: int | None = None,
+    *,
+    fresh: bool = False,
 ) -> int:
     """Store audit records with their evaluated rules and issued cards in one transaction.
 
     Idempotent: a record whose ``call_id`` is already stored is skipped (a spool replayed
-    after a write whose commit answer was lost). Returns how many records were new.
+    after a write whose commit answer was lost). ``fresh=True`` (the hook path: records just
+    made, never written) skips that look-up, one round trip less. Returns how many were new.
     """
     if not records:
         return 0
     with database.transaction(write=True, timeout_ms=timeout_ms) as conn:
-        ids = [record.call_id for record in records]
-        stored = set(conn.scalars(select(hook_call.c.id).where(hook_call.c.id.in_(ids))))
-        new = [r for r in dict((r.call_id, r) for r in records).values() if r.call_id not in stored]
+        new = list(dict((r.call_id, r) for r in records).values())
+        if not fresh:
+            ids = [record.call_id for record in new]
+            stored = set(conn.scalars(select(hook_call.c.id).where(hook_call.c.id.in_(ids))))
+            new = [r for r in new if r.call_id not in stored]
         if not new:
             return 0
         calls, evaluations, cards = _rows(new)
@@ -168,7 +175,9 @@ class AuditWriter:
                 self._restart_after_fork()
             if self._database_worth_trying():
                 try:
-                    self.storage.record_calls([record], timeout_ms=self.write_timeout_ms)
+                    self.storage.record_calls(
+                        [record], timeout_ms=self.write_timeout_ms, fresh=True
+                    )
                 except StorageUnavailableError as exc:
                     self._database_failed(exc)
                 else:

@@ -202,8 +202,11 @@ class Database:
                 try:
                     with conn.begin():
                         if timeout_ms is not None and self.dialect == "postgresql":
-                            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-                            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
+                            bound = int(timeout_ms)  # both in one round trip (hook path)
+                            conn.exec_driver_sql(
+                                f"SET LOCAL statement_timeout = {bound}; "
+                                f"SET LOCAL lock_timeout = {bound}"
+                            )
                         yield conn
                 finally:
                     if sqlite_timeout:  # the pooled connection goes back with the usual timeout

@@ -106,12 +106,15 @@ class Storage:
         """Tell whether ``prepare`` has succeeded (the schema is there to write to)."""
         return self._migrator.prepared
 
-    def record_calls(self, records: Sequence[CallRecord], timeout_ms: int | None = None) -> int:
+    def record_calls(
+        self, records: Sequence[CallRecord], timeout_ms: int | None = None, *, fresh: bool = False
+    ) -> int:
         """Store audit records in one idempotent transaction; return how many were new.
 
-        ``timeout_ms`` bounds the wait (the hook path writes with it).
+        ``timeout_ms`` bounds the wait and ``fresh`` skips the look-up for records never
+        written (the hook path writes with both).
         """
-        return write_calls(self.database, records, timeout_ms)
+        return write_calls(self.database, records, timeout_ms, fresh=fresh)
 
     def ping(self, timeout_ms: int) -> None:
         """Run ``SELECT 1`` within ``timeout_ms`` (readiness); raises StorageUnavailableError."""
