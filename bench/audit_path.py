@@ -16,6 +16,7 @@ path". Needs the local PostgreSQL (``CDS_TEST_POSTGRES_URL`` or 127.0.0.1:5432 d
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -113,6 +114,21 @@ def postgres_schema() -> tuple[str, Callable[[], None]]:
     return url.render_as_string(hide_password=False), drop
 
 
+def bare_commits(conninfo: str, calls: int) -> tuple[float, float]:
+    """p50/p99 of one-row INSERT + COMMIT on the same server: what the server's commit costs
+    now, whatever the service does (a busy shared machine shows here first)."""
+    samples = []
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("CREATE TEMP TABLE bench_commit (id text)")
+        conn.commit()
+        for _ in range(calls):
+            started = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit VALUES (%s)", (str(uuid.uuid4()),))
+            conn.commit()
+            samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
 def main() -> int:
     """Run the cases and print the table."""
     body = prefetch_request(100, TODAY)
@@ -142,6 +158,7 @@ def main() -> int:
                             *(percentiles(inside) if inside else (0.0, 0.0)),
                         )
                     )
+            bare = bare_commits(pg_url.replace("postgresql+psycopg://", "postgresql://"), CALLS)
         finally:
             drop()
     floor = rows[0][1]
@@ -151,6 +168,10 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for label, p50, p99, s50, s99 in rows:
         print(f"| {label} | {p50:.2f} | {p99:.2f} | {p50 - floor:+.2f} | {s50:.2f} | {s99:.2f} |")
+    print(
+        f"\nBare PostgreSQL one-row INSERT + COMMIT, same server, same run: p50 {bare[0]:.2f} ms, "
+    )
+    print(f"p99 {bare[1]:.2f} ms. Load average at end: {' '.join(map(str, os.getloadavg()))}.")
     return 0
 
 

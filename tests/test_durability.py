@@ -447,3 +447,21 @@ def test_spooled_record_survives_a_restart(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("SELECT count(*) FROM cds_hook_call").scalar() == 1
     finally:
         close_app(second)
+
+
+def test_replay_spool_command_writes_a_retired_instance_spool(tmp_path: Path) -> None:
+    """``flask db replay-spool`` writes what a stopped instance left in its spool."""
+    url = sqlite_url(tmp_path / "db")
+    spool_dir = tmp_path / "spool"
+    spool = AuditSpool(spool_dir, 1 << 20, database_key=make_url(url).render_as_string())
+    assert spool.append(call("hook-left-behind", FIXED_NOW, ()))
+    spool.rotate()
+    (tmp_path / "db").mkdir()
+    app = make_storage_app(tmp_path, CDS_DATABASE_URL=url, CDS_AUDIT_SPOOL_DIR=str(spool_dir))
+    try:
+        result = app.test_cli_runner().invoke(args=["db", "replay-spool", "--timeout", "10"])
+        assert result.exit_code == 0, result.output
+        assert "0 still waiting" in result.output
+        assert len(calls_for_hook_instance(get_storage(app), "hook-left-behind")) == 1
+    finally:
+        shutdown_storage(app)

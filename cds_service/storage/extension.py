@@ -74,6 +74,21 @@ def upgrade_command() -> None:
     click.echo(f"{storage!r} is at migration {storage.current_revision()}")
 
 
+@db_cli.command("replay-spool")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep trying.")
+def replay_spool_command(timeout: float) -> None:
+    """Write the audit spool of this instance folder to the database (a retired instance)."""
+    writer = get_audit_writer()
+    spool = writer.spool
+    assert spool is not None
+    waiting = spool.pending()
+    done = writer.flush(timeout)
+    left = spool.pending()
+    click.echo(f"{spool}: {waiting - left} record(s) written, {left} still waiting")
+    if not done:
+        raise click.ClickException(f"{left} record(s) stay in {spool.directory}")
+
+
 @db_cli.command("current")
 def current_command() -> None:
     """Show the database's migration and the newest one this code ships."""
