@@ -9,6 +9,9 @@ replay through or migrate a stray file.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -465,3 +468,30 @@ def test_replay_spool_command_writes_a_retired_instance_spool(tmp_path: Path) ->
         assert len(calls_for_hook_instance(get_storage(app), "hook-left-behind")) == 1
     finally:
         shutdown_storage(app)
+
+
+def test_gunicorn_with_the_packaged_config_refuses_to_start(tmp_path: Path) -> None:
+    """The real gunicorn master stops (exit 1) with the reason, before any worker boots."""
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CDS_")},
+        "CDS_JWT_ISSUERS": json.dumps({"https://ehr.test": f"file:{tmp_path / 'jwks.json'}"}),
+        "CDS_PUBLIC_BASE_URL": "https://cds.test",
+    }
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("gunicorn")),
+            *("-c", "python:cds_service.gunicorn_conf", "-b", "127.0.0.1:0"),
+            "cds_service:create_app()",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "2 workers with client authentication on (CDS_JWT_ISSUERS) need CDS_REDIS_URL" in (
+        done.stderr + done.stdout
+    )

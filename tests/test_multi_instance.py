@@ -46,6 +46,7 @@ from tests.support.haproxy import haproxy_binary, load_balancer  # noqa: F401  (
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
 
 pytest_plugins = ["tests.support.databases"]
+pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 ISSUER = "https://ehr.multi-instance.test"
