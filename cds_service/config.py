@@ -144,7 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
         5000,
         _positive,
         "Longest any database statement may run (PostgreSQL `statement_timeout`, set on "
-        "every connection); migrations are exempt.",
+        "every connection); migrations are exempt. Raise it if /analytics over a long window "
+        "of a large trail needs longer.",
     ),
     Setting(
         "CDS_DB_LOCK_TIMEOUT_MS",

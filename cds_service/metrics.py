@@ -16,6 +16,8 @@ indicators, fixed outcomes):
 - ``cds_feedback_total{outcome}``: ``accepted`` or ``overridden``, per feedback item taken (200)
 - ``cds_database_errors_total``, ``cds_redis_errors_total``: outages met (StorageUnavailableError,
   ReplayCacheUnavailable)
+- ``cds_audit_records_total{outcome}``: ``written`` (on the hook path), ``spooled`` (to the local
+  spool), ``replayed`` (spool to database), ``dropped`` (in neither, logged whole: alert on it)
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ FEEDBACK = Counter(
 )
 DATABASE_ERRORS = Counter(
     "cds_database_errors", "Audit/feedback database outages met (StorageUnavailableError)."
+)
+AUDIT_RECORDS = Counter(
+    "cds_audit_records",
+    "Audit records by what became of them (written, spooled, replayed, dropped).",
+    ["outcome"],
 )
 REDIS_ERRORS = Counter(
     "cds_redis_errors", "Replay cache (Redis) outages met (ReplayCacheUnavailable)."

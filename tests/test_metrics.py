@@ -169,6 +169,28 @@ def test_database_outage_counted(app: Flask, client: FlaskClient) -> None:
     assert delta(before, get_metrics(client), "cds_database_errors_total") >= 1
 
 
+def test_audit_records_counted_written_and_spooled(app: Flask, client: FlaskClient) -> None:
+    """A call's record counts as written; with the database away, as spooled."""
+    storage: Storage = app.extensions["cds_storage"]
+    body = sign_request(app, "ln-on-voclosporin-interactions")
+    before = get_metrics(client)
+    assert client.post(SIGN, json=body).status_code == 200
+    middle = get_metrics(client)
+    working = storage.database.engine
+    storage.database.engine = create_engine("postgresql+psycopg://cds@127.0.0.1:1/gone")
+    try:
+        assert (
+            client.post(SIGN, json={**body, "hookInstance": str(uuid.uuid4())}).status_code == 200
+        )
+    finally:
+        storage.database.engine.dispose()
+        storage.database.engine = working
+    after = get_metrics(client)
+    name = "cds_audit_records_total"
+    assert delta(before, middle, name, outcome="written") == 1
+    assert delta(middle, after, name, outcome="spooled") == 1
+
+
 # --------------------------------------------------------------------------- JWT apps
 
 

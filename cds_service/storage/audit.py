@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from cds_service import metrics
 from cds_service.errors import StorageUnavailableError
 
 from .engine import Database, as_utc
@@ -180,6 +181,8 @@ class AuditWriter:
                     )
                 except StorageUnavailableError as exc:
                     self._database_failed(exc)
+                except Exception:  # a record this database refuses: kept, replay sets it aside
+                    log.exception("audit record for hookInstance=%s refused", record.hook_instance)
                 else:
                     self._count("written")
                     return
@@ -239,8 +242,10 @@ class AuditWriter:
         )
 
     def _count(self, counter: str, n: int = 1) -> None:
+        """Add to one of the counters and to ``cds_audit_records_total``."""
         with self._lock:
             setattr(self, counter, getattr(self, counter) + n)
+        metrics.AUDIT_RECORDS.labels(counter).inc(n)
 
     # -- replay --------------------------------------------------------------------------
 
