@@ -3,10 +3,12 @@
 Modules, one job each: ``values`` (the frozen records handed to storage), ``engine``
 (connection, transactions, outage mapping, fork safety), ``migrator`` (Alembic upgrades of
 ``migrations/``), ``schema`` (the tables), ``audit`` (audit writes and the background
-writer), ``feedback`` (feedback writes), ``reports`` (analytics queries and window helpers),
+writer), ``spool`` (records the database did not take, on local disk until it takes them),
+``feedback`` (feedback writes), ``reports`` (analytics queries and window helpers),
 ``store`` (the ``Storage`` facade over them) and ``extension`` (Flask set-up and the ``db`` CLI).
 
-The hook path builds a ``CallRecord`` and hands it to ``AuditWriter.submit`` (never blocks,
+The hook path builds a ``CallRecord`` and hands it to ``AuditWriter.submit`` before the answer
+leaves (bounded: the database within ``CDS_AUDIT_WRITE_TIMEOUT_MS``, else the local ``spool``;
 never raises); the feedback endpoint calls ``Storage.store_feedback``; the hook path reads
 ``Storage.recent_overrides`` (repeated alerts, bounded time); the analytics
 blueprint reads ``Storage.rule_analytics`` and ``Storage.timeseries``. ``init_storage(app)``

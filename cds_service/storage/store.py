@@ -7,7 +7,9 @@ A facade over the job modules: ``engine`` (connection, transactions, outages, fo
 Works on SQLite (the default file in the instance folder) and PostgreSQL (for several
 instances). Concurrency rules:
 
-- SQLite runs in WAL mode with a 30 s busy timeout, and every write transaction starts with
+- Every use is bounded (``DatabaseTimeouts``: statement and lock timeouts, SQLite's busy
+  timeout); see ``cds_service.storage.engine``.
+- SQLite runs in WAL mode, and every write transaction starts with
   ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
 - Feedback is de-duplicated by a content hash under a unique constraint with
   ``ON CONFLICT DO NOTHING`` on both databases, so parallel duplicate posts store one row.
