@@ -13,7 +13,7 @@ import csv
 import hashlib
 import tomllib
 from collections.abc import Set
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +40,35 @@ class DrugEntry:
     ingredient: str
     terms: tuple[str, ...]
     rxnorm: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class BrandEntry:
+    """A brand, co-packaged or fixed-dose product (brands.csv) and its drugs.csv ingredients."""
+
+    name: str
+    ingredients: tuple[str, ...]
+    other_components: str
+    exposure: str  # a ROUTE_EXPOSURES value when the product has one route only, else ""
+    source: str
+
+
+# Where a route or dose form puts the drug (routes.csv ``exposure``): only "systemic" meets the
+# interaction rules; the others are the non-systemic sites of the route/dose-form decision.
+ROUTE_EXPOSURES = frozenset({"systemic", "cutaneous", "ophthalmic", "otic"})
+# routes.csv ``kind``: a coded route (system + code) or a word of a dose form or product name.
+ROUTE_KINDS = frozenset({"code", "word"})
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One row of routes.csv: a route code or a dose-form word and where it puts the drug."""
+
+    kind: str
+    system: str
+    value: str
+    exposure: str
     source: str
 
 
@@ -177,6 +206,10 @@ class Knowledge:
     override_reasons: tuple[OverrideReason, ...]
     cards: dict[str, CardText]
     payer_criteria: tuple[PayerCriterion, ...]
+    brands: tuple[BrandEntry, ...] = ()
+    ndc_names: dict[str, str] = field(default_factory=dict)  # ndc.csv ``name`` by prefix
+    code_system_aliases: dict[str, str] = field(default_factory=dict)  # OID form -> FHIR URI
+    routes: tuple[RouteEntry, ...] = ()
 
     @property
     def full_version(self) -> str:
@@ -279,6 +312,66 @@ def _drugs(directory: Path) -> tuple[DrugEntry, ...]:
         )
     if not any(entry.role is Role.VOCLOSPORIN for entry in entries):
         raise KnowledgeError("drugs.csv: no voclosporin row")
+    return tuple(entries)
+
+
+def _brands(directory: Path, ingredients: Set[str]) -> tuple[BrandEntry, ...]:
+    """brands.csv: each product's ingredients must be drugs.csv ingredients; names unique."""
+    entries: list[BrandEntry] = []
+    rows = _read_csv(directory / "brands.csv", ("brand", "ingredients", "source"))
+    for number, row in enumerate(rows, start=2):
+        name = row["brand"].strip().lower()
+        parts = tuple(i.strip().lower() for i in row["ingredients"].split("|") if i.strip())
+        unknown = [i for i in parts if i not in ingredients]
+        if unknown or not parts:
+            raise KnowledgeError(
+                f"brands.csv line {number}: ingredients {unknown or parts!r} of "
+                f"{row['brand']!r} have no drugs.csv row"
+            )
+        if any(e.name == name for e in entries):
+            raise KnowledgeError(f"brands.csv line {number}: {row['brand']!r} is repeated")
+        exposure = (row.get("exposure") or "").strip()
+        if exposure and exposure not in ROUTE_EXPOSURES:
+            raise KnowledgeError(f"brands.csv line {number}: unknown exposure {exposure!r}")
+        other = (row.get("other_components") or "").strip()
+        entries.append(BrandEntry(name, parts, other, exposure, row["source"]))
+    return tuple(entries)
+
+
+def _code_systems(directory: Path) -> dict[str, str]:
+    """code_systems.csv: an OID form (``urn:oid:...``) -> the FHIR URI it stands for."""
+    aliases: dict[str, str] = {}
+    rows = _read_csv(directory / "code_systems.csv", ("alias", "system", "source"))
+    for number, row in enumerate(rows, start=2):
+        alias, system = row["alias"].strip(), row["system"].strip()
+        if not alias.startswith("urn:oid:") or not _absolute(system, ("http://",)):
+            raise KnowledgeError(
+                f"code_systems.csv line {number}: expected urn:oid:... -> http://..., "
+                f"got {alias!r} -> {system!r}"
+            )
+        if alias in aliases:
+            raise KnowledgeError(f"code_systems.csv line {number}: {alias!r} is repeated")
+        aliases[alias] = system
+    return aliases
+
+
+def _routes(directory: Path, aliases: dict[str, str]) -> tuple[RouteEntry, ...]:
+    """routes.csv: route codes and dose-form words, each with where it puts the drug."""
+    entries: list[RouteEntry] = []
+    rows = _read_csv(directory / "routes.csv", ("kind", "value", "exposure", "source"))
+    for number, row in enumerate(rows, start=2):
+        where = f"routes.csv line {number}"
+        kind, exposure = row["kind"].strip(), row["exposure"].strip()
+        system = (row.get("system") or "").strip()
+        if kind not in ROUTE_KINDS:
+            raise KnowledgeError(f"{where}: unknown kind {kind!r}")
+        if exposure not in ROUTE_EXPOSURES:
+            raise KnowledgeError(f"{where}: unknown exposure {exposure!r}")
+        if (kind == "code") != bool(system):
+            raise KnowledgeError(f"{where}: a code row needs a system, a word row none")
+        value = row["value"].strip() if kind == "code" else row["value"].strip().lower()
+        system = aliases.get(system, system)
+        entries.append(RouteEntry(kind, system, value, exposure, row["source"]))
     return tuple(entries)
 
 
@@ -511,6 +604,7 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
     reasons = _override_reasons(reasons_doc)
     drugs = _drugs(directory)
     ingredients = {entry.ingredient for entry in drugs}
+    aliases = _code_systems(directory)
     for number, row in enumerate(ndc_rows, start=2):
         if row["ingredient"].strip().lower() not in ingredients:
             raise KnowledgeError(
@@ -547,4 +641,12 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
         override_reasons=reasons,
         cards={},  # filled by load_knowledge once the values templates may name exist
         payer_criteria=(),
+        brands=_brands(directory, ingredients),
+        ndc_names={
+            row["ndc_prefix"].strip(): row["name"].strip()
+            for row in ndc_rows
+            if (row.get("name") or "").strip()
+        },
+        code_system_aliases=aliases,
+        routes=_routes(directory, aliases),
     )
