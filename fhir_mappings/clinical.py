@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fhir_mappings.codes import CVX
 from fhir_mappings.facts import Allergy, Condition, Immunization
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
@@ -41,7 +42,9 @@ def immunization(mapper: Mapper, resource: Resource) -> Immunization | None:
     return Immunization(
         reference=reference_of(resource),
         name=concept_name(concept),
-        cvx_codes=tuple(c.code for c in codings(concept) if "cvx" in c.system),
+        cvx_codes=tuple(
+            c.code for c in codings(concept) if mapper.terminology.system(c) == CVX
+        ),
         live=match.is_live_vaccine,
         when=parse_datetime(resource.get("occurrenceDateTime"))
         or parse_datetime(resource.get("recorded")),

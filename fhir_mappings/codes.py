@@ -95,10 +95,7 @@ def within_one_edit(word: str, target: str) -> bool:
     if len(word) == len(target):
         return sum(a != b for a, b in zip(word, target, strict=True)) == 1
     shorter, longer = sorted((word, target), key=len)
-    for i in range(len(longer)):
-        if longer[:i] + longer[i + 1 :] == shorter:
-            return True
-    return False
+    return any(longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer)))
 
 
 @dataclass(frozen=True)
@@ -214,9 +211,7 @@ class Terminology:
                 self._route_words.setdefault(normalize_text(r.value), set()).add(r.exposure)
         for brand in knowledge.brands:
             if brand.exposure:
-                self._route_words.setdefault(normalize_text(brand.name), set()).add(
-                    brand.exposure
-                )
+                self._route_words.setdefault(normalize_text(brand.name), set()).add(brand.exposure)
         self._route_pattern = _word_pattern(self._route_words)
 
     def system(self, coding: Coding) -> str:

@@ -74,6 +74,18 @@ class Medication:
     number_of_repeats: int | None = None
     identified: bool = True  # False: no code, no name: the drug could not be told
     renews_prior: bool = False  # the order names a priorPrescription (a renewal)
+    # The order's text read as voclosporin only because it is one letter off LUPKYNIS or
+    # voclosporin (knowledge "names as EHRs write them"); cards say so. None: an exact match.
+    matched_text: str | None = None
+    # Route and dose form (routes.csv): "systemic", "non-systemic" or "unknown" (which fires,
+    # like systemic); exposure_site names a non-systemic route (cutaneous, ophthalmic, otic).
+    exposure: str = "unknown"
+    exposure_site: str | None = None
+
+    @property
+    def is_non_systemic(self) -> bool:
+        """Read as cutaneous, ophthalmic or otic only: spared the systemic interaction rules."""
+        return self.exposure == "non-systemic"
 
     @property
     def is_voclosporin(self) -> bool:
@@ -212,11 +224,13 @@ class PatientFacts:
     def course_start(self) -> datetime | None:
         return course_start(self.medications)
 
-    def partners(self, role: Role) -> tuple[Medication, ...]:
+    def partners(self, role: Role, *, include_non_systemic: bool = False) -> tuple[Medication, ...]:
         """Orders with ``role`` that would be taken together with voclosporin.
 
         Ordering voclosporin meets every drafted and active order; a patient who already takes
-        voclosporin meets the newly written (selected) orders.
+        voclosporin meets the newly written (selected) orders. For the systemic interaction
+        roles a cutaneous, ophthalmic or otic product is no partner (knowledge "route and dose
+        form"; unknown route fires) unless ``include_non_systemic`` asks for it.
         """
         if self.ordering_voclosporin:
             pool = (*self.draft_orders, *self.active_medications)
@@ -224,8 +238,27 @@ class PatientFacts:
             pool = tuple(m for m in self.draft_orders if m.is_selected)
         else:
             return ()
-        return tuple(m for m in pool if m.has_role(role) and not m.is_voclosporin)
+        spare = role in SYSTEMIC_INTERACTION_ROLES and not include_non_systemic
+        return tuple(
+            m
+            for m in pool
+            if m.has_role(role) and not m.is_voclosporin and not (spare and m.is_non_systemic)
+        )
 
+
+# Roles whose interaction needs systemic exposure to the partner (knowledge "route and dose
+# form": CYP3A4 inhibitors, inducers, P-gp, cyclophosphamide, second calcineurin inhibitor).
+SYSTEMIC_INTERACTION_ROLES = frozenset(
+    {
+        Role.STRONG_CYP3A4_INHIBITOR,
+        Role.MODERATE_CYP3A4_INHIBITOR,
+        Role.STRONG_CYP3A4_INDUCER,
+        Role.MODERATE_CYP3A4_INDUCER,
+        Role.P_GP_SUBSTRATE,
+        Role.CYCLOPHOSPHAMIDE,
+        Role.CALCINEURIN_INHIBITOR,
+    }
+)
 
 ACTIVE_STATUSES = frozenset({"active", "on-hold"})
 # Orders that belong to a voclosporin course (not drafts, cancelled or entered-in-error ones).

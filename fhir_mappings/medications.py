@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappings.dosage import dosage, to_days
@@ -54,13 +55,25 @@ def medication(
 
     ``draft_index``: the order's position among the session's drafts (None: a recorded order).
     """
-    concept, extra_texts = _medication_concept(mapper, resource, medications_by_ref)
+    read = _medication_concept(resource, medications_by_ref)
+    concept, extra_texts = read.concept, read.texts
     concept_codings, texts = codings(concept), concept_texts(concept) + extra_texts
-    match = mapper.terminology.match_medication(concept_codings, texts)
+    terminology = mapper.terminology
+    match = terminology.match_medication(concept_codings, texts)
+    if read.missing_note is not None and not (match.ingredients or match.roles):
+        # The display named nothing the knowledge knows: say the drug could not be told.
+        mapper.skip(resource, read.missing_note)
+    route_codings = [c for d in _dosages(resource) for c in codings(d.get("route"))]
+    route_texts = [t for d in _dosages(resource) for t in concept_texts(d.get("route"))]
+    exposure, site = terminology.exposure(
+        route_codings + codings(read.form),
+        [*route_texts, *concept_texts(read.form), *texts],
+    )
     dispense = as_object(resource.get("dispenseRequest"))
     supply = quantity(dispense.get("expectedSupplyDuration"))
     repeats = dispense.get("numberOfRepeatsAllowed")
-    name = texts[0] if texts else "(unidentified medication)"
+    # A code-only order (an NDC without text) shows the knowledge's product name.
+    name = texts[0] if texts else match.product_name or "(unidentified medication)"
     capsule_mg = mapper.terminology.knowledge.dose.capsule_mg
     return Medication(
         reference=reference_of(resource),
@@ -77,18 +90,35 @@ def medication(
         number_of_repeats=repeats if isinstance(repeats, int) else None,
         identified=bool(concept_codings or texts),
         renews_prior=bool(resource.get("priorPrescription")),
+        matched_text=match.near_match_text,
+        exposure=exposure,
+        exposure_site=site,
     )
 
 
-def _medication_concept(
-    mapper: Mapper, resource: Resource, medications_by_ref: Mapping[str, Resource]
-) -> tuple[Any, list[str]]:
+@dataclass(frozen=True)
+class _Concept:
+    """What names an order's drug: its concept, extra names, the Medication.form, and the note
+    to give when a referenced Medication is missing (used only if the names identify nothing)."""
+
+    concept: Any
+    texts: list[str]
+    form: Any = None
+    missing_note: str | None = None
+
+
+def _dosages(resource: Resource) -> list[dict[str, Any]]:
+    """The order's dosage instructions (MedicationRequest.dosageInstruction), objects only."""
+    return [d for d in as_list(resource.get("dosageInstruction")) if isinstance(d, dict)]
+
+
+def _medication_concept(resource: Resource, medications_by_ref: Mapping[str, Resource]) -> _Concept:
     """The medication concept of a request: inline, contained, or a referenced Medication."""
     for key in ("medicationCodeableConcept", "vaccineCode"):
         if isinstance(resource.get(key), dict):
-            return resource[key], []
+            return _Concept(resource[key], [])
     if not isinstance(resource.get("medicationReference"), dict):
-        return None, []
+        return _Concept(None, [])
     target, display = medication_reference(resource)
     extra = [display] if display is not None else []
     medication: Resource | None = None
@@ -100,16 +130,15 @@ def _medication_concept(
     if medication is None:
         named = repr(target) if target is not None else "(no reference)"
         shown = f" (display: {extra[0]!r})" if extra else ""
-        mapper.skip(
-            resource,
+        note = (
             f"medicationReference {named} is not in the chart: the drug "
-            f"could not be identified{shown}",
+            f"could not be identified{shown}"
         )
-        return None, extra
+        return _Concept(None, extra, missing_note=note)
     for ingredient in as_list(medication.get("ingredient")):
         if isinstance(ingredient, dict):
             extra += concept_texts(ingredient.get("itemCodeableConcept"))
             item = ingredient.get("itemReference")
             if isinstance(item, dict) and isinstance(item.get("display"), str):
                 extra.append(item["display"])
-    return medication.get("code"), extra
+    return _Concept(medication.get("code"), extra, form=medication.get("form"))

@@ -159,12 +159,26 @@ def _finish(
     unavailable_card = _data_unavailable(facts, gaps, knowledge)
     if unavailable_card is not None:
         findings.append(_stamp(unavailable_card, DATA_UNAVAILABLE, knowledge))
+    near = _near_match_note(facts, knowledge)
+    if near:
+        findings[:] = [replace(f, detail=f.detail + near) for f in findings]
     if monitoring:
         findings.append(_stamp(_monitoring_gaps(monitoring, knowledge), MONITORING_GAPS, knowledge))
     order = {rule_id: n for n, rule_id in enumerate(RULE_IDS)}
     findings.sort(key=lambda f: (SEVERITY[f.indicator], order.get(f.rule_id, 99)))
     return Evaluation(
         tuple(findings), (*evaluated, DATA_UNAVAILABLE), tuple(gaps), tuple(monitoring)
+    )
+
+
+def _near_match_note(facts: PatientFacts, knowledge: Knowledge) -> str:
+    """Say on every card which order text was read as voclosporin though one letter off
+    (knowledge "names as EHRs write them"); "" when every voclosporin name matched exactly."""
+    text = card_text(knowledge, "data-unavailable")
+    return "".join(
+        text("near_match", text=m.matched_text, reference=m.reference)
+        for m in (*facts.draft_orders, *facts.medications)
+        if m.is_voclosporin and m.matched_text is not None
     )
 
 

@@ -197,11 +197,25 @@ def cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rule
 def calcineurin_inhibitor_duplicate(
     facts: PatientFacts, knowledge: Knowledge
 ) -> Iterator[RuleResult]:
-    """Tacrolimus or cyclosporine with voclosporin: therapeutic duplication (local rule)."""
+    """Tacrolimus or cyclosporine with voclosporin: therapeutic duplication (local rule).
+
+    A topical or ophthalmic one (tacrolimus ointment, cyclosporine eye drops) is no systemic
+    duplicate: at most an info note on total immunosuppression (knowledge "route and dose form").
+    """
     partners = facts.partners(Role.CALCINEURIN_INHIBITOR)
-    if not partners:
-        return
     text = card_text(knowledge, "calcineurin-inhibitor-duplicate")
+    if not partners:
+        local = facts.partners(Role.CALCINEURIN_INHIBITOR, include_non_systemic=True)
+        if local:
+            sites = ", ".join(sorted({m.exposure_site or "" for m in local} - {""}))
+            shown = names(local)
+            yield Finding(
+                "info",
+                text("summary_local", partners=shown, sites=sites),
+                text("detail_local", partners=shown, sites=sites, involved=_involved(facts, local)),
+                subject=subject_of(local),
+            )
+        return
     yield Finding(
         "warning",
         text("summary", partners=names(partners)),
