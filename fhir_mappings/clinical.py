@@ -42,9 +42,7 @@ def immunization(mapper: Mapper, resource: Resource) -> Immunization | None:
     return Immunization(
         reference=reference_of(resource),
         name=concept_name(concept),
-        cvx_codes=tuple(
-            c.code for c in codings(concept) if mapper.terminology.system(c) == CVX
-        ),
+        cvx_codes=tuple(c.code for c in codings(concept) if mapper.terminology.system(c) == CVX),
         live=match.is_live_vaccine,
         when=parse_datetime(resource.get("occurrenceDateTime"))
         or parse_datetime(resource.get("recorded")),

@@ -57,7 +57,6 @@ _TYPOGRAPHIC = str.maketrans(
         "\u201b": "'",
         "\u2032": "'",  # prime
         "\u02bc": "'",  # modifier letter apostrophe
-        "`": "'",
         "\u00b4": "'",  # acute accent used as an apostrophe
         "\u201c": '"',
         "\u201d": '"',
@@ -74,16 +73,26 @@ _TYPOGRAPHIC = str.maketrans(
         "\u200b": None,  # zero-width space
     }
 )
-# A strength glued to a word ("LUPKYNIS7.9MG", "ketoconazole200mg"): split letters from digits.
-_GLUED = re.compile(r"(?<=[a-z])(?=[0-9])|(?<=[0-9])(?=[a-z])")
-_SPACES = re.compile(r"\s+")
+_SPACES = re.compile(r"\s{2,}|[\t\n\r\f\v]")  # runs of blanks, tabs, newlines: one space
 _WORD = re.compile(r"[a-z]+")
 
 
 def normalize_text(text: str) -> str:
-    """A name as it is compared: NFKC, plain quotes and dashes, case-folded, strengths apart."""
-    folded = unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHIC).casefold()
-    return _SPACES.sub(" ", _GLUED.sub(" ", folded)).strip()
+    """A name as it is compared: NFKC, plain quotes and dashes, case-folded, blanks single.
+
+    Strengths glued to words ("LUPKYNIS7.9MG") are handled by the match patterns (a name ends
+    where the letters end, _word_pattern), not by rewriting the text: rewriting costs seconds
+    on the multi-megabyte texts a hostile or broken client can send (issue 13).
+    """
+    if text.isascii():  # the common ASCII text skips the (per-character) translation
+        folded = text.lower()
+    else:
+        folded = unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHIC).casefold()
+    if "`" in folded:
+        folded = folded.replace("`", "'")
+    if _SPACES.search(folded):
+        folded = _SPACES.sub(" ", folded)
+    return folded.strip()
 
 
 def within_one_edit(word: str, target: str) -> bool:
@@ -121,9 +130,22 @@ class MedicationMatch:
 
 
 def _word_pattern(terms: Iterable[str]) -> re.Pattern[str]:
-    """One alternation of whole-word terms, longest first so 'levoketoconazole' wins."""
-    escaped = sorted({re.escape(t) for t in terms}, key=len, reverse=True)
-    return re.compile(r"(?<![a-z0-9])(" + "|".join(escaped) + r")(?![a-z0-9])")
+    """One alternation of whole-word terms, longest first so 'levoketoconazole' wins.
+
+    A term that starts or ends with a letter may touch digits there ("LUPKYNIS7.9MG",
+    "ketoconazole200mg": strengths glued to words), never other letters ("tacrolimusoid"); a
+    term that starts or ends with a digit ("acam2000") touches neither.
+    """
+
+    def bounded(term: str) -> str:
+        before = r"(?<![0-9])" if term[:1].isdigit() else ""
+        after = r"(?![0-9])" if term[-1:].isdigit() else ""
+        return before + re.escape(term) + after
+
+    ordered = sorted(set(terms), key=len, reverse=True)
+    # One shared letter boundary keeps the alternation fast (a lookbehind per term is 100x
+    # slower on megabyte texts); digit-edged terms add their own digit boundary.
+    return re.compile(r"(?<![a-z])(" + "|".join(bounded(t) for t in ordered) + r")(?![a-z])")
 
 
 # NDC segment lengths (FDA): labeler-product-package as 4-4-2, 5-3-2 or 5-4-1 (10 digits) and
@@ -186,6 +208,10 @@ class Terminology:
             if entry.role is Role.VOCLOSPORIN
             for pair in self._by_ingredient.get(entry.ingredient, ())
         )
+        # Only whole words one letter shorter or longer than a name can be one edit away.
+        lengths = [len(n) for n in self._voclosporin_names] or [NEAR_MATCH_MIN_LENGTH]
+        shortest = max(NEAR_MATCH_MIN_LENGTH, min(lengths) - 1)
+        self._near_words = re.compile(rf"(?<![a-z])[a-z]{{{shortest},{max(lengths) + 1}}}(?![a-z])")
         # Every whole word of every known name: such a word is another drug, never a near match.
         self._known_words = frozenset(w for t in self._by_term for w in _WORD.findall(t))
         self._matches: dict[tuple[tuple[Coding, ...], tuple[str, ...]], MedicationMatch] = {}
@@ -302,8 +328,8 @@ class Terminology:
         them"): a misspelt LUPKYNIS must not pass unseen, but no other drug is guessed at.
         """
         for text, normalized in texts:
-            for word in _WORD.findall(normalized):
-                if len(word) < NEAR_MATCH_MIN_LENGTH or word in self._known_words:
+            for word in self._near_words.findall(normalized):
+                if word in self._known_words:
                     continue
                 if any(within_one_edit(word, name) for name in self._voclosporin_names):
                     return text
@@ -330,6 +356,8 @@ class Terminology:
             return UNKNOWN, None
         if SYSTEMIC in found:
             return SYSTEMIC, None
+        if found & {"ophthalmic", "otic"}:
+            found.discard("cutaneous")  # an eye or ear ointment/gel is read by its site
         return NON_SYSTEMIC, ", ".join(sorted(found))
 
     def observation_match(self, codings: Iterable[Coding]) -> tuple[ObservationKind, str] | None:
