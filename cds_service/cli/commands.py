@@ -148,8 +148,9 @@ def unknown_drug_warning(drug: str | None, rxnorm: str | None) -> str | None:
     unknown drug is a valid test: it should get no interaction cards); the exit code does not
     change. Checked against the local knowledge data, which a remote service may not share.
     """
-    codings = [Coding(RXNORM, rxnorm.strip())] if (rxnorm or "").strip() else []
-    texts = [drug] if (drug or "").strip() else []
+    code, name = (rxnorm or "").strip(), (drug or "").strip()
+    codings = [Coding(RXNORM, code)] if code else []
+    texts = [name] if name else []
     match = Terminology(load_knowledge()).match_medication(codings, texts)
     if match.ingredients or match.roles:
         return None
