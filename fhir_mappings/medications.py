@@ -108,8 +108,10 @@ class _Concept:
 
 
 def _dosages(resource: Resource) -> list[dict[str, Any]]:
-    """The order's dosage instructions (MedicationRequest.dosageInstruction), objects only."""
-    return [d for d in as_list(resource.get("dosageInstruction")) if isinstance(d, dict)]
+    """The dosage instructions (MedicationRequest and MedicationDispense `dosageInstruction`,
+    MedicationStatement `dosage`), objects only."""
+    dosages = as_list(resource.get("dosageInstruction")) + as_list(resource.get("dosage"))
+    return [d for d in dosages if isinstance(d, dict)]
 
 
 def _medication_concept(resource: Resource, medications_by_ref: Mapping[str, Resource]) -> _Concept:
