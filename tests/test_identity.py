@@ -26,7 +26,7 @@ from fhir_mappings.codes import (
     within_one_edit,
 )
 from fhir_mappings.knowledge import DATA_DIR, KnowledgeError, load_knowledge
-from fhir_mappings.vocabulary import Role
+from fhir_mappings.vocabulary import DataCategory, Role
 from tests.support.clinical import facts, med, voclosporin
 from tests.test_mappings import PATIENT, draft, facts_from
 
@@ -677,3 +677,20 @@ def test_hook_prints_the_unknown_drug_warning_on_stderr(capsys):
     err = capsys.readouterr().err
     assert "warning: --drug 'ketokonazole 200 mg' matched no drug the service knows" in err
     assert code != 0  # nothing listens on port 9: the usual unreachable exit, after the warning
+
+
+@pytest.mark.parametrize(
+    ("exposure", "gap"),
+    [("non-systemic", False), ("unknown", True)],
+    ids=["cream-no-gap", "unknown-route-gap"],
+)
+def test_unreadable_medication_list_gap_ignores_non_systemic_products(knowledge, exposure, gap):
+    """With the medication list unreadable, a ketoconazole cream raises no 'cannot tell' card."""
+    keto = med("ketoconazole 2% cream", Role.STRONG_CYP3A4_INHIBITOR, draft=True, exposure=exposure)
+    f = facts(
+        draft_orders=(keto,),
+        medications=(),
+        unavailable=frozenset({DataCategory.MEDICATIONS}),
+    )
+    rules = [finding.rule_id for finding in evaluate(f, knowledge).findings]
+    assert rules == (["data-unavailable"] if gap else [])

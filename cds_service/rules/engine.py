@@ -21,9 +21,9 @@ from cds_service.rules.model import (
     card_text,
 )
 from fhir_mappings.categories import prefetch_key
-from fhir_mappings.facts import PatientFacts
+from fhir_mappings.facts import SYSTEMIC_INTERACTION_ROLES, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
-from fhir_mappings.vocabulary import INTERACTING_ROLES
+from fhir_mappings.vocabulary import INTERACTING_ROLES, Role
 from fhir_mappings.vocabulary import DataCategory as D
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
         if m.is_selected and not m.identified
     ]
     if D.MEDICATIONS in facts.unavailable and any(
-        m.is_selected and m.roles & INTERACTING_ROLES for m in facts.draft_orders
+        m.is_selected and _interacting_roles(m) for m in facts.draft_orders
     ):
         gaps.append(
             NotChecked(
@@ -104,6 +104,13 @@ def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
             )
         )
     return gaps
+
+
+def _interacting_roles(order: Medication) -> frozenset[Role]:
+    """The order's roles that matter to voclosporin; a cream or eye drop keeps none of the
+    systemic ones (knowledge "route and dose form"), so it raises no "cannot tell" gap."""
+    roles = order.roles & INTERACTING_ROLES
+    return roles - SYSTEMIC_INTERACTION_ROLES if order.is_non_systemic else roles
 
 
 def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
