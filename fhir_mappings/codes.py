@@ -4,9 +4,10 @@ RxNorm SCD codes are product-level and the voclosporin RxCUI is unverified, so m
 matched by every means at once: verified ingredient/product RxCUIs, the LUPKYNIS NDC, CVX for
 vaccines, and ingredient, brand or combination-product names (drugs.csv, brands.csv) found as
 whole words in displays and text. Names are compared as EHRs write them (knowledge "Decisions,
-second round": names as EHRs write them): after Unicode normalisation, with strengths glued to
-words split off, and voclosporin's own names also with one wrong letter. Code systems are
-compared after their OID aliases (code_systems.csv) are mapped to the FHIR URIs.
+second round": names as EHRs write them): after Unicode normalisation, a name may touch a
+strength glued to it ("LUPKYNIS7.9MG"), and voclosporin's own names also match with one wrong
+letter. Code systems are compared after their OID aliases (code_systems.csv) are mapped to the
+FHIR URIs. Route and dose form (routes.csv) say whether a product is systemic at all.
 """
 
 from __future__ import annotations
