@@ -132,7 +132,7 @@ def dose_mg(
     for dose_and_rate in [*places, instruction]:
         value = dose_and_rate.get("doseQuantity")
         amount = quantity(value)
-        if amount is None:
+        if amount is None or not isinstance(value, dict):
             continue
         for unit in _units(value, amount[1]):
             counts = vocabulary.units.get(unit.strip().lower())
