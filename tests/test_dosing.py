@@ -412,3 +412,36 @@ def test_accepting_any_one_suggestion_never_exceeds_the_label_maximum(
             for draft in apply(drafts, suggestion):
                 for item in draft["dosageInstruction"]:
                     FhirDosage.model_validate(item)
+
+
+# -- cost ---------------------------------------------------------------------------------------
+
+
+def test_dose_check_reads_the_drafts_a_fixed_number_of_times(knowledge, monkeypatch):
+    """dose-check is linear in the number of drafts (issue 13: it rescanned them per draft)."""
+    from cds_service.rules.regimen import dose_check
+    from fhir_mappings.facts import Medication
+    from tests.support.clinical import bid, facts, voclosporin
+
+    reads = 0
+    original = Medication.is_voclosporin
+
+    def counted(self: Medication) -> bool:
+        nonlocal reads
+        reads += 1
+        return original.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    monkeypatch.setattr(Medication, "is_voclosporin", property(counted))
+
+    def cost(n: int) -> int:
+        nonlocal reads
+        drafts = tuple(
+            voclosporin(dosage=bid(23.7), ref=f"MedicationRequest/d{i}") for i in range(n)
+        )
+        reads = 0
+        list(dose_check(facts(draft_orders=drafts), knowledge))
+        return reads
+
+    small, large = cost(100), cost(400)
+    assert large <= 4 * small + 10
+    assert small <= 10 * 100
