@@ -370,7 +370,9 @@ SHAPES = [
     *[[("a", a, "BID"), ("b", b, "BID")] for a, b in itertools.product(DOSES[:2], DOSES[:2])],
     [("a", 15.8, "AM"), ("b", 7.9, "AM")],
 ]
-CONTEXTS = {
+CONTEXTS: dict[str, dict[str, Any]] = {
+    "initiation": {},
+    "initiation-egfr-28": {"egfrs": [egfr(28, 3)]},
     "moderate-inhibitor": {"medications": [DILTIAZEM]},
     "egfr-down-25-percent": {
         "medications": [
@@ -444,4 +446,32 @@ def test_dose_check_reads_the_drafts_a_fixed_number_of_times(knowledge, monkeypa
 
     small, large = cost(100), cost(400)
     assert large <= 4 * small + 10
-    assert small <= 10 * 100
+    assert small <= 20 * 100  # a few passes per draft, not one per other draft
+
+
+@pytest.mark.parametrize(
+    ("egfrs", "expected_mg"),
+    [([egfr(88, 3)], 23.7), ([egfr(28, 3)], 15.8)],
+    ids=["usual-start", "egfr-below-30-start"],
+)
+def test_dose_check_suggests_the_expected_starting_dose(knowledge, terminology, egfrs, expected_mg):
+    """At initiation a wrong dose gets one suggestion: the expected starting dose twice daily
+    (23.7 mg; 15.8 mg with baseline eGFR < 30, K 1.17), one instruction, no sequence."""
+    drafts = [voclosporin_draft("d", instruction(31.6, "mg", CODE["BID"]))]
+    findings = evaluate(facts_for(terminology, drafts, egfrs=egfrs), knowledge).findings
+    card = next(c for c in build_cards(findings, knowledge, drafts) if c.rule_id == "dose-check")
+    [suggestion] = card.body["suggestions"]
+    [action] = suggestion["actions"]
+    [item] = action["resource"]["dosageInstruction"]
+    assert item["doseAndRate"][0]["doseQuantity"]["value"] == expected_mg
+    assert item["timing"]["repeat"]["frequency"] == 2
+    FhirDosage.model_validate(item)
+
+
+def test_dose_check_offers_no_dose_with_a_moderate_inhibitor(knowledge, terminology):
+    """With a moderate inhibitor the interaction card suggests the PI 7 regimen; dose-check
+    does not offer a competing starting dose."""
+    drafts = [voclosporin_draft("d", instruction(31.6, "mg", CODE["BID"]))]
+    findings = evaluate(facts_for(terminology, drafts, [DILTIAZEM]), knowledge).findings
+    card = next(c for c in build_cards(findings, knowledge, drafts) if c.rule_id == "dose-check")
+    assert "suggestions" not in card.body

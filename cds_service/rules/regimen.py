@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cds_service.rules.doses import Regimen, regimen_of
+from cds_service.rules.doses import Regimen, regimen_of, rewrite
 from cds_service.rules.model import (
     Finding,
     NotChecked,
     RuleResult,
+    Suggestion,
     card_text,
     days_between,
+    names,
     num,
     order_line,
     when_text,
@@ -84,8 +86,31 @@ def dose_check(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult
             problems="\n".join(f"- {p}" for p in problems),
             capsules_per_dose=knowledge.dose.starting_dose_mg / knowledge.dose.capsule_mg,
         ),
+        _starting_dose_suggestions(regimen, facts, knowledge),
         subject=as_ordered,  # a different wrong dose is a different finding
     )
+
+
+def _starting_dose_suggestions(
+    regimen: Regimen, facts: PatientFacts, knowledge: Knowledge
+) -> tuple[Suggestion, ...]:
+    """At initiation: rewrite the session's regimen to the expected starting dose twice daily.
+
+    None on renewal (the right dose then depends on the course's eGFR history, PI 2.2) and none
+    with a moderate CYP3A4 inhibitor (that card suggests the PI 7 regimen instead).
+    """
+    if not facts.is_initiation or facts.partners(Role.MODERATE_CYP3A4_INHIBITOR):
+        return ()
+    start = expected_starting_dose(facts, knowledge)
+    mg = start[0] if start is not None else knowledge.dose.starting_dose_mg
+    per_day = knowledge.dose.doses_per_day
+    text = card_text(knowledge, "dose-check")
+    described = text("starting_regimen", mg=mg)
+    actions = rewrite(regimen, ((mg, None),) * per_day, described, knowledge)
+    if not actions:
+        return ()
+    label = text("suggestion", orders=names(regimen.orders), regimen=described)
+    return (Suggestion(label, actions, is_recommended=True),)
 
 
 def _as_ordered(regimen: Regimen) -> str:
