@@ -475,3 +475,24 @@ def test_dose_check_offers_no_dose_with_a_moderate_inhibitor(knowledge, terminol
     findings = evaluate(facts_for(terminology, drafts, [DILTIAZEM]), knowledge).findings
     card = next(c for c in build_cards(findings, knowledge, drafts) if c.rule_id == "dose-check")
     assert "suggestions" not in card.body
+
+
+def test_egfr_reduction_of_split_drafts_is_one_suggestion(knowledge, terminology):
+    """Renewal with eGFR down 27.5%: AM 23.7 + PM 23.7 drafts are reduced together, each by
+    7.9 mg (K 1.13), in one suggestion that updates both drafts."""
+    context = CONTEXTS["egfr-down-25-percent"]
+    drafts = [
+        voclosporin_draft("am", instruction(23.7, "mg", CODE["AM"])),
+        voclosporin_draft("pm", instruction(23.7, "mg", CODE["EVE"])),
+    ]
+    f = facts_for(terminology, drafts, context["medications"], context["egfrs"])
+    findings = evaluate(f, knowledge).findings
+    card = next(c for c in build_cards(findings, knowledge, drafts) if c.rule_id == "egfr-decline")
+    [suggestion] = card.body["suggestions"]
+    values = {
+        a["resource"]["id"]: [
+            d["doseAndRate"][0]["doseQuantity"]["value"] for d in a["resource"]["dosageInstruction"]
+        ]
+        for a in suggestion["actions"]
+    }
+    assert values == {"am": [15.8], "pm": [15.8]}
