@@ -496,3 +496,31 @@ def test_egfr_reduction_of_split_drafts_is_one_suggestion(knowledge, terminology
         for a in suggestion["actions"]
     }
     assert values == {"am": [15.8], "pm": [15.8]}
+
+
+@pytest.mark.parametrize(
+    ("drafts", "doses", "per_day"),
+    [
+        ([[("EVE", 7.9), ("MORN", 15.8)]], [15.8, 7.9], 2.0),
+        ([[("MORN", 15.8)], [("AFT", 7.9)]], [15.8, 7.9], 2.0),
+        ([[("08:00:00", 15.8)], [("20:00:00", 7.9)]], [15.8, 7.9], 2.0),
+        ([[(None, 23.7), (None, 23.7)], [(None, 7.9), (None, 7.9)]], [31.6, 31.6], 2.0),
+        ([[("MORN", 15.8)], [("ACM", 7.9)]], [23.7], 1.0),
+    ],
+    ids=["one-draft-eve-listed-first", "am-and-pm-drafts", "clock-times", "two-bid", "two-am"],
+)
+def test_regimen_of_puts_drafts_side_by_side(knowledge, drafts, doses, per_day):
+    """Doses in day order whatever the listing; the same part of the day adds up."""
+    from fhir_mappings.facts import Dosage, DoseAmount
+    from tests.support.clinical import voclosporin
+
+    orders = [
+        voclosporin(
+            dosage=Dosage(tuple(DoseAmount(mg, when) for when, mg in d), float(len(d)), ""),
+            ref=f"MedicationRequest/d{i}",
+        )
+        for i, d in enumerate(drafts)
+    ]
+    regimen = regimen_of(orders, knowledge)
+    assert regimen is not None
+    assert ([d.mg for d in regimen.doses], regimen.doses_per_day) == (doses, per_day)

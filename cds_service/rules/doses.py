@@ -57,7 +57,7 @@ def regimen_of(orders: Iterable[Medication], knowledge: Knowledge) -> Regimen | 
     if not drafts:
         return None
     slots: dict[tuple[int, str], DoseAmount] = {}
-    without_dose, read = [], []
+    without_dose = []
     regular, total_per_day = True, 0.0
     unknown_frequency = False
     for order in drafts:
@@ -65,7 +65,6 @@ def regimen_of(orders: Iterable[Medication], knowledge: Knowledge) -> Regimen | 
         if dosage is None or not dosage.doses:
             without_dose.append(order)
             continue
-        read.append(order)
         if dosage.doses_per_day is None:
             unknown_frequency = True
         else:
@@ -82,7 +81,7 @@ def regimen_of(orders: Iterable[Medication], knowledge: Knowledge) -> Regimen | 
     per_day: float | None
     if unknown_frequency:
         per_day = None
-    elif len(read) == 1 or not regular:
+    elif not regular:  # e.g. every other day: the stated frequency, summed
         per_day = total_per_day
     else:
         per_day = float(len(slots))
