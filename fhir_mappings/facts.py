@@ -39,10 +39,16 @@ class BloodPressure:
 
 @dataclass(frozen=True)
 class DoseAmount:
-    """One administration of a dose: amount in mg and, when stated, the time of day."""
+    """One administration of a dose: amount in mg and, when stated, the time of day.
+
+    ``when`` is as written (an EventTiming code such as MORN, or a clock time "08:00:00");
+    ``part`` is the part of the day it names (knowledge DAY_PARTS), so that an AM order and a
+    PM order can be put side by side.
+    """
 
     mg: float
     when: str | None = None
+    part: str | None = None
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,36 @@ class DoseRules:
     mg_tolerance: float
 
 
+# Parts of the day in day order (event_timing.csv ``part``): split AM/PM orders are put
+# side by side by these.
+DAY_PARTS = ("morning", "midday", "afternoon", "evening", "night")
+DOSE_UNIT_COUNTS = frozenset({"mg", "capsule"})
+TIMING_PERIOD_UNITS = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})
+
+
+@dataclass(frozen=True)
+class TimingCode:
+    """A Timing.code abbreviation (BID, Q12H, AM): frequency per period, and when in the day."""
+
+    frequency: int
+    period: float
+    period_unit: str
+    when: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class DoseVocabulary:
+    """How EHRs write doses and times (dose_units.csv, timing_codes.csv, event_timing.csv).
+
+    Keys are upper-cased codes (timing) and lower-cased units, as they are compared.
+    """
+
+    units: dict[str, str]  # unit or UCUM code -> "mg" | "capsule"
+    timing_codes: dict[str, TimingCode]
+    day_parts: dict[str, str]  # EventTiming code (upper case) -> part of the day (DAY_PARTS)
+
+
 @dataclass(frozen=True)
 class DurationRules:
     reassess_after_days: int
@@ -200,6 +230,7 @@ class Knowledge:
     adult_from_years: int
     live_vaccine_days_before_initiation: int
     dose: DoseRules
+    dose_vocabulary: DoseVocabulary
     duration: DurationRules
     prior_authorization: PriorAuthorizationLimits
     rules: dict[str, RuleCitation]
@@ -389,6 +420,57 @@ def _vaccines(directory: Path) -> dict[str, VaccineEntry]:
 
 
 K = TypeVar("K", ObservationKind, ConditionKind)
+
+
+def _dose_vocabulary(directory: Path) -> DoseVocabulary:
+    """Unit synonyms, timing abbreviations and day parts, each row checked and sourced."""
+    units: dict[str, str] = {}
+    for number, row in enumerate(
+        _read_csv(directory / "dose_units.csv", ("unit", "counts", "source")), start=2
+    ):
+        unit, counts = row["unit"].strip().lower(), row["counts"].strip()
+        if counts not in DOSE_UNIT_COUNTS or not unit or unit in units:
+            raise KnowledgeError(
+                f"dose_units.csv line {number}: unit {unit!r} repeated or empty, or counts "
+                f"{counts!r} not one of {sorted(DOSE_UNIT_COUNTS)}"
+            )
+        units[unit] = counts
+    parts: dict[str, str] = {}
+    for number, row in enumerate(
+        _read_csv(directory / "event_timing.csv", ("when", "part", "source")), start=2
+    ):
+        when, part = row["when"].strip().upper(), row["part"].strip()
+        if part not in DAY_PARTS or not when or when in parts:
+            raise KnowledgeError(
+                f"event_timing.csv line {number}: {when!r} repeated or empty, or part "
+                f"{part!r} not one of {list(DAY_PARTS)}"
+            )
+        parts[when] = part
+    codes: dict[str, TimingCode] = {}
+    columns = ("code", "frequency", "period", "period_unit", "source")
+    for number, row in enumerate(_read_csv(directory / "timing_codes.csv", columns), start=2):
+        code, when = row["code"].strip().upper(), (row.get("when") or "").strip()
+        try:
+            frequency, period = int(row["frequency"]), float(row["period"])
+        except ValueError as exc:
+            raise KnowledgeError(f"timing_codes.csv line {number}: {exc}") from exc
+        if (
+            not code
+            or code in codes
+            or frequency <= 0
+            or period <= 0
+            or row["period_unit"].strip() not in TIMING_PERIOD_UNITS
+            or (when and when.upper() not in parts)
+        ):
+            raise KnowledgeError(
+                f"timing_codes.csv line {number}: {code!r} repeated or empty, frequency and "
+                f"period must be positive, period_unit one of {sorted(TIMING_PERIOD_UNITS)}, "
+                "when an event_timing.csv code"
+            )
+        codes[code] = TimingCode(
+            frequency, period, row["period_unit"].strip(), when or None, row["source"]
+        )
+    return DoseVocabulary(units=units, timing_codes=codes, day_parts=parts)
 
 
 def _kind(vocabulary: type[K], path: Path, number: int, value: str) -> K:
@@ -633,6 +715,7 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
             rules_doc["live_vaccine"]["days_before_initiation"]
         ),
         dose=_section(DoseRules, rules_doc["dose"], "dose"),
+        dose_vocabulary=_dose_vocabulary(directory),
         duration=_section(DurationRules, rules_doc["duration"], "duration"),
         prior_authorization=_section(
             PriorAuthorizationLimits, rules_doc["prior_authorization"], "prior_authorization"

@@ -24,6 +24,7 @@ from fhir_mappings.references import (
     reference_of,
     relative_reference,
 )
+from fhir_mappings.vocabulary import Role
 
 # Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
 # read leniently; it has no R4 model, so it is also reported).
@@ -74,7 +75,9 @@ def medication(
     repeats = dispense.get("numberOfRepeatsAllowed")
     # A code-only order (an NDC without text) shows the knowledge's product name.
     name = texts[0] if texts else match.product_name or "(unidentified medication)"
-    capsule_mg = mapper.terminology.knowledge.dose.capsule_mg
+    knowledge = mapper.terminology.knowledge
+    # Capsule counts are voclosporin's 7.9 mg capsules; another drug's capsule is not known.
+    capsule_mg = knowledge.dose.capsule_mg if Role.VOCLOSPORIN in match.roles else None
     return Medication(
         reference=reference_of(resource),
         name=name,
@@ -85,7 +88,7 @@ def medication(
         is_draft=draft_index is not None,
         is_selected=selected,
         draft_index=draft_index,
-        dosage=dosage(resource, capsule_mg) if match.roles else None,
+        dosage=dosage(resource, knowledge.dose_vocabulary, capsule_mg) if match.roles else None,
         expected_supply_days=to_days(supply) if supply else None,
         number_of_repeats=repeats if isinstance(repeats, int) else None,
         identified=bool(concept_codings or texts),

@@ -112,6 +112,48 @@ def test_unknown_kind_stops_loading(data: Path, file: str, kind: str):
         load_knowledge(data)
 
 
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        ("dose_units.csv", "{pill},capsule,", "{pill},tablet,", r"dose_units\.csv line \d+"),
+        (
+            "dose_units.csv",
+            "caps,capsule,",
+            "cap,capsule,",
+            r"dose_units\.csv line \d+: unit 'cap'",
+        ),
+        ("timing_codes.csv", "BID,2,1,d,", "BID,0,1,d,", r"timing_codes\.csv line 2"),
+        ("timing_codes.csv", "BID,2,1,d,", "BID,2,1,day,", r"timing_codes\.csv line 2"),
+        ("timing_codes.csv", "AM,1,1,d,MORN,", "AM,1,1,d,MORNING,", r"timing_codes\.csv line \d+"),
+        ("timing_codes.csv", "BID,2,1,d,", "BID,two,1,d,", r"timing_codes\.csv line 2"),
+        ("event_timing.csv", "EVE,evening,", "EVE,dusk,", r"event_timing\.csv line \d+: 'EVE'"),
+    ],
+    ids=[
+        "unit-counts-unknown",
+        "unit-repeated",
+        "timing-zero-frequency",
+        "timing-bad-period-unit",
+        "timing-when-not-event-timing",
+        "timing-frequency-not-a-number",
+        "event-part-unknown",
+    ],
+)
+def test_bad_dose_vocabulary_stops_loading(data: Path, file: str, old: str, new: str, message):
+    """A unit, timing code or day part outside its vocabulary names file and line."""
+    edit(data / file, old, new)
+    with pytest.raises(KnowledgeError, match=message):
+        load_knowledge(data)
+
+
+def test_dose_vocabulary_rows_have_sources(knowledge: Knowledge):
+    """Every unit synonym and timing code is loaded, each timing code with its source."""
+    vocabulary = knowledge.dose_vocabulary
+    assert vocabulary.units["{pill}"] == "capsule"
+    assert vocabulary.units["mg"] == "mg"
+    assert all(code.source.strip() for code in vocabulary.timing_codes.values())
+    assert vocabulary.timing_codes["AM"].when == "MORN"
+
+
 # -- card templates -----------------------------------------------------------------------------
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
+from cds_service.rules.doses import regimen_of, rewrite
 from cds_service.rules.model import (
     Finding,
-    ReplaceDosage,
     RuleResult,
     Suggestion,
     card_text,
@@ -100,19 +100,20 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
     dose = knowledge.dose
     morning, evening = dose.moderate_inhibitor_morning_mg, dose.moderate_inhibitor_evening_mg
     regimen = text("regimen")
-    suggestions = tuple(
-        Suggestion(
-            text("suggestion", order=order.name, regimen=regimen),
-            (ReplaceDosage(order, ((morning, "MORN"), (evening, "EVE")), regimen),),
-            is_recommended=True,
-        )
-        for order in facts.draft_voclosporin
-        if order.can_be_changed and not _has_regimen(order, (morning, evening), dose.mg_tolerance)
-    )
-    already = facts.ordering_voclosporin and all(
-        _has_regimen(order, (morning, evening), dose.mg_tolerance)
-        for order in facts.draft_voclosporin
-    )
+    # Every voclosporin draft of the session is one regimen: an AM and a PM draft together.
+    drafted = regimen_of(facts.draft_orders, knowledge)
+    already = drafted is not None and drafted.matches((morning, evening), dose.mg_tolerance)
+    suggestions: tuple[Suggestion, ...] = ()
+    if drafted is not None and not already:
+        actions = rewrite(drafted, ((morning, "MORN"), (evening, "EVE")), regimen, knowledge)
+        if actions:
+            suggestions = (
+                Suggestion(
+                    text("suggestion", order=names(drafted.orders), regimen=regimen),
+                    actions,
+                    is_recommended=True,
+                ),
+            )
     summary = text("summary_already_reduced" if already else "summary", partners=names(partners))
     yield Finding(
         "info" if already else "warning",
@@ -121,12 +122,6 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
         suggestions,
         subject=subject_of(partners),
     )
-
-
-def _has_regimen(order: Medication, regimen: tuple[float, ...], tolerance: float) -> bool:
-    if order.dosage is None or len(order.dosage.doses) != len(regimen):
-        return False
-    return all(abs(d.mg - r) <= tolerance for d, r in zip(order.dosage.doses, regimen, strict=True))
 
 
 def cyp3a4_inducer(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:

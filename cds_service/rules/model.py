@@ -28,12 +28,15 @@ class RemoveOrder:
 class ReplaceDosage:
     """Replace the dosing of a draft order (CDS Hooks `update` action with the full resource).
 
-    ``doses`` holds (mg, time of day or None) for each administration in a day.
+    ``doses`` holds (mg, time of day or None) for each administration in a day; ``whole`` is
+    False when they are this order's part of a regimen split over several drafts (the
+    suggestion's other actions rewrite the rest; ``description`` names the whole regimen).
     """
 
     order: Medication
     doses: tuple[tuple[float, str | None], ...]
     description: str
+    whole: bool = True
 
 
 Action = RemoveOrder | ReplaceDosage

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from cds_service.rules.doses import regimen_of, rewrite
 from cds_service.rules.model import (
     Finding,
     MonitoringGap,
     NotChecked,
-    ReplaceDosage,
     RuleResult,
     Suggestion,
     card_text,
     describe,
     latest,
+    names,
     num,
     recent,
     remove_suggestions,
@@ -146,22 +147,25 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
 def _reduction_suggestions(
     orders: tuple[Medication, ...], knowledge: Knowledge
 ) -> tuple[Suggestion, ...]:
-    """Each draft dose minus one capsule per administration, when that leaves a dose."""
+    """The drafted regimen minus one capsule per administration, as one suggestion.
+
+    The drafts are one regimen (an AM and a PM draft are reduced together, in one suggestion);
+    none when a dose would not remain or the result would be above the label maximum.
+    """
+    regimen = regimen_of(orders, knowledge)
+    if regimen is None or not regimen.doses:
+        return ()
     text = card_text(knowledge, "egfr-decline")
-    suggestions = []
     step = knowledge.dose.reduction_step_mg
-    for order in orders:
-        if not order.can_be_changed or order.dosage is None or not order.dosage.doses:
-            continue
-        reduced = tuple((round(d.mg - step, 2), d.when) for d in order.dosage.doses)
-        if any(mg <= 0 for mg, _ in reduced):
-            continue
-        regimen = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
-        suggestions.append(
-            Suggestion(
-                text("suggestion", order=order.name, regimen=regimen),
-                (ReplaceDosage(order, reduced, regimen),),
-                is_recommended=True,
-            )
-        )
-    return tuple(suggestions)
+    reduced = tuple((round(d.mg - step, 2), d.when) for d in regimen.doses)
+    described = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
+    actions = rewrite(regimen, reduced, described, knowledge)
+    if not actions:
+        return ()
+    return (
+        Suggestion(
+            text("suggestion", order=names(regimen.orders), regimen=described),
+            actions,
+            is_recommended=True,
+        ),
+    )
