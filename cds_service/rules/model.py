@@ -178,3 +178,12 @@ def remove_suggestions(
 
 def days_between(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() / 86400
+
+
+def on_treatment(facts: PatientFacts) -> bool:
+    """The patient is on a voclosporin course: renewing it, or ordering another drug meanwhile.
+
+    The on-treatment checks (BP gate, live vaccines given during the course) run then, not at
+    initiation (decision "on-treatment checks"; K 1.21, PI 5.4, 5.9).
+    """
+    return facts.is_renewal or (facts.takes_voclosporin and not facts.ordering_voclosporin)
