@@ -411,3 +411,13 @@ def test_allergy_without_type_is_unknown_not_intolerance(terminology):
     """No type and no criticality: both None (the rule treats that as serious)."""
     (record,) = facts_from(terminology, [_allergy_resource()]).allergies
     assert (record.kind, record.criticality, record.reactions) == (None, None, ())
+
+
+def test_voclosporin_drafted_in_the_session_is_not_on_treatment(knowledge):
+    """Selecting another drug beside an unselected voclosporin draft: no on-treatment BP card."""
+    drafts = (
+        voclosporin(selected=False),
+        med("amoxicillin 500 MG Oral Capsule", draft=True),
+    )
+    f = facts(draft_orders=drafts, blood_pressures=(bp(178, 112),))
+    assert "blood-pressure-high-on-treatment" not in fired(f, knowledge)

@@ -186,4 +186,8 @@ def on_treatment(facts: PatientFacts) -> bool:
     The on-treatment checks (BP gate, live vaccines given during the course) run then, not at
     initiation (decision "on-treatment checks"; K 1.21, PI 5.4, 5.9).
     """
-    return facts.is_renewal or (facts.takes_voclosporin and not facts.ordering_voclosporin)
+    if facts.is_renewal:
+        return True
+    # Voclosporin only drafted earlier in this session is an initiation under way, not a course.
+    drafted_only = any(m.is_voclosporin for m in facts.draft_orders)
+    return facts.takes_voclosporin and not facts.ordering_voclosporin and not drafted_only
