@@ -7,11 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from cds_service import close_app
 from cds_service.rules.engine import DATA_UNAVAILABLE, MONITORING_GAPS, evaluate
 from cds_service.rules.model import Finding, RemoveOrder
 from fhir_mappings.facts import Allergy, PatientFacts
 from fhir_mappings.knowledge import Knowledge, KnowledgeError, load_knowledge
 from fhir_mappings.vocabulary import DataCategory
+from tests.conftest import make_app
 from tests.support.clinical import (
     bp,
     egfr,
@@ -421,3 +423,14 @@ def test_voclosporin_drafted_in_the_session_is_not_on_treatment(knowledge):
     )
     f = facts(draft_orders=drafts, blood_pressures=(bp(178, 112),))
     assert "blood-pressure-high-on-treatment" not in fired(f, knowledge)
+
+
+def test_near_limit_setting_reaches_the_service(tmp_path):
+    """CDS_POTASSIUM_NEAR_LIMIT is applied at start-up (and a negative value stops it)."""
+    app = make_app(tmp_path, CDS_POTASSIUM_NEAR_LIMIT=0.5)
+    try:
+        assert app.extensions["cds_service"].knowledge.potassium.near_limit_mmol_l == 0.5
+    finally:
+        close_app(app)
+    with pytest.raises(KnowledgeError):
+        make_app(tmp_path, CDS_POTASSIUM_NEAR_LIMIT=-1.0)
