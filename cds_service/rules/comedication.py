@@ -25,7 +25,8 @@ from cds_service.rules.model import (
     remove_suggestions,
     subject_of,
 )
-from fhir_mappings.facts import Measurement, Medication, PatientFacts
+from cds_service.rules.vitals import potassium_limit
+from fhir_mappings.facts import Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.vocabulary import DataCategory, Role
 
@@ -61,13 +62,6 @@ def nephrotoxic_comedication(facts: PatientFacts, knowledge: Knowledge) -> Itera
     )
 
 
-def _limit(result: Measurement, knowledge: Knowledge) -> tuple[float, str]:
-    """The potassium upper limit and its basis: the result's reference high, else the default."""
-    if result.reference_high is not None:
-        return result.reference_high, "basis_reference_range"
-    return knowledge.potassium.default_high_mmol_l, "basis_local_default"
-
-
 def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """A drug that raises potassium with or during voclosporin (PI 5.6; decision table).
 
@@ -75,7 +69,8 @@ def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iter
     info, a warning when the latest potassium is at or above the limit or within
     ``potassium.near_limit_mmol_l`` below it (local policy). ``ace-inhibitor-or-arb`` (standard
     lupus nephritis care): only when potassium is at or above the limit. The limit is the
-    result's reference high, else the local default (as ``hyperkalemia``). No potassium in the
+    result's reference high, else the local default (``vitals.potassium_limit``, as
+    ``hyperkalemia``). No potassium in the
     window is a monitoring gap (on the info card, or a monitoring-gaps note for ACE inhibitors and
     ARBs alone); potassium that could not be obtained is named on the card, and the engine
     reports it on the data-unavailable card (the rule reads it).
@@ -89,7 +84,7 @@ def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iter
     result = latest(recent(facts.potassium, facts.now, limits.max_age_days))
     at_limit = near_limit = False
     if result is not None:
-        high, basis = _limit(result, knowledge)
+        high, basis = potassium_limit(result, knowledge)
         margin = round(high - result.value, _MMOL_DECIMALS)
         at_limit = margin <= 0
         near_limit = margin <= limits.near_limit_mmol_l
@@ -114,7 +109,7 @@ def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iter
             partners=names(flagged),
             value=num(result.value),
             unit=result.unit,
-            high=_limit(result, knowledge)[0],
+            high=potassium_limit(result, knowledge)[0],
         )
         yield Finding("warning", summary, detail, subject=subject_of(flagged))
         return

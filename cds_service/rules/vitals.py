@@ -17,7 +17,7 @@ from cds_service.rules.model import (
     remove_suggestions,
     when_text,
 )
-from fhir_mappings.facts import BloodPressure, PatientFacts
+from fhir_mappings.facts import BloodPressure, Measurement, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 
 
@@ -131,6 +131,16 @@ def blood_pressure_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterato
     yield Finding("warning", text("summary"), text("detail", most_recent=most_recent))
 
 
+def potassium_limit(result: Measurement, knowledge: Knowledge) -> tuple[float, str]:
+    """The potassium upper limit and the template naming its basis (decision "potassium").
+
+    The result's own reference-range high, else the configured local default.
+    """
+    if result.reference_high is not None:
+        return result.reference_high, "basis_reference_range"
+    return knowledge.potassium.default_high_mmol_l, "basis_local_default"
+
+
 def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Latest potassium above the lab's reference high (else the local default) (PI 5.6).
 
@@ -146,10 +156,7 @@ def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     if result is None:
         yield MonitoringGap(text("gap_result"), text("no_result"))
         return
-    high = result.reference_high
-    basis = "basis_reference_range"
-    if high is None:
-        high, basis = limits.default_high_mmol_l, "basis_local_default"
+    high, basis = potassium_limit(result, knowledge)
     if result.value <= high:
         return
     yield Finding(
