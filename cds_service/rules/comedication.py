@@ -70,10 +70,10 @@ def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iter
     ``potassium.near_limit_mmol_l`` below it (local policy). ``ace-inhibitor-or-arb`` (standard
     lupus nephritis care): only when potassium is at or above the limit. The limit is the
     result's reference high, else the local default (``vitals.potassium_limit``, as
-    ``hyperkalemia``). No potassium in the
-    window is a monitoring gap (on the info card, or a monitoring-gaps note for ACE inhibitors and
-    ARBs alone); potassium that could not be obtained is named on the card, and the engine
-    reports it on the data-unavailable card (the rule reads it).
+    ``hyperkalemia``). No potassium in the window is a monitoring gap (on the info card, or a
+    monitoring-gaps note for ACE inhibitors and ARBs alone); potassium that could not be obtained
+    is named on the card, and the engine reports it on the data-unavailable card (the rule reads
+    it).
     """
     risk = facts.partners(Role.HYPERKALEMIA_RISK)
     raas = tuple(m for m in facts.partners(Role.ACE_INHIBITOR_OR_ARB) if m not in risk)
