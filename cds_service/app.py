@@ -59,6 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         egfr_baseline_max_days=app.config["CDS_EGFR_BASELINE_MAX_DAYS"],
         bp_max_age_days=app.config["CDS_BP_MAX_AGE_DAYS"],
         potassium_high_default=app.config["CDS_POTASSIUM_HIGH_DEFAULT"],
+        potassium_near_limit=app.config["CDS_POTASSIUM_NEAR_LIMIT"],
     )
     workers = int(app.config["CDS_FHIR_WORKERS"])
     session = requests.Session()

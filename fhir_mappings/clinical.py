@@ -58,14 +58,22 @@ def allergy(mapper: Mapper, resource: Resource) -> Allergy | None:
         return None
     texts = concept_texts(resource.get("code"))
     severities: list[str] = []
+    reactions: list[str] = []
     for reaction in as_list(resource.get("reaction")):
         if not isinstance(reaction, dict):
             continue
         texts += concept_texts(reaction.get("substance"))
         if isinstance(reaction.get("severity"), str):
             severities.append(reaction["severity"])
+        # PI 5.8 / decision "allergy severity": the card names the reaction it weighed.
+        named = [concept_name(m) for m in as_list(reaction.get("manifestation")) if m]
+        description = reaction.get("description")
+        if not named and isinstance(description, str) and description.strip():
+            named = [description.strip()]
+        reactions += named
     match = mapper.terminology.match_medication(codings(resource.get("code")), texts)
     criticality = resource.get("criticality")
+    kind = resource.get("type")
     return Allergy(
         reference=reference_of(resource),
         substance=([*texts, "(unnamed substance)"])[0],
@@ -74,4 +82,6 @@ def allergy(mapper: Mapper, resource: Resource) -> Allergy | None:
         severities=tuple(severities),
         verification=verification,
         clinical_status=clinical,
+        kind=kind if isinstance(kind, str) else None,
+        reactions=tuple(dict.fromkeys(reactions)),
     )

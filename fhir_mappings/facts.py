@@ -124,7 +124,11 @@ class Immunization:
 
 @dataclass(frozen=True)
 class Allergy:
-    """A recorded allergy or intolerance, with whether it is to voclosporin."""
+    """A recorded allergy or intolerance, with whether it is to voclosporin.
+
+    ``kind`` is AllergyIntolerance.type (``allergy`` or ``intolerance``; None when not stated);
+    ``reactions`` names the manifestations (or the reaction's description) as recorded.
+    """
 
     reference: str
     substance: str
@@ -133,6 +137,8 @@ class Allergy:
     severities: tuple[str, ...]
     verification: str | None
     clinical_status: str | None
+    kind: str | None = None
+    reactions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

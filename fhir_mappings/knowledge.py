@@ -139,6 +139,7 @@ class BloodPressureLimits:
 class PotassiumLimits:
     default_high_mmol_l: float
     max_age_days: int
+    near_limit_mmol_l: float
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,7 @@ class Knowledge:
         egfr_baseline_max_days: int | None = None,
         bp_max_age_days: int | None = None,
         potassium_high_default: float | None = None,
+        potassium_near_limit: float | None = None,
     ) -> Knowledge:
         """Apply the site's configured local-policy values (documented in the README)."""
         renal, bp, potassium = self.renal, self.blood_pressure, self.potassium
@@ -290,6 +292,8 @@ class Knowledge:
             bp = replace(bp, max_age_days=_positive(bp_max_age_days))
         if potassium_high_default is not None:
             potassium = replace(potassium, default_high_mmol_l=_positive(potassium_high_default))
+        if potassium_near_limit is not None:
+            potassium = replace(potassium, near_limit_mmol_l=_not_negative(potassium_near_limit))
         return replace(self, renal=renal, blood_pressure=bp, potassium=potassium)
 
 
@@ -299,6 +303,12 @@ T = TypeVar("T")
 def _positive(value: T) -> T:
     if not isinstance(value, int | float) or value <= 0:
         raise KnowledgeError(f"local policy value must be a positive number, got {value!r}")
+    return value
+
+
+def _not_negative(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise KnowledgeError(f"local policy value must be zero or more, got {value!r}")
     return value
 
 

@@ -25,6 +25,11 @@ class Role(StrEnum):
     P_GP_SUBSTRATE = "p-gp-substrate"
     MYCOPHENOLATE = "mycophenolate"
     CORTICOSTEROID = "corticosteroid"
+    # Co-medication that adds to a voclosporin risk (PI 5.3 nephrotoxicity, 5.6 hyperkalemia).
+    NEPHROTOXIC = "nephrotoxic"
+    HYPERKALEMIA_RISK = "hyperkalemia-risk"
+    # Standard lupus nephritis care that also raises potassium: flagged only at high potassium.
+    ACE_INHIBITOR_OR_ARB = "ace-inhibitor-or-arb"
     # Assigned by terminology matching (a live CVX code or a live-vaccine term, codes.py), never
     # written in drugs.csv.
     LIVE_VACCINE = "live-vaccine"
@@ -33,7 +38,7 @@ class Role(StrEnum):
 # Roles a drugs.csv row may carry: every role except the one terminology assigns.
 DRUG_LIST_ROLES = frozenset(Role) - {Role.LIVE_VACCINE}
 
-# Roles that make an order matter to voclosporin (PI 4, 5.9, 7; the duplicate-CNI local rule):
+# Roles that make an order matter to voclosporin (PI 4, 5.3, 5.6, 5.9, 7; the duplicate-CNI rule):
 # a drafted order with one of them is checked even when the medication list cannot be read.
 INTERACTING_ROLES = frozenset(
     {
@@ -45,6 +50,9 @@ INTERACTING_ROLES = frozenset(
         Role.CALCINEURIN_INHIBITOR,
         Role.P_GP_SUBSTRATE,
         Role.LIVE_VACCINE,
+        Role.NEPHROTOXIC,
+        Role.HYPERKALEMIA_RISK,
+        Role.ACE_INHIBITOR_OR_ARB,
     }
 )
 

@@ -118,7 +118,8 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "Junita_Labadie": (*SYNTHEA_ADULT[:2], "pediatric:warning", *SYNTHEA_ADULT[2:]),
     "Morris_Lockman": SYNTHEA_ADULT,
     "Neva_Hyatt": SYNTHEA_ADULT,
-    "Renea_Quigley": SYNTHEA_ADULT,
+    # Renea Quigley has active naproxen (2014): nephrotoxic with voclosporin (PI 5.3, NINJA list).
+    "Renea_Quigley": (*SYNTHEA_ADULT[:2], "nephrotoxic-comedication:warning", *SYNTHEA_ADULT[2:]),
     "Thanh_Considine": SYNTHEA_ADULT,
     "Tom_Goodwin": SYNTHEA_ADULT,
     # Clean initiation: only the payer criteria.
@@ -153,15 +154,43 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     # Cyclophosphamide instead of MMF: not recommended, and no mycophenolate.
     "ln-cyclophosphamide": ("cyclophosphamide:warning", "background-therapy-missing:info", PA),
     "ln-voclosporin-allergy": ("hypersensitivity:critical", PA),
+    # Renewal with BP 178/112: above the gate on treatment (critical, discontinue).
+    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical",),
+    # On voclosporin for 60 days, the only eGFR is after the start: no baseline (monitoring note).
+    "ln-on-voclosporin-stable": (MONITORING,),
+    "ln-on-voclosporin-potassium-4-9": (MONITORING,),
+    # A low-criticality, mild intolerance: a warning naming the reaction, not contraindicated.
+    "ln-voclosporin-mild-intolerance": ("hypersensitivity:warning", PA),
 }
 ON_VOCLOSPORIN = frozenset(
-    {"ln-renewal-egfr-25pct", "ln-renewal-egfr-35pct", "ln-on-voclosporin-interactions"}
+    {
+        "ln-renewal-egfr-25pct",
+        "ln-renewal-egfr-35pct",
+        "ln-on-voclosporin-interactions",
+        "ln-renewal-bp-high",
+        "ln-on-voclosporin-stable",
+        "ln-on-voclosporin-potassium-4-9",
+    }
 )
 CHART_NAMES = (*SYNTHEA, *CHARTS)
 
 
 # Warnings the service lists before the live-vaccine one (same severity, earlier rule).
-_BEFORE_LIVE = frozenset({"moderate-cyp3a4-inhibitor:warning", "cyp3a4-inducer:warning"})
+_BEFORE_LIVE = frozenset(
+    {"hypersensitivity:warning", "moderate-cyp3a4-inhibitor:warning", "cyp3a4-inducer:warning"}
+)
+# On-treatment cards a chart raises whatever is ordered for the patient on voclosporin.
+ON_TREATMENT_CARDS: dict[str, tuple[str, ...]] = {
+    # BP 178/112 on treatment: discontinue and treat BP (K 1.21, PI 5.4), on every new order.
+    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical",),
+}
+
+
+def _with_on_treatment(chart: str, cards: tuple[str, ...]) -> tuple[str, ...]:
+    """Add the chart's on-treatment critical cards after the other critical ones."""
+    critical = tuple(c for c in cards if c.endswith(":critical"))
+    rest = tuple(c for c in cards if not c.endswith(":critical"))
+    return (*critical, *ON_TREATMENT_CARDS.get(chart, ()), *rest)
 
 
 def _with_live_vaccine(cards: tuple[str, ...]) -> tuple[str, ...]:
@@ -181,10 +210,13 @@ def expected_cards(chart: str, order_set: str) -> tuple[str, ...]:
     if chart not in ON_VOCLOSPORIN:
         return ()  # no voclosporin drafted or taken: the service has nothing to say
     if order_set == "mmr":
-        return (LIVE,)  # reverse direction: live vaccine for a patient on voclosporin
+        # reverse direction: live vaccine for a patient on voclosporin
+        return _with_on_treatment(chart, (LIVE,))
     if order_set == "ketoconazole":
-        return (STRONG,)  # reverse direction: strong CYP3A4 inhibitor added to voclosporin
-    return ()  # lisinopril: no interaction
+        # reverse direction: strong CYP3A4 inhibitor added to voclosporin
+        return _with_on_treatment(chart, (STRONG,))
+    # lisinopril: standard LN care, flagged only at or above the potassium limit (none here)
+    return _with_on_treatment(chart, ())
 
 
 # ---------------- fixtures ----------------

@@ -55,6 +55,9 @@ def test_vocabulary_values_are_the_data_strings():
         "mycophenolate",
         "corticosteroid",
         "live-vaccine",
+        "nephrotoxic",
+        "hyperkalemia-risk",
+        "ace-inhibitor-or-arb",
     }
     assert {str(k) for k in ObservationKind} == {
         "egfr",

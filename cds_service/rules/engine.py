@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from cds_service.rules import coverage, interactions, regimen, renal, vitals
+from cds_service.rules import comedication, coverage, interactions, regimen, renal, vitals
 from cds_service.rules.model import (
     SEVERITY,
     Finding,
@@ -48,12 +48,23 @@ REGISTRY: tuple[RuleSpec, ...] = (
         "blood-pressure-high", vitals.blood_pressure_high, needs=frozenset({D.BLOOD_PRESSURE})
     ),
     RuleSpec(
+        "blood-pressure-high-on-treatment",
+        vitals.blood_pressure_high_on_treatment,
+        needs=frozenset({D.BLOOD_PRESSURE}),
+    ),
+    RuleSpec(
         "blood-pressure-missing", vitals.blood_pressure_missing, needs=frozenset({D.BLOOD_PRESSURE})
     ),
     RuleSpec("cyclophosphamide", interactions.cyclophosphamide, reads=_MEDS),
     RuleSpec("pediatric", regimen.pediatric, needs=frozenset({D.PATIENT})),
     RuleSpec("background-therapy-missing", regimen.background_therapy_missing, needs=_MEDS),
     RuleSpec("hyperkalemia", vitals.hyperkalemia, needs=frozenset({D.POTASSIUM})),
+    RuleSpec("nephrotoxic-comedication", comedication.nephrotoxic_comedication, reads=_MEDS),
+    RuleSpec(
+        "hyperkalemia-comedication",
+        comedication.hyperkalemia_comedication,
+        reads=_MEDS | {D.POTASSIUM},
+    ),
     RuleSpec(
         "calcineurin-inhibitor-duplicate", interactions.calcineurin_inhibitor_duplicate, reads=_MEDS
     ),

@@ -181,3 +181,16 @@ def remove_suggestions(
 
 def days_between(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() / 86400
+
+
+def on_treatment(facts: PatientFacts) -> bool:
+    """The patient is on a voclosporin course: renewing it, or ordering another drug meanwhile.
+
+    The on-treatment checks (BP gate, live vaccines given during the course) run then, not at
+    initiation (decision "on-treatment checks"; K 1.21, PI 5.4, 5.9).
+    """
+    if facts.is_renewal:
+        return True
+    # Voclosporin only drafted earlier in this session is an initiation under way, not a course.
+    drafted_only = any(m.is_voclosporin for m in facts.draft_orders)
+    return facts.takes_voclosporin and not facts.ordering_voclosporin and not drafted_only

@@ -313,8 +313,16 @@ class ChartBuilder:
             }
         )
 
-    def allergy(self, substance_text: str, manifestation_text: str, days_ago: int) -> Resource:
-        """Add an active, confirmed, high-criticality medication allergy with a severe reaction."""
+    def allergy(
+        self,
+        substance_text: str,
+        manifestation_text: str,
+        days_ago: int,
+        kind: str = "allergy",
+        criticality: str = "high",
+        severity: str = "severe",
+    ) -> Resource:
+        """Add an active, confirmed medication allergy (default: high criticality, severe)."""
         when = clinical_time(self.today, days_ago)
         return self.add(
             {
@@ -324,9 +332,9 @@ class ChartBuilder:
                 "verificationStatus": {
                     "coding": [{"system": ALLERGY_VERIFICATION, "code": "confirmed"}]
                 },
-                "type": "allergy",
+                "type": kind,
                 "category": ["medication"],
-                "criticality": "high",
+                "criticality": criticality,
                 "code": {"text": substance_text},
                 "patient": self.subject,
                 "recordedDate": when,
@@ -334,7 +342,7 @@ class ChartBuilder:
                     {
                         "manifestation": [{"text": manifestation_text}],
                         "onset": when,
-                        "severity": "severe",
+                        "severity": severity,
                     }
                 ],
             }
@@ -590,6 +598,86 @@ def ln_voclosporin_allergy(today: date) -> Resource:
     return c.bundle()
 
 
+def ln_renewal_bp_high(today: date) -> Resource:
+    """Woman, 35, on LUPKYNIS 23.7 mg BID for 120 days (MMF + prednisone), BP now 178/112.
+
+    eGFR stable: 86 at 125 d (the baseline), 84 at 6 d (-2 %). BP 178/112 two days ago, above the
+    165/105 gate on treatment: discontinue LUPKYNIS and treat BP (K 1.21, PI 5.4). K 4.4 (ref
+    high 5.1), UPCR 0.8.
+    """
+    c = ChartBuilder("ln-renewal-bp-high", today)
+    c.patient("female", 35)
+    c.lupus_nephritis(onset_days_ago=400)
+    c.medication(MMF, authored_days_ago=200)
+    c.medication(PREDNISONE, authored_days_ago=200)
+    c.medication(VOCLOSPORIN, authored_days_ago=120)
+    c.egfr(86, days_ago=125)
+    c.egfr(84, days_ago=6)
+    c.blood_pressure(178, 112, days_ago=2)
+    c.potassium(4.4, days_ago=6)
+    c.upcr(0.8, days_ago=6)
+    return c.bundle()
+
+
+def ln_on_voclosporin_stable(today: date) -> Resource:
+    """Woman, 41, on LUPKYNIS (60 days) + MMF + prednisone, nothing else; labs unremarkable.
+
+    eGFR 95, BP 122/78, K 4.3 (ref high 5.1), UPCR 1.5: a new order for her meets voclosporin
+    (ibuprofen: nephrotoxic, PI 5.3; lisinopril at normal K: nothing to say).
+    """
+    c = ChartBuilder("ln-on-voclosporin-stable", today)
+    c.patient("female", 41)
+    c.lupus_nephritis()
+    c.medication(MMF, authored_days_ago=150)
+    c.medication(PREDNISONE, authored_days_ago=150)
+    c.medication(VOCLOSPORIN, authored_days_ago=60)
+    c.normal_labs()
+    return c.bundle()
+
+
+def ln_on_voclosporin_potassium_4_9(today: date) -> Resource:
+    """Woman, 39, on LUPKYNIS (60 days) + MMF + prednisone, potassium 4.9 (ref high 5.1).
+
+    4.9 is 0.2 mmol/L below the lab's upper limit: a drug that raises potassium (trimethoprim) is a
+    warning (decision "hyperkalemia co-medication", local policy). eGFR 92, BP 124/80, UPCR 1.2.
+    """
+    c = ChartBuilder("ln-on-voclosporin-potassium-4-9", today)
+    c.patient("female", 39)
+    c.lupus_nephritis()
+    c.medication(MMF, authored_days_ago=150)
+    c.medication(PREDNISONE, authored_days_ago=150)
+    c.medication(VOCLOSPORIN, authored_days_ago=60)
+    c.egfr(92, days_ago=7)
+    c.blood_pressure(124, 80, days_ago=4)
+    c.potassium(4.9, days_ago=7)
+    c.upcr(1.2, days_ago=7)
+    return c.bundle()
+
+
+def ln_voclosporin_mild_intolerance(today: date) -> Resource:
+    """Woman, 30, active LN on MMF + prednisone, with a mild intolerance to voclosporin on record.
+
+    AllergyIntolerance type intolerance, criticality low, reaction nausea (severity mild), 300
+    days ago: not the serious hypersensitivity PI 4 contraindicates, so a warning naming the
+    reaction, not the critical card (decision "allergy severity"). Labs unremarkable.
+    """
+    c = ChartBuilder("ln-voclosporin-mild-intolerance", today)
+    c.patient("female", 30)
+    c.lupus_nephritis(onset_days_ago=500)
+    c.medication(MMF, authored_days_ago=150)
+    c.medication(PREDNISONE, authored_days_ago=150)
+    c.allergy(
+        "voclosporin",
+        "Nausea",
+        days_ago=300,
+        kind="intolerance",
+        criticality="low",
+        severity="mild",
+    )
+    c.normal_labs()
+    return c.bundle()
+
+
 CHARTS: dict[str, Callable[[date], Resource]] = {
     "ln-initiation-clean": ln_initiation_clean,
     "ln-initiation-low-egfr-high-bp": ln_initiation_low_egfr_high_bp,
@@ -603,4 +691,8 @@ CHARTS: dict[str, Callable[[date], Resource]] = {
     "ln-adolescent": ln_adolescent,
     "ln-cyclophosphamide": ln_cyclophosphamide,
     "ln-voclosporin-allergy": ln_voclosporin_allergy,
+    "ln-renewal-bp-high": ln_renewal_bp_high,
+    "ln-on-voclosporin-stable": ln_on_voclosporin_stable,
+    "ln-on-voclosporin-potassium-4-9": ln_on_voclosporin_potassium_4_9,
+    "ln-voclosporin-mild-intolerance": ln_voclosporin_mild_intolerance,
 }
