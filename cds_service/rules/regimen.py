@@ -119,10 +119,10 @@ def _dose_problems(order: Medication, facts: PatientFacts, knowledge: Knowledge)
         start = rules.severe_renal_starting_dose_mg
         if (
             baseline is not None
-            and baseline.value < severe
+            and baseline.below(severe)
             and any(d.mg > start + rules.mg_tolerance for d in dosage.doses)
         ):
-            problems.append(text("severe_renal_start", egfr=num(baseline.value)))
+            problems.append(text("severe_renal_start", egfr=baseline.shown))
     return problems
 
 
