@@ -137,7 +137,6 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
         and most is not None
         and most < renal.decline_discontinue_from_percent
     )
-    bound = "" if exact else "_bound"
     if least is None or not below_limit or not (discontinue or reduce):
         at_least = text("at_least", decline=least) if least is not None and least > 0 else ""
         yield MonitoringGap(
@@ -146,7 +145,7 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
         )
         return
     readings = text(
-        "readings" + bound,
+        "readings" if exact else "readings_bound",
         start=when_text(start),
         baseline=describe(baseline),
         latest=describe(current),
@@ -156,14 +155,18 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     if discontinue:
         yield Finding(
             "critical",
-            text("summary_discontinue" + bound, decline=least, egfr=now),
+            text(
+                "summary_discontinue" if exact else "summary_discontinue_bound",
+                decline=least,
+                egfr=now,
+            ),
             text("detail_discontinue", readings=readings),
             remove_suggestions(facts.draft_voclosporin, text("discontinue")),
         )
         return
     yield Finding(
         "warning",
-        text("summary_reduce" + bound, decline=least, egfr=now),
+        text("summary_reduce" if exact else "summary_reduce_bound", decline=least, egfr=now),
         text("detail_reduce", readings=readings),
         _reduction_suggestions(facts.draft_voclosporin, knowledge),
     )
