@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from fhir_mappings.prose import CardText, placeholder_problems, used_names
 from fhir_mappings.vocabulary import (
     DRUG_LIST_ROLES,
-    ConditionKind,
     INITIATION_CRITERIA,
     RENEWAL_CRITERIA,
+    ConditionKind,
     Criterion,
     ObservationKind,
     Role,

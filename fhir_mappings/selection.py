@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
 from datetime import UTC, datetime
+from itertools import groupby
 from typing import Any, TypeVar
 
 from fhir_mappings.facts import BloodPressure, Measurement

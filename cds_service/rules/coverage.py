@@ -193,9 +193,10 @@ def _clinical_benefit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status
         change = text("benefit_change", change=-most) if least == most else ""
         return "met", text("benefit_stable", readings=readings, change=change)
     if least is not None and least > renal.decline_reduce_above_percent:
+        down = text("benefit_decline" if least == most else "benefit_decline_more", decline=least)
         if current.below(renal.decline_applies_below):
-            return "not met", text("benefit_worse", readings=readings, decline=least)
-        return "unknown", text("benefit_worse_high", readings=readings, decline=least)
+            return "not met", text("benefit_worse", readings=readings, change=down)
+        return "unknown", text("benefit_worse_high", readings=readings, change=down)
     return "unknown", text("benefit_bound", readings=readings)
 
 

@@ -180,7 +180,9 @@ def days_between(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() / 86400
 
 
-def decline_bounds(baseline: Measurement, current: Measurement) -> tuple[float | None, float | None]:
+def decline_bounds(
+    baseline: Measurement, current: Measurement
+) -> tuple[float | None, float | None]:
     """The least and the most eGFR decline from baseline (percent) the two results allow.
 
     Exact results give one number twice (72 -> 57.6: 20.0, 20.0). A result reported as a bound

@@ -10,7 +10,6 @@ from cds_service.rules.model import (
     RuleResult,
     card_text,
     days_between,
-    num,
     order_line,
     when_text,
 )
