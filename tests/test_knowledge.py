@@ -116,6 +116,30 @@ def test_unknown_kind_stops_loading(data: Path, file: str, kind: str):
         load_knowledge(data)
 
 
+def test_race_based_codes_are_the_four_flagged_rows(knowledge: Knowledge):
+    """observations.csv flags the MDRD and CKD-EPI race-based eGFR codes, each citing NKF-ASN."""
+    assert knowledge.race_based_egfr_codes == {"48642-3", "48643-1", "88293-6", "88294-4"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('recommended)",true', 'recommended)",yes', "race_based must be true or false"),
+        (
+            '"Creatinine [Mass/volume] in Serum or Plasma","knowledge 5b"',
+            '"Creatinine [Mass/volume] in Serum or Plasma","knowledge 5b",true',
+            "race_based is for egfr rows",
+        ),
+    ],
+    ids=["not-a-boolean", "not-egfr"],
+)
+def test_bad_race_based_flag_stops_loading(data: Path, old: str, new: str, message: str):
+    """A race_based value other than true/false, or on a non-eGFR row, stops start-up."""
+    edit(data / "observations.csv", old, new)
+    with pytest.raises(KnowledgeError, match=rf"observations\.csv line \d+: {message}"):
+        load_knowledge(data)
+
+
 # -- card templates -----------------------------------------------------------------------------
 
 

@@ -70,12 +70,27 @@ def test_value_quantity_comparator_is_a_bound(terminology):
     assert (f.egfr[0].comparator, f.egfr[0].shown) == (">", ">90")
 
 
-def test_unusable_string_egfr_does_not_block_the_computed_one(terminology):
-    """'see comment' is reported as unreadable, and the same day's creatinine still gives eGFR."""
-    unusable = text_result("98979-8", "see comment")
+def _absent_egfr() -> dict[str, Any]:
+    absent = {**observation("98979-8", 0, EGFR_UNIT), "id": "s1"}
+    del absent["valueQuantity"]
+    absent["dataAbsentReason"] = {"coding": [{"code": "error"}]}
+    return absent
+
+
+@pytest.mark.parametrize(
+    ("unusable", "reported"),
+    [
+        (text_result("98979-8", "see comment"), ["Observation/s1"]),
+        (_absent_egfr(), []),
+        ({**observation("98979-8", 20, EGFR_UNIT), "id": "s1", "status": "entered-in-error"}, []),
+    ],
+    ids=["unparseable-string", "data-absent-reason", "entered-in-error"],
+)
+def test_unusable_egfr_does_not_block_the_computed_one(terminology, unusable, reported):
+    """An unusable eGFR of the day never hides the eGFR computed from that day's creatinine."""
     f = facts_from(terminology, [PATIENT, unusable, observation("2160-0", 1.1, "mg/dL")])
     assert [(m.computed, m.value) for m in f.egfr] == [(True, pytest.approx(59.2, abs=0.1))]
-    assert [u.reference for u in f.unreadable] == ["Observation/s1"]
+    assert [u.reference for u in f.unreadable] == reported
 
 
 def test_entered_in_error_and_cancelled_never_count(terminology):

@@ -201,3 +201,18 @@ def test_renewal_counts(knowledge):
     )
     card = pa_card(f, knowledge)
     assert "7 of 11 criteria met, 0 not met, 4 to confirm" in card.summary
+
+
+def test_renewal_background_unknown_when_medications_unreadable(knowledge):
+    """Medication list not obtained: background therapy and cyclophosphamide are unknown."""
+    f = renewal(
+        medications=(),
+        draft_orders=(replace(voclosporin(), renews_prior=True),),
+        unavailable=frozenset({DataCategory.MEDICATIONS}),
+    )
+    assert f.is_renewal
+    got = (
+        status_of(f, knowledge, "Background immunosuppression (e.g. MMF, corticosteroids)"),
+        status_of(f, knowledge, "Not with cyclophosphamide"),
+    )
+    assert got == ("unknown", "unknown")

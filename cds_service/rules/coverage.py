@@ -184,6 +184,8 @@ def _clinical_benefit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status
     if current is None:
         return "unknown", text("benefit_no_current", start=when_text(start))
     renal = knowledge.renal
+    least: float | None
+    most: float | None
     if baseline.comparator is None and current.comparator is None and baseline.value > 0:
         least = most = decline_percent(baseline.value, current.value)
     else:

@@ -124,6 +124,8 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     if below_limit is False:
         return
     exact = baseline.comparator is None and current.comparator is None
+    least: float | None
+    most: float | None
     if exact:
         least = most = decline_percent(baseline.value, current.value)
     else:
