@@ -16,7 +16,7 @@ from fhir_mappings.codes import Terminology
 from fhir_mappings.facts import PatientFacts, course_start
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.medications import DRAFT_TYPES, medication, names_a_medication
-from fhir_mappings.observations import ResultReader, computed_egfr, observation_series
+from fhir_mappings.observations import ResultReader, egfr_series, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
 from fhir_mappings.selection import by_time, latest, pick, unique
@@ -76,9 +76,7 @@ def build_facts(
     latest_only: tuple[datetime | None, ...] = (None,)
     read = ResultReader(mapper)
     egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
-    egfr_series = pick(egfrs, anchors, read.measurement) + computed_egfr(
-        mapper, egfrs, creatinines, anchors, birth_date, sex
-    )
+    egfr_results = egfr_series(mapper, egfrs, creatinines, anchors, birth_date, sex)
     bps = series.get(DataCategory.BLOOD_PRESSURE, [])
     blood_pressures = pick(bps, latest_only, read.systolic) + pick(bps, latest_only, read.diastolic)
     potassium = series.get(DataCategory.POTASSIUM, [])
@@ -92,7 +90,7 @@ def build_facts(
         sex=sex,
         draft_orders=tuple(drafts),
         medications=tuple(medications),
-        egfr=latest(mapper, egfr_series, anchors),
+        egfr=latest(mapper, egfr_results, anchors),
         creatinine=latest(mapper, pick(creatinines, anchors, read.measurement), anchors),
         blood_pressures=tuple(
             sorted({mapper.checked(r, bp) for bp, r in blood_pressures}, key=by_time)

@@ -25,6 +25,37 @@ class Measurement:
     computed: bool = False
     method: str = ""
     reference_high: float | None = None
+    # "<", "<=", ">" or ">=" when the lab sent a bound (">60"), not a number: ``value`` is then
+    # the bound; ``above``/``below`` say what it proves (knowledge: "lab values as labs send them").
+    comparator: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The value as the lab reported it: "52", ">60"."""
+        number = f"{round(self.value, 1 if abs(self.value) >= 10 else 2):g}"
+        return f"{self.comparator or ''}{number}"
+
+    def above(self, limit: float) -> bool | None:
+        """Whether the true value is > ``limit``; None when a bound cannot tell."""
+        v, c = self.value, self.comparator
+        if c is None:
+            return v > limit
+        if (c == ">" and v >= limit) or (c == ">=" and v > limit):
+            return True
+        if c in ("<", "<=") and v <= limit:
+            return False
+        return None
+
+    def below(self, limit: float) -> bool | None:
+        """Whether the true value is < ``limit``; None when a bound cannot tell."""
+        v, c = self.value, self.comparator
+        if c is None:
+            return v < limit
+        if (c == "<" and v <= limit) or (c == "<=" and v < limit):
+            return True
+        if c in (">", ">=") and v >= limit:
+            return False
+        return None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from fhir_mappings.prose import CardText, placeholder_problems, used_names
 from fhir_mappings.vocabulary import (
     DRUG_LIST_ROLES,
+    INITIATION_CRITERIA,
+    RENEWAL_CRITERIA,
     ConditionKind,
     Criterion,
     ObservationKind,
@@ -201,11 +203,13 @@ class PriorAuthorizationLimits:
 
 @dataclass(frozen=True)
 class PayerCriterion:
-    """One prior-authorization criterion: its id, the name the card shows (a template), source."""
+    """One prior-authorization criterion: its id, the name the card shows (a template), source,
+    and the policy's own wording it stands for."""
 
     id: Criterion
     name: str
     source: str
+    wording: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,11 @@ class Knowledge:
     ndc_names: dict[str, str] = field(default_factory=dict)  # ndc.csv ``name`` by prefix
     code_system_aliases: dict[str, str] = field(default_factory=dict)  # OID form -> FHIR URI
     routes: tuple[RouteEntry, ...] = ()
+    # LOINC eGFR codes of race-based equations (observations.csv ``race_based``): read only when
+    # a draw has no race-free result and no creatinine (knowledge: "lab values as labs send them").
+    race_based_egfr_codes: frozenset[str] = frozenset()
+    # The payer's renewal criteria (prior_authorization.toml ``[[renewal_criterion]]``).
+    payer_renewal_criteria: tuple[PayerCriterion, ...] = ()
 
     @property
     def full_version(self) -> str:
@@ -499,6 +508,21 @@ def _observation_kinds(directory: Path) -> dict[str, ObservationKind]:
     }
 
 
+def _race_based_egfr_codes(directory: Path) -> frozenset[str]:
+    """observations.csv rows marked ``race_based = true`` (empty or ``false``: race-free)."""
+    path = directory / "observations.csv"
+    codes = set()
+    for number, row in enumerate(_read_csv(path, ("loinc", "kind", "source")), start=2):
+        flag = (row.get("race_based") or "").strip()
+        if flag not in ("", "true", "false"):
+            raise KnowledgeError(f"{path.name} line {number}: race_based must be true or false")
+        if flag == "true":
+            if row["kind"] != ObservationKind.EGFR:
+                raise KnowledgeError(f"{path.name} line {number}: race_based is for egfr rows")
+            codes.add(row["loinc"].strip())
+    return frozenset(codes)
+
+
 def _condition_kinds(directory: Path) -> dict[tuple[str, str], ConditionKind]:
     path = directory / "conditions.csv"
     rows = _read_csv(path, ("system", "code", "kind", "source"))
@@ -574,12 +598,21 @@ def _titled(rules: dict[str, RuleCitation], values: dict[str, Any]) -> dict[str,
     }
 
 
-def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerCriterion, ...]:
-    """prior_authorization.toml: the criteria in card order; exactly one per ``Criterion``."""
+def _payer_criteria(
+    doc: dict[str, Any], values: dict[str, Any], key: str
+) -> tuple[PayerCriterion, ...]:
+    """prior_authorization.toml ``[[key]]``: one criteria set in card order, each of its ids once.
+
+    ``criterion`` is the initial prior approval, ``renewal_criterion`` the renewal; each must
+    hold exactly the ids of its set (``INITIATION_CRITERIA`` / ``RENEWAL_CRITERIA``).
+    """
+    expected = INITIATION_CRITERIA if key == "criterion" else RENEWAL_CRITERIA
     criteria = []
-    for number, entry in enumerate(doc.get("criterion", []), start=1):
-        where = f"prior_authorization.toml criterion {number}"
-        missing = [key for key in ("id", "name", "source") if not str(entry.get(key, "")).strip()]
+    for number, entry in enumerate(doc.get(key, []), start=1):
+        where = f"prior_authorization.toml {key} {number}"
+        missing = [
+            k for k in ("id", "name", "wording", "source") if not str(entry.get(k, "")).strip()
+        ]
         if missing:
             raise KnowledgeError(f"{where}: missing {', '.join(missing)}")
         try:
@@ -588,14 +621,19 @@ def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerC
             raise KnowledgeError(f"{where}: unknown criterion id {entry['id']!r}") from None
         for problem in placeholder_problems(str(entry["name"]), values):
             raise KnowledgeError(f"{where} ({criterion_id}) name: {problem}")
-        criteria.append(PayerCriterion(criterion_id, str(entry["name"]), str(entry["source"])))
+        criteria.append(
+            PayerCriterion(
+                criterion_id, str(entry["name"]), str(entry["source"]), str(entry["wording"])
+            )
+        )
     ids = [c.id for c in criteria]
     repeated = sorted({str(i) for i in ids if ids.count(i) > 1})
-    absent = sorted(str(c) for c in set(Criterion) - set(ids))
-    if repeated or absent:
+    absent = sorted(str(c) for c in expected - set(ids))
+    foreign = sorted(str(c) for c in set(ids) - expected)
+    if repeated or absent or foreign:
         raise KnowledgeError(
-            "prior_authorization.toml: every criterion exactly once "
-            f"(repeated {repeated}, missing {absent})"
+            f"prior_authorization.toml [[{key}]]: every criterion of the set exactly once "
+            f"(repeated {repeated}, missing {absent}, not of this set {foreign})"
         )
     return tuple(criteria)
 
@@ -671,7 +709,8 @@ def load_knowledge(directory: Path = DATA_DIR) -> Knowledge:
             knowledge,
             rules=_titled(knowledge.rules, values),
             cards=_cards(cards_doc, knowledge.rules.keys(), values),
-            payer_criteria=_payer_criteria(payer_doc, values),
+            payer_criteria=_payer_criteria(payer_doc, values, "criterion"),
+            payer_renewal_criteria=_payer_criteria(payer_doc, values, "renewal_criterion"),
         )
     except KeyError as exc:
         raise KnowledgeError(f"knowledge data in {directory}: missing key {exc}") from exc
@@ -742,4 +781,5 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
         },
         code_system_aliases=aliases,
         routes=_routes(directory, aliases),
+        race_based_egfr_codes=_race_based_egfr_codes(directory),
     )

@@ -92,6 +92,18 @@ class Criterion(StrEnum):
     NO_LIVE_VACCINES = "no-live-vaccines"
     QUANTITY_LIMIT = "quantity-limit"
     APPROVAL_DURATION = "approval-duration"
+    # Renewal only (FEP 5.99.021 Prior-Approval Renewal Requirements 1 and 2).
+    CLINICAL_BENEFIT = "documented-clinical-benefit"
+    BENEFITS_OUTWEIGH_RISKS = "benefits-outweigh-risks"
+
+
+# Which criteria each set of the policy has: the renewal asks for a documented benefit instead of
+# active disease (FEP 5.99.021 Prior-Approval Renewal Requirements); the limits are "same as above".
+INITIATION_CRITERIA = frozenset(Criterion) - {
+    Criterion.CLINICAL_BENEFIT,
+    Criterion.BENEFITS_OUTWEIGH_RISKS,
+}
+RENEWAL_CRITERIA = frozenset(Criterion) - {Criterion.ACTIVE_DISEASE}
 
 
 class DataCategory(StrEnum):

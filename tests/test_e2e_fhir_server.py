@@ -142,12 +142,13 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     # eGFR computed from creatinine (65 by CKD-EPI 2021): a baseline, so nothing is missing.
     "ln-creatinine-only": (PA,),
     "ln-creatinine-only-umol": (PA,),
-    # Renewal: 72 -> 54 is a 25 % decline (reduce), 80 -> 52 is 35 % (discontinue). No PA card.
-    "ln-renewal-egfr-25pct": ("egfr-decline:warning",),
-    "ln-renewal-egfr-35pct": ("egfr-decline:critical",),
+    # Renewal: 72 -> 54 is a 25 % decline (reduce), 80 -> 52 is 35 % (discontinue). The PA card
+    # shows the payer's renewal criteria (seed 002).
+    "ln-renewal-egfr-25pct": ("egfr-decline:warning", PA),
+    "ln-renewal-egfr-35pct": ("egfr-decline:critical", PA),
     # Active ketoconazole (contraindicated). The only eGFR is from 8 days ago, after the course
     # started 60 days ago, so there is no pre-treatment baseline: a monitoring note says so.
-    "ln-on-voclosporin-interactions": (STRONG, MONITORING),
+    "ln-on-voclosporin-interactions": (STRONG, PA, MONITORING),
     # MMR 14 days ago: inside the 28-day window before starting.
     "ln-live-vaccine-recent": (LIVE, PA),
     "ln-adolescent": ("pediatric:warning", PA),

@@ -13,15 +13,19 @@ from cds_service.rules import coverage
 from fhir_mappings.knowledge import DATA_DIR, Knowledge, KnowledgeError, load_knowledge
 from fhir_mappings.vocabulary import (
     DRUG_LIST_ROLES,
+    INITIATION_CRITERIA,
     INTERACTING_ROLES,
+    RENEWAL_CRITERIA,
     ConditionKind,
     Criterion,
     ObservationKind,
     Role,
 )
+from tests.support.paths import SHARED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "cds_service" / "rules"
+SEED_POLICY = SHARED_DIR / "knowledge" / "seeds" / "002_3242f4c45293345b.txt"
 
 
 @pytest.fixture
@@ -155,6 +159,30 @@ def test_dose_vocabulary_rows_have_sources(knowledge: Knowledge):
     assert vocabulary.units["mg"] == "mg"
     assert all(code.source.strip() for code in vocabulary.timing_codes.values())
     assert vocabulary.timing_codes["AM"].when == "MORN"
+
+
+def test_race_based_codes_are_the_four_flagged_rows(knowledge: Knowledge):
+    """observations.csv flags the MDRD and CKD-EPI race-based eGFR codes, each citing NKF-ASN."""
+    assert knowledge.race_based_egfr_codes == {"48642-3", "48643-1", "88293-6", "88294-4"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('recommended)",true', 'recommended)",yes', "race_based must be true or false"),
+        (
+            '"Creatinine [Mass/volume] in Serum or Plasma","knowledge 5b"',
+            '"Creatinine [Mass/volume] in Serum or Plasma","knowledge 5b",true',
+            "race_based is for egfr rows",
+        ),
+    ],
+    ids=["not-a-boolean", "not-egfr"],
+)
+def test_bad_race_based_flag_stops_loading(data: Path, old: str, new: str, message: str):
+    """A race_based value other than true/false, or on a non-eGFR row, stops start-up."""
+    edit(data / "observations.csv", old, new)
+    with pytest.raises(KnowledgeError, match=rf"observations\.csv line \d+: {message}"):
+        load_knowledge(data)
 
 
 # -- card templates -----------------------------------------------------------------------------
@@ -318,9 +346,35 @@ def test_the_prose_scan_sees_a_number(tmp_path: Path):
 def test_every_criterion_has_one_checker_and_a_row(knowledge: Knowledge):
     """Data, vocabulary and checkers name the same criteria; the data gives the card order."""
     assert set(coverage.CHECKERS) == set(Criterion)
-    assert [c.id for c in knowledge.payer_criteria] == list(Criterion)
-    assert all(c.source.startswith("FEP 5.99.021") for c in knowledge.payer_criteria)
+    assert [c.id for c in knowledge.payer_criteria] == [
+        c for c in Criterion if c in INITIATION_CRITERIA
+    ]
+    assert {c.id for c in knowledge.payer_renewal_criteria} == RENEWAL_CRITERIA
+    both = (*knowledge.payer_criteria, *knowledge.payer_renewal_criteria)
+    assert all(c.source.startswith("FEP 5.99.021") and c.wording for c in both)
     assert knowledge.fill(knowledge.payer_criteria[0].name) == "Age 18 or older"
+
+
+def test_renewal_criteria_quote_the_seed_policy(knowledge: Knowledge):
+    """Each renewal row's wording is the seed policy's own text, in the policy's order."""
+    seed = " ".join(SEED_POLICY.read_text(encoding="utf-8").split())
+    for criterion in knowledge.payer_renewal_criteria:
+        wording = criterion.wording.removeprefix("Prior \u2013 Approval Renewal Limits: ")
+        quoted = wording.split(" (")[0] if "Same as above" in wording else wording
+        assert quoted in seed, criterion.id
+    ids = [c.id for c in knowledge.payer_renewal_criteria]
+    assert ids.index(Criterion.CLINICAL_BENEFIT) < ids.index(Criterion.BENEFITS_OUTWEIGH_RISKS)
+
+
+def test_renewal_set_without_its_own_criterion_stops_loading(data: Path):
+    """A renewal set that lost 'documented clinical benefit' stops start-up."""
+    edit(
+        data / "prior_authorization.toml",
+        'id = "documented-clinical-benefit"',
+        'id = "active-lupus-nephritis"',
+    )
+    with pytest.raises(KnowledgeError, match=r"renewal_criterion.*missing.*clinical-benefit"):
+        load_knowledge(data)
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ REGISTRY: tuple[RuleSpec, ...] = (
     RuleSpec(
         "prior-authorization",
         coverage.prior_authorization,
-        reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _MEDS,
+        reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _MEDS | _RENAL,
     ),
 )
 RULE_IDS: tuple[str, ...] = (

@@ -13,7 +13,6 @@ from cds_service.rules.model import (
     card_text,
     days_between,
     names,
-    num,
     order_line,
     when_text,
 )
@@ -133,12 +132,13 @@ def expected_starting_dose(facts: PatientFacts, knowledge: Knowledge) -> tuple[f
     if not facts.is_initiation:
         return None
     baseline = baseline_egfr(facts, knowledge)
-    if baseline is None or baseline.value >= knowledge.renal.severe_impairment_below:
+    # A bound that cannot tell ("<40") does not ask for the lower start; "<25" does.
+    if baseline is None or not baseline.below(knowledge.renal.severe_impairment_below):
         return None
     text = card_text(knowledge, "dose-check")
     return (
         knowledge.dose.severe_renal_starting_dose_mg,
-        text("severe_renal_start", egfr=num(baseline.value)),
+        text("severe_renal_start", egfr=baseline.shown),
     )
 
 

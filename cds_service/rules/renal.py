@@ -12,10 +12,10 @@ from cds_service.rules.model import (
     RuleResult,
     Suggestion,
     card_text,
+    decline_bounds,
     describe,
     latest,
     names,
-    num,
     recent,
     remove_suggestions,
     when_text,
@@ -59,13 +59,18 @@ def egfr_baseline_low(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rul
         return
     baseline = baseline_egfr(facts, knowledge)
     renal = knowledge.renal
-    if baseline is None or baseline.value > renal.baseline_low_max:
+    if baseline is None:
+        return
+    # A bound (">60") proves what it proves; one that cannot tell ("<50") warns all the same:
+    # the gate asks for a baseline shown to be above the limit.
+    above = baseline.above(renal.baseline_low_max)
+    if above:
         return
     text = card_text(knowledge, "egfr-baseline-low")
-    severe = text("severe") if baseline.value < renal.severe_impairment_below else ""
+    severe = text("severe") if baseline.below(renal.severe_impairment_below) else ""
     yield Finding(
         "warning",
-        text("summary", egfr=num(baseline.value)),
+        text("summary" if above is False else "summary_bound", egfr=baseline.shown),
         text("detail", measurement=describe(baseline), severe=severe),
     )
 
@@ -114,31 +119,57 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     if not recent([current], facts.now, renal.monitoring_max_age_days):
         # Judged below on the old value all the same: a decline it shows is still real.
         yield MonitoringGap(text("gap_result"), text("not_current", when=when_text(current.when)))
-    decline = decline_percent(baseline.value, current.value)
-    if (
-        current.value >= renal.decline_applies_below
-        or decline <= renal.decline_reduce_above_percent
-    ):
+    # A result reported as a bound (">60") gives no decline percentage, only limits on it
+    # (knowledge: "lab values as labs send them"): a finding only where the limits decide.
+    below_limit = current.below(renal.decline_applies_below)
+    if below_limit is False:
+        return
+    exact = baseline.comparator is None and current.comparator is None
+    least: float | None
+    most: float | None
+    if exact:
+        least = most = decline_percent(baseline.value, current.value)
+    else:
+        least, most = decline_bounds(baseline, current)
+    if most is not None and most <= renal.decline_reduce_above_percent:
+        return
+    discontinue = least is not None and least >= renal.decline_discontinue_from_percent
+    reduce = (
+        least is not None
+        and least > renal.decline_reduce_above_percent
+        and most is not None
+        and most < renal.decline_discontinue_from_percent
+    )
+    if least is None or not below_limit or not (discontinue or reduce):
+        at_least = text("at_least", decline=least) if least is not None and least > 0 else ""
+        yield MonitoringGap(
+            text("gap_result"),
+            text("bound", latest=current.shown, baseline=baseline.shown, decline=at_least),
+        )
         return
     readings = text(
-        "readings",
+        "readings" if exact else "readings_bound",
         start=when_text(start),
         baseline=describe(baseline),
         latest=describe(current),
-        decline=decline,
+        decline=least,
     )
-    now = num(current.value)
-    if decline >= renal.decline_discontinue_from_percent:
+    now = current.shown
+    if discontinue:
         yield Finding(
             "critical",
-            text("summary_discontinue", decline=decline, egfr=now),
+            text(
+                "summary_discontinue" if exact else "summary_discontinue_bound",
+                decline=least,
+                egfr=now,
+            ),
             text("detail_discontinue", readings=readings),
             remove_suggestions(facts.draft_voclosporin, text("discontinue")),
         )
         return
     yield Finding(
         "warning",
-        text("summary_reduce", decline=decline, egfr=now),
+        text("summary_reduce" if exact else "summary_reduce_bound", decline=least, egfr=now),
         text("detail_reduce", readings=readings),
         _reduction_suggestions(facts.draft_voclosporin, knowledge),
     )

@@ -95,18 +95,19 @@ SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]]]] = [
         "ln-renewal-egfr-25pct",
         "order-sign",
         "37-year-old woman on LUPKYNIS for 120 days; eGFR 72 before starting, 54 now (-25%). "
-        "Reduce by 7.9 mg twice daily and recheck in two weeks.",
+        "Reduce by 7.9 mg twice daily and recheck in two weeks. The payer's renewal criteria are "
+        "shown (info): the decline means no documented benefit by eGFR.",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
-        [("egfr-decline", "warning")],
+        [("egfr-decline", "warning"), ("prior-authorization", "info")],
     ),
     (
         "renewal-egfr-down-35-percent",
         "ln-renewal-egfr-35pct",
         "order-sign",
         "37-year-old woman on LUPKYNIS for 120 days; eGFR 80 before starting, 52 now (-35%). "
-        "Discontinue.",
+        "Discontinue. The payer's renewal criteria are shown (info).",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
-        [("egfr-decline", "critical")],
+        [("egfr-decline", "critical"), ("prior-authorization", "info")],
     ),
     (
         "ketoconazole-for-patient-not-on-voclosporin",
@@ -122,9 +123,13 @@ SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]]]] = [
         "order-sign",
         "Woman on LUPKYNIS and, since recently, ketoconazole. Renewing LUPKYNIS: contraindicated; "
         "no pre-treatment eGFR is on file, so the decline cannot be assessed: a monitoring note "
-        "(info), not a data-access warning.",
+        "(info), not a data-access warning. The payer's renewal criteria are shown (info).",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
-        [("strong-cyp3a4-inhibitor", "critical"), ("monitoring-gaps", "info")],
+        [
+            ("strong-cyp3a4-inhibitor", "critical"),
+            ("prior-authorization", "info"),
+            ("monitoring-gaps", "info"),
+        ],
     ),
     (
         "clarithromycin-ordered-while-on-voclosporin",
