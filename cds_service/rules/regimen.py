@@ -14,6 +14,7 @@ from cds_service.rules.model import (
     order_line,
     when_text,
 )
+from cds_service.rules.populations import hepatic_dose_class
 from cds_service.rules.renal import baseline_egfr
 from fhir_mappings.facts import Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
@@ -57,6 +58,9 @@ def background_therapy_missing(facts: PatientFacts, knowledge: Knowledge) -> Ite
 
 def dose_check(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Each drafted voclosporin order: whole 7.9 mg capsules, twice daily, <= 23.7 mg a dose.
+
+    Lower for some patients: severe renal impairment at initiation (start at 15.8 mg BID) and
+    Child-Pugh A/B hepatic impairment (15.8 mg BID, ``populations.hepatic_dose_class``).
 
     An order without structured dosing is only reported once order entry is complete
     (``facts.order_entry_complete``: order-select may come before the dose is entered).
@@ -123,6 +127,11 @@ def _dose_problems(order: Medication, facts: PatientFacts, knowledge: Knowledge)
             and any(d.mg > start + rules.mg_tolerance for d in dosage.doses)
         ):
             problems.append(text("severe_renal_start", egfr=num(baseline.value)))
+    hepatic = hepatic_dose_class(facts)  # knowledge 1.18: Child-Pugh A/B, 15.8 mg BID
+    if hepatic is not None and any(
+        d.mg > rules.hepatic_impairment_dose_mg + rules.mg_tolerance for d in dosage.doses
+    ):
+        problems.append(text("hepatic_dose", child_pugh=hepatic))
     return problems
 
 
