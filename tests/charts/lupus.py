@@ -19,10 +19,11 @@ Conventions every chart follows, so test authors can rely on them:
 - A chart holds only the data its docstring names: no creatinine next to an eGFR unless stated.
 - Codes come only from the knowledge sheet (``/work/shared/knowledge/voclosporin.md``): LOINC,
   ICD-10-CM M32.14 + SNOMED 68815009 for lupus nephritis, CVX for vaccines; special-population
-  problems and answers use rows of ``fhir_mappings/data/conditions.csv`` (each row cited). Medications are
-  identified by ``medicationCodeableConcept.text`` only, except cyclophosphamide, whose RxNorm
-  ingredient code 3002 is verified [V-3P]. No voclosporin RxNorm/NDC code is used: the service must
-  recognise LUPKYNIS by name, as the knowledge sheet decides.
+  problems and answers use rows of ``fhir_mappings/data/conditions.csv`` (each row cited).
+  Medications are identified by ``medicationCodeableConcept.text`` only, except
+  cyclophosphamide, whose RxNorm ingredient code 3002 is verified [V-3P]. No voclosporin
+  RxNorm/NDC code is used: the service must recognise LUPKYNIS by name, as the knowledge sheet
+  decides.
 """
 
 from __future__ import annotations
