@@ -166,6 +166,15 @@ def test_dialysis_with_creatinine_only_says_no_egfr_was_computed(knowledge):
     assert fired(f, knowledge)["egfr-baseline-missing"] == "warning"
 
 
+def test_no_severe_renal_start_advised_for_esrd_or_dialysis(knowledge):
+    """Measured eGFR 8 on dialysis: no '15.8 mg start' advice; the ESRD card says not studied."""
+    f = with_conditions(condition(CK.DIALYSIS), egfr=(egfr(8, 5),))
+    cards = fired(f, knowledge)
+    assert cards["end-stage-renal-disease"] == "warning"
+    assert "15.8" not in finding(f, knowledge, "egfr-baseline-low").detail
+    assert "dose-check" not in cards
+
+
 # -- severe renal impairment at baseline: eGFR < 30 (knowledge 1.17) -----------------------------
 
 

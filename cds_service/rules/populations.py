@@ -52,6 +52,13 @@ def hepatic_dose_class(facts: PatientFacts) -> str | None:
     return found if found in _MILD_OR_MODERATE else None
 
 
+def esrd_or_dialysis(facts: PatientFacts) -> bool:
+    """ESRD or dialysis is on record: the severe-renal 15.8 mg start does not apply (not studied,
+    knowledge 1.17), so ``egfr-baseline-low`` and ``dose-check`` do not advise it."""
+    kinds = (ConditionKind.END_STAGE_RENAL_DISEASE, ConditionKind.DIALYSIS)
+    return bool(current_conditions(facts, *kinds))
+
+
 def _lines(conditions: Iterable[Condition], knowledge: Knowledge, rule_id: str) -> str:
     text = card_text(knowledge, rule_id)
     return "\n".join(

@@ -14,7 +14,7 @@ from cds_service.rules.model import (
     order_line,
     when_text,
 )
-from cds_service.rules.populations import hepatic_dose_class
+from cds_service.rules.populations import esrd_or_dialysis, hepatic_dose_class
 from cds_service.rules.renal import baseline_egfr
 from fhir_mappings.facts import Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
@@ -124,6 +124,7 @@ def _dose_problems(order: Medication, facts: PatientFacts, knowledge: Knowledge)
         if (
             baseline is not None
             and baseline.value < severe
+            and not esrd_or_dialysis(facts)  # ESRD/dialysis: not studied, no start dose
             and any(d.mg > start + rules.mg_tolerance for d in dosage.doses)
         ):
             problems.append(text("severe_renal_start", egfr=num(baseline.value)))

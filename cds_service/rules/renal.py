@@ -19,6 +19,7 @@ from cds_service.rules.model import (
     remove_suggestions,
     when_text,
 )
+from cds_service.rules.populations import esrd_or_dialysis
 from fhir_mappings.facts import Measurement, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 
@@ -61,7 +62,9 @@ def egfr_baseline_low(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rul
     if baseline is None or baseline.value > renal.baseline_low_max:
         return
     text = card_text(knowledge, "egfr-baseline-low")
-    severe = text("severe") if baseline.value < renal.severe_impairment_below else ""
+    # ESRD / dialysis: not studied (its own card), so no severe-renal starting dose is advised.
+    severe_start = baseline.value < renal.severe_impairment_below and not esrd_or_dialysis(facts)
+    severe = text("severe") if severe_start else ""
     yield Finding(
         "warning",
         text("summary", egfr=num(baseline.value)),
