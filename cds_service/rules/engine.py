@@ -144,7 +144,8 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
         if missing:
             gaps.append(
                 NotChecked(
-                    "checked the orders only: " + ", ".join(missing) + " unavailable", spec.rule_id
+                    "ran on what was available: " + ", ".join(missing) + " unavailable",
+                    spec.rule_id,
                 )
             )
     evaluated = (*(s.rule_id for s in REGISTRY), MONITORING_GAPS)
