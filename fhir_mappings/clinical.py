@@ -83,12 +83,12 @@ def status_answer(mapper: Mapper, result: Result) -> Condition | None:
 
     The answer (valueCodeableConcept) is matched against ``conditions.csv``; an answer the data
     does not know gives no kinds (nothing is concluded from it). None for a result that is no
-    result (entered in error, cancelled, registered).
+    result (entered in error, cancelled, registered, or no coded answer at all).
     """
     resource = result.resource
-    if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
-        return None
     answer = resource.get("valueCodeableConcept")
+    if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION or not isinstance(answer, dict):
+        return None  # no answer at all (dataAbsentReason, another value type): no result
     kinds = mapper.terminology.condition_kinds(codings(answer), ())
     code_name = concept_name(resource.get("code"))
     return Condition(

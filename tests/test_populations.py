@@ -380,6 +380,16 @@ def test_unrecognised_or_erroneous_answers_are_skipped(terminology):
     assert [u.reference for u in f.unreadable] == ["Observation/s2"]
 
 
+def test_status_without_an_answer_is_no_result(terminology):
+    """A status Observation with dataAbsentReason and no answer is no result, not 'unreadable'."""
+    absent = status_observation("82810-3", LOINC, "LA26683-5", 1, n=2)
+    del absent["valueCodeableConcept"]
+    absent["dataAbsentReason"] = {"text": "asked but declined"}
+    f = build(terminology, statuses=[status_observation("82810-3", LOINC, "LA15173-0", 20), absent])
+    assert [c.kinds for c in f.conditions] == [frozenset({CK.PREGNANCY})]
+    assert f.unreadable == ()
+
+
 def test_breastfeeding_status_answer_is_lactation(terminology):
     """LOINC 63895-7 answered with a lactation code (866041003) is lactation."""
     f = build(terminology, statuses=[status_observation("63895-7", SCT, "866041003", 2)])
