@@ -39,9 +39,11 @@ def build_facts(
 
     Only what a rule reads is kept, and only that is validated: medications with a role, the
     latest result of each lab (and the latest eGFR/creatinine at the start of a voclosporin
-    course), live vaccines, voclosporin allergies, lupus-nephritis conditions. Validation reports,
-    it never hides: a resource a rule reads that fails it is still read (defensively) and named on
-    the data-unavailable card, because dropping it could turn a warning into silence.
+    course), live vaccines, voclosporin allergies, conditions of a known kind and the latest
+    pregnancy and breastfeeding status answers. No eGFR is computed for a patient on dialysis.
+    Validation reports, it never hides: a resource a rule reads that fails it is still read
+    (defensively) and named on the data-unavailable card, because dropping it could turn a
+    warning into silence.
     """
     mapper = Mapper(terminology)
     medications_by_ref = medications_by_reference(
@@ -73,10 +75,24 @@ def build_facts(
     anchors = (None, course_start(medications))
 
     series = observation_series(mapper, chart, now)
+    conditions = [
+        mapper.checked(r, c)
+        for r in unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
+        if (c := clinical.condition(mapper, r)) and c.kinds
+    ] + clinical.latest_status_answers(mapper, series.get(DataCategory.PREGNANCY_LACTATION, []))
     latest_only: tuple[datetime | None, ...] = (None,)
     read = ResultReader(mapper)
     egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
-    egfr_results = egfr_series(mapper, egfrs, creatinines, anchors, birth_date, sex)
+    # No eGFR from a dialysis patient's creatinine (knowledge: ESRD, dialysis).
+    egfr_results = egfr_series(
+        mapper,
+        egfrs,
+        creatinines,
+        anchors,
+        birth_date,
+        sex,
+        compute=not clinical.on_dialysis(conditions),
+    )
     bps = series.get(DataCategory.BLOOD_PRESSURE, [])
     blood_pressures = pick(bps, latest_only, read.systolic) + pick(bps, latest_only, read.diastolic)
     potassium = series.get(DataCategory.POTASSIUM, [])
@@ -97,11 +113,7 @@ def build_facts(
         ),
         potassium=latest(mapper, pick(potassium, latest_only, read.measurement)),
         upcr=latest(mapper, pick(upcr, latest_only, read.measurement)),
-        conditions=tuple(
-            mapper.checked(r, c)
-            for r in unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
-            if (c := clinical.condition(mapper, r)) and c.kinds
-        ),
+        conditions=tuple(conditions),
         immunizations=tuple(
             mapper.checked(r, i)
             for r in unique(chart.get(DataCategory.IMMUNIZATIONS, ()), "Immunization")

@@ -174,12 +174,24 @@ class Allergy:
 
 @dataclass(frozen=True)
 class Condition:
-    """A recorded condition and the kinds (``lupus-nephritis``) it matched."""
+    """A recorded condition and the kinds (``lupus-nephritis``) it matched.
+
+    Also a status read from the coded answer of an Observation (pregnancy or breastfeeding
+    status): then ``observed_on`` is the Observation's time and ``kinds`` what its answer says.
+    """
 
     reference: str
     name: str
     kinds: frozenset[ConditionKind]
     clinical_status: str | None
+    # Child-Pugh class ("A", "B" or "C") stated in the condition's text or stage; None: not stated.
+    child_pugh_class: str | None = None
+    observed_on: datetime | None = None
+
+    @property
+    def is_current(self) -> bool:
+        """Not recorded as inactive, resolved or in remission (an unknown status counts)."""
+        return self.clinical_status not in INACTIVE_CLINICAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -304,6 +316,8 @@ SYSTEMIC_INTERACTION_ROLES = frozenset(
 )
 
 ACTIVE_STATUSES = frozenset({"active", "on-hold"})
+# Condition.clinicalStatus codes that say the condition is over (FHIR R4 condition-clinical).
+INACTIVE_CLINICAL_STATUSES = frozenset({"inactive", "resolved", "remission"})
 # Orders that belong to a voclosporin course (not drafts, cancelled or entered-in-error ones).
 COURSE_STATUSES = frozenset({"active", "on-hold", "completed", "stopped"})
 

@@ -152,6 +152,7 @@ class DoseRules:
     max_dose_mg: float
     reduction_step_mg: float
     severe_renal_starting_dose_mg: float
+    hepatic_impairment_dose_mg: float
     moderate_inhibitor_morning_mg: float
     moderate_inhibitor_evening_mg: float
     mg_tolerance: float

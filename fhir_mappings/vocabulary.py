@@ -67,12 +67,28 @@ class ObservationKind(StrEnum):
     SYSTOLIC = "systolic"
     DIASTOLIC = "diastolic"
     UPCR = "upcr"
+    # Coded-answer observations: the answer (valueCodeableConcept) is matched in conditions.csv.
+    PREGNANCY_STATUS = "pregnancy-status"
+    BREASTFEEDING_STATUS = "breastfeeding-status"
 
 
 class ConditionKind(StrEnum):
-    """What a coded Condition is (``conditions.csv`` ``kind``)."""
+    """What a coded Condition is, or what a coded Observation answer says (``conditions.csv``).
+
+    The answer kinds (``not-pregnant``, ``pregnancy-unknown``) are read only from the answer of a
+    pregnancy-status Observation; on a Condition they mean nothing to any rule.
+    """
 
     LUPUS_NEPHRITIS = "lupus-nephritis"
+    # Cirrhosis or hepatic failure: LUPKYNIS PI 2 / 8 (knowledge 1.18) doses by Child-Pugh class.
+    HEPATIC_IMPAIRMENT = "hepatic-impairment"
+    # End-stage renal disease, and dependence on dialysis (knowledge 1.17: PK not known).
+    END_STAGE_RENAL_DISEASE = "end-stage-renal-disease"
+    DIALYSIS = "dialysis"
+    PREGNANCY = "pregnancy"
+    LACTATION = "lactation"
+    NOT_PREGNANT = "not-pregnant"
+    PREGNANCY_UNKNOWN = "pregnancy-unknown"
 
 
 class Criterion(StrEnum):
@@ -122,3 +138,4 @@ class DataCategory(StrEnum):
     CONDITIONS = "conditions"
     IMMUNIZATIONS = "immunizations"
     ALLERGIES = "allergies"
+    PREGNANCY_LACTATION = "pregnancy_lactation"

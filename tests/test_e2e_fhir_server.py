@@ -162,6 +162,20 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "ln-on-voclosporin-potassium-4-9": (MONITORING,),
     # A low-criticality, mild intolerance: a warning naming the reaction, not contraindicated.
     "ln-voclosporin-mild-intolerance": ("hypersensitivity:warning", PA),
+    # Cirrhosis staged Child-Pugh B, LUPKYNIS at 23.7 mg BID: the label dose is 15.8 mg BID
+    # (knowledge 1.18), so dose-check warns and the hepatic note gives the dose.
+    "ln-cirrhosis-child-pugh-b": ("dose-check:warning", "hepatic-impairment:info", PA),
+    # Child-Pugh C: not recommended (a warning, the label's "not recommended").
+    "ln-cirrhosis-child-pugh-c": ("hepatic-impairment:warning", PA),
+    # ESRD on dialysis, creatinine only: no eGFR is computed on dialysis, so no baseline; use in
+    # ESRD/dialysis is not studied (knowledge 1.17).
+    "ln-dialysis-creatinine-only": (
+        "egfr-baseline-missing:warning",
+        "end-stage-renal-disease:warning",
+        PA,
+    ),
+    # Pregnancy status "Pregnant" (LOINC 82810-3, LA15173-0): warning (knowledge 4).
+    "ln-pregnant": ("pregnancy-lactation:warning", PA),
 }
 ON_VOCLOSPORIN = frozenset(
     {

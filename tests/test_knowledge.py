@@ -71,8 +71,19 @@ def test_vocabulary_values_are_the_data_strings():
         "systolic",
         "diastolic",
         "upcr",
+        "pregnancy-status",
+        "breastfeeding-status",
     }
-    assert {str(k) for k in ConditionKind} == {"lupus-nephritis"}
+    assert {str(k) for k in ConditionKind} == {
+        "lupus-nephritis",
+        "hepatic-impairment",
+        "end-stage-renal-disease",
+        "dialysis",
+        "pregnancy",
+        "lactation",
+        "not-pregnant",
+        "pregnancy-unknown",
+    }
     assert Role.MYCOPHENOLATE == "mycophenolate"
 
 
@@ -92,6 +103,7 @@ def test_loaded_data_uses_the_vocabulary(knowledge: Knowledge):
     assert set(knowledge.observation_kinds.values()) == set(ObservationKind)
     assert all(isinstance(k, ObservationKind) for k in knowledge.observation_kinds.values())
     assert all(isinstance(k, ConditionKind) for k in knowledge.condition_kinds.values())
+    assert set(knowledge.condition_kinds.values()) == set(ConditionKind)
 
 
 @pytest.mark.parametrize("role", ["strong-cyp3a4-inhibitr", "live-vaccine"], ids=["typo", "live"])

@@ -156,7 +156,7 @@ def test_each_call_logs_one_structured_line(
         assert line["rulesFired"] == ["prior-authorization"]
         assert isinstance(line["durationMs"], int | float)
         assert line["durationMs"] > 0
-        assert len(line["fetched"]) == 10
+        assert len(line["fetched"]) == 11
 
 
 def test_rules_fired_lists_every_card(
@@ -178,7 +178,7 @@ def test_rules_fired_lists_every_card(
     assert line["rulesFired"] == sent
     assert "data-unavailable" in sent
     assert sorted(line["unavailable"]) == sorted(
-        ["bloodPressure", "creatinine", "egfr", "potassium", "upcr"]
+        ["bloodPressure", "creatinine", "egfr", "potassium", "pregnancyLactation", "upcr"]
     )
 
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from cds_service.rules import comedication, coverage, interactions, regimen, renal, vitals
+from cds_service.rules import (
+    comedication,
+    coverage,
+    interactions,
+    populations,
+    regimen,
+    renal,
+    vitals,
+)
 from cds_service.rules.model import (
     SEVERITY,
     Finding,
@@ -34,6 +42,7 @@ INVOLVEMENT = "voclosporin-involvement"  # the label of "cannot tell" gaps, not 
 _UNREADABLE_SHOWN = 20  # skipped resources listed one by one on the card, then a count
 _MEDS = frozenset({D.MEDICATIONS})
 _RENAL = frozenset({D.EGFR, D.CREATININE, D.PATIENT})
+_CONDITIONS = frozenset({D.CONDITIONS})
 
 REGISTRY: tuple[RuleSpec, ...] = (
     RuleSpec("hypersensitivity", interactions.hypersensitivity, needs=frozenset({D.ALLERGIES})),
@@ -69,8 +78,15 @@ REGISTRY: tuple[RuleSpec, ...] = (
         "calcineurin-inhibitor-duplicate", interactions.calcineurin_inhibitor_duplicate, reads=_MEDS
     ),
     RuleSpec("p-gp-substrate", interactions.p_gp_substrate, reads=_MEDS),
-    RuleSpec("dose-check", regimen.dose_check, reads=_RENAL),
+    RuleSpec("dose-check", regimen.dose_check, reads=_RENAL | _CONDITIONS),
     RuleSpec("treatment-duration", regimen.treatment_duration, needs=_MEDS),
+    RuleSpec("hepatic-impairment", populations.hepatic_impairment, needs=_CONDITIONS),
+    RuleSpec("end-stage-renal-disease", populations.end_stage_renal_disease, needs=_CONDITIONS),
+    RuleSpec(
+        "pregnancy-lactation",
+        populations.pregnancy_lactation,
+        reads=_CONDITIONS | {D.PREGNANCY_LACTATION},
+    ),
     RuleSpec(
         "prior-authorization",
         coverage.prior_authorization,
@@ -154,7 +170,8 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
         if missing:
             gaps.append(
                 NotChecked(
-                    "checked the orders only: " + ", ".join(missing) + " unavailable", spec.rule_id
+                    "ran on what was available: " + ", ".join(missing) + " unavailable",
+                    spec.rule_id,
                 )
             )
     evaluated = (*(s.rule_id for s in REGISTRY), MONITORING_GAPS)

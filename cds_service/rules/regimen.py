@@ -16,6 +16,7 @@ from cds_service.rules.model import (
     order_line,
     when_text,
 )
+from cds_service.rules.populations import esrd_or_dialysis, hepatic_dose_class
 from cds_service.rules.renal import baseline_egfr
 from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
@@ -64,6 +65,9 @@ def dose_check(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult
     together, not one at a time; ``doses.regimen_of``). A draft without structured dosing is
     only reported once order entry is complete (``facts.order_entry_complete``: order-select
     may come before the dose is entered). One pass over the drafts.
+
+    Lower for some patients: severe renal impairment at initiation (start at 15.8 mg BID) and
+    Child-Pugh A/B hepatic impairment (15.8 mg BID, ``populations.hepatic_dose_class``).
     """
     if not facts.ordering_voclosporin:
         return
@@ -126,20 +130,33 @@ def _as_ordered(regimen: Regimen) -> str:
 def expected_starting_dose(facts: PatientFacts, knowledge: Knowledge) -> tuple[float, str] | None:
     """A starting dose below the usual one the label asks for here, and why; None: the usual.
 
-    Severe renal impairment at baseline (eGFR < 30): 15.8 mg BID (PI 2.4, K 1.17). Other
-    reasons (hepatic impairment, K 1.18) belong here too: the lowest applies.
+    Severe renal impairment at baseline (eGFR < 30; not with ESRD or dialysis, which is not
+    studied): 15.8 mg BID (PI 2.4, K 1.17); Child-Pugh A/B hepatic impairment: 15.8 mg BID
+    (K 1.18). The lowest applies.
     """
     if not facts.is_initiation:
         return None
+    text = card_text(knowledge, "dose-check")
+    reasons: list[tuple[float, str]] = []
     baseline = baseline_egfr(facts, knowledge)
     # A bound that cannot tell ("<40") does not ask for the lower start; "<25" does.
-    if baseline is None or not baseline.below(knowledge.renal.severe_impairment_below):
-        return None
-    text = card_text(knowledge, "dose-check")
-    return (
-        knowledge.dose.severe_renal_starting_dose_mg,
-        text("severe_renal_start", egfr=baseline.shown),
-    )
+    if (
+        baseline is not None
+        and baseline.below(knowledge.renal.severe_impairment_below)
+        and not esrd_or_dialysis(facts)
+    ):
+        reasons.append(
+            (
+                knowledge.dose.severe_renal_starting_dose_mg,
+                text("severe_renal_start", egfr=baseline.shown),
+            )
+        )
+    hepatic = hepatic_dose_class(facts)
+    if hepatic is not None:
+        reasons.append(
+            (knowledge.dose.hepatic_impairment_dose_mg, text("hepatic_dose", child_pugh=hepatic))
+        )
+    return min(reasons, key=lambda reason: reason[0]) if reasons else None
 
 
 def _dose_problems(regimen: Regimen, facts: PatientFacts, knowledge: Knowledge) -> list[str]:
@@ -166,6 +183,13 @@ def _dose_problems(regimen: Regimen, facts: PatientFacts, knowledge: Knowledge) 
     start = expected_starting_dose(facts, knowledge)
     if start is not None and any(d.mg > start[0] + rules.mg_tolerance for d in regimen.doses):
         problems.append(start[1])
+    hepatic = hepatic_dose_class(facts)  # knowledge 1.18: Child-Pugh A/B, 15.8 mg BID
+    if (
+        not facts.is_initiation  # at initiation the expected starting dose above says it
+        and hepatic is not None
+        and any(d.mg > rules.hepatic_impairment_dose_mg + rules.mg_tolerance for d in regimen.doses)
+    ):
+        problems.append(text("hepatic_dose", child_pugh=hepatic))
     return problems
 
 

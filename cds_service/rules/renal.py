@@ -20,6 +20,7 @@ from cds_service.rules.model import (
     remove_suggestions,
     when_text,
 )
+from cds_service.rules.populations import esrd_or_dialysis
 from fhir_mappings.facts import Measurement, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 
@@ -67,7 +68,9 @@ def egfr_baseline_low(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rul
     if above:
         return
     text = card_text(knowledge, "egfr-baseline-low")
-    severe = text("severe") if baseline.below(renal.severe_impairment_below) else ""
+    # ESRD / dialysis: not studied (its own card), so no severe-renal starting dose is advised.
+    severe_start = baseline.below(renal.severe_impairment_below) and not esrd_or_dialysis(facts)
+    severe = text("severe") if severe_start else ""
     yield Finding(
         "warning",
         text("summary" if above is False else "summary_bound", egfr=baseline.shown),

@@ -18,10 +18,12 @@ Conventions every chart follows, so test authors can rely on them:
   last birthday 100 days ago so the age in years is unambiguous.
 - A chart holds only the data its docstring names: no creatinine next to an eGFR unless stated.
 - Codes come only from the knowledge sheet (``/work/shared/knowledge/voclosporin.md``): LOINC,
-  ICD-10-CM M32.14 + SNOMED 68815009 for lupus nephritis, CVX for vaccines. Medications are
-  identified by ``medicationCodeableConcept.text`` only, except cyclophosphamide, whose RxNorm
-  ingredient code 3002 is verified [V-3P]. No voclosporin RxNorm/NDC code is used: the service must
-  recognise LUPKYNIS by name, as the knowledge sheet decides.
+  ICD-10-CM M32.14 + SNOMED 68815009 for lupus nephritis, CVX for vaccines; special-population
+  problems and answers use rows of ``fhir_mappings/data/conditions.csv`` (each row cited).
+  Medications are identified by ``medicationCodeableConcept.text`` only, except
+  cyclophosphamide, whose RxNorm ingredient code 3002 is verified [V-3P]. No voclosporin
+  RxNorm/NDC code is used: the service must recognise LUPKYNIS by name, as the knowledge sheet
+  decides.
 """
 
 from __future__ import annotations
@@ -346,6 +348,50 @@ class ChartBuilder:
                     }
                 ],
             }
+        )
+
+    def condition(
+        self,
+        codes: Sequence[tuple[str, str, str]],
+        text: str,
+        onset_days_ago: int = 365,
+        stage_text: str | None = None,
+    ) -> Resource:
+        """Add an active, confirmed problem coded with (system, code, display) rows of
+        ``fhir_mappings/data/conditions.csv``; ``stage_text`` goes in ``stage.summary.text``."""
+        onset = clinical_time(self.today, onset_days_ago)
+        resource: Resource = {
+            "resourceType": "Condition",
+            "id": self._id("condition"),
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "active"}]},
+            "verificationStatus": {
+                "coding": [{"system": CONDITION_VERIFICATION, "code": "confirmed"}]
+            },
+            "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "problem-list-item"}]}],
+            "code": {
+                "coding": [{"system": sy, "code": co, "display": di} for sy, co, di in codes],
+                "text": text,
+            },
+            "subject": self.subject,
+            "onsetDateTime": onset,
+            "recordedDate": onset,
+        }
+        if stage_text is not None:
+            resource["stage"] = [{"summary": {"text": stage_text}}]
+        return self.add(resource)
+
+    def pregnancy_status(self, answer: tuple[str, str, str], days_ago: int) -> Resource:
+        """Add a pregnancy-status Observation (LOINC 82810-3) with a coded answer."""
+        system, code, display = answer
+        return self.observation(
+            "pregnancy-status",
+            ("82810-3", "Pregnancy status"),
+            days_ago,
+            category="social-history",
+            valueCodeableConcept={
+                "coding": [{"system": system, "code": code, "display": display}],
+                "text": display,
+            },
         )
 
     def normal_labs(self) -> None:
@@ -675,6 +721,70 @@ def ln_voclosporin_mild_intolerance(today: date) -> Resource:
         severity="mild",
     )
     c.normal_labs()
+
+
+def _initiation_with(chart_id: str, today: date, age: int) -> ChartBuilder:
+    """A clean initiation (as ``ln-initiation-clean``) that a special-population chart extends."""
+    c = ChartBuilder(chart_id, today)
+    c.patient("female", age)
+    c.lupus_nephritis()
+    c.medication(MMF, authored_days_ago=90)
+    c.medication(PREDNISONE, authored_days_ago=90)
+    c.egfr(88, days_ago=10)
+    c.blood_pressure(128, 82, days_ago=5)
+    c.potassium(4.2, days_ago=10)
+    c.upcr(2.1, days_ago=10)
+    return c
+
+
+def ln_cirrhosis_child_pugh_b(today: date) -> Resource:
+    """Woman, 45, clean initiation labs, with cirrhosis (ICD-10-CM K74.60, SNOMED 19943007)
+    staged "Child-Pugh class B". LUPKYNIS drafted at the usual 23.7 mg twice daily: the label dose
+    in Child-Pugh A/B is 15.8 mg twice daily (knowledge 1.18)."""
+    c = _initiation_with("ln-cirrhosis-child-pugh-b", today, 45)
+    c.condition(
+        [
+            (ICD10CM, "K74.60", "Unspecified cirrhosis of liver"),
+            (SNOMED, "19943007", "Cirrhosis of liver"),
+        ],
+        "Liver cirrhosis",
+        stage_text="Child-Pugh class B",
+    )
+    return c.bundle()
+
+
+def ln_cirrhosis_child_pugh_c(today: date) -> Resource:
+    """Woman, 50, clean initiation labs, with "Alcoholic cirrhosis, Child-Pugh C" (ICD-10-CM
+    K70.31): severe hepatic impairment, LUPKYNIS is not recommended (knowledge 1.18)."""
+    c = _initiation_with("ln-cirrhosis-child-pugh-c", today, 50)
+    c.condition(
+        [(ICD10CM, "K70.31", "Alcoholic cirrhosis of liver with ascites")],
+        "Alcoholic cirrhosis with ascites, Child-Pugh C",
+    )
+    return c.bundle()
+
+
+def ln_dialysis_creatinine_only(today: date) -> Resource:
+    """Woman, 40, LN with end-stage renal disease on hemodialysis (ICD-10-CM N18.6, Z99.2).
+
+    Creatinine 6.2 mg/dL 5 days ago and no eGFR Observation: no eGFR may be computed for a patient
+    on dialysis, so there is no baseline; LUPKYNIS is not studied in ESRD (knowledge 1.17).
+    BP 118/76, K 4.1.
+    """
+
+    def add(c: ChartBuilder) -> None:
+        c.creatinine_mg_dl(6.2, days_ago=5)
+        c.condition([(ICD10CM, "N18.6", "End stage renal disease")], "ESRD")
+        c.condition([(ICD10CM, "Z99.2", "Dependence on renal dialysis")], "On hemodialysis")
+
+    return _creatinine_only("ln-dialysis-creatinine-only", today, add)
+
+
+def ln_pregnant(today: date) -> Resource:
+    """Woman, 30, clean initiation labs, whose pregnancy status 3 days ago is "Pregnant" (LOINC
+    82810-3, answer LA15173-0): capsules contain alcohol and MMF is embryotoxic (knowledge 4)."""
+    c = _initiation_with("ln-pregnant", today, 30)
+    c.pregnancy_status((LOINC, "LA15173-0", "Pregnant"), days_ago=3)
     return c.bundle()
 
 
@@ -695,4 +805,8 @@ CHARTS: dict[str, Callable[[date], Resource]] = {
     "ln-on-voclosporin-stable": ln_on_voclosporin_stable,
     "ln-on-voclosporin-potassium-4-9": ln_on_voclosporin_potassium_4_9,
     "ln-voclosporin-mild-intolerance": ln_voclosporin_mild_intolerance,
+    "ln-cirrhosis-child-pugh-b": ln_cirrhosis_child_pugh_b,
+    "ln-cirrhosis-child-pugh-c": ln_cirrhosis_child_pugh_c,
+    "ln-dialysis-creatinine-only": ln_dialysis_creatinine_only,
+    "ln-pregnant": ln_pregnant,
 }

@@ -266,13 +266,75 @@ SOURCES: dict[str, str] = {
     ),
 }
 
+# Newer scenarios also name where the expectation comes from (the file's ``source`` field).
+SOURCED_SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]], str]] = [
+    (
+        "initiation-cirrhosis-child-pugh-b",
+        "ln-cirrhosis-child-pugh-b",
+        "order-sign",
+        "45-year-old woman with lupus nephritis and liver cirrhosis staged Child-Pugh class B, "
+        "labs and BP fine. LUPKYNIS is drafted at the usual 23.7 mg twice daily, but in mild or "
+        "moderate hepatic impairment the label dose is 15.8 mg twice daily: the dose is flagged "
+        "and a note gives the hepatic dose.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [
+            ("dose-check", "warning"),
+            ("hepatic-impairment", "info"),
+            ("prior-authorization", "info"),
+        ],
+        "Knowledge 1.18 (PI: Child-Pugh A/B 15.8 mg BID); decisions, second round: hepatic "
+        "impairment",
+    ),
+    (
+        "initiation-cirrhosis-child-pugh-c",
+        "ln-cirrhosis-child-pugh-c",
+        "order-sign",
+        "50-year-old woman with lupus nephritis and alcoholic cirrhosis, Child-Pugh C. Severe "
+        "hepatic impairment: LUPKYNIS is not recommended (a warning with the option to cancel).",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("hepatic-impairment", "warning"), ("prior-authorization", "info")],
+        "Knowledge 1.18 (PI: Child-Pugh C not recommended); decisions, second round: hepatic "
+        "impairment",
+    ),
+    (
+        "initiation-dialysis-creatinine-only",
+        "ln-dialysis-creatinine-only",
+        "order-sign",
+        "40-year-old woman with lupus nephritis, end-stage renal disease on hemodialysis, "
+        "creatinine 6.2 mg/dL and no eGFR result. No eGFR is computed from a dialysis patient's "
+        "creatinine, so there is no baseline (warning), and LUPKYNIS is not studied in ESRD or "
+        "on dialysis (warning); no 'start at 15.8 mg' advice from a computed value.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [
+            ("egfr-baseline-missing", "warning"),
+            ("end-stage-renal-disease", "warning"),
+            ("prior-authorization", "info"),
+        ],
+        "Knowledge 1.17 (ESRD with or without hemodialysis: PK unknown); decisions, second "
+        "round: severe renal impairment, ESRD, dialysis (never compute eGFR on dialysis)",
+    ),
+    (
+        "initiation-pregnant",
+        "ln-pregnant",
+        "order-sign",
+        "30-year-old woman with lupus nephritis whose pregnancy status three days ago is "
+        "'Pregnant'. LUPKYNIS capsules contain alcohol and it is given with mycophenolate, "
+        "which causes embryofetal toxicity: a warning.",
+        lambda p: [voclosporin_draft_order(p, NOW.date())],
+        [("pregnancy-lactation", "warning"), ("prior-authorization", "info")],
+        "Knowledge 4 [V-3P] (Davis: alcohol content, mycophenolate fetal harm); decisions, "
+        "second round: pregnancy and lactation",
+    ),
+]
+
 
 def build(names: Sequence[str] = ()) -> None:
     """Write the scenario files (only ``names`` when given)."""
     app = create_app({"TESTING": True, "CDS_DATABASE_URL": "sqlite://", "CDS_CLOCK": lambda: NOW})
     try:
         services = app.extensions["cds_service"].services
-        for name, chart, hook, story, drafts, expected in SCENARIOS:
+        every = [(*entry, SOURCES.get(entry[0])) for entry in SCENARIOS] + list(SOURCED_SCENARIOS)
+        for name, chart, hook, story, drafts, expected, source in every:
             if names and name not in names:
                 continue
             resources = chart_resources(CHARTS[chart](NOW.date()))
@@ -287,6 +349,7 @@ def build(names: Sequence[str] = ()) -> None:
                 "now": NOW.isoformat().replace("+00:00", "Z"),
                 "service": f"voclosporin-{hook}",
                 "expect": [{"rule": rule, "indicator": indicator} for rule, indicator in expected],
+                **({"source": source} if source else {}),
                 "request": request,
             }
             (HERE / f"{name}.json").write_text(json.dumps(scenario, indent=1) + "\n")
