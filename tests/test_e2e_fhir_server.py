@@ -156,7 +156,7 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "ln-cyclophosphamide": ("cyclophosphamide:warning", "background-therapy-missing:info", PA),
     "ln-voclosporin-allergy": ("hypersensitivity:critical", PA),
     # Renewal with BP 178/112: above the gate on treatment (critical, discontinue).
-    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical",),
+    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical", PA),
     # On voclosporin for 60 days, the only eGFR is after the start: no baseline (monitoring note).
     "ln-on-voclosporin-stable": (MONITORING,),
     "ln-on-voclosporin-potassium-4-9": (MONITORING,),
@@ -197,7 +197,7 @@ _BEFORE_LIVE = frozenset(
 # On-treatment cards a chart raises whatever is ordered for the patient on voclosporin.
 ON_TREATMENT_CARDS: dict[str, tuple[str, ...]] = {
     # BP 178/112 on treatment: discontinue and treat BP (K 1.21, PI 5.4), on every new order.
-    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical",),
+    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical", PA),
 }
 
 

@@ -641,7 +641,7 @@ def test_match_memo_total_is_bounded(knowledge, monkeypatch):
         ("PAXLOVID", None, False),
         (None, "343047", False),
         (None, "1", True),
-        ("lisinopril 10 mg", None, True),
+        ("levothyroxine 50 mcg", None, True),
     ],
     ids=["misspelt", "glued", "near-match", "brand", "rxnorm-known", "rxnorm-unknown", "unlisted"],
 )

@@ -195,7 +195,7 @@ SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]]]] = [
         "ago. Renewing: BP above 165/105 on treatment means discontinue LUPKYNIS and start "
         "antihypertensive therapy.",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
-        [("blood-pressure-high-on-treatment", "critical")],
+        [("blood-pressure-high-on-treatment", "critical"), ("prior-authorization", "info")],
     ),
     (
         "ibuprofen-ordered-while-on-voclosporin",
