@@ -197,7 +197,7 @@ _BEFORE_LIVE = frozenset(
 # On-treatment cards a chart raises whatever is ordered for the patient on voclosporin.
 ON_TREATMENT_CARDS: dict[str, tuple[str, ...]] = {
     # BP 178/112 on treatment: discontinue and treat BP (K 1.21, PI 5.4), on every new order.
-    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical", PA),
+    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical",),
 }
 
 
