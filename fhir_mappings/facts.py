@@ -303,8 +303,13 @@ class PatientFacts:
 
 # Roles whose interaction needs systemic exposure to the partner (knowledge "route and dose
 # form": CYP3A4 inhibitors, inducers, P-gp, cyclophosphamide, second calcineurin inhibitor).
+# Nephrotoxicity (PI 5.3) and hyperkalemia (PI 5.6) are systemic effects too: tobramycin eye
+# drops or trimethoprim eye drops do not fire them.
 SYSTEMIC_INTERACTION_ROLES = frozenset(
     {
+        Role.NEPHROTOXIC,
+        Role.HYPERKALEMIA_RISK,
+        Role.ACE_INHIBITOR_OR_ARB,
         Role.STRONG_CYP3A4_INHIBITOR,
         Role.MODERATE_CYP3A4_INHIBITOR,
         Role.STRONG_CYP3A4_INDUCER,

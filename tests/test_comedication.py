@@ -434,3 +434,39 @@ def test_near_limit_setting_reaches_the_service(tmp_path):
         close_app(app)
     with pytest.raises(KnowledgeError):
         make_app(tmp_path, CDS_POTASSIUM_NEAR_LIMIT=-1.0)
+
+
+# -- route: nephrotoxicity and hyperkalemia are systemic effects --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "rule_id"),
+    [
+        ("tobramycin 0.3% ophthalmic solution", "nephrotoxic", "nephrotoxic-comedication"),
+        ("diclofenac sodium 1% topical gel", "nephrotoxic", "nephrotoxic-comedication"),
+        (
+            "trimethoprim / polymyxin B ophthalmic solution",
+            "hyperkalemia-risk",
+            "hyperkalemia-comedication",
+        ),
+    ],
+    ids=["tobramycin-eye-drops", "diclofenac-gel", "trimethoprim-eye-drops"],
+)
+def test_non_systemic_products_do_not_fire_systemic_effect_rules(knowledge, name, role, rule_id):
+    """An eye drop or a gel does not fire nephrotoxic or hyperkalemia co-medication cards."""
+    local = med(name, role, draft=True, exposure="non-systemic")
+    assert local.is_non_systemic
+    assert rule_id not in fired(on_voclosporin(local), knowledge)
+    systemic = med(name, role, draft=True, exposure="systemic")
+    assert rule_id in fired(on_voclosporin(systemic), knowledge)
+
+
+@pytest.mark.parametrize(
+    ("comparator", "value", "warns"),
+    [("<", 4.5, False), ("<", 5.5, True), (">", 5.0, True), (None, 5.0, False)],
+    ids=["below-4.5-rules-it-out", "below-5.5-cannot-tell", "above-5.0", "exactly-5.0"],
+)
+def test_potassium_reported_as_a_bound(knowledge, comparator, value, warns):
+    """A potassium bound that rules hyperkalemia out passes; one that cannot tell warns."""
+    result = replace(potassium(value, high=5.0), comparator=comparator)
+    assert ("hyperkalemia" in fired(facts(potassium=(result,)), knowledge)) is warns

@@ -157,10 +157,12 @@ def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
         yield MonitoringGap(text("gap_result"), text("no_result"))
         return
     high, basis = potassium_limit(result, knowledge)
-    if result.value <= high:
+    # A bound that rules hyperkalemia out ("<4.5") is fine; one that cannot ("<5.5" against a
+    # 5.0 limit) warns, as an exact value above the limit does.
+    if result.above(high) is False:
         return
     yield Finding(
         "warning",
-        text("summary", value=num(result.value), unit=result.unit, high=high),
+        text("summary", value=result.shown, unit=result.unit, high=high),
         text("detail", measurement=describe(result), high=high, basis=text(basis)),
     )
