@@ -270,6 +270,23 @@ def test_split_am_pm_drafts_are_the_moderate_inhibitor_regimen(knowledge, termin
     assert "dose-check" not in result
 
 
+@pytest.mark.parametrize(
+    ("mg", "indicator", "suggested"),
+    [(7.9, "info", False), (15.8, "warning", True), (23.7, "warning", True)],
+    ids=["7.9-bid-below-reduced", "15.8-bid-above-reduced", "23.7-bid-label-start"],
+)
+def test_moderate_inhibitor_never_suggests_more_than_is_drafted(
+    knowledge, terminology, mg, indicator, suggested
+):
+    """7.9 mg BID (15.8 mg a day) is already below 15.8 mg AM + 7.9 mg PM (23.7 mg a day):
+    no "reduce" warning and no suggestion that would raise it; higher regimens are reduced."""
+    drafts = [voclosporin_draft("d", instruction(mg, "mg", CODE["BID"]))]
+    found = evaluate(facts_for(terminology, drafts, [DILTIAZEM]), knowledge).findings
+    card = next(c for c in found if c.rule_id == "moderate-cyp3a4-inhibitor")
+    assert card.indicator == indicator
+    assert bool(card.suggestions) is suggested
+
+
 def test_split_am_pm_drafts_at_23_7_are_the_label_dose(knowledge, terminology):
     """AM 23.7 mg + PM 23.7 mg over two drafts is 23.7 mg twice daily: no dose problem."""
     drafts = [

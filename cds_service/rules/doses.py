@@ -33,6 +33,20 @@ class Regimen:
     doses_per_day: float | None
     without_dose: tuple[Medication, ...]
 
+    def within(self, mg: tuple[float, ...], tolerance: float) -> bool:
+        """No dose of the day is above the largest of ``mg`` and the day's total is at most
+        theirs: accepting ``mg`` instead would not lower this regimen (False when unknown)."""
+        if not self.doses or self.doses_per_day is None:
+            return False
+        per_day = (
+            self.doses[0].mg * self.doses_per_day
+            if len(self.doses) == 1
+            else sum(d.mg for d in self.doses)
+        )
+        return per_day <= sum(mg) + tolerance and all(
+            d.mg <= max(mg) + tolerance for d in self.doses
+        )
+
     def matches(self, mg: tuple[float, ...], tolerance: float) -> bool:
         """The day's doses are ``mg`` in day order (15.8 then 7.9: the AM dose first)."""
         return len(self.doses) == len(mg) and all(

@@ -133,7 +133,11 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
     regimen = text("regimen")
     # Every voclosporin draft of the session is one regimen: an AM and a PM draft together.
     drafted = regimen_of(facts.draft_orders, knowledge)
-    already = drafted is not None and drafted.matches((morning, evening), dose.mg_tolerance)
+    # Already that regimen, or below it (7.9 mg BID after an eGFR reduction): never suggest more.
+    already = drafted is not None and (
+        drafted.matches((morning, evening), dose.mg_tolerance)
+        or drafted.within((morning, evening), dose.mg_tolerance)
+    )
     suggestions: tuple[Suggestion, ...] = ()
     if drafted is not None and not already:
         actions = rewrite(drafted, ((morning, "MORN"), (evening, "EVE")), regimen, knowledge)
