@@ -86,6 +86,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         clock=app.config["CDS_CLOCK"],
         overrides=StoredOverrides(storage, hash_key),
         repeat_window_days=int(app.config["CDS_REPEAT_WINDOW_DAYS"]),
+        max_draft_orders=int(app.config["CDS_MAX_DRAFT_ORDERS"]),
+        max_cards=int(app.config["CDS_MAX_CARDS"]),
     )
     app.extensions[CLOSERS_EXTENSION] = [session.close, lambda: executor.shutdown(wait=False)]
     app.extensions[CLOSERS_EXTENSION].append(lambda: shutdown_storage(app))

@@ -39,6 +39,13 @@ def _days(value: str) -> int:
     return days
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"expected 1 or more, got {number}")
+    return number
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -160,6 +167,20 @@ SETTINGS: tuple[Setting, ...] = (
         parse_log_format,
         "`json`: every log line is one JSON object (timestamp, level, logger, message and the "
         "call's fields); `text`: readable lines for development.",
+    ),
+    Setting(
+        "CDS_MAX_DRAFT_ORDERS",
+        100,
+        _positive,
+        "Most draft orders (draftOrders or medications entries) one hook call may carry; more "
+        "is a 413 JSON error naming the field, before any check runs.",
+    ),
+    Setting(
+        "CDS_MAX_CARDS",
+        100,
+        _positive,
+        "Most cards one hook answer may hold; an answer that would hold more is refused with a "
+        "413 JSON error (no card is sent or recorded: cutting would hide cards silently).",
     ),
     Setting(
         "MAX_CONTENT_LENGTH",

@@ -32,6 +32,7 @@ from cds_service.errors import FhirServerNotAllowed
 __all__ = [
     "FhirServerPolicy",
     "Resolver",
+    "base_url_problem",
     "parse_allowed_servers",
     "resolve_host",
     "safe_next_link",
@@ -100,6 +101,22 @@ def _parse(url: str) -> _Origin:
     return _Origin(scheme, host, port, tuple(segments))
 
 
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a bare FHIR base URL (no ?query, no #fragment, no user@), or None.
+
+    Queries are built as ``{base}/Type?...``: a base with its own query or fragment swallows
+    every search into one URL (the medication list then reads as empty, and a critical card is
+    missing without being reported), and user information is a credential in a URL.
+    """
+    if "?" in url:
+        return "must be a bare base URL: remove the ?query"
+    if "#" in url:
+        return "must be a bare base URL: remove the #fragment"
+    if "@" in urlsplit(url).netloc:
+        return "must be a bare base URL: remove the user information (user@)"
+    return None
+
+
 def resolve_host(host: str, port: int) -> list[str]:
     """Resolve a host with the system resolver, as the HTTP client later will."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -153,6 +170,9 @@ class FhirServerPolicy:
 
     def check(self, url: str) -> None:
         """Raise ``FhirServerNotAllowed`` unless ``url`` may be contacted."""
+        problem = base_url_problem(url)
+        if problem is not None:
+            raise FhirServerNotAllowed(f"fhirServer {problem}")
         origin = _parse(url)
         if self._allowed is not None:
             if not any(base.contains(origin) for base in self._allowed):
