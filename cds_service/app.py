@@ -21,9 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from flask import Flask, Response, jsonify, request
-from requests.adapters import HTTPAdapter
 from werkzeug.exceptions import HTTPException
 
 from cds_service import metrics, security
@@ -33,6 +31,7 @@ from cds_service.chart import ChartSettings
 from cds_service.config import from_environment
 from cds_service.docs import docs_bp
 from cds_service.errors import CdsError, ReplayCacheUnavailable, error_document
+from cds_service.fhir_client import HostLimits, fhir_session
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
 from cds_service.logs import LogFormat, configure_root
 from cds_service.recording import RECORDER_EXTENSION, Recorder, StoredOverrides
@@ -61,10 +60,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         potassium_high_default=app.config["CDS_POTASSIUM_HIGH_DEFAULT"],
     )
     workers = int(app.config["CDS_FHIR_WORKERS"])
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=workers, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    session = fhir_session(pool_size=workers)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir")
     chart_settings = ChartSettings(
         policy=FhirServerPolicy(parse_allowed_servers(app.config["CDS_FHIR_ALLOWED_SERVERS"])),
@@ -72,6 +68,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         executor=executor,
         allow_unauthenticated=bool(app.config["CDS_ALLOW_UNAUTHENTICATED_FHIR"]),
         max_pages=int(app.config["CDS_FHIR_MAX_PAGES"]),
+        host_limits=HostLimits(int(app.config["CDS_FHIR_MAX_PER_HOST"])),
     )
     # Storage: audit trail and feedback (SQLite by default), then what records through it and
     # what reads past overrides back for repeated alerts.

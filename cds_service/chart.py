@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cds_service.contract import ACCEPTED_FHIR_ID
 from cds_service.errors import FhirFetchError, FhirServerNotAllowed, PreconditionFailed
-from cds_service.fhir_client import FhirClient, run_concurrently
+from cds_service.fhir_client import FhirClient, HostLimits, run_concurrently
 from cds_service.fhir_policy import FhirServerPolicy
 from fhir_mappings.bundles import (
     bundle_resources,
@@ -79,6 +79,7 @@ class ChartSettings:
     executor: Executor
     allow_unauthenticated: bool
     max_pages: int = 20
+    host_limits: HostLimits = field(default_factory=lambda: HostLimits(8))
 
 
 def decide_access(
@@ -120,6 +121,7 @@ def gather_chart(
             settings.session,
             deadline,
             max_pages=settings.max_pages,
+            host_limits=settings.host_limits,
         )
     jobs: dict[str, Callable[[], Any]] = {}
     missing: list[str] = []

@@ -94,11 +94,20 @@ SETTINGS: tuple[Setting, ...] = (
         "CDS_REQUEST_DEADLINE_MS",
         2500,
         int,
-        "Time budget for FHIR fetching in one hook call; checks whose data is late are "
-        "reported as unavailable.",
+        "Time budget for FHIR fetching in one hook call, connect and response headers included "
+        "(a socket still open at the deadline is cut); checks whose data is late are reported "
+        "as unavailable.",
     ),
     Setting("CDS_FHIR_MAX_PAGES", 20, int, "Most Bundle pages followed per FHIR search."),
     Setting("CDS_FHIR_WORKERS", 16, int, "Threads for concurrent FHIR queries (per process)."),
+    Setting(
+        "CDS_FHIR_MAX_PER_HOST",
+        8,
+        _positive,
+        "Most FHIR queries one process runs at once to one FHIR host (scheme, host, port); "
+        "more wait for a slot until the call's deadline, so one slow server cannot hold every "
+        "fetch thread.",
+    ),
     Setting(
         "CDS_CORS_ORIGINS",
         None,

@@ -170,9 +170,6 @@ class FhirServerPolicy:
 
     def check(self, url: str) -> None:
         """Raise ``FhirServerNotAllowed`` unless ``url`` may be contacted."""
-        problem = base_url_problem(url)
-        if problem is not None:
-            raise FhirServerNotAllowed(f"fhirServer {problem}")
         origin = _parse(url)
         if self._allowed is not None:
             if not any(base.contains(origin) for base in self._allowed):
