@@ -27,6 +27,7 @@ from fhir_mappings.bundles import (
     is_bundle,
     next_link,
     of_expected_types,
+    outcome_issue_codes,
     prefetch_failure,
 )
 from fhir_mappings.categories import (
@@ -139,8 +140,8 @@ def gather_chart(
         if value is not _ABSENT and failure is None:
             _use_prefetch(chart, category, value, client, jobs)
             continue
-        if failure is not None:
-            log.info("prefetch %s reports an error: %s", key, failure)
+        if failure is not None:  # issue codes only: diagnostics may name the patient
+            log.info("prefetch %s reports an error (%s)", key, outcome_issue_codes(value))
         if client is None:
             missing.append(key)
             reason = failure or "not prefetched"
@@ -189,7 +190,8 @@ def _read_referenced_medications(
         if is_resource_of(result, "Medication"):
             chart.resources.setdefault(D.MEDICATIONS, []).append(result)
         else:  # the order stays unidentified and the mapping reports the broken reference
-            log.info("referenced %s could not be read: %s", ref, result)
+            why = result.log_reason if isinstance(result, FhirFetchError) else "not a Medication"
+            log.info("referenced %s could not be read: %s", ref, why)
 
 
 _ABSENT: Any = object()

@@ -238,7 +238,15 @@ class FhirServerNotAllowed(FhirError):
 
 
 class FhirFetchError(FhirError):
-    """A FHIR read or search failed; the message is safe to show on a card (no token, no body)."""
+    """A FHIR read or search failed; the message is safe to show on a card (no token, no body).
+
+    ``log_reason`` is what logs may say: the message without an OperationOutcome's free text
+    (``diagnostics`` can hold a patient's name and birth date), just its issue codes.
+    """
+
+    def __init__(self, message: str, *, log_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.log_reason = log_reason or message
 
 
 class CliError(CdsError):

@@ -43,6 +43,7 @@ from fhir_mappings.bundles import (
     bundle_resources,
     is_bundle,
     next_link,
+    outcome_issue_codes,
 )
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ class FhirClient:
             raise FhirFetchError("FHIR server answered with invalid JSON") from exc
         problem = answer_problem(body)
         if problem is not None:
-            raise FhirFetchError(problem)
+            raise FhirFetchError(problem, log_reason=outcome_log_reason(problem, body))
         return body
 
     def _fetch(self, url: str) -> bytes | None:
@@ -346,7 +347,7 @@ class FhirClient:
                 raise FhirFetchError("FHIR search did not return a Bundle")
             error = bundle_error(bundle)
             if error is not None:
-                raise FhirFetchError(error)
+                raise FhirFetchError(error, log_reason=outcome_log_reason(error, bundle))
             yield from bundle_resources(bundle)
             pages += 1
             url = next_link(bundle)
@@ -366,6 +367,14 @@ class FhirClient:
         if not safe_next_link(self.base_url, url):
             raise FhirFetchError("prefetch paging link points outside the FHIR server")
         return entries + self.search(url)
+
+
+def outcome_log_reason(problem: str, value: Any) -> str:
+    """``problem`` for logs: an OperationOutcome's issue codes instead of its free text."""
+    kind = value.get("resourceType") if isinstance(value, dict) else None
+    if kind not in ("OperationOutcome", "Bundle"):
+        return problem
+    return f"{problem.partition(':')[0]} ({outcome_issue_codes(value)})"
 
 
 def _status_reason(response: requests.Response) -> str:

@@ -20,6 +20,7 @@ import jwt
 import requests
 
 from cds_service.errors import AuthenticationError, KeySetUnavailable
+from cds_service.logs import loggable
 
 from .config import JWKS_TIMEOUT, MAX_JWKS_BYTES, IssuerKeys, issuer_key_sources
 
@@ -115,7 +116,9 @@ class KeyStore:
                     f"{self._refetch_interval:.0f} s after it"
                 )
             if kid not in cached.jwks_by_kid and not loaded_now:
-                logger.info("unknown kid for iss=%s kid=%r; reloading keys once", iss, kid)
+                logger.info(
+                    "unknown kid for iss=%s kid=%s; reloading keys once", iss, loggable(kid)
+                )
                 self._reload(iss, state, now)
                 cached = state.cached
                 assert cached is not None  # _reload never drops an existing cache
@@ -165,7 +168,9 @@ class KeyStore:
             if "d" in jwk:
                 # A published private key is compromised; trusting it would trust anyone.
                 logger.error(
-                    "JWK Set at %s publishes private key kid=%s; ignored", location, jwk["kid"]
+                    "JWK Set at %s publishes private key kid=%s; ignored",
+                    location,
+                    loggable(jwk["kid"]),
                 )
                 continue
             jwks_by_kid.setdefault(jwk["kid"], []).append(jwk)

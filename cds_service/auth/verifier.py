@@ -29,6 +29,7 @@ import jwt
 import requests
 
 from cds_service.errors import AuthenticationError
+from cds_service.logs import escape_controls, loggable
 
 from .config import ALLOWED_ALGORITHMS, MAX_JTI_LENGTH, MAX_KID_LENGTH, MAX_TOKEN_LENGTH
 from .keys import KeyStore
@@ -204,10 +205,10 @@ class ClientAuthenticator:
 
 def _loggable(value: str | None, *, quote: bool = True, limit: int = 200) -> str:
     """Render a client-chosen string for a log line: escaped (no forged lines) and bounded."""
-    if value is None:
-        return "-"
-    text = repr(value) if quote else value.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[:limit] + "..."
+    if not quote and value is not None:
+        text = escape_controls(value)
+        return text if len(text) <= limit else text[:limit] + "..."
+    return loggable(value, limit=limit)
 
 
 def _str_or_none(mapping: Mapping[str, Any], name: str) -> str | None:
