@@ -25,6 +25,12 @@ MAX_JTI_LENGTH = 256
 MAX_KID_LENGTH = 256
 # A JWK Set holds a handful of public keys; anything bigger is not one.
 MAX_JWKS_BYTES = 1_048_576
+# JWK Sets are cached per process for at most JWKS_MAX_AGE_SECONDS; a token naming a kid the
+# cache lacks reloads at once, but loads of one key location are spaced at least
+# JWKS_MIN_REFETCH_SECONDS apart, so forged kids cannot make us hammer the EHR's key endpoint and
+# a newly published key is usable within that many seconds.
+JWKS_MAX_AGE_SECONDS = 3600.0
+JWKS_MIN_REFETCH_SECONDS = 5.0
 # (connect, read) seconds: a slow EHR key endpoint must not stall a hook call.
 JWKS_TIMEOUT: tuple[float, float] = (2.0, 3.0)
 
