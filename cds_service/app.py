@@ -30,7 +30,7 @@ from cds_service.api import bp, metrics_bp
 from cds_service.chart import ChartSettings
 from cds_service.config import from_environment
 from cds_service.docs import docs_bp
-from cds_service.errors import CdsError, ReplayCacheUnavailable, error_document
+from cds_service.errors import CdsError, HeaderTooLarge, ReplayCacheUnavailable, error_document
 from cds_service.fhir_client import HostLimits, fhir_session
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
 from cds_service.logs import LogFormat, configure_root
@@ -41,6 +41,12 @@ from fhir_mappings.knowledge import load_knowledge
 
 log = logging.getLogger(__name__)
 CLOSERS_EXTENSION = "cds_closers"
+# Longest request header line (name + value) the service reads: room for a bearer JWT up to the
+# verifier's MAX_TOKEN_LENGTH (16 KiB) and more. gunicorn's own limit
+# (``limit_request_field_size``, default 8190) must be higher, or it answers first with HTML;
+# ``voclosporin-cds serve --production`` sets it to GUNICORN_HEADER_FIELD_BYTES.
+MAX_HEADER_FIELD_BYTES = 20_480
+GUNICORN_HEADER_FIELD_BYTES = 32_768
 SERVICE_EXTENSION = "cds_service"
 
 
@@ -91,6 +97,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(db_cli)
 
     register_error_handlers(app)
+    app.before_request(_check_header_sizes)  # before the JWT check reads Authorization
     security.init_security(app)
     app.register_blueprint(bp)
     app.register_blueprint(docs_bp)
@@ -138,6 +145,15 @@ def _json_error(status: int, body: dict[str, Any], headers: Mapping[str, str]) -
     response.status_code = status
     response.headers.update(headers)
     return response
+
+
+def _check_header_sizes() -> None:
+    """Refuse a header line longer than MAX_HEADER_FIELD_BYTES with the JSON error shape."""
+    for name, value in request.headers.items():
+        if len(name) + len(value) > MAX_HEADER_FIELD_BYTES:
+            raise HeaderTooLarge(
+                f"The {name[:64]} header is longer than {MAX_HEADER_FIELD_BYTES} bytes"
+            )
 
 
 def _no_store(response: Response) -> Response:

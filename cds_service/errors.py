@@ -15,6 +15,7 @@ and title, so one handler writes every JSON error body and no module translates 
     │   ├── TooManyDraftOrders              more draft orders than CDS_MAX_DRAFT_ORDERS
     │   └── TooManyCards                    the answer would hold more than CDS_MAX_CARDS cards
     ├── UnsupportedMediaType (415)          body is not application/json
+    ├── HeaderTooLarge (431)                a request header over MAX_HEADER_FIELD_BYTES
     ├── ServiceUnavailable (503)            a dependency the answer needs is down
     │   ├── StorageUnavailableError         the audit/feedback database cannot be used now
     │   └── AuthUnavailable                 client JWTs cannot be checked now (never let through)
@@ -183,6 +184,13 @@ class TooManyCards(LimitExceeded):
 
 class UnsupportedMediaType(CdsError):
     status, title = 415, "Unsupported Media Type"
+
+
+class HeaderTooLarge(CdsError):
+    """A request header line is longer than the service reads; answered as JSON, not gunicorn's
+    HTML (gunicorn's own limit is set higher, see ``cds_service.cli.commands``)."""
+
+    status, title = 431, "Request Header Fields Too Large"
 
 
 class ServiceUnavailable(CdsError):

@@ -696,3 +696,14 @@ def test_answer_with_more_cards_than_the_cap_is_refused(tmp_path: Path) -> None:
         assert calls_for_hook_instance(storage, refused_body["hookInstance"]) == []
     finally:
         close_app(application)
+
+
+def test_header_over_the_service_limit_is_a_json_431(client: FlaskClient) -> None:
+    """A header line over MAX_HEADER_FIELD_BYTES: the JSON 431 naming the header."""
+    from cds_service.app import MAX_HEADER_FIELD_BYTES
+
+    response = client.post(
+        SIGN_URL, json={}, headers={"Authorization": "Bearer " + "a" * MAX_HEADER_FIELD_BYTES}
+    )
+    error = assert_error(response, 431)
+    assert "Authorization" in error["detail"]
