@@ -31,7 +31,7 @@ from cds_service.chart import ChartSettings
 from cds_service.config import from_environment
 from cds_service.docs import docs_bp
 from cds_service.errors import CdsError, HeaderTooLarge, ReplayCacheUnavailable, error_document
-from cds_service.fhir_client import HostLimits, fhir_session
+from cds_service.fhir_client import HostLimits, deadline_session
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
 from cds_service.logs import LogFormat, configure_root
 from cds_service.recording import RECORDER_EXTENSION, Recorder, StoredOverrides
@@ -66,7 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         potassium_high_default=app.config["CDS_POTASSIUM_HIGH_DEFAULT"],
     )
     workers = int(app.config["CDS_FHIR_WORKERS"])
-    session = fhir_session(pool_size=workers)
+    session = deadline_session(pool_size=workers)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir")
     chart_settings = ChartSettings(
         policy=FhirServerPolicy(parse_allowed_servers(app.config["CDS_FHIR_ALLOWED_SERVERS"])),

@@ -7,7 +7,7 @@ token, no response body).
 
 The deadline is whole-request, not per read: socket timeouts bound each connect and each read,
 but a server that trickles its status line and headers a byte at a time never trips them. So
-the session from ``fhir_session`` uses connections that register their socket with a watchdog
+the session from ``deadline_session`` uses connections that register their socket with a watchdog
 thread while a fetch runs (``deadline_scope``); at the deadline the watchdog shuts the socket
 down, the blocked read returns at once and the fetch thread is free again. ``HostLimits`` caps
 how many fetches of this process talk to one FHIR host at a time, so one slow server cannot
@@ -171,7 +171,7 @@ class _DeadlineAdapter(HTTPAdapter):
         return manager
 
 
-def fhir_session(pool_size: int) -> requests.Session:
+def deadline_session(pool_size: int) -> requests.Session:
     """The session FHIR fetches use: no retries, sockets cut at each fetch's deadline."""
     session = requests.Session()
     adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)

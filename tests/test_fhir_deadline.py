@@ -18,8 +18,10 @@ import requests
 from flask import Flask
 
 from cds_service import close_app
+from cds_service.auth import KeySetUnavailable, KeyStore
+from cds_service.auth import keys as keys_module
 from cds_service.errors import FhirFetchError
-from cds_service.fhir_client import FhirClient, HostLimits, fhir_session
+from cds_service.fhir_client import FhirClient, HostLimits, deadline_session
 from cds_service.rules.engine import DATA_UNAVAILABLE
 from tests.charts.lupus import voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
@@ -35,7 +37,7 @@ MARGIN_SECONDS = 0.9
 @pytest.fixture
 def session() -> Iterator[requests.Session]:
     """The service's own FHIR session (watchdog-aware connections, no retries)."""
-    with fhir_session(pool_size=8) as made:
+    with deadline_session(pool_size=8) as made:
         yield made
 
 
@@ -122,3 +124,30 @@ def test_per_host_limit_is_a_setting(tmp_path: Path) -> None:
         assert app.extensions["cds_service"].chart_settings.host_limits.per_host == 3
     finally:
         close_app(app)
+
+
+def test_a_jwks_host_trickling_its_headers_is_cut_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issuer's key endpoint trickles its headers: the load fails at the deadline.
+
+    The load runs under the issuer's lock, so before, every call of that issuer waited for as
+    long as the key host trickled.
+    """
+    monkeypatch.setattr(keys_module, "JWKS_DEADLINE_SECONDS", DEADLINE_SECONDS)
+    with SlowSocketServer("trickle-headers", tls_folder=tmp_path) as server:
+        session = deadline_session(2)
+        session.verify = str(server.certificate)
+        session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would win over verify
+        jwks_url = server.base_url.replace("/fhir", "/jwks.json")
+        store = KeyStore({"https://ehr.example.org": jwks_url}, http_session=session)
+        started = time.monotonic()
+        try:
+            with pytest.raises(KeySetUnavailable, match="not read within"):
+                store.get_key("https://ehr.example.org", "k1", "ES256")
+        finally:
+            store.close()
+            session.close()
+        assert time.monotonic() - started < DEADLINE_SECONDS + MARGIN_SECONDS
+        [held] = server.wait_until_closed(1)
+        assert held < DEADLINE_SECONDS + MARGIN_SECONDS

@@ -31,8 +31,10 @@ MAX_JWKS_BYTES = 1_048_576
 # a newly published key is usable within that many seconds.
 JWKS_MAX_AGE_SECONDS = 3600.0
 JWKS_MIN_REFETCH_SECONDS = 5.0
-# (connect, read) seconds: a slow EHR key endpoint must not stall a hook call.
+# (connect, read) seconds: a slow EHR key endpoint must not stall a hook call; and the whole
+# fetch, headers included, ends at JWKS_DEADLINE_SECONDS (the socket is cut).
 JWKS_TIMEOUT: tuple[float, float] = (2.0, 3.0)
+JWKS_DEADLINE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ import jwt
 import requests
 
 from cds_service.errors import AuthenticationError, KeySetUnavailable
+from cds_service.fhir_client import deadline_scope, deadline_session
 from cds_service.logs import loggable
 
 from .config import (
+    JWKS_DEADLINE_SECONDS,
     JWKS_MAX_AGE_SECONDS,
     JWKS_MIN_REFETCH_SECONDS,
     JWKS_TIMEOUT,
@@ -93,7 +95,9 @@ class KeyStore:
         sources = issuer_key_sources(locations)
         self._issuers = {iss: _IssuerState(source) for iss, source in sources.items()}
         self._owns_session = http_session is None
-        self._session = http_session if http_session is not None else requests.Session()
+        # Connections whose sockets are cut at the fetch deadline: a key endpoint that trickles
+        # its headers must not hold the issuer's lock (and every call of that issuer) for long.
+        self._session = http_session if http_session is not None else deadline_session(2)
         self._refetch_interval = refetch_interval_seconds
         self._max_age = max_age_seconds
         self._clock = clock
@@ -211,10 +215,14 @@ class KeyStore:
         return jwks_by_kid
 
     def _fetch(self, url: str) -> bytes:
+        deadline = time.monotonic() + JWKS_DEADLINE_SECONDS
         try:
-            with self._session.get(
-                url, timeout=JWKS_TIMEOUT, stream=True, headers={"Accept": "application/json"}
-            ) as response:
+            with (
+                deadline_scope(deadline),
+                self._session.get(
+                    url, timeout=JWKS_TIMEOUT, stream=True, headers={"Accept": "application/json"}
+                ) as response,
+            ):
                 if response.status_code != 200:
                     raise KeySetUnavailable(
                         f"JWK Set at {url} answered HTTP {response.status_code}"
@@ -226,8 +234,16 @@ class KeyStore:
                     body += chunk
                     if len(body) > MAX_JWKS_BYTES:
                         raise KeySetUnavailable(f"JWK Set at {url} exceeds {MAX_JWKS_BYTES} bytes")
+                if time.monotonic() >= deadline:  # cut at the deadline: the body may be partial
+                    raise KeySetUnavailable(
+                        f"JWK Set at {url} not read within {JWKS_DEADLINE_SECONDS:.0f} s"
+                    )
                 return bytes(body)
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise KeySetUnavailable(
+                    f"JWK Set at {url} not read within {JWKS_DEADLINE_SECONDS:.0f} s"
+                ) from exc
             raise KeySetUnavailable(f"JWK Set at {url} unreachable: {type(exc).__name__}") from exc
 
     @staticmethod

@@ -14,11 +14,20 @@ limit held.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 EMPTY_BUNDLE = json.dumps({"resourceType": "Bundle", "type": "searchset", "entry": []}).encode()
 MAX_STALL_SECONDS = 20.0
@@ -27,10 +36,17 @@ MAX_STALL_SECONDS = 20.0
 class SlowSocketServer:
     """Accept connections and answer each in its own thread with the chosen stall."""
 
-    def __init__(self, mode: str, interval: float = 0.1) -> None:
+    def __init__(self, mode: str, interval: float = 0.1, *, tls_folder: Path | None = None) -> None:
         if mode not in ("trickle-headers", "slow"):
             raise ValueError(f"unknown mode {mode!r}")
         self.mode, self.interval = mode, interval
+        # https with a self-signed certificate for 127.0.0.1 (``certificate`` for the client).
+        self.certificate: Path | None = None
+        self._tls: ssl.SSLContext | None = None
+        if tls_folder is not None:
+            self.certificate, key = self_signed_certificate(tls_folder)
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(self.certificate, key)
         self.lock = threading.Lock()
         self.open_now = 0
         self.max_open = 0
@@ -42,8 +58,9 @@ class SlowSocketServer:
 
     @property
     def base_url(self) -> str:
-        """The FHIR base URL, e.g. ``http://127.0.0.1:40123/fhir``."""
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/fhir"
+        """The FHIR base URL, e.g. ``http://127.0.0.1:40123/fhir`` (https with ``tls_folder``)."""
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._listener.getsockname()[1]}/fhir"
 
     def __enter__(self) -> SlowSocketServer:
         self._thread.start()
@@ -86,6 +103,9 @@ class SlowSocketServer:
             self.open_now += 1
             self.max_open = max(self.max_open, self.open_now)
         try:
+            if self._tls is not None:
+                conn.settimeout(MAX_STALL_SECONDS)
+                conn = self._tls.wrap_socket(conn, server_side=True)
             with conn:
                 conn.settimeout(MAX_STALL_SECONDS)
                 self._read_request(conn)
@@ -129,3 +149,35 @@ def _answer(body: bytes) -> bytes:
         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         + body
     )
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """Write a certificate and key for 127.0.0.1 into ``folder``; return their paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "server.pem", folder / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
