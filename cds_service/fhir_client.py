@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Resource = dict[str, Any]
 MIN_TIMEOUT_SECONDS = 0.05
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 # A patient's search page is well under this; anything bigger is a fault, not a chart.
 MAX_RESPONSE_BYTES = 32 * 1_048_576
 
@@ -100,14 +101,16 @@ _scope = threading.local()
 
 @contextlib.contextmanager
 def deadline_scope(deadline: float) -> Iterator[None]:
-    """Within the block, every FHIR socket this thread uses is cut at ``deadline``."""
-    _scope.deadline, _scope.tokens = deadline, []
+    """Within the block, every socket this thread opens or reuses is cut at ``deadline``."""
+    outer = getattr(_scope, "deadline", None), getattr(_scope, "tokens", [])
+    inner = deadline if outer[0] is None else min(deadline, outer[0])  # nested: the earlier
+    _scope.deadline, _scope.tokens = inner, []
     try:
         yield
     finally:
         for token in _scope.tokens:
             WATCHDOG.unwatch(token)
-        _scope.deadline, _scope.tokens = None, []
+        _scope.deadline, _scope.tokens = outer
 
 
 def _guard(sock: socket.socket | None) -> None:
@@ -198,7 +201,8 @@ class HostLimits:
     def slot(self, url: str, deadline: float) -> Iterator[None]:
         """Hold one of the host's slots for the block; ``FhirFetchError`` if none by deadline."""
         parts = urlsplit(url)
-        key = (parts.scheme, (parts.hostname or "").lower(), parts.port)
+        scheme = parts.scheme.lower()
+        key = (scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme))
         with self._cond:
             free = self._cond.wait_for(
                 lambda: self._active.get(key, 0) < self.per_host,

@@ -151,3 +151,26 @@ def test_a_jwks_host_trickling_its_headers_is_cut_at_the_deadline(
         assert time.monotonic() - started < DEADLINE_SECONDS + MARGIN_SECONDS
         [held] = server.wait_until_closed(1)
         assert held < DEADLINE_SECONDS + MARGIN_SECONDS
+
+
+def test_explicit_default_port_is_the_same_host() -> None:
+    """https://h/ and https://h:443/ share one host's slots (no doubling the limit by spelling)."""
+    limits = HostLimits(1)
+    same_host = limits.slot("https://EHR.example.org:443/fhir/Condition", time.monotonic())
+    with (
+        limits.slot("https://ehr.example.org/fhir/Patient/1", time.monotonic() + 5),
+        pytest.raises(FhirFetchError, match="FHIR server busy"),
+        same_host,
+    ):
+        pass
+    assert limits.active() == 0
+
+
+def test_a_fetch_that_ends_in_time_is_not_cut_later(session: requests.Session) -> None:
+    """A socket reused after its fetch ended in time is not cut at that fetch's old deadline."""
+    with SlowSocketServer("slow", interval=0.05) as server:
+        first = FhirClient(server.base_url, "t", session, time.monotonic() + 0.4)
+        assert first.search("Condition?patient=p") == []
+        time.sleep(0.5)  # past the first deadline
+        later = FhirClient(server.base_url, "t", session, time.monotonic() + 5)
+        assert later.search("Condition?patient=p") == []
