@@ -21,9 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from flask import Flask, Response, jsonify, request
-from requests.adapters import HTTPAdapter
 from werkzeug.exceptions import HTTPException
 
 from cds_service import metrics, security
@@ -32,7 +30,8 @@ from cds_service.api import bp, metrics_bp
 from cds_service.chart import ChartSettings
 from cds_service.config import from_environment
 from cds_service.docs import docs_bp
-from cds_service.errors import CdsError, ReplayCacheUnavailable, error_document
+from cds_service.errors import CdsError, HeaderTooLarge, ReplayCacheUnavailable, error_document
+from cds_service.fhir_client import HostLimits, deadline_session
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
 from cds_service.logs import LogFormat, configure_root
 from cds_service.recording import RECORDER_EXTENSION, Recorder, StoredOverrides
@@ -42,6 +41,12 @@ from fhir_mappings.knowledge import load_knowledge
 
 log = logging.getLogger(__name__)
 CLOSERS_EXTENSION = "cds_closers"
+# Longest request header line (name + value) the service reads: room for a bearer JWT up to the
+# verifier's MAX_TOKEN_LENGTH (16 KiB) and more. gunicorn's own limit
+# (``limit_request_field_size``, default 8190) must be higher, or it answers first with HTML;
+# ``voclosporin-cds serve --production`` sets it to GUNICORN_HEADER_FIELD_BYTES.
+MAX_HEADER_FIELD_BYTES = 20_480
+GUNICORN_HEADER_FIELD_BYTES = 32_768
 SERVICE_EXTENSION = "cds_service"
 
 
@@ -62,10 +67,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         potassium_near_limit=app.config["CDS_POTASSIUM_NEAR_LIMIT"],
     )
     workers = int(app.config["CDS_FHIR_WORKERS"])
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=workers, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    session = deadline_session(pool_size=workers)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir")
     chart_settings = ChartSettings(
         policy=FhirServerPolicy(parse_allowed_servers(app.config["CDS_FHIR_ALLOWED_SERVERS"])),
@@ -73,6 +75,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         executor=executor,
         allow_unauthenticated=bool(app.config["CDS_ALLOW_UNAUTHENTICATED_FHIR"]),
         max_pages=int(app.config["CDS_FHIR_MAX_PAGES"]),
+        host_limits=HostLimits(int(app.config["CDS_FHIR_MAX_PER_HOST"])),
     )
     # Storage: audit trail and feedback (SQLite by default), then what records through it and
     # what reads past overrides back for repeated alerts.
@@ -87,12 +90,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         clock=app.config["CDS_CLOCK"],
         overrides=StoredOverrides(storage, hash_key),
         repeat_window_days=int(app.config["CDS_REPEAT_WINDOW_DAYS"]),
+        max_draft_orders=int(app.config["CDS_MAX_DRAFT_ORDERS"]),
+        max_cards=int(app.config["CDS_MAX_CARDS"]),
     )
     app.extensions[CLOSERS_EXTENSION] = [session.close, lambda: executor.shutdown(wait=False)]
     app.extensions[CLOSERS_EXTENSION].append(lambda: shutdown_storage(app))
     app.cli.add_command(db_cli)
 
     register_error_handlers(app)
+    app.before_request(_check_header_sizes)  # before the JWT check reads Authorization
     security.init_security(app)
     app.register_blueprint(bp)
     app.register_blueprint(docs_bp)
@@ -140,6 +146,15 @@ def _json_error(status: int, body: dict[str, Any], headers: Mapping[str, str]) -
     response.status_code = status
     response.headers.update(headers)
     return response
+
+
+def _check_header_sizes() -> None:
+    """Refuse a header line longer than MAX_HEADER_FIELD_BYTES with the JSON error shape."""
+    for name, value in request.headers.items():
+        if len(name) + len(value) > MAX_HEADER_FIELD_BYTES:
+            raise HeaderTooLarge(
+                f"The {name[:64]} header is longer than {MAX_HEADER_FIELD_BYTES} bytes"
+            )
 
 
 def _no_store(response: Response) -> Response:

@@ -39,6 +39,13 @@ def _days(value: str) -> int:
     return days
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"expected 1 or more, got {number}")
+    return number
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -87,11 +94,20 @@ SETTINGS: tuple[Setting, ...] = (
         "CDS_REQUEST_DEADLINE_MS",
         2500,
         int,
-        "Time budget for FHIR fetching in one hook call; checks whose data is late are "
-        "reported as unavailable.",
+        "Time budget for FHIR fetching in one hook call, connect and response headers included "
+        "(a socket still open at the deadline is cut); checks whose data is late are reported "
+        "as unavailable.",
     ),
     Setting("CDS_FHIR_MAX_PAGES", 20, int, "Most Bundle pages followed per FHIR search."),
     Setting("CDS_FHIR_WORKERS", 16, int, "Threads for concurrent FHIR queries (per process)."),
+    Setting(
+        "CDS_FHIR_MAX_PER_HOST",
+        8,
+        _positive,
+        "Most FHIR queries one process runs at once to one FHIR host (scheme, host, port); "
+        "more wait for a slot until the call's deadline, so one slow server cannot hold every "
+        "fetch thread.",
+    ),
     Setting(
         "CDS_CORS_ORIGINS",
         None,
@@ -168,6 +184,20 @@ SETTINGS: tuple[Setting, ...] = (
         parse_log_format,
         "`json`: every log line is one JSON object (timestamp, level, logger, message and the "
         "call's fields); `text`: readable lines for development.",
+    ),
+    Setting(
+        "CDS_MAX_DRAFT_ORDERS",
+        100,
+        _positive,
+        "Most draft orders (draftOrders or medications entries) one hook call may carry; more "
+        "is a 413 JSON error naming the field, before any check runs.",
+    ),
+    Setting(
+        "CDS_MAX_CARDS",
+        100,
+        _positive,
+        "Most cards one hook answer may hold; an answer that would hold more is refused with a "
+        "413 JSON error (no card is sent or recorded: cutting would hide cards silently).",
     ),
     Setting(
         "MAX_CONTENT_LENGTH",

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import requests
 
-from cds_service.app import close_app, create_app
+from cds_service.app import GUNICORN_HEADER_FIELD_BYTES, close_app, create_app
 from cds_service.cli.ehr_client import FhirReader, excerpt, json_or_none
 from cds_service.cli.exit_codes import EXIT_HTTP_ERROR, EXIT_OK, EXIT_USAGE
 from cds_service.cli.fhir_check import request_resource_violations
@@ -263,21 +263,37 @@ PRODUCTION_README_SECTION = "README.md#production"
 """Where the production recipe is written down (a test checks the heading exists)."""
 
 
-def gunicorn_command(host: str, port: int, workers: int | None = None) -> str:
-    """The production command: the packaged gunicorn config around the same app factory.
+def gunicorn_arguments(host: str, port: int, workers: int | None = None) -> list[str]:
+    """gunicorn's arguments: the packaged config, the bind address, the header-size limit.
 
-    ``workers`` overrides the config's worker count; None keeps the config's 2 x 4 threads.
+    ``workers`` overrides the config's worker count; None keeps the config's 2 x 4 threads. The
+    header limit is above the app's own (``MAX_HEADER_FIELD_BYTES``) so an over-long header gets
+    the service's JSON 431, not gunicorn's HTML one.
     """
-    command = ["gunicorn", "-c", GUNICORN_CONFIG, "--bind", f"{host}:{port}"]
+    arguments = ["-c", GUNICORN_CONFIG, "--bind", f"{host}:{port}"]
+    arguments += ["--limit-request-field_size", str(GUNICORN_HEADER_FIELD_BYTES)]
     if workers is not None:
-        command += ["--workers", str(workers)]
-    return shlex.join([*command, "cds_service:create_app()"])
+        arguments += ["--workers", str(workers)]
+    return [*arguments, "cds_service:create_app()"]
+
+
+def gunicorn_command(host: str, port: int, workers: int | None = None) -> str:
+    """The production command as a shell line (what ``serve --production`` runs)."""
+    return shlex.join(["gunicorn", *gunicorn_arguments(host, port, workers)])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the development server, or print the gunicorn command (--production)."""
+    """Run the development server, or gunicorn with the packaged settings (--production)."""
     out = sys.stdout
     if args.production:
+        if not args.print_command:
+            # exec: gunicorn becomes this process, so signals (SIGTERM to drain) reach its
+            # master directly; this interpreter's gunicorn, whatever the working directory.
+            out.flush()
+            argv = [sys.executable, "-m", "gunicorn"]
+            os.execv(
+                sys.executable, [*argv, *gunicorn_arguments(args.host, args.port, args.workers)]
+            )
         print(gunicorn_command(args.host, args.port, args.workers), file=out)
         print(
             "# Settings from cds_service/gunicorn_conf.py (2 gthread workers x 4 threads). Set "
@@ -324,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the service (development server)",
-        description="Run the development server, or print the "
-        "gunicorn command for production (--production).",
+        help="run the service (development server, or gunicorn with --production)",
+        description="Run the development server, or gunicorn with the packaged production "
+        "settings (--production; --print-command prints the command instead).",
     )
     serve.add_argument(
         "--host", default="127.0.0.1", help="listen address (default 127.0.0.1: this machine only)"
@@ -338,7 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Flask debug mode (never in production: it exposes a debugger)",
     )
     serve.add_argument(
-        "--production", action="store_true", help="print the gunicorn command instead of serving"
+        "--production",
+        action="store_true",
+        help="run gunicorn with the packaged production settings (any working directory)",
+    )
+    serve.add_argument(
+        "--print-command",
+        action="store_true",
+        help="with --production: print the gunicorn command instead of running it",
     )
     serve.add_argument(
         "--workers",
