@@ -23,9 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from flask import Flask, Response, jsonify, request
-from requests.adapters import HTTPAdapter
 from werkzeug.exceptions import HTTPException
 
 from cds_service import metrics, security
@@ -34,7 +32,8 @@ from cds_service.api import bp, metrics_bp
 from cds_service.chart import ChartSettings
 from cds_service.config import from_environment
 from cds_service.docs import docs_bp
-from cds_service.errors import CdsError, ReplayCacheUnavailable, error_document
+from cds_service.errors import CdsError, HeaderTooLarge, ReplayCacheUnavailable, error_document
+from cds_service.fhir_client import HostLimits, deadline_session
 from cds_service.fhir_policy import FhirServerPolicy, parse_allowed_servers
 from cds_service.fingerprint import settings_fingerprint
 from cds_service.logs import LogFormat, configure_root
@@ -46,6 +45,12 @@ from fhir_mappings.knowledge import load_knowledge
 
 log = logging.getLogger(__name__)
 CLOSERS_EXTENSION = "cds_closers"
+# Longest request header line (name + value) the service reads: room for a bearer JWT up to the
+# verifier's MAX_TOKEN_LENGTH (16 KiB) and more. gunicorn's own limit
+# (``limit_request_field_size``, default 8190) must be higher, or it answers first with HTML;
+# ``voclosporin-cds serve --production`` sets it to GUNICORN_HEADER_FIELD_BYTES.
+MAX_HEADER_FIELD_BYTES = 20_480
+GUNICORN_HEADER_FIELD_BYTES = 32_768
 SERVICE_EXTENSION = "cds_service"
 
 
@@ -63,12 +68,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         egfr_baseline_max_days=app.config["CDS_EGFR_BASELINE_MAX_DAYS"],
         bp_max_age_days=app.config["CDS_BP_MAX_AGE_DAYS"],
         potassium_high_default=app.config["CDS_POTASSIUM_HIGH_DEFAULT"],
+        potassium_near_limit=app.config["CDS_POTASSIUM_NEAR_LIMIT"],
     )
     workers = int(app.config["CDS_FHIR_WORKERS"])
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=workers, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+    session = deadline_session(pool_size=workers)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir")
     chart_settings = ChartSettings(
         policy=FhirServerPolicy(parse_allowed_servers(app.config["CDS_FHIR_ALLOWED_SERVERS"])),
@@ -76,6 +79,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         executor=executor,
         allow_unauthenticated=bool(app.config["CDS_ALLOW_UNAUTHENTICATED_FHIR"]),
         max_pages=int(app.config["CDS_FHIR_MAX_PAGES"]),
+        host_limits=HostLimits(int(app.config["CDS_FHIR_MAX_PER_HOST"])),
     )
     # Storage: audit trail and feedback (SQLite by default), then what records through it and
     # what reads past overrides back for repeated alerts.
@@ -94,6 +98,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         clock=app.config["CDS_CLOCK"],
         overrides=StoredOverrides(storage, hash_key),
         repeat_window_days=int(app.config["CDS_REPEAT_WINDOW_DAYS"]),
+        max_draft_orders=int(app.config["CDS_MAX_DRAFT_ORDERS"]),
+        max_cards=int(app.config["CDS_MAX_CARDS"]),
     )
     app.extensions[CLOSERS_EXTENSION] = [session.close, lambda: executor.shutdown(wait=False)]
     readiness = Readiness(
@@ -112,6 +118,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(db_cli)
 
     register_error_handlers(app)
+    app.before_request(_check_header_sizes)  # before the JWT check reads Authorization
     security.init_security(app)
     app.register_blueprint(bp)
     app.register_blueprint(docs_bp)
@@ -159,6 +166,15 @@ def _json_error(status: int, body: dict[str, Any], headers: Mapping[str, str]) -
     response.status_code = status
     response.headers.update(headers)
     return response
+
+
+def _check_header_sizes() -> None:
+    """Refuse a header line longer than MAX_HEADER_FIELD_BYTES with the JSON error shape."""
+    for name, value in request.headers.items():
+        if len(name) + len(value) > MAX_HEADER_FIELD_BYTES:
+            raise HeaderTooLarge(
+                f"The {name[:64]} header is longer than {MAX_HEADER_FIELD_BYTES} bytes"
+            )
 
 
 def _no_store(response: Response) -> Response:

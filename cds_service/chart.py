@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from cds_service.contract import ACCEPTED_FHIR_ID
 from cds_service.errors import FhirFetchError, FhirServerNotAllowed, PreconditionFailed
-from cds_service.fhir_client import FhirClient, run_concurrently
+from cds_service.fhir_client import FhirClient, HostLimits, run_concurrently
 from cds_service.fhir_policy import FhirServerPolicy
 from fhir_mappings.bundles import (
     bundle_resources,
     is_bundle,
     next_link,
     of_expected_types,
+    outcome_issue_codes,
     prefetch_failure,
 )
 from fhir_mappings.categories import (
@@ -79,6 +80,7 @@ class ChartSettings:
     executor: Executor
     allow_unauthenticated: bool
     max_pages: int = 20
+    host_limits: HostLimits = field(default_factory=lambda: HostLimits(8))
 
 
 def decide_access(
@@ -120,6 +122,7 @@ def gather_chart(
             settings.session,
             deadline,
             max_pages=settings.max_pages,
+            host_limits=settings.host_limits,
         )
     jobs: dict[str, Callable[[], Any]] = {}
     missing: list[str] = []
@@ -137,8 +140,8 @@ def gather_chart(
         if value is not _ABSENT and failure is None:
             _use_prefetch(chart, category, value, client, jobs)
             continue
-        if failure is not None:
-            log.info("prefetch %s reports an error: %s", key, failure)
+        if failure is not None:  # issue codes only: diagnostics may name the patient
+            log.info("prefetch %s reports an error (%s)", key, outcome_issue_codes(value))
         if client is None:
             missing.append(key)
             reason = failure or "not prefetched"
@@ -187,7 +190,8 @@ def _read_referenced_medications(
         if is_resource_of(result, "Medication"):
             chart.resources.setdefault(D.MEDICATIONS, []).append(result)
         else:  # the order stays unidentified and the mapping reports the broken reference
-            log.info("referenced %s could not be read: %s", ref, result)
+            why = result.log_reason if isinstance(result, FhirFetchError) else "not a Medication"
+            log.info("referenced %s could not be read: %s", ref, why)
 
 
 _ABSENT: Any = object()

@@ -41,8 +41,8 @@ def _days(value: str) -> int:
 
 def _positive(value: str) -> int:
     number = int(value)
-    if number <= 0:
-        raise ValueError(f"expected a whole number above 0, got {number}")
+    if number < 1:
+        raise ValueError(f"expected 1 or more, got {number}")
     return number
 
 
@@ -94,11 +94,20 @@ SETTINGS: tuple[Setting, ...] = (
         "CDS_REQUEST_DEADLINE_MS",
         2500,
         int,
-        "Time budget for FHIR fetching in one hook call; checks whose data is late are "
-        "reported as unavailable.",
+        "Time budget for FHIR fetching in one hook call, connect and response headers included "
+        "(a socket still open at the deadline is cut); checks whose data is late are reported "
+        "as unavailable.",
     ),
     Setting("CDS_FHIR_MAX_PAGES", 20, int, "Most Bundle pages followed per FHIR search."),
     Setting("CDS_FHIR_WORKERS", 16, int, "Threads for concurrent FHIR queries (per process)."),
+    Setting(
+        "CDS_FHIR_MAX_PER_HOST",
+        8,
+        _positive,
+        "Most FHIR queries one process runs at once to one FHIR host (scheme, host, port); "
+        "more wait for a slot until the call's deadline, so one slow server cannot hold every "
+        "fetch thread.",
+    ),
     Setting(
         "CDS_CORS_ORIGINS",
         None,
@@ -123,6 +132,14 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: float(v) if v.strip() else None,
         "Local policy: potassium upper limit when the lab sends no reference range "
         "(default rules.toml: 5.0 mmol/L).",
+    ),
+    Setting(
+        "CDS_POTASSIUM_NEAR_LIMIT",
+        None,
+        lambda v: float(v) if v.strip() else None,
+        "Local policy: a drug that raises potassium is a warning when the latest potassium is "
+        "within this many mmol/L of the upper limit, or above it (default rules.toml: 0.2; 0 "
+        "warns only at or above the limit).",
     ),
     Setting(
         "CDS_REPEAT_WINDOW_DAYS",
@@ -224,6 +241,20 @@ SETTINGS: tuple[Setting, ...] = (
         parse_log_format,
         "`json`: every log line is one JSON object (timestamp, level, logger, message and the "
         "call's fields); `text`: readable lines for development.",
+    ),
+    Setting(
+        "CDS_MAX_DRAFT_ORDERS",
+        100,
+        _positive,
+        "Most draft orders (draftOrders or medications entries) one hook call may carry; more "
+        "is a 413 JSON error naming the field, before any check runs.",
+    ),
+    Setting(
+        "CDS_MAX_CARDS",
+        100,
+        _positive,
+        "Most cards one hook answer may hold; an answer that would hold more is refused with a "
+        "413 JSON error (no card is sent or recorded: cutting would hide cards silently).",
     ),
     Setting(
         "MAX_CONTENT_LENGTH",

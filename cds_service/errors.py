@@ -11,7 +11,11 @@ and title, so one handler writes every JSON error body and no module translates 
     ├── NotFound (404)                      unknown service id
     │   └── UnknownCardError                feedback names a card this service never issued
     ├── PreconditionFailed (412)            prefetch missing and the FHIR server cannot be used
+    ├── LimitExceeded (413)                 the call is bigger than a configured bound; names it
+    │   ├── TooManyDraftOrders              more draft orders than CDS_MAX_DRAFT_ORDERS
+    │   └── TooManyCards                    the answer would hold more than CDS_MAX_CARDS cards
     ├── UnsupportedMediaType (415)          body is not application/json
+    ├── HeaderTooLarge (431)                a request header over MAX_HEADER_FIELD_BYTES
     ├── ServiceUnavailable (503)            a dependency the answer needs is down
     │   ├── StorageUnavailableError         the audit/feedback database cannot be used now
     │   ├── FeedbackBusy                    every feedback write slot is taken (Retry-After)
@@ -143,8 +147,52 @@ class PreconditionFailed(CdsError):
     status, title = 412, "Precondition Failed"
 
 
+class LimitExceeded(CdsError):
+    """The call is bigger than a bound the operator set; nothing was answered or recorded.
+
+    413 like a body over ``MAX_CONTENT_LENGTH``: the client sent more than this service takes.
+    """
+
+    status, title = 413, "Content Too Large"
+
+
+class TooManyDraftOrders(LimitExceeded):
+    """More draft orders than ``CDS_MAX_DRAFT_ORDERS``: refused before any work is done."""
+
+    def __init__(self, field: str, count: int, limit: int) -> None:
+        super().__init__(
+            f"The request holds {count} draft orders; this service checks at most {limit} per "
+            "call (CDS_MAX_DRAFT_ORDERS). Send the orders in smaller groups.",
+            fields={field: [f"at most {limit} entries"]},
+            extra={"limit": limit, "count": count},
+        )
+
+
+class TooManyCards(LimitExceeded):
+    """The answer would hold more cards than ``CDS_MAX_CARDS``: refused rather than cut.
+
+    Cutting would drop cards without the clinician knowing which; the whole answer is refused,
+    so the EHR shows that the check failed, and nothing goes into the audit trail.
+    """
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            f"The checks found {count} problems, more than the {limit} cards this service "
+            "answers per call (CDS_MAX_CARDS); no card was sent. Send fewer draft orders per "
+            "call.",
+            extra={"limit": limit, "count": count},
+        )
+
+
 class UnsupportedMediaType(CdsError):
     status, title = 415, "Unsupported Media Type"
+
+
+class HeaderTooLarge(CdsError):
+    """A request header line is longer than the service reads; answered as JSON, not gunicorn's
+    HTML (gunicorn's own limit is set higher, see ``cds_service.cli.commands``)."""
+
+    status, title = 431, "Request Header Fields Too Large"
 
 
 class ServiceUnavailable(CdsError):
@@ -220,7 +268,15 @@ class FhirServerNotAllowed(FhirError):
 
 
 class FhirFetchError(FhirError):
-    """A FHIR read or search failed; the message is safe to show on a card (no token, no body)."""
+    """A FHIR read or search failed; the message is safe to show on a card (no token, no body).
+
+    ``log_reason`` is what logs may say: the message without an OperationOutcome's free text
+    (``diagnostics`` can hold a patient's name and birth date), just its issue codes.
+    """
+
+    def __init__(self, message: str, *, log_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.log_reason = log_reason or message
 
 
 class CliError(CdsError):

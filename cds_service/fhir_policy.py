@@ -32,6 +32,7 @@ from cds_service.errors import FhirServerNotAllowed
 __all__ = [
     "FhirServerPolicy",
     "Resolver",
+    "base_url_problem",
     "parse_allowed_servers",
     "resolve_host",
     "safe_next_link",
@@ -98,6 +99,22 @@ def _parse(url: str) -> _Origin:
             # Servers and proxies resolve these, so the path would escape the allowed base.
             raise FhirServerNotAllowed("URL path contains dot segments or encoded slashes")
     return _Origin(scheme, host, port, tuple(segments))
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a bare FHIR base URL (no ?query, no #fragment, no user@), or None.
+
+    Queries are built as ``{base}/Type?...``: a base with its own query or fragment swallows
+    every search into one URL (the medication list then reads as empty, and a critical card is
+    missing without being reported), and user information is a credential in a URL.
+    """
+    if "?" in url:
+        return "must be a bare base URL: remove the ?query"
+    if "#" in url:
+        return "must be a bare base URL: remove the #fragment"
+    if "@" in urlsplit(url).netloc:
+        return "must be a bare base URL: remove the user information (user@)"
+    return None
 
 
 def resolve_host(host: str, port: int) -> list[str]:

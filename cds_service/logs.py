@@ -5,12 +5,18 @@ with ``extra=`` at top level (the per-call line of ``cds_service.calls`` is all 
 text format prints the same ``extra`` fields as JSON after the message. Used by the app factory
 (``create_app``, when nothing configured logging first) and by ``gunicorn.conf.py``
 (``logconfig_dict``), so gunicorn's own lines are in the same format. Flask-free.
+
+Untrusted values (a JWT's ``iss`` or ``kid``, ``fhirServer``, ids from the request) must not
+forge log lines: a JSON line escapes every control character by construction, and the text
+format escapes them in the message (``escape_controls``), so a CR/LF in a value can never start
+a line of its own. ``loggable`` renders one untrusted value quoted and bounded, for messages.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Literal
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -19,6 +25,23 @@ from pythonjsonlogger.json import JsonFormatter
 LogFormat = Literal["json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators some viewers break on.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``)."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def loggable(value: object, *, limit: int = 200) -> str:
+    """Render an untrusted value for a log message: quoted, escaped and at most ``limit`` long."""
+    if value is None:
+        return "-"
+    text = repr(value) if isinstance(value, str) else escape_controls(str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_log_format(value: str) -> LogFormat:
@@ -45,6 +68,11 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line head with the message's control characters escaped (no forged lines)."""
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

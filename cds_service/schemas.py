@@ -5,6 +5,8 @@ camelCase exists only here (``data_key``); everything the schemas load is snake_
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import (
@@ -18,7 +20,36 @@ from marshmallow import (
 )
 
 from cds_service.contract import ACCEPTED_FHIR_ID, ACCEPTED_USER_REFERENCE
+from cds_service.fhir_policy import base_url_problem
 from fhir_mappings.bundles import bundle_shape_problem, entry_references, prefetch_value_problem
+
+# Lone surrogates cannot be encoded as UTF-8 and NUL is refused by PostgreSQL text columns, so
+# text that is stored or logged must hold neither (JSON allows both: "\ud800", "\u0000").
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class Text(fields.String):
+    """A string the database and the logs can keep: no NUL, no lone surrogate."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        if _UNSTORABLE.search(text):
+            raise ValidationError("must not contain NUL characters or unpaired surrogates")
+        return text
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 date-time with an offset, loaded as UTC; one that UTC cannot hold is refused.
+
+    ``0001-01-01T00:00:00+14:00`` is a valid local time whose UTC instant is before year 1.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValidationError("must lie between years 1 and 9999 in UTC") from exc
 
 
 class _Lenient(Schema):
@@ -57,7 +88,7 @@ class _Context(_Lenient):
 
 class OrderSelectContext(_Context):
     selections = fields.List(
-        fields.String(validate=validate.Length(min=1)),
+        Text(validate=validate.Length(min=1)),
         required=True,
         validate=validate.Length(min=1),
     )
@@ -99,10 +130,22 @@ class FhirAuthorizationSchema(_Lenient):
     patient = fields.String()
 
 
+def _bare_base_url(value: str) -> None:
+    """fhirServer is a base URL the service appends ``/Type?...`` to (CDS Hooks #fhirserver)."""
+    problem = base_url_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
+
+
 class HookRequestSchema(_Lenient):
-    hook = fields.String(required=True)
+    hook = Text(required=True)
     hook_instance = fields.UUID(required=True, data_key="hookInstance")
-    fhir_server = fields.Url(data_key="fhirServer", require_tld=False, schemes={"http", "https"})
+    fhir_server = fields.Url(
+        data_key="fhirServer",
+        require_tld=False,
+        schemes={"http", "https"},
+        validate=_bare_base_url,
+    )
     fhir_authorization = fields.Nested(FhirAuthorizationSchema, data_key="fhirAuthorization")
     context = fields.Dict(required=True)
     prefetch = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
@@ -122,14 +165,14 @@ class HookRequestSchema(_Lenient):
 
 
 class CodingSchema(_Lenient):
-    system = fields.String(required=True, validate=validate.Length(min=1))
-    code = fields.String(required=True, validate=validate.Length(min=1))
-    display = fields.String()
+    system = Text(required=True, validate=validate.Length(min=1))
+    code = Text(required=True, validate=validate.Length(min=1))
+    display = Text()
 
 
 class OverrideReasonSchema(_Lenient):
     reason = fields.Nested(CodingSchema)
-    user_comment = fields.String(data_key="userComment", validate=validate.Length(max=4000))
+    user_comment = Text(data_key="userComment", validate=validate.Length(max=4000))
 
     @validates_schema
     def _reason_or_comment(self, data: dict[str, Any], **_: Any) -> None:
@@ -138,17 +181,17 @@ class OverrideReasonSchema(_Lenient):
 
 
 class AcceptedSuggestionSchema(_Lenient):
-    id = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    id = Text(required=True, validate=validate.Length(min=1, max=100))
 
 
 class FeedbackItemSchema(_Lenient):
-    card = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    card = Text(required=True, validate=validate.Length(min=1, max=100))
     outcome = fields.String(required=True, validate=validate.OneOf(["accepted", "overridden"]))
     accepted_suggestions = fields.List(
         fields.Nested(AcceptedSuggestionSchema), data_key="acceptedSuggestions"
     )
     override_reason = fields.Nested(OverrideReasonSchema, data_key="overrideReason")
-    outcome_timestamp = fields.AwareDateTime(required=True, data_key="outcomeTimestamp")
+    outcome_timestamp = UtcDateTime(required=True, data_key="outcomeTimestamp")
 
     @validates_schema
     def _accepted_needs_suggestions(self, data: dict[str, Any], **_: Any) -> None:

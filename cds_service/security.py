@@ -26,6 +26,7 @@ from cds_service.auth import (
     endpoint_audience,
     issuer_key_sources,
 )
+from cds_service.logs import escape_controls, loggable
 
 log = logging.getLogger(__name__)
 PROTECTED_PREFIX = "/cds-services/"
@@ -107,10 +108,15 @@ def _require_jwt() -> None:
     try:
         authenticator.verify(bearer_token(request.headers.get("Authorization")), audience)
     except AuthenticationError as exc:
-        log.info("JWT refused: %s (iss=%s kid=%s)", exc.reason, exc.iss, exc.kid)
+        log.info(
+            "JWT refused: %s (iss=%s kid=%s)",
+            escape_controls(exc.reason),
+            loggable(exc.iss),
+            loggable(exc.kid),
+        )
         raise
     except AuthUnavailable as exc:
-        log.error("cannot verify client JWTs: %s", exc)
+        log.error("cannot verify client JWTs: %s", escape_controls(str(exc)))
         raise
 
 

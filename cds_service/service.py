@@ -14,7 +14,7 @@ from marshmallow import ValidationError
 from cds_service.cards import BuiltCard, build_cards
 from cds_service.chart import ChartSettings, decide_access, gather_chart
 from cds_service.contract import ORDERS_SERVICE_HOOKS, ORDERS_SERVICE_ID, SERVICE_ID_PREFIX
-from cds_service.errors import BadRequest, NotFound
+from cds_service.errors import BadRequest, NotFound, TooManyCards, TooManyDraftOrders
 from cds_service.repeats import OverrideLookup, RepeatFilter
 from cds_service.rules.engine import Evaluation, evaluate
 from cds_service.schemas import CONTEXT_SCHEMAS, field_errors
@@ -193,6 +193,9 @@ class CdsService:
         clock: Callable[[], datetime],
         overrides: OverrideLookup | None = None,
         repeat_window_days: int = 0,
+        *,
+        max_draft_orders: int = 100,
+        max_cards: int = 100,
     ) -> None:
         self.knowledge = knowledge
         self.terminology = Terminology(knowledge)
@@ -204,6 +207,8 @@ class CdsService:
         self.deadline_ms = deadline_ms
         self.clock = clock
         self.repeats = RepeatFilter(overrides, repeat_window_days, knowledge)
+        self.max_draft_orders = max_draft_orders
+        self.max_cards = max_cards
 
     def service(self, service_id: str) -> ServiceEndpoint:
         """The service answering at ``service_id``, listed or not; else 404 listing the ids."""
@@ -241,6 +246,9 @@ class CdsService:
             request.get("fhir_server"), authorization.get("access_token"), self.chart_settings
         )
         drafts = bundle_resources(draft_bundle)
+        if len(drafts) > self.max_draft_orders:  # before any fetch or check: work grows with it
+            field = "draftOrders" if "draft_orders" in context else "medications"
+            raise TooManyDraftOrders(f"context.{field}", len(drafts), self.max_draft_orders)
         chart = gather_chart(
             request.get("prefetch") or {},
             context["patient_id"],
@@ -265,6 +273,8 @@ class CdsService:
         if chart.unreadable:
             facts = _with_unreadable(facts, chart.unreadable)
         evaluation = evaluate(facts, self.knowledge)
+        if len(evaluation.findings) > self.max_cards:  # one card per finding
+            raise TooManyCards(len(evaluation.findings), self.max_cards)
         findings = self.repeats.apply(evaluation.findings, context["patient_id"], started_at)
         return HookOutcome(
             service=service,

@@ -67,6 +67,35 @@ def operation_outcome_text(outcome: Resource) -> str:
     return "no issue given"
 
 
+def outcome_issue_codes(value: Any) -> str:
+    """``severity/code`` of each issue of an OperationOutcome (or of those inside a Bundle).
+
+    For logs: ``diagnostics`` and ``details.text`` are free text a server may fill with the
+    patient's name or birth date, so they stay out.
+    """
+    outcomes: list[Resource] = [value] if isinstance(value, dict) else []
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+        outcomes = [
+            as_object(entry.get("resource"))
+            for entry in as_list(value.get("entry"))
+            if isinstance(entry, dict)
+        ]
+    codes = []
+    for outcome in outcomes:
+        if outcome.get("resourceType") != "OperationOutcome":
+            continue
+        for issue in as_list(outcome.get("issue")):
+            if isinstance(issue, dict):
+                codes.append(f"{_token(issue.get('severity'))}/{_token(issue.get('code'))}")
+    return ", ".join(codes[:10]) or "no issue given"
+
+
+def _token(value: Any) -> str:
+    """A FHIR code as a short log-safe token (codes are [^\\s]+; anything else is '?')."""
+    text = str(value) if isinstance(value, str) else ""
+    return text[:40] if text.isascii() and text.isprintable() and " " not in text else "?"
+
+
 def operation_outcome_texts(outcome: Resource) -> list[str]:
     """The text (diagnostics or details) of every issue of an OperationOutcome that has one."""
     return [text for _, text in _issues(outcome) if text]

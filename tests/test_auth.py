@@ -41,6 +41,7 @@ from cds_service.auth import (
     endpoint_audience,
     parse_issuers,
 )
+from cds_service.auth.config import JWKS_MIN_REFETCH_SECONDS
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 AUDIENCE = "https://cds.example.org/cds-services/voclosporin-safety"
@@ -1218,3 +1219,130 @@ def test_bearer_token_missing_refused(header: str | None) -> None:
 def test_endpoint_audience_from_public_base(base: str) -> None:
     """aud is built from the configured public base URL and the request path."""
     assert endpoint_audience(base, "/cds-services/voclosporin-safety") == AUDIENCE
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+@pytest.mark.parametrize(
+    ("key_name", "jwk_alg", "token_alg", "accepted"),
+    [
+        pytest.param("epic", None, "RS384", True, id="rsa-without-alg-RS384"),
+        pytest.param("epic", None, "RS256", True, id="rsa-without-alg-RS256"),
+        pytest.param("epic", None, "PS256", False, id="rsa-without-alg-refuses-PS256"),
+        pytest.param("epic", None, "PS384", False, id="rsa-without-alg-refuses-PS384"),
+        pytest.param("epic", "PS256", "PS256", True, id="rsa-declaring-PS256"),
+        pytest.param("epic", "PS256", "RS256", False, id="rsa-declaring-PS256-refuses-RS256"),
+        pytest.param("epic", "RS384", "PS384", False, id="rsa-declaring-RS384-refuses-PS384"),
+        pytest.param("sandbox_es256", None, "ES256", True, id="p256-without-alg-ES256"),
+        pytest.param("sandbox_es384", None, "ES384", True, id="p384-without-alg-ES384"),
+        pytest.param("sandbox_es384", None, "ES256", False, id="p384-refuses-ES256"),
+        pytest.param("epic", None, "ES256", False, id="rsa-refuses-ES256"),
+        pytest.param("sandbox_es256", "ES256", "RS256", False, id="ec-refuses-RS256"),
+    ],
+)
+def test_key_type_and_alg_must_match_the_token_alg(
+    tmp_path: Path,
+    keys: dict[str, SigningKey],
+    key_name: str,
+    jwk_alg: str | None,
+    token_alg: str,
+    accepted: bool,
+) -> None:
+    """One key, one algorithm (RFC 8725 §3.1): a JWK without alg serves only the algorithm its
+    kty/crv implies (EC: its curve's ES*, RSA: RS*); PS* needs a JWK that declares it."""
+    key = keys[key_name]
+    jwk = key.jwk(**({"alg": jwk_alg} if jwk_alg else {}))
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+    store = KeyStore({ORACLE_ISS: f"file:{path}"})
+    try:
+        if accepted:
+            assert store.get_key(ORACLE_ISS, key.kid, token_alg) is not None
+        else:
+            with pytest.raises(AuthenticationError, match=f"cannot verify {token_alg}"):
+                store.get_key(ORACLE_ISS, key.kid, token_alg)
+    finally:
+        store.close()
+
+
+def test_ps256_token_with_an_rsa_key_without_alg_is_refused(
+    authenticator: ClientAuthenticator, keys: dict[str, SigningKey]
+) -> None:
+    """The issue's case end to end: Epic's RSA JWK has no alg, so a PS256 token is a 401."""
+    token = make_token(keys["epic"], EPIC_ISS, jku=EPIC_JKU, alg="PS256")
+    with pytest.raises(AuthenticationError, match="cannot verify PS256"):
+        authenticator.verify(token, AUDIENCE)
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        pytest.param("exp", "numeric-string", id="exp-numeric-string"),
+        pytest.param("iat", "numeric-string", id="iat-numeric-string"),
+        pytest.param("nbf", "numeric-string", id="nbf-numeric-string"),
+        pytest.param("exp", True, id="exp-boolean"),
+        pytest.param("iat", None, id="iat-null"),
+        pytest.param("nbf", [0], id="nbf-array"),
+    ],
+)
+def test_numeric_date_claims_must_be_json_numbers(
+    authenticator: ClientAuthenticator, keys: dict[str, SigningKey], claim: str, value: Any
+) -> None:
+    """exp, iat and nbf are NumericDates (RFC 7519 §2): a numeric string is refused."""
+    now = int(time.time())
+    if value == "numeric-string":
+        value = str({"exp": now + 300, "iat": now, "nbf": now}[claim])
+    token = make_token(keys["epic"], EPIC_ISS, jku=EPIC_JKU, extra_claims={claim: value})
+    with pytest.raises(AuthenticationError, match=f"{claim} must be a NumericDate"):
+        authenticator.verify(token, AUDIENCE)
+
+
+def test_float_numeric_dates_are_accepted(
+    authenticator: ClientAuthenticator, keys: dict[str, SigningKey]
+) -> None:
+    """The control: NumericDate may be a non-integer number (RFC 7519 §2)."""
+    now = time.time()
+    claims = {"iat": now - 0.5, "exp": now + 299.5, "nbf": now - 1.25}
+    token = make_token(keys["epic"], EPIC_ISS, jku=EPIC_JKU, extra_claims=claims)
+    assert authenticator.verify(token, AUDIENCE)["iss"] == EPIC_ISS
+
+
+def test_new_key_is_usable_seconds_after_a_load_not_thirty(
+    mocked: responses.RequestsMock, keys: dict[str, SigningKey]
+) -> None:
+    """A key published just after a load verifies once the short per-jku interval has passed."""
+    now = [1000.0]
+    published = [[keys["epic"].jwk()]]
+    served = mocked.add_callback(
+        responses.GET, EPIC_JKU, callback=lambda _: (200, {}, json.dumps({"keys": published[0]}))
+    )
+    store = KeyStore({EPIC_ISS: EPIC_JKU}, clock=lambda: now[0])
+    try:
+        store.get_key(EPIC_ISS, EPIC_KID, "RS384")
+        published[0] = [keys["epic"].jwk(), keys["epic_next"].jwk()]  # the EHR rotates
+        now[0] += 1
+        with pytest.raises(AuthenticationError, match="unknown kid"):
+            store.get_key(EPIC_ISS, "epic-cds-2025", "RS384")  # inside the interval
+        now[0] += JWKS_MIN_REFETCH_SECONDS
+        assert store.get_key(EPIC_ISS, "epic-cds-2025", "RS384") is not None
+        assert served.call_count == 2
+        assert JWKS_MIN_REFETCH_SECONDS <= 10
+    finally:
+        store.close()
+
+
+def test_refetch_rate_limit_is_per_key_location(
+    mocked: responses.RequestsMock, keys: dict[str, SigningKey]
+) -> None:
+    """Two issuers naming one JWK Set share its rate limit: forged kids fetch it once."""
+    served = mocked.add(responses.GET, EPIC_JKU, json={"keys": [keys["epic"].jwk()]})
+    store = KeyStore({EPIC_ISS: EPIC_JKU, EPIC_ISS + "/other": EPIC_JKU}, clock=lambda: 1000.0)
+    try:
+        for iss in (EPIC_ISS, EPIC_ISS + "/other"):
+            for attempt in range(5):
+                with pytest.raises((AuthenticationError, KeySetUnavailable)):
+                    store.get_key(iss, f"forged-{attempt}", "RS384")
+        assert served.call_count == 1
+    finally:
+        store.close()

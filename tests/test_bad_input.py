@@ -27,7 +27,10 @@ from tests.charts.lupus import (
     voclosporin_draft_order,
 )
 from tests.conftest import FIXED_NOW, make_app
+from tests.support.factories import calls_for_hook_instance
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
+
+pytest_plugins = ["tests.support.databases"]
 
 PATIENT_ID = "ln-initiation-clean"
 TODAY = FIXED_NOW.date()
@@ -262,6 +265,29 @@ def test_bad_field_value_is_400_naming_it(client: FlaskClient, path: str, value:
     assert path in error["fields"], error
 
 
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        pytest.param("https://fhir.example.org/r4?_format=json", "?query", id="query"),
+        pytest.param("https://fhir.example.org/r4?", "?query", id="empty-query"),
+        pytest.param("https://fhir.example.org/r4#top", "#fragment", id="fragment"),
+        pytest.param("https://fhir.example.org/r4#", "#fragment", id="empty-fragment"),
+        pytest.param("https://user:pw@fhir.example.org/r4", "user information", id="userinfo"),
+        pytest.param("https://user@fhir.example.org/r4", "user information", id="user-only"),
+    ],
+)
+def test_fhir_server_that_is_not_a_bare_base_url_is_400(
+    client: FlaskClient, value: str, named: str
+) -> None:
+    """fhirServer with a query, fragment or user@ is a 400 saying what to remove (issue 13).
+
+    Accepted, every search would collapse onto it and the medication list would read as empty.
+    """
+    body = sign_request(None, fhir_server=value, token="t-1")
+    error = assert_error(client.post(SIGN_URL, json=body), 400)
+    assert any(named in message for message in error["fields"]["fhirServer"]), error
+
+
 def test_selections_not_in_draft_orders_is_400(client: FlaskClient) -> None:
     """order-select selections must name a draft order in the request."""
     body = hook_request(
@@ -494,3 +520,190 @@ def app(tmp_path: Path) -> Iterator[Flask]:
     application = make_app(tmp_path)
     yield application
     close_app(application)
+
+
+# ----------------------------------------------------------------- feedback text (issue 13)
+
+FEEDBACK_URL = f"{SIGN_URL}/feedback"
+
+
+def _issued_card(app: Flask, client: FlaskClient) -> dict[str, Any]:
+    """Issue a real card (the prior-authorization card of the clean chart) and let it land."""
+    response = client.post(SIGN_URL, json=sign_request(full_prefetch(app)))
+    app.extensions["cds_audit_writer"].flush(5.0)
+    card: dict[str, Any] = response.get_json()["cards"][0]
+    return card
+
+
+def _overridden(card_uuid: str, timestamp: str = "2026-11-01T12:05:00Z", **extra: Any) -> str:
+    """A feedback body as raw JSON text, so lone surrogates survive (json.dumps escapes them)."""
+    item = {"card": card_uuid, "outcome": "overridden", "outcomeTimestamp": timestamp, **extra}
+    return json.dumps({"feedback": [item]})
+
+
+@pytest.mark.parametrize(
+    ("where", "card", "extra"),
+    [
+        pytest.param("card", "\ud800", {}, id="lone-surrogate-in-card-id"),
+        pytest.param("card", "abc\u0000", {}, id="nul-in-card-id"),
+        pytest.param(
+            "overrideReason.userComment",
+            None,
+            {"overrideReason": {"userComment": "benefit \udfff"}},
+            id="lone-surrogate-in-comment",
+        ),
+        pytest.param(
+            "overrideReason.userComment",
+            None,
+            {"overrideReason": {"userComment": "benefit\u0000"}},
+            id="nul-in-comment",
+        ),
+    ],
+)
+def test_feedback_text_that_cannot_be_stored_is_400(
+    app: Flask, client: FlaskClient, where: str, card: str | None, extra: dict[str, Any]
+) -> None:
+    """A lone surrogate or a NUL in the card id or the comment is a 400 naming it, not a 500."""
+    card_uuid = card if card is not None else _issued_card(app, client)["uuid"]
+    response = client.post(
+        FEEDBACK_URL, data=_overridden(card_uuid, **extra), content_type="application/json"
+    )
+    error = assert_error(response, 400)
+    assert f"feedback[0].{where}" in error["fields"]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        pytest.param("0001-01-01T00:00:00+14:00", id="before-year-1-in-utc"),
+        pytest.param("9999-12-31T23:59:59-14:00", id="after-year-9999-in-utc"),
+    ],
+)
+def test_feedback_timestamp_outside_the_utc_range_is_400(
+    app: Flask, client: FlaskClient, timestamp: str
+) -> None:
+    """An outcomeTimestamp that exists locally but not in UTC is a 400, not an overflow 500."""
+    card = _issued_card(app, client)
+    response = client.post(
+        FEEDBACK_URL, data=_overridden(card["uuid"], timestamp), content_type="application/json"
+    )
+    error = assert_error(response, 400)
+    assert "feedback[0].outcomeTimestamp" in error["fields"]
+
+
+def test_feedback_comment_with_tab_and_newline_is_stored(app: Flask, client: FlaskClient) -> None:
+    """The control: ordinary whitespace in a comment is fine (only NUL and surrogates are not)."""
+    card = _issued_card(app, client)
+    body = _overridden(card["uuid"], overrideReason={"userComment": "line one\n\tline two"})
+    response = client.post(FEEDBACK_URL, data=body, content_type="application/json")
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert response.get_json() == {"received": 1, "stored": 1}
+
+
+def test_feedback_with_nul_is_400_on_every_database(tmp_path: Path, database_url: str) -> None:
+    """PostgreSQL refuses NUL in text: the service says 400 before it gets there, on both."""
+    application = make_app(tmp_path, CDS_DATABASE_URL=database_url)
+    try:
+        client = application.test_client()
+        card = _issued_card(application, client)
+        body = _overridden(card["uuid"], overrideReason={"userComment": "a\u0000b"})
+        response = client.post(FEEDBACK_URL, data=body, content_type="application/json")
+        error = assert_error(response, 400)
+        assert "feedback[0].overrideReason.userComment" in error["fields"]
+        stored = client.post(
+            FEEDBACK_URL, data=_overridden(card["uuid"]), content_type="application/json"
+        )
+        assert stored.get_json() == {"received": 1, "stored": 1}
+    finally:
+        close_app(application)
+
+
+# --------------------------------------------------------------------------- bounds (issue 13)
+
+
+def _drafts(count: int) -> list[dict[str, Any]]:
+    """``count`` voclosporin draft orders with distinct ids."""
+    return [voclosporin_draft_order(PATIENT_ID, TODAY, f"draft-{n}") for n in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("hook", "count", "status"),
+    [
+        pytest.param("order-sign", 3, 200, id="sign-at-the-cap"),
+        pytest.param("order-sign", 4, 413, id="sign-one-over-the-cap"),
+        pytest.param("medication-prescribe", 4, 413, id="prescribe-one-over-the-cap"),
+    ],
+)
+def test_draft_orders_over_the_cap_are_413(
+    tmp_path: Path, hook: str, count: int, status: int
+) -> None:
+    """More drafts than CDS_MAX_DRAFT_ORDERS: a 413 JSON error naming the field and the cap."""
+    application = make_app(tmp_path, CDS_MAX_DRAFT_ORDERS=3)
+    try:
+        body = hook_request(hook, PATIENT_ID, _drafts(count), full_prefetch(application))
+        service = (
+            "voclosporin-medication-prescribe" if hook != "order-sign" else "voclosporin-order-sign"
+        )
+        response = application.test_client().post(f"/cds-services/{service}", json=body)
+        if status == 200:
+            assert response.status_code == 200, response.get_data(as_text=True)[:300]
+            return
+        error = assert_error(response, 413)
+        field = "context.medications" if hook == "medication-prescribe" else "context.draftOrders"
+        assert error["fields"] == {field: ["at most 3 entries"]}
+        assert (error["limit"], error["count"]) == (3, 4)
+        assert "CDS_MAX_DRAFT_ORDERS" in error["detail"]
+    finally:
+        close_app(application)
+
+
+def test_default_draft_order_cap_refuses_a_flood(client: FlaskClient, app: Flask) -> None:
+    """The default cap (100) refuses 101 drafts: the 5 MiB body of drafts costs no CPU now."""
+    body = sign_request(full_prefetch(app))
+    body["context"]["draftOrders"]["entry"] = [{"resource": r} for r in _drafts(101)]
+    started = time.monotonic()
+    error = assert_error(client.post(SIGN_URL, json=body), 413)
+    assert error["limit"] == 100
+    assert time.monotonic() - started < 5
+
+
+def _keto_by_reference(application: Flask) -> dict[str, Any]:
+    """The clean chart plus ketoconazole by reference: strong-inhibitor and prior-auth cards."""
+    prefetch = full_prefetch(application)
+    request = copy.deepcopy(prefetch["medications"]["entry"][0]["resource"])
+    request["id"] = "by-reference-1"
+    del request["medicationCodeableConcept"]
+    request["medicationReference"] = {"reference": "Medication/keto"}
+    medication = {"resourceType": "Medication", "id": "keto", "code": {"text": KETOCONAZOLE.text}}
+    prefetch["medications"]["entry"] += [{"resource": request}, {"resource": medication}]
+    return sign_request(prefetch)
+
+
+def test_answer_with_more_cards_than_the_cap_is_refused(tmp_path: Path) -> None:
+    """More cards than CDS_MAX_CARDS: a 413 naming the cap, no cards, nothing audited."""
+    application = make_app(tmp_path, CDS_MAX_CARDS=1)
+    try:
+        client = application.test_client()
+        at_cap = client.post(SIGN_URL, json=sign_request(full_prefetch(application)))
+        assert card_codes(at_cap) == ["prior-authorization"]
+        refused_body = _keto_by_reference(application)
+        error = assert_error(client.post(SIGN_URL, json=refused_body), 413)
+        assert error["limit"] == 1
+        assert error["count"] >= 2
+        assert "CDS_MAX_CARDS" in error["detail"]
+        assert application.extensions["cds_audit_writer"].flush(5.0)
+        storage = application.extensions["cds_storage"]
+        assert calls_for_hook_instance(storage, refused_body["hookInstance"]) == []
+    finally:
+        close_app(application)
+
+
+def test_header_over_the_service_limit_is_a_json_431(client: FlaskClient) -> None:
+    """A header line over MAX_HEADER_FIELD_BYTES: the JSON 431 naming the header."""
+    from cds_service.app import MAX_HEADER_FIELD_BYTES
+
+    response = client.post(
+        SIGN_URL, json={}, headers={"Authorization": "Bearer " + "a" * MAX_HEADER_FIELD_BYTES}
+    )
+    error = assert_error(response, 431)
+    assert "Authorization" in error["detail"]

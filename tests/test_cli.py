@@ -833,13 +833,15 @@ def test_console_script_is_registered() -> None:
 
 
 def test_serve_production_prints_gunicorn(run: Run) -> None:
-    """serve --production prints the README's recipe: the packaged config, runs nothing."""
-    code, out, _ = run("serve", "--production", "--host", "0.0.0.0", "--port", "9000")
+    """serve --production --print-command prints the README's recipe and runs nothing."""
+    code, out, _ = run(
+        "serve", "--production", "--print-command", "--host", "0.0.0.0", "--port", "9000"
+    )
     assert code == 0
     command, note = out.splitlines()
     assert command == (
         "gunicorn -c python:cds_service.gunicorn_conf --bind 0.0.0.0:9000 "
-        "'cds_service:create_app()'"
+        "--limit-request-field_size 32768 'cds_service:create_app()'"
     )
     assert "2 gthread workers x 4 threads" in note
     assert note.endswith("README.md#production.")
@@ -847,11 +849,13 @@ def test_serve_production_prints_gunicorn(run: Run) -> None:
 
 def test_serve_production_workers_override_the_config(run: Run) -> None:
     """--workers is passed on after the config file, so it overrides the config's 2."""
-    code, out, _ = run("serve", "--production", "--port", "9000", "--workers", "5")
+    code, out, _ = run(
+        "serve", "--production", "--print-command", "--port", "9000", "--workers", "5"
+    )
     assert code == 0
     assert out.splitlines()[0] == (
-        "gunicorn -c python:cds_service.gunicorn_conf --bind 127.0.0.1:9000 --workers 5 "
-        "'cds_service:create_app()'"
+        "gunicorn -c python:cds_service.gunicorn_conf --bind 127.0.0.1:9000 "
+        "--limit-request-field_size 32768 --workers 5 'cds_service:create_app()'"
     )
 
 

@@ -156,7 +156,7 @@ def test_each_call_logs_one_structured_line(
         assert line["rulesFired"] == ["prior-authorization"]
         assert isinstance(line["durationMs"], int | float)
         assert line["durationMs"] > 0
-        assert len(line["fetched"]) == 10
+        assert len(line["fetched"]) == 11
 
 
 def test_rules_fired_lists_every_card(
@@ -178,7 +178,7 @@ def test_rules_fired_lists_every_card(
     assert line["rulesFired"] == sent
     assert "data-unavailable" in sent
     assert sorted(line["unavailable"]) == sorted(
-        ["bloodPressure", "creatinine", "egfr", "potassium", "upcr"]
+        ["bloodPressure", "creatinine", "egfr", "potassium", "pregnancyLactation", "upcr"]
     )
 
 
@@ -335,3 +335,116 @@ def test_unexpected_error_logs_no_patient_data(
     assert response.status_code == 200
     assert "rule bug" in everything_logged(caplog)
     assert_no_secrets(everything_logged(caplog), ACCESS_TOKEN, token, FAMILY, GIVEN)
+
+
+# --------------------------------------------------------------------------- injection (issue 13)
+
+FORGED = "2026-12-01 00:00:00,000 INFO cds_service forged line"
+
+
+def text_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Every record as ``CDS_LOG_FORMAT=text`` writes it (tracebacks left out)."""
+    formatter = TextFormatter()
+    lines = []
+    for record in caplog.records:
+        record.exc_info, record.exc_text = None, None
+        lines.append(formatter.format(record))
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("iss", "kid"),
+    [
+        pytest.param(f"https://evil.example\r\n{FORGED}", KID, id="crlf-in-iss"),
+        pytest.param(ISSUER, f"k\n{FORGED}", id="lf-in-kid"),
+        pytest.param(ISSUER, f"k\x1b[2K\r{FORGED}", id="terminal-escape-in-kid"),
+    ],
+)
+def test_untrusted_iss_or_kid_cannot_forge_a_log_line(
+    client: FlaskClient,
+    fhir: FaultyFhir,
+    signing_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    iss: str,
+    kid: str,
+) -> None:
+    """CR, LF and escape characters in a refused token's iss or kid are escaped in every line."""
+    now = int(time.time())
+    claims = {"iss": iss, "aud": PUBLIC_BASE + SIGN_PATH, "iat": now, "exp": now + 300}
+    token = jwt.encode(
+        {**claims, "jti": str(uuid.uuid4())}, signing_key, algorithm="ES384", headers={"kid": kid}
+    )
+    with caplog.at_level(logging.DEBUG):
+        response = client.post(
+            SIGN_PATH, json=fetch_body(fhir), headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 401
+    lines = text_lines(caplog)
+    assert any("forged line" in line for line in lines)  # the value is there, escaped
+    for line in lines:
+        assert not any(ch in line for ch in "\r\n\x1b"), line
+
+
+def test_text_format_escapes_control_characters() -> None:
+    """The text formatter writes CR, LF, ESC and U+2028 in a message as escapes."""
+    record = logging.LogRecord(
+        "cds_service.x", logging.INFO, __file__, 1, "value %s", ("a\r\nb\x1bc\u2028d",), None
+    )
+    line = TextFormatter().format(record)
+    assert line.endswith("value a\\r\\nb\\x1bc\\u2028d")
+
+
+DIAGNOSTICS = f"Patient {GIVEN} {FAMILY}, born 1961-04-02: query failed"
+
+
+def test_operation_outcome_diagnostics_are_not_logged(
+    app: Flask,
+    client: FlaskClient,
+    fhir: FaultyFhir,
+    signing_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A prefetched OperationOutcome is logged by severity/code only, never its diagnostics."""
+    body = fetch_body(fhir)
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": DIAGNOSTICS}],
+    }
+    body["prefetch"] = {
+        "conditions": outcome,
+        "allergies": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": outcome}],
+        },
+    }
+    with caplog.at_level(logging.DEBUG):
+        response = client.post(
+            SIGN_PATH, json=body, headers={"Authorization": f"Bearer {client_jwt(signing_key)}"}
+        )
+    assert response.status_code == 200
+    text = everything_logged(caplog)
+    assert "error/processing" in text
+    assert_no_secrets(text, FAMILY, GIVEN, "1961-04-02")
+
+
+def test_fetched_operation_outcome_diagnostics_are_not_logged(
+    client: FlaskClient,
+    fhir: FaultyFhir,
+    signing_key: ec.EllipticCurvePrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Medication read answered with an OperationOutcome: logged by code, not by diagnostics."""
+    fhir.set_fault("outcome", on="Medication")
+    body = fetch_body(fhir)
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": "Medication/somewhere"}
+    with caplog.at_level(logging.DEBUG):
+        response = client.post(
+            SIGN_PATH, json=body, headers={"Authorization": f"Bearer {client_jwt(signing_key)}"}
+        )
+    assert response.status_code == 200
+    text = everything_logged(caplog)
+    assert "error/too-costly" in text
+    assert "search too broad" not in text  # FaultyFhir's diagnostics text

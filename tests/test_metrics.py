@@ -140,12 +140,12 @@ def test_fhir_fetches_counted_by_outcome(tmp_path: Path) -> None:
         finally:
             close_app(app)
     name = "cds_fhir_fetches_total"
-    assert delta(before, middle, name, outcome="ok") == 10
+    assert delta(before, middle, name, outcome="ok") == 11
     assert delta(before, middle, name, outcome="failed") == 0
     assert delta(middle, after, name, outcome="failed") >= 1
     assert (
         delta(middle, after, name, outcome="ok") + delta(middle, after, name, outcome="failed")
-        == 10
+        == 11
     )
 
 

@@ -25,8 +25,16 @@ MAX_JTI_LENGTH = 256
 MAX_KID_LENGTH = 256
 # A JWK Set holds a handful of public keys; anything bigger is not one.
 MAX_JWKS_BYTES = 1_048_576
-# (connect, read) seconds: a slow EHR key endpoint must not stall a hook call.
+# JWK Sets are cached per process for at most JWKS_MAX_AGE_SECONDS; a token naming a kid the
+# cache lacks reloads at once, but loads of one key location are spaced at least
+# JWKS_MIN_REFETCH_SECONDS apart, so forged kids cannot make us hammer the EHR's key endpoint and
+# a newly published key is usable within that many seconds.
+JWKS_MAX_AGE_SECONDS = 3600.0
+JWKS_MIN_REFETCH_SECONDS = 5.0
+# (connect, read) seconds: a slow EHR key endpoint must not stall a hook call; and the whole
+# fetch, headers included, ends at JWKS_DEADLINE_SECONDS (the socket is cut).
 JWKS_TIMEOUT: tuple[float, float] = (2.0, 3.0)
+JWKS_DEADLINE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The trusted issuers' public keys: JWK Sets fetched (https) or read (``file:``), cached.
 
-Keys are cached per issuer; an unknown ``kid`` triggers one rate-limited reload; a failed
-reload keeps the older keys; private keys published by mistake are ignored. ``file:`` key sets
-are read once at start-up (``check_key_files``) so a missing or broken one stops the service.
+Keys are cached per issuer in this process for up to an hour; an unknown ``kid`` triggers an
+immediate reload, rate limited per key location (at most one load every few seconds, so a new
+key is usable within seconds and forged kids cannot make us hammer the EHR); a failed reload
+keeps the older keys; private keys published by mistake are ignored. ``file:`` key sets are
+read once at start-up (``check_key_files``) so a missing or broken one stops the service.
 """
 
 from __future__ import annotations
@@ -20,11 +22,40 @@ import jwt
 import requests
 
 from cds_service.errors import AuthenticationError, KeySetUnavailable
+from cds_service.fhir_client import deadline_scope, deadline_session
+from cds_service.logs import loggable
 
-from .config import JWKS_TIMEOUT, MAX_JWKS_BYTES, IssuerKeys, issuer_key_sources
+from .config import (
+    JWKS_DEADLINE_SECONDS,
+    JWKS_MAX_AGE_SECONDS,
+    JWKS_MIN_REFETCH_SECONDS,
+    JWKS_TIMEOUT,
+    MAX_JWKS_BYTES,
+    IssuerKeys,
+    issuer_key_sources,
+)
 
 # One logger for the whole auth package: operators filter on "cds_service.auth".
 logger = logging.getLogger("cds_service.auth")
+
+# A JWK without "alg" (RFC 7517 §4.4: optional) is used only with the algorithm its type implies,
+# so one key serves one algorithm (RFC 8725 §3.1): an EC key with its curve's ES algorithm
+# (RFC 7518 §3.4), an RSA key with RSASSA-PKCS1-v1_5 (RS*, RFC 7518 §3.3). RSASSA-PSS (PS*) is
+# accepted only from a JWK that declares it ("alg": "PS256"), never inferred from "kty": "RSA".
+_IMPLIED_ALGORITHMS: dict[tuple[str, str | None], frozenset[str]] = {
+    ("RSA", None): frozenset({"RS256", "RS384", "RS512"}),
+    ("EC", "P-256"): frozenset({"ES256"}),
+    ("EC", "P-384"): frozenset({"ES384"}),
+    ("EC", "P-521"): frozenset({"ES512"}),
+}
+
+
+def _usable_without_alg(jwk: dict[str, Any], algorithm: str) -> bool:
+    """True if the JWK declares ``alg``, or its kty (and crv) implies ``algorithm``."""
+    if "alg" in jwk:
+        return True
+    kty, crv = jwk.get("kty"), jwk.get("crv") if jwk.get("kty") == "EC" else None
+    return algorithm in _IMPLIED_ALGORITHMS.get((str(kty), crv), frozenset())
 
 
 @dataclass
@@ -41,15 +72,15 @@ class _IssuerState:
     source: IssuerKeys
     lock: threading.Lock = field(default_factory=threading.Lock)
     cached: _CachedKeySet | None = None
-    last_attempt: float | None = None
 
 
 class KeyStore:
     """Public keys per trusted issuer, loaded from an https JWK Set URL or a ``file:`` path.
 
     Keys are cached for ``max_age_seconds``. An unknown ``kid`` triggers one reload (the client
-    rotated its key), but loads per issuer are spaced at least ``refetch_interval_seconds`` apart,
-    so tokens with made-up kids cannot make us hammer the EHR's key endpoint.
+    rotated its key), but loads of one key location (jku) are spaced at least
+    ``refetch_interval_seconds`` apart, so tokens with made-up kids cannot make us hammer the
+    EHR's key endpoint, and a key published just after a load is refused for no longer.
     """
 
     def __init__(
@@ -57,17 +88,22 @@ class KeyStore:
         locations: Mapping[str, object],
         *,
         http_session: requests.Session | None = None,
-        refetch_interval_seconds: float = 30.0,
-        max_age_seconds: float = 3600.0,
+        refetch_interval_seconds: float = JWKS_MIN_REFETCH_SECONDS,
+        max_age_seconds: float = JWKS_MAX_AGE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         sources = issuer_key_sources(locations)
         self._issuers = {iss: _IssuerState(source) for iss, source in sources.items()}
         self._owns_session = http_session is None
-        self._session = http_session if http_session is not None else requests.Session()
+        # Connections whose sockets are cut at the fetch deadline: a key endpoint that trickles
+        # its headers must not hold the issuer's lock (and every call of that issuer) for long.
+        self._session = http_session if http_session is not None else deadline_session(2)
         self._refetch_interval = refetch_interval_seconds
         self._max_age = max_age_seconds
         self._clock = clock
+        # Last load attempt per key location: issuers sharing one JWK Set share its rate limit.
+        self._last_load: dict[str, float] = {}
+        self._rate_lock = threading.Lock()
 
     def source(self, iss: str) -> IssuerKeys | None:
         """Return a trusted issuer's key location and the jku it answers to; None if untrusted."""
@@ -115,7 +151,9 @@ class KeyStore:
                     f"{self._refetch_interval:.0f} s after it"
                 )
             if kid not in cached.jwks_by_kid and not loaded_now:
-                logger.info("unknown kid for iss=%s kid=%r; reloading keys once", iss, kid)
+                logger.info(
+                    "unknown kid for iss=%s kid=%s; reloading keys once", iss, loggable(kid)
+                )
                 self._reload(iss, state, now)
                 cached = state.cached
                 assert cached is not None  # _reload never drops an existing cache
@@ -128,10 +166,13 @@ class KeyStore:
 
     def _reload(self, iss: str, state: _IssuerState, now: float) -> bool:
         """Load the key set if the rate limit allows; on failure keep any older keys."""
-        if state.last_attempt is not None and now - state.last_attempt < self._refetch_interval:
-            logger.info("key reload for iss=%s skipped: rate limited", iss)
-            return False
-        state.last_attempt = now
+        location = state.source.jwks
+        with self._rate_lock:
+            last = self._last_load.get(location)
+            if last is not None and now - last < self._refetch_interval:
+                logger.info("key reload for iss=%s skipped: rate limited", iss)
+                return False
+            self._last_load[location] = now
         try:
             jwks_by_kid = self._load(state.source.jwks)
         except KeySetUnavailable:
@@ -165,17 +206,23 @@ class KeyStore:
             if "d" in jwk:
                 # A published private key is compromised; trusting it would trust anyone.
                 logger.error(
-                    "JWK Set at %s publishes private key kid=%s; ignored", location, jwk["kid"]
+                    "JWK Set at %s publishes private key kid=%s; ignored",
+                    location,
+                    loggable(jwk["kid"]),
                 )
                 continue
             jwks_by_kid.setdefault(jwk["kid"], []).append(jwk)
         return jwks_by_kid
 
     def _fetch(self, url: str) -> bytes:
+        deadline = time.monotonic() + JWKS_DEADLINE_SECONDS
         try:
-            with self._session.get(
-                url, timeout=JWKS_TIMEOUT, stream=True, headers={"Accept": "application/json"}
-            ) as response:
+            with (
+                deadline_scope(deadline),
+                self._session.get(
+                    url, timeout=JWKS_TIMEOUT, stream=True, headers={"Accept": "application/json"}
+                ) as response,
+            ):
                 if response.status_code != 200:
                     raise KeySetUnavailable(
                         f"JWK Set at {url} answered HTTP {response.status_code}"
@@ -187,8 +234,16 @@ class KeyStore:
                     body += chunk
                     if len(body) > MAX_JWKS_BYTES:
                         raise KeySetUnavailable(f"JWK Set at {url} exceeds {MAX_JWKS_BYTES} bytes")
+                if time.monotonic() >= deadline:  # cut at the deadline: the body may be partial
+                    raise KeySetUnavailable(
+                        f"JWK Set at {url} not read within {JWKS_DEADLINE_SECONDS:.0f} s"
+                    )
                 return bytes(body)
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise KeySetUnavailable(
+                    f"JWK Set at {url} not read within {JWKS_DEADLINE_SECONDS:.0f} s"
+                ) from exc
             raise KeySetUnavailable(f"JWK Set at {url} unreachable: {type(exc).__name__}") from exc
 
     @staticmethod
@@ -213,7 +268,7 @@ class KeyStore:
         if not candidates:
             raise AuthenticationError("unknown kid", iss=iss, kid=kid)
         for jwk in candidates:
-            if jwk.get("alg", algorithm) != algorithm:
+            if jwk.get("alg", algorithm) != algorithm or not _usable_without_alg(jwk, algorithm):
                 continue
             try:
                 # PyJWK would default an RSA key without "alg" to RS256; the header's alg

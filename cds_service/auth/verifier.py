@@ -12,8 +12,10 @@ Checks follow the spec (#trusting-cds-clients, #jwt-signing-algorithm) and cds-h
 best practices: asymmetric ``alg`` only, ``kid`` required, ``iss`` on an allowlist before any key
 is fetched, ``jku`` only if it is the configured key location (or the https location a configured
 ``file:`` copy stands for), signature, ``aud`` equal to the endpoint URL, ``exp``/``iat`` (and
-``nbf`` if present) with leeway, lifetime at most an hour, and ``jti`` claimed once in a replay
-cache shared by all workers. Extra claims (Epic's ``sub`` and ``nbf``, ``tenant``) are tolerated.
+``nbf`` if present) with leeway and as JSON numbers (RFC 7519 NumericDate), lifetime at most
+an hour, and ``jti`` claimed once in a replay cache shared by all workers. The key must fit
+``alg`` (``keys._usable_without_alg``: one key, one algorithm, RFC 8725 §3.1). Extra claims
+(Epic's ``sub`` and ``nbf``, ``tenant``) are tolerated.
 The token itself is never logged; ``iss``/``kid``/``jti`` are.
 """
 
@@ -29,8 +31,16 @@ import jwt
 import requests
 
 from cds_service.errors import AuthenticationError
+from cds_service.logs import escape_controls, loggable
 
-from .config import ALLOWED_ALGORITHMS, MAX_JTI_LENGTH, MAX_KID_LENGTH, MAX_TOKEN_LENGTH
+from .config import (
+    ALLOWED_ALGORITHMS,
+    JWKS_MAX_AGE_SECONDS,
+    JWKS_MIN_REFETCH_SECONDS,
+    MAX_JTI_LENGTH,
+    MAX_KID_LENGTH,
+    MAX_TOKEN_LENGTH,
+)
 from .keys import KeyStore
 from .replay import ReplayCache
 
@@ -49,8 +59,8 @@ class ClientAuthenticator:
         max_lifetime_seconds: int = 3600,
         http_session: requests.Session | None = None,
         *,
-        key_refetch_interval_seconds: float = 30.0,
-        key_max_age_seconds: float = 3600.0,
+        key_refetch_interval_seconds: float = JWKS_MIN_REFETCH_SECONDS,
+        key_max_age_seconds: float = JWKS_MAX_AGE_SECONDS,
     ) -> None:
         if leeway_seconds < 0 or max_lifetime_seconds <= 0:
             raise ValueError("leeway must be >= 0 and max lifetime > 0 seconds")
@@ -106,6 +116,13 @@ class ClientAuthenticator:
         source = self._keys.source(iss)
         if source is None:  # before any key fetch: an unknown iss costs us nothing
             raise AuthenticationError("issuer not trusted", iss=iss, kid=kid)
+        for name in NUMERIC_DATE_CLAIMS:
+            # RFC 7519 §2 NumericDate is a JSON number; PyJWT would take "1767225600" too.
+            value = unverified.get(name)
+            if name in unverified and (isinstance(value, bool) or not _is_number(value)):
+                raise AuthenticationError(
+                    f"{name} must be a NumericDate (a JSON number)", iss=iss, kid=kid
+                )
         jku = header.get("jku")
         if jku is not None and jku != source.jku:
             # Never fetch a token-supplied URL: the key would come from whoever minted the token.
@@ -204,10 +221,18 @@ class ClientAuthenticator:
 
 def _loggable(value: str | None, *, quote: bool = True, limit: int = 200) -> str:
     """Render a client-chosen string for a log line: escaped (no forged lines) and bounded."""
-    if value is None:
-        return "-"
-    text = repr(value) if quote else value.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[:limit] + "..."
+    if not quote and value is not None:
+        text = escape_controls(value)
+        return text if len(text) <= limit else text[:limit] + "..."
+    return loggable(value, limit=limit)
+
+
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (int or float, not bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _str_or_none(mapping: Mapping[str, Any], name: str) -> str | None:

@@ -1,6 +1,7 @@
 """``voclosporin-cds``: run the service, play the EHR against any CDS service, check CDS Hooks JSON.
 
-    voclosporin-cds serve      run the dev server, or print the gunicorn command (--production)
+    voclosporin-cds serve      run the dev server, or gunicorn with the packaged settings
+                               (--production)
     voclosporin-cds hook       build a spec-valid hook request for a patient on a FHIR server and
                                a proposed order, fill prefetch from the service's own discovery
                                templates (--prefetch) as an EHR does, send it, show the cards

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import requests
 
-from cds_service.app import close_app, create_app
+from cds_service.app import GUNICORN_HEADER_FIELD_BYTES, close_app, create_app
 from cds_service.cli.ehr_client import FhirReader, excerpt, json_or_none
 from cds_service.cli.exit_codes import EXIT_HTTP_ERROR, EXIT_OK, EXIT_USAGE
 from cds_service.cli.fhir_check import request_resource_violations
@@ -42,6 +42,8 @@ from cds_service.cli.service_calls import (
 from cds_service.cli.signing import JwtSigner, jwk_set, load_private_key
 from cds_service.errors import CliError
 from cds_service.spec_check import CHECKERS, detect_kind
+from fhir_mappings.codes import RXNORM, Coding, Terminology
+from fhir_mappings.knowledge import load_knowledge
 from fhir_mappings.orders import draft_medication_request
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -90,6 +92,9 @@ def cmd_hook(args: argparse.Namespace) -> int:
                 per_day=args.per_day,
             )
         ]
+        unknown = unknown_drug_warning(args.drug, args.rxnorm)
+        if unknown:
+            print(unknown, file=err)
     with requests.Session() as session:
         hook = args.hook
         templates: Mapping[str, Any] = {}
@@ -134,6 +139,34 @@ def cmd_hook(args: argparse.Namespace) -> int:
             return EXIT_OK
         response, seconds = send_hook(target, request, session, signer, args.timeout, progress)
     return _report(response, seconds, target, args, out, err)
+
+
+def unknown_drug_warning(drug: str | None, rxnorm: str | None) -> str | None:
+    """A warning line when --drug/--rxnorm names no drug this installation's knowledge knows.
+
+    A misspelt drug otherwise looks like a safe one ("no cards"). The order is still sent (an
+    unknown drug is a valid test: it should get no interaction cards); the exit code does not
+    change. Checked against the local knowledge data, which a remote service may not share.
+    """
+    code, name = (rxnorm or "").strip(), (drug or "").strip()
+    codings = [Coding(RXNORM, code)] if code else []
+    texts = [name] if name else []
+    match = Terminology(load_knowledge()).match_medication(codings, texts)
+    if match.ingredients or match.roles:
+        return None
+    named = " and ".join(
+        part
+        for part in (
+            f"--drug {drug!r}" if texts else "",
+            f"--rxnorm {rxnorm!r}" if codings else "",
+        )
+        if part
+    )
+    return (
+        f"warning: {named} matched no drug the service knows (drugs.csv, brands.csv, "
+        "ndc.csv, live-vaccine terms): it is sent as an unlisted drug, so no voclosporin "
+        "card can fire for it; check the spelling"
+    )
 
 
 def _report(
@@ -230,21 +263,37 @@ PRODUCTION_README_SECTION = "README.md#production"
 """Where the production recipe is written down (a test checks the heading exists)."""
 
 
-def gunicorn_command(host: str, port: int, workers: int | None = None) -> str:
-    """The production command: the packaged gunicorn config around the same app factory.
+def gunicorn_arguments(host: str, port: int, workers: int | None = None) -> list[str]:
+    """gunicorn's arguments: the packaged config, the bind address, the header-size limit.
 
-    ``workers`` overrides the config's worker count; None keeps the config's 2 x 4 threads.
+    ``workers`` overrides the config's worker count; None keeps the config's 2 x 4 threads. The
+    header limit is above the app's own (``MAX_HEADER_FIELD_BYTES``) so an over-long header gets
+    the service's JSON 431, not gunicorn's HTML one.
     """
-    command = ["gunicorn", "-c", GUNICORN_CONFIG, "--bind", f"{host}:{port}"]
+    arguments = ["-c", GUNICORN_CONFIG, "--bind", f"{host}:{port}"]
+    arguments += ["--limit-request-field_size", str(GUNICORN_HEADER_FIELD_BYTES)]
     if workers is not None:
-        command += ["--workers", str(workers)]
-    return shlex.join([*command, "cds_service:create_app()"])
+        arguments += ["--workers", str(workers)]
+    return [*arguments, "cds_service:create_app()"]
+
+
+def gunicorn_command(host: str, port: int, workers: int | None = None) -> str:
+    """The production command as a shell line (what ``serve --production`` runs)."""
+    return shlex.join(["gunicorn", *gunicorn_arguments(host, port, workers)])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the development server, or print the gunicorn command (--production)."""
+    """Run the development server, or gunicorn with the packaged settings (--production)."""
     out = sys.stdout
     if args.production:
+        if not args.print_command:
+            # exec: gunicorn becomes this process, so signals (SIGTERM to drain) reach its
+            # master directly; this interpreter's gunicorn, whatever the working directory.
+            out.flush()
+            argv = [sys.executable, "-m", "gunicorn"]
+            os.execv(
+                sys.executable, [*argv, *gunicorn_arguments(args.host, args.port, args.workers)]
+            )
         print(gunicorn_command(args.host, args.port, args.workers), file=out)
         print(
             "# Settings from cds_service/gunicorn_conf.py (2 gthread workers x 4 threads). Set "
@@ -291,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the service (development server)",
-        description="Run the development server, or print the "
-        "gunicorn command for production (--production).",
+        help="run the service (development server, or gunicorn with --production)",
+        description="Run the development server, or gunicorn with the packaged production "
+        "settings (--production; --print-command prints the command instead).",
     )
     serve.add_argument(
         "--host", default="127.0.0.1", help="listen address (default 127.0.0.1: this machine only)"
@@ -305,7 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Flask debug mode (never in production: it exposes a debugger)",
     )
     serve.add_argument(
-        "--production", action="store_true", help="print the gunicorn command instead of serving"
+        "--production",
+        action="store_true",
+        help="run gunicorn with the packaged production settings (any working directory)",
+    )
+    serve.add_argument(
+        "--print-command",
+        action="store_true",
+        help="with --production: print the gunicorn command instead of running it",
     )
     serve.add_argument(
         "--workers",

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from cds_service.rules.doses import regimen_of, rewrite
 from cds_service.rules.model import (
     Finding,
     MonitoringGap,
     NotChecked,
-    ReplaceDosage,
     RuleResult,
     Suggestion,
     card_text,
+    decline_bounds,
     describe,
     latest,
-    num,
+    names,
     recent,
     remove_suggestions,
     when_text,
 )
+from cds_service.rules.populations import esrd_or_dialysis
 from fhir_mappings.facts import Measurement, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 
@@ -58,13 +60,20 @@ def egfr_baseline_low(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rul
         return
     baseline = baseline_egfr(facts, knowledge)
     renal = knowledge.renal
-    if baseline is None or baseline.value > renal.baseline_low_max:
+    if baseline is None:
+        return
+    # A bound (">60") proves what it proves; one that cannot tell ("<50") warns all the same:
+    # the gate asks for a baseline shown to be above the limit.
+    above = baseline.above(renal.baseline_low_max)
+    if above:
         return
     text = card_text(knowledge, "egfr-baseline-low")
-    severe = text("severe") if baseline.value < renal.severe_impairment_below else ""
+    # ESRD / dialysis: not studied (its own card), so no severe-renal starting dose is advised.
+    severe_start = baseline.below(renal.severe_impairment_below) and not esrd_or_dialysis(facts)
+    severe = text("severe") if severe_start else ""
     yield Finding(
         "warning",
-        text("summary", egfr=num(baseline.value)),
+        text("summary" if above is False else "summary_bound", egfr=baseline.shown),
         text("detail", measurement=describe(baseline), severe=severe),
     )
 
@@ -113,31 +122,57 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     if not recent([current], facts.now, renal.monitoring_max_age_days):
         # Judged below on the old value all the same: a decline it shows is still real.
         yield MonitoringGap(text("gap_result"), text("not_current", when=when_text(current.when)))
-    decline = decline_percent(baseline.value, current.value)
-    if (
-        current.value >= renal.decline_applies_below
-        or decline <= renal.decline_reduce_above_percent
-    ):
+    # A result reported as a bound (">60") gives no decline percentage, only limits on it
+    # (knowledge: "lab values as labs send them"): a finding only where the limits decide.
+    below_limit = current.below(renal.decline_applies_below)
+    if below_limit is False:
+        return
+    exact = baseline.comparator is None and current.comparator is None
+    least: float | None
+    most: float | None
+    if exact:
+        least = most = decline_percent(baseline.value, current.value)
+    else:
+        least, most = decline_bounds(baseline, current)
+    if most is not None and most <= renal.decline_reduce_above_percent:
+        return
+    discontinue = least is not None and least >= renal.decline_discontinue_from_percent
+    reduce = (
+        least is not None
+        and least > renal.decline_reduce_above_percent
+        and most is not None
+        and most < renal.decline_discontinue_from_percent
+    )
+    if least is None or not below_limit or not (discontinue or reduce):
+        at_least = text("at_least", decline=least) if least is not None and least > 0 else ""
+        yield MonitoringGap(
+            text("gap_result"),
+            text("bound", latest=current.shown, baseline=baseline.shown, decline=at_least),
+        )
         return
     readings = text(
-        "readings",
+        "readings" if exact else "readings_bound",
         start=when_text(start),
         baseline=describe(baseline),
         latest=describe(current),
-        decline=decline,
+        decline=least,
     )
-    now = num(current.value)
-    if decline >= renal.decline_discontinue_from_percent:
+    now = current.shown
+    if discontinue:
         yield Finding(
             "critical",
-            text("summary_discontinue", decline=decline, egfr=now),
+            text(
+                "summary_discontinue" if exact else "summary_discontinue_bound",
+                decline=least,
+                egfr=now,
+            ),
             text("detail_discontinue", readings=readings),
             remove_suggestions(facts.draft_voclosporin, text("discontinue")),
         )
         return
     yield Finding(
         "warning",
-        text("summary_reduce", decline=decline, egfr=now),
+        text("summary_reduce" if exact else "summary_reduce_bound", decline=least, egfr=now),
         text("detail_reduce", readings=readings),
         _reduction_suggestions(facts.draft_voclosporin, knowledge),
     )
@@ -146,22 +181,25 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
 def _reduction_suggestions(
     orders: tuple[Medication, ...], knowledge: Knowledge
 ) -> tuple[Suggestion, ...]:
-    """Each draft dose minus one capsule per administration, when that leaves a dose."""
+    """The drafted regimen minus one capsule per administration, as one suggestion.
+
+    The drafts are one regimen (an AM and a PM draft are reduced together, in one suggestion);
+    none when a dose would not remain or the result would be above the label maximum.
+    """
+    regimen = regimen_of(orders, knowledge)
+    if regimen is None or not regimen.doses:
+        return ()
     text = card_text(knowledge, "egfr-decline")
-    suggestions = []
     step = knowledge.dose.reduction_step_mg
-    for order in orders:
-        if not order.can_be_changed or order.dosage is None or not order.dosage.doses:
-            continue
-        reduced = tuple((round(d.mg - step, 2), d.when) for d in order.dosage.doses)
-        if any(mg <= 0 for mg, _ in reduced):
-            continue
-        regimen = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
-        suggestions.append(
-            Suggestion(
-                text("suggestion", order=order.name, regimen=regimen),
-                (ReplaceDosage(order, reduced, regimen),),
-                is_recommended=True,
-            )
-        )
-    return tuple(suggestions)
+    reduced = tuple((round(d.mg - step, 2), d.when) for d in regimen.doses)
+    described = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
+    actions = rewrite(regimen, reduced, described, knowledge)
+    if not actions:
+        return ()
+    return (
+        Suggestion(
+            text("suggestion", order=names(regimen.orders), regimen=described),
+            actions,
+            is_recommended=True,
+        ),
+    )
