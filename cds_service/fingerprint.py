@@ -25,6 +25,7 @@ FINGERPRINT_SETTINGS: tuple[str, ...] = (
     "CDS_EGFR_BASELINE_MAX_DAYS",
     "CDS_BP_MAX_AGE_DAYS",
     "CDS_POTASSIUM_HIGH_DEFAULT",
+    "CDS_POTASSIUM_NEAR_LIMIT",
     "CDS_REPEAT_WINDOW_DAYS",
     "CDS_REQUEST_DEADLINE_MS",
     "CDS_FHIR_MAX_PAGES",
@@ -33,6 +34,33 @@ FINGERPRINT_SETTINGS: tuple[str, ...] = (
     "CDS_JWT_ISSUERS",
     "CDS_JWT_LEEWAY_SECONDS",
     "CDS_PUBLIC_BASE_URL",
+    "CDS_MAX_DRAFT_ORDERS",
+    "CDS_MAX_CARDS",
+    "MAX_CONTENT_LENGTH",
+)
+# Settings that change neither cards nor trust (capacity, storage tuning, where things are, who
+# may read reports); the database and replay cache enter the digest by kind and place instead.
+# A test checks every setting is in one of the two lists.
+NOT_FINGERPRINTED: frozenset[str] = frozenset(
+    {
+        "CDS_REDIS_URL",
+        "CDS_DATABASE_URL",
+        "CDS_AUDIT_HASH_KEY",
+        "CDS_FHIR_WORKERS",
+        "CDS_FHIR_MAX_PER_HOST",
+        "CDS_CORS_ORIGINS",
+        "CDS_DB_STATEMENT_TIMEOUT_MS",
+        "CDS_DB_LOCK_TIMEOUT_MS",
+        "CDS_AUDIT_WRITE_TIMEOUT_MS",
+        "CDS_AUDIT_SPOOL_MAX_MB",
+        "CDS_AUDIT_SPOOL_DIR",
+        "CDS_AUDIT_DRAIN_SECONDS",
+        "CDS_FEEDBACK_CONCURRENCY",
+        "CDS_READY_TIMEOUT_MS",
+        "CDS_ANALYTICS_TOKEN",
+        "CDS_METRICS_TOKEN",
+        "CDS_LOG_FORMAT",
+    }
 )
 
 

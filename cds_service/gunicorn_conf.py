@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from cds_service.app import GUNICORN_HEADER_FIELD_BYTES
 from cds_service.logs import gunicorn_logconfig, parse_log_format
 
 bind = "0.0.0.0:8080"
@@ -29,6 +30,9 @@ workers = 2
 worker_class = "gthread"
 threads = 4
 control_socket_disable = True
+# Header lines up to 32 KiB reach the app, which answers a line over MAX_HEADER_FIELD_BYTES
+# (20 KiB) with the JSON 431; beyond 32 KiB gunicorn's own error page answers (README).
+limit_request_field_size = GUNICORN_HEADER_FIELD_BYTES
 logconfig_dict = gunicorn_logconfig(parse_log_format(os.environ.get("CDS_LOG_FORMAT", "json")))
 
 

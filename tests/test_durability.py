@@ -495,3 +495,13 @@ def test_gunicorn_with_the_packaged_config_refuses_to_start(tmp_path: Path) -> N
     assert "2 workers with client authentication on (CDS_JWT_ISSUERS) need CDS_REDIS_URL" in (
         done.stderr + done.stdout
     )
+
+
+def test_every_setting_is_classified_for_the_fingerprint() -> None:
+    """A new setting must be put in the fingerprint or, deliberately, left out of it."""
+    from cds_service.config import SETTINGS
+    from cds_service.fingerprint import FINGERPRINT_SETTINGS, NOT_FINGERPRINTED
+
+    names = {s.name for s in SETTINGS}
+    assert names - set(FINGERPRINT_SETTINGS) - NOT_FINGERPRINTED == set()
+    assert set(FINGERPRINT_SETTINGS) & NOT_FINGERPRINTED == set()

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import requests
 
-from cds_service.app import GUNICORN_HEADER_FIELD_BYTES, close_app, create_app
+from cds_service.app import close_app, create_app
 from cds_service.cli.ehr_client import FhirReader, excerpt, json_or_none
 from cds_service.cli.exit_codes import EXIT_HTTP_ERROR, EXIT_OK, EXIT_USAGE
 from cds_service.cli.fhir_check import request_resource_violations
@@ -264,14 +264,13 @@ PRODUCTION_README_SECTION = "README.md#production"
 
 
 def gunicorn_arguments(host: str, port: int, workers: int | None = None) -> list[str]:
-    """gunicorn's arguments: the packaged config, the bind address, the header-size limit.
+    """gunicorn's arguments: the packaged config and the bind address.
 
     ``workers`` overrides the config's worker count; None keeps the config's 2 x 4 threads. The
-    header limit is above the app's own (``MAX_HEADER_FIELD_BYTES``) so an over-long header gets
-    the service's JSON 431, not gunicorn's HTML one.
+    config also sets gunicorn's header limit above the app's own (``MAX_HEADER_FIELD_BYTES``) so
+    an over-long header gets the service's JSON 431, not gunicorn's HTML one.
     """
     arguments = ["-c", GUNICORN_CONFIG, "--bind", f"{host}:{port}"]
-    arguments += ["--limit-request-field_size", str(GUNICORN_HEADER_FIELD_BYTES)]
     if workers is not None:
         arguments += ["--workers", str(workers)]
     return [*arguments, "cds_service:create_app()"]
