@@ -132,6 +132,22 @@ class DurationRules:
 
 
 @dataclass(frozen=True)
+class CourseRules:
+    """What joins voclosporin orders into one treatment course (local policy, rules.toml)."""
+
+    max_gap_days: int
+    default_span_days: int
+
+
+@dataclass(frozen=True)
+class ReinitiationRules:
+    """Re-starting after an eGFR-driven discontinuation (PI 2.2 Table 1, knowledge 1.14)."""
+
+    recovered_from_percent: float
+    dose_mg: float
+
+
+@dataclass(frozen=True)
 class PriorAuthorizationLimits:
     quantity_capsules: int
     quantity_period_days: int
@@ -173,6 +189,8 @@ class Knowledge:
     dose: DoseRules
     duration: DurationRules
     prior_authorization: PriorAuthorizationLimits
+    course: CourseRules
+    reinitiation: ReinitiationRules
     rules: dict[str, RuleCitation]
     override_reasons: tuple[OverrideReason, ...]
     cards: dict[str, CardText]
@@ -339,6 +357,8 @@ def _template_values(knowledge: Knowledge) -> dict[str, Any]:
         "dose": knowledge.dose,
         "duration": knowledge.duration,
         "prior_authorization": knowledge.prior_authorization,
+        "course": knowledge.course,
+        "reinitiation": knowledge.reinitiation,
     }
 
 
@@ -543,6 +563,8 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
         prior_authorization=_section(
             PriorAuthorizationLimits, rules_doc["prior_authorization"], "prior_authorization"
         ),
+        course=_section(CourseRules, rules_doc["course"], "course"),
+        reinitiation=_section(ReinitiationRules, rules_doc["reinitiation"], "reinitiation"),
         rules=citations,
         override_reasons=reasons,
         cards={},  # filled by load_knowledge once the values templates may name exist
