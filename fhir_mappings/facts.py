@@ -375,7 +375,9 @@ def treatment_courses(
     return tuple(courses)
 
 
-def course_start(medications: Iterable[Medication], now: datetime, rules: CourseRules) -> datetime | None:
+def course_start(
+    medications: Iterable[Medication], now: datetime, rules: CourseRules
+) -> datetime | None:
     """Start of the latest course, if a voclosporin order written at ``now`` would continue it."""
     courses = treatment_courses(medications, now, rules)
     if courses and gap_days(courses[-1].end, now.date()) <= rules.max_gap_days:

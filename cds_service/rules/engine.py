@@ -48,6 +48,11 @@ REGISTRY: tuple[RuleSpec, ...] = (
     RuleSpec("egfr-baseline-low", renal.egfr_baseline_low, needs=_RENAL),
     RuleSpec("egfr-decline", renal.egfr_decline, needs=_RENAL | _MEDS),
     RuleSpec(
+        "reinitiation-after-discontinuation",
+        renal.reinitiation_after_discontinuation,
+        needs=_RENAL | _MEDS,
+    ),
+    RuleSpec(
         "blood-pressure-high", vitals.blood_pressure_high, needs=frozenset({D.BLOOD_PRESSURE})
     ),
     RuleSpec(

@@ -165,3 +165,95 @@ def _reduction_suggestions(
             )
         )
     return tuple(suggestions)
+
+
+def reinitiation_after_discontinuation(
+    facts: PatientFacts, knowledge: Knowledge
+) -> Iterator[RuleResult]:
+    """A voclosporin order after a course stopped with an eGFR decline: PI 2.2 Table 1 (K 1.14).
+
+    Applies when the latest course on record ended by a stop (``Course.stopped``) and an eGFR
+    after its start is < 60 and >= 30% below that course's baseline (the discontinue row of
+    ``egfr_decline``). Then the label allows re-initiating at 7.9 mg twice daily only once eGFR
+    has returned to >= 80% of that baseline: the latest eGFR below it is a warning (remove the
+    draft), a draft dose above 7.9 mg is a warning (change it). Whatever the gap since the stop:
+    the label gives the recovery condition no time limit. Unknown, decided: no baseline for the
+    stopped course, or no eGFR after its start, means no decline on record, so nothing to say
+    (the course's own checks report the missing results); a draft without a structured dose is
+    judged on eGFR only (``dose-check`` reports the missing dose).
+    """
+    if not facts.ordering_voclosporin or not facts.courses:
+        return
+    course = facts.courses[-1]
+    if not course.stopped:
+        return
+    start = course.start.date()
+    baseline = latest(m for m in facts.egfr if m.when is not None and m.when.date() <= start)
+    after = sorted(
+        (m for m in facts.egfr if m.when is not None and m.when.date() > start),
+        key=lambda m: m.when or course.start,
+    )
+    if baseline is None or baseline.value <= 0 or not after:
+        return
+    renal, rules = knowledge.renal, knowledge.reinitiation
+    declines = [
+        m
+        for m in after
+        if m.value < renal.decline_applies_below
+        and decline_percent(baseline.value, m.value) >= renal.decline_discontinue_from_percent
+    ]
+    if not declines:
+        return
+    text = card_text(knowledge, "reinitiation-after-discontinuation")
+    current = after[-1]
+    recovered = round(current.value / baseline.value * 100, 6)
+    readings = text(
+        "readings",
+        start=when_text(course.start),
+        baseline=describe(baseline),
+        decline=describe(declines[-1]),
+        latest=describe(current),
+        recovered=recovered,
+    )
+    if recovered < rules.recovered_from_percent:
+        yield Finding(
+            "warning",
+            text("summary_not_recovered", recovered=recovered, egfr=num(current.value)),
+            text("detail_not_recovered", readings=readings),
+            remove_suggestions(facts.draft_voclosporin, text("cancel")),
+        )
+        return
+    high = [
+        order
+        for order in facts.draft_voclosporin
+        if order.dosage is not None
+        and any(d.mg > rules.dose_mg + knowledge.dose.mg_tolerance for d in order.dosage.doses)
+    ]
+    if not high:
+        return
+    yield Finding(
+        "warning",
+        text("summary_dose", orders=", ".join(o.name for o in high)),
+        text("detail_dose", readings=readings),
+        _reinitiation_suggestions(high, knowledge),
+        subject=";".join(o.reference for o in high),
+    )
+
+
+def _reinitiation_suggestions(
+    orders: list[Medication], knowledge: Knowledge
+) -> tuple[Suggestion, ...]:
+    """Each too-high draft changed to the label's re-initiation dose, twice daily."""
+    text = card_text(knowledge, "reinitiation-after-discontinuation")
+    mg = knowledge.reinitiation.dose_mg
+    doses = tuple((mg, None) for _ in range(knowledge.dose.doses_per_day))
+    regimen = text("regimen")
+    return tuple(
+        Suggestion(
+            text("suggestion", order=order.name, regimen=regimen),
+            (ReplaceDosage(order, doses, regimen),),
+            is_recommended=True,
+        )
+        for order in orders
+        if order.can_be_changed
+    )
