@@ -235,16 +235,26 @@ class Knowledge:
         egfr_baseline_max_days: int | None = None,
         bp_max_age_days: int | None = None,
         potassium_high_default: float | None = None,
+        course_max_gap_days: int | None = None,
+        course_default_span_days: int | None = None,
     ) -> Knowledge:
         """Apply the site's configured local-policy values (documented in the README)."""
-        renal, bp, potassium = self.renal, self.blood_pressure, self.potassium
+        renal, bp, potassium, course = self.renal, self.blood_pressure, self.potassium, self.course
+        if course_max_gap_days is not None:  # 0 is a policy too: only touching spans join
+            if isinstance(course_max_gap_days, bool) or course_max_gap_days < 0:
+                raise KnowledgeError(
+                    f"course gap must be 0 or more days, got {course_max_gap_days}"
+                )
+            course = replace(course, max_gap_days=course_max_gap_days)
+        if course_default_span_days is not None:
+            course = replace(course, default_span_days=_positive(course_default_span_days))
         if egfr_baseline_max_days is not None:
             renal = replace(renal, baseline_max_age_days=_positive(egfr_baseline_max_days))
         if bp_max_age_days is not None:
             bp = replace(bp, max_age_days=_positive(bp_max_age_days))
         if potassium_high_default is not None:
             potassium = replace(potassium, default_high_mmol_l=_positive(potassium_high_default))
-        return replace(self, renal=renal, blood_pressure=bp, potassium=potassium)
+        return replace(self, renal=renal, blood_pressure=bp, potassium=potassium, course=course)
 
 
 T = TypeVar("T")

@@ -409,3 +409,14 @@ def test_many_drafts_evaluate_in_linear_time(knowledge, monkeypatch):
     assert 0 < calls["current"] <= 4 * len(meds)
     # Each draft is asked whether it is voclosporin a bounded number of times (quadratic: ~4e6).
     assert calls["is_voclosporin"] <= 20 * len(drafts)
+
+
+def test_course_policy_is_local_policy(knowledge):
+    """CDS_COURSE_MAX_GAP_DAYS / CDS_COURSE_DEFAULT_SPAN_DAYS replace the rules.toml values."""
+    site = knowledge.with_local_policy(course_max_gap_days=30, course_default_span_days=60)
+    assert (site.course.max_gap_days, site.course.default_span_days) == (30, 60)
+    first, second = order(-300, until=-200), order(-150, status="active", n=1)  # gap 49 days
+    assert len(facts(medications=(first, second)).courses) == 1
+    assert len(facts(medications=(first, second), course_rules=site.course).courses) == 2
+    with pytest.raises(ValueError, match="0 or more"):
+        knowledge.with_local_policy(course_max_gap_days=-1)

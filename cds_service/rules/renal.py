@@ -79,8 +79,11 @@ def decline_percent(baseline: float, current: float) -> float:
 def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Renewal: eGFR < 60 and > 20% below baseline -> reduce; >= 30% -> discontinue (PI 2.2).
 
-    Baseline: the latest eGFR on or before the course start. What is unknown, decided case by
-    case (knowledge: "a card that found nothing vs a check that could not run"):
+    Renewal: the draft continues a course that is current or ended at most the course gap ago,
+    whatever its orders' status (``facts.course``). Baseline: the latest eGFR on or before that
+    course's start, so a restart after a longer gap is a new start with a new baseline, never
+    judged against one from years before. What is unknown, decided case by case (knowledge: "a
+    card that found nothing vs a check that could not run"):
 
     - course start unknown (the voclosporin orders on record carry no usable ``authoredOn``, or
       the renewal names a prior order the medication list does not hold): could not check, on
