@@ -58,7 +58,9 @@ class Dosage:
 
 @dataclass(frozen=True)
 class Medication:
-    """A medication order (active, historical or draft) after terminology matching."""
+    """A medication record after terminology matching: an order (active, historical or draft),
+    a MedicationStatement or a MedicationDispense. ``authored_on`` is when its use starts (for a
+    statement its effective start, for a dispense its hand-over)."""
 
     reference: str
     name: str

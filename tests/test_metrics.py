@@ -144,10 +144,9 @@ def test_fhir_fetches_counted_by_outcome(tmp_path: Path) -> None:
     assert delta(before, middle, name, outcome="ok") == len(CATEGORIES)
     assert delta(before, middle, name, outcome="failed") == 0
     assert delta(middle, after, name, outcome="failed") >= 1
-    assert (
-        delta(middle, after, name, outcome="ok") + delta(middle, after, name, outcome="failed")
-        == len(CATEGORIES)
-    )
+    assert delta(middle, after, name, outcome="ok") + delta(
+        middle, after, name, outcome="failed"
+    ) == len(CATEGORIES)
 
 
 def test_database_outage_counted(app: Flask, client: FlaskClient) -> None:
