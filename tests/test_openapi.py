@@ -310,6 +310,7 @@ def test_example_validation_catches_a_bad_card(document: dict[str, Any]) -> None
         ("OrderSignRequest", "OrderSignCards"),
         ("OrderSelectRequest", "OrderSelectCards"),
         ("MedicationPrescribeRequest", "MedicationPrescribeCards"),
+        ("OrderSignOutsideMedicationRequest", "OrderSignOutsideMedicationCards"),
     ],
 )
 def test_hook_examples_are_what_the_service_answers(
