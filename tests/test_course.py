@@ -337,6 +337,7 @@ def test_medication_statement_of_st_johns_wort_is_current(terminology, knowledge
     }
     f = chart_facts(terminology, {D.MEDICATION_STATEMENTS: [statement]}, [LUPKYNIS_DRAFT])
     assert [m.record_type for m in f.current_medications] == ["MedicationStatement"]
+    assert f.unreadable == ()  # a valid R4 MedicationStatement
     assert fired(f, knowledge)["cyp3a4-inducer"] == "warning"
 
 
@@ -353,6 +354,7 @@ def test_dispense_with_days_supply_left_is_current(terminology):
     }
     f = chart_facts(terminology, {D.MEDICATION_DISPENSES: [dispense]}, [LUPKYNIS_DRAFT])
     assert [m.reference for m in f.current_medications] == ["MedicationDispense/md-1"]
+    assert f.unreadable == ()
     assert f.current_medications[0].supply_until == date.fromisoformat(day(11))
 
 

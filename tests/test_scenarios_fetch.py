@@ -118,6 +118,27 @@ def renamed(scenario: dict[str, Any], prefix: str) -> dict[str, Any]:
     return scenario
 
 
+def not_on_fetch_path(scenario: dict[str, Any], name: str) -> str | None:
+    """Why the scenario is not run on the fetch path (None: it is); a bare opt-out fails."""
+    if scenario.get("fetch", True) is True:
+        return None
+    assert scenario.get("fetch") is False, f"{name}: 'fetch' must be true or false"
+    reason = scenario.get("fetch_reason")
+    assert isinstance(reason, str), f"{name}: 'fetch': false needs a 'fetch_reason'"
+    assert reason.strip(), f"{name}: 'fetch': false needs a 'fetch_reason'"
+    return reason
+
+
+def test_an_opt_out_needs_its_reason() -> None:
+    """ "fetch": false without a reason fails; with one the reason is what the skip says."""
+    assert not_on_fetch_path({}, "a.json") is None
+    assert not_on_fetch_path({"fetch": False, "fetch_reason": "why"}, "a.json") == "why"
+    with pytest.raises(AssertionError, match="needs a 'fetch_reason'"):
+        not_on_fetch_path({"fetch": False}, "a.json")
+    with pytest.raises(AssertionError, match="needs a 'fetch_reason'"):
+        not_on_fetch_path({"fetch": False, "fetch_reason": " "}, "a.json")
+
+
 def load(server: FhirServer, resources: list[Resource]) -> None:
     """PUT the resources in one transaction (ids kept: reloading is harmless)."""
     if not resources:
@@ -153,10 +174,8 @@ def test_scenario_on_the_fetch_path(
 ) -> None:
     """Fetching from the FHIR server gives the same cards as the scenario's prefetch."""
     scenario = json.loads(path.read_text())
-    if scenario.get("fetch") is False:
-        reason = scenario.get("fetch_reason")
-        assert isinstance(reason, str), f"{path.name}: 'fetch': false needs a 'fetch_reason'"
-        assert reason.strip(), f"{path.name}: 'fetch': false needs a 'fetch_reason'"
+    reason = not_on_fetch_path(scenario, path.name)
+    if reason is not None:
         pytest.skip(f"{path.name}: {reason}")
     app, clock = service
     clock.now = datetime.fromisoformat(scenario["now"].replace("Z", "+00:00"))
