@@ -130,7 +130,7 @@ def not_on_fetch_path(scenario: dict[str, Any], name: str) -> str | None:
 
 
 def test_an_opt_out_needs_its_reason() -> None:
-    """ "fetch": false without a reason fails; with one the reason is what the skip says."""
+    """A bare "fetch": false fails; with a reason, the reason is what the skip says."""
     assert not_on_fetch_path({}, "a.json") is None
     assert not_on_fetch_path({"fetch": False, "fetch_reason": "why"}, "a.json") == "why"
     with pytest.raises(AssertionError, match="needs a 'fetch_reason'"):
