@@ -376,12 +376,3 @@ def treatment_courses(
             courses.append(Course(start, end, (m,), current))
     return tuple(courses)
 
-
-def course_start(
-    medications: Iterable[Medication], now: datetime, rules: CourseRules
-) -> datetime | None:
-    """Start of the latest course, if a voclosporin order written at ``now`` would continue it."""
-    courses = treatment_courses(medications, now, rules)
-    if courses and gap_days(courses[-1].end, now.date()) <= rules.max_gap_days:
-        return courses[-1].start
-    return None

@@ -422,3 +422,11 @@ def test_course_policy_is_local_policy(knowledge):
     assert len(facts(medications=(first, second), course_rules=site.course).courses) == 2
     with pytest.raises(ValueError, match="0 or more"):
         knowledge.with_local_policy(course_max_gap_days=-1)
+
+
+def test_facts_without_course_policy_cannot_tell_courses():
+    """PatientFacts built without rules.toml [course] refuse to guess a course (the engine then
+    reports "could not check" for the rules that need one)."""
+    f = facts(course_rules=None, medications=(order(-30, status="active"),))
+    with pytest.raises(ValueError, match="course_rules"):
+        _ = f.courses
