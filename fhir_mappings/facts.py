@@ -375,4 +375,3 @@ def treatment_courses(
         else:
             courses.append(Course(start, end, (m,), current))
     return tuple(courses)
-
