@@ -430,3 +430,19 @@ def test_facts_without_course_policy_cannot_tell_courses():
     f = facts(course_rules=None, medications=(order(-30, status="active"),))
     with pytest.raises(ValueError, match="course_rules"):
         _ = f.courses
+
+
+def test_missing_statements_make_checks_incomplete_not_skipped(knowledge):
+    """Without medicationStatements the interaction checks run on the orders and say so; the
+    card does not claim they could not run."""
+    missing = D.MEDICATION_STATEMENTS
+    f = facts(
+        unavailable=frozenset({missing}),
+        unavailable_reasons=((missing, "not prefetched; FHIR server not usable"),),
+    )
+    card = next(x for x in evaluate(f, knowledge).findings if x.rule_id == "data-unavailable")
+    assert card.summary.startswith("7 voclosporin check(s) ran on incomplete data: ")
+    assert "cyp3a4-inducer: checked the orders only: medicationStatements unavailable" in (
+        card.detail
+    )
+    assert "could not run" not in card.summary

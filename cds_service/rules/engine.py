@@ -146,7 +146,9 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
         if missing:
             gaps.append(
                 NotChecked(
-                    "checked the orders only: " + ", ".join(missing) + " unavailable", spec.rule_id
+                    "checked the orders only: " + ", ".join(missing) + " unavailable",
+                    spec.rule_id,
+                    partial=True,
                 )
             )
     evaluated = (*(s.rule_id for s in REGISTRY), MONITORING_GAPS)
@@ -209,9 +211,12 @@ def _data_unavailable(
         ]
         if len(facts.unreadable) > _UNREADABLE_SHOWN:
             lines.append(text("skipped_more", count=len(facts.unreadable) - _UNREADABLE_SHOWN))
-    affected = sorted({gap.rule_id for gap in gaps})
+    affected = sorted({gap.rule_id for gap in gaps if not gap.partial})
+    incomplete = sorted({gap.rule_id for gap in gaps if gap.partial} - set(affected))
     if affected:
         summary = text("summary_checks", count=len(affected), rules=", ".join(affected))
+    elif incomplete:
+        summary = text("summary_incomplete", count=len(incomplete), rules=", ".join(incomplete))
     else:
         summary = text("summary_data")
     return Finding("warning", summary, text("detail", lines="\n".join(lines)))

@@ -77,6 +77,9 @@ class NotChecked:
 
     reason: str
     rule_id: str = ""
+    # The rule ran, on part of the data (an optional key such as medicationStatements missing):
+    # said on the card, but not counted as a check that could not run.
+    partial: bool = False
 
 
 @dataclass(frozen=True)
