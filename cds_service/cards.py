@@ -121,7 +121,7 @@ def _suggestion(
             actions.append(
                 {
                     "type": "update",
-                    "description": f"Change {action.order.name} to {action.description}",
+                    "description": _change_description(action),
                     "resource": with_doses(
                         _draft_of(action.order, drafts),
                         action.doses,
@@ -137,6 +137,17 @@ def _suggestion(
     if suggestion.is_recommended:
         result["is_recommended"] = True
     return result
+
+
+def _change_description(action: ReplaceDosage) -> str:
+    """What an update does; for one draft of a split regimen, its own dose and the whole."""
+    if action.whole:
+        return f"Change {action.order.name} to {action.description}"
+    doses = " + ".join(f"{mg:g} mg" + (f" ({when})" if when else "") for mg, when in action.doses)
+    return (
+        f"Change {action.order.name} to {doses}: its part of {action.description}, "
+        "with the other drafts of this suggestion"
+    )
 
 
 def _draft_of(order: Medication, drafts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

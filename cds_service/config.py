@@ -133,6 +133,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(default rules.toml: 90, the payer's quantity period).",
     ),
     Setting(
+        "CDS_POTASSIUM_NEAR_LIMIT",
+        None,
+        lambda v: float(v) if v.strip() else None,
+        "Local policy: a drug that raises potassium is a warning when the latest potassium is "
+        "within this many mmol/L of the upper limit, or above it (default rules.toml: 0.2; 0 "
+        "warns only at or above the limit).",
+    ),
+    Setting(
         "CDS_REPEAT_WINDOW_DAYS",
         30,
         _days,

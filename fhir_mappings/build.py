@@ -16,7 +16,7 @@ from fhir_mappings.codes import Terminology
 from fhir_mappings.facts import PatientFacts, treatment_courses
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.medications import DRAFT_TYPES, medication, names_a_medication
-from fhir_mappings.observations import ResultReader, computed_egfr, observation_series
+from fhir_mappings.observations import ResultReader, egfr_series, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
 from fhir_mappings.selection import by_time, latest, pick, unique
@@ -40,9 +40,11 @@ def build_facts(
 
     Only what a rule reads is kept, and only that is validated: medications with a role, the
     latest result of each lab (and the latest eGFR/creatinine at the start of a voclosporin
-    course), live vaccines, voclosporin allergies, lupus-nephritis conditions. Validation reports,
-    it never hides: a resource a rule reads that fails it is still read (defensively) and named on
-    the data-unavailable card, because dropping it could turn a warning into silence.
+    course), live vaccines, voclosporin allergies, conditions of a known kind and the latest
+    pregnancy and breastfeeding status answers. No eGFR is computed for a patient on dialysis.
+    Validation reports, it never hides: a resource a rule reads that fails it is still read
+    (defensively) and named on the data-unavailable card, because dropping it could turn a
+    warning into silence.
     """
     mapper = Mapper(terminology)
     recorded = [r for category in MEDICATION_CATEGORIES for r in chart.get(category, ())]
@@ -77,15 +79,26 @@ def build_facts(
     # day's: a re-initiation check needs the decline that stopped it, not only the latest result.
     anchors: tuple[datetime | None, ...] = (None, *(c.start for c in courses))
     series = observation_series(mapper, chart, now)
+    conditions = [
+        mapper.checked(r, c)
+        for r in unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
+        if (c := clinical.condition(mapper, r)) and c.kinds
+    ] + clinical.latest_status_answers(mapper, series.get(DataCategory.PREGNANCY_LACTATION, []))
+    latest_only: tuple[datetime | None, ...] = (None,)
+    read = ResultReader(mapper)
     egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
     if courses and courses[-1].stopped:
         since = courses[-1].start.date()
         anchors += tuple(r.when for r in (*egfrs, *creatinines) if r.when.date() >= since)
-
-    latest_only: tuple[datetime | None, ...] = (None,)
-    read = ResultReader(mapper)
-    egfr_series = pick(egfrs, anchors, read.measurement) + computed_egfr(
-        mapper, egfrs, creatinines, anchors, birth_date, sex
+    # No eGFR from a dialysis patient's creatinine (knowledge: ESRD, dialysis).
+    egfr_results = egfr_series(
+        mapper,
+        egfrs,
+        creatinines,
+        anchors,
+        birth_date,
+        sex,
+        compute=not clinical.on_dialysis(conditions),
     )
     bps = series.get(DataCategory.BLOOD_PRESSURE, [])
     blood_pressures = pick(bps, latest_only, read.systolic) + pick(bps, latest_only, read.diastolic)
@@ -100,18 +113,14 @@ def build_facts(
         sex=sex,
         draft_orders=tuple(drafts),
         medications=tuple(medications),
-        egfr=latest(mapper, egfr_series, anchors),
+        egfr=latest(mapper, egfr_results, anchors),
         creatinine=latest(mapper, pick(creatinines, anchors, read.measurement), anchors),
         blood_pressures=tuple(
             sorted({mapper.checked(r, bp) for bp, r in blood_pressures}, key=by_time)
         ),
         potassium=latest(mapper, pick(potassium, latest_only, read.measurement)),
         upcr=latest(mapper, pick(upcr, latest_only, read.measurement)),
-        conditions=tuple(
-            mapper.checked(r, c)
-            for r in unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
-            if (c := clinical.condition(mapper, r)) and c.kinds
-        ),
+        conditions=tuple(conditions),
         immunizations=tuple(
             mapper.checked(r, i)
             for r in unique(chart.get(DataCategory.IMMUNIZATIONS, ()), "Immunization")

@@ -113,6 +113,15 @@ CATEGORIES: dict[DataCategory, CategorySpec] = {
             DataCategory.POTASSIUM, "potassium", _OBSERVATION, _OBSERVATION_QUERY, (K.POTASSIUM,)
         ),
         CategorySpec(DataCategory.UPCR, "upcr", _OBSERVATION, _OBSERVATION_QUERY, (K.UPCR,)),
+        # Coded-answer observations (pregnancy status, breastfeeding status): the populations
+        # rules read their answers; a fetch failure is named, never read as "not pregnant".
+        CategorySpec(
+            DataCategory.PREGNANCY_LACTATION,
+            "pregnancyLactation",
+            _OBSERVATION,
+            _OBSERVATION_QUERY,
+            (K.PREGNANCY_STATUS, K.BREASTFEEDING_STATUS),
+        ),
     )
 }
 _BY_PREFETCH_KEY = {spec.prefetch_key: spec.category for spec in CATEGORIES.values()}

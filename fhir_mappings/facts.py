@@ -27,6 +27,37 @@ class Measurement:
     computed: bool = False
     method: str = ""
     reference_high: float | None = None
+    # "<", "<=", ">" or ">=" when the lab sent a bound (">60"), not a number: ``value`` is then
+    # the bound; ``above``/``below`` say what it proves (knowledge: "lab values as labs send them").
+    comparator: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The value as the lab reported it: "52", ">60"."""
+        number = f"{round(self.value, 1 if abs(self.value) >= 10 else 2):g}"
+        return f"{self.comparator or ''}{number}"
+
+    def above(self, limit: float) -> bool | None:
+        """Whether the true value is > ``limit``; None when a bound cannot tell."""
+        v, c = self.value, self.comparator
+        if c is None:
+            return v > limit
+        if (c == ">" and v >= limit) or (c == ">=" and v > limit):
+            return True
+        if c in ("<", "<=") and v <= limit:
+            return False
+        return None
+
+    def below(self, limit: float) -> bool | None:
+        """Whether the true value is < ``limit``; None when a bound cannot tell."""
+        v, c = self.value, self.comparator
+        if c is None:
+            return v < limit
+        if (c == "<" and v <= limit) or (c == "<=" and v < limit):
+            return True
+        if c in (">", ">=") and v >= limit:
+            return False
+        return None
 
 
 @dataclass(frozen=True)
@@ -41,10 +72,16 @@ class BloodPressure:
 
 @dataclass(frozen=True)
 class DoseAmount:
-    """One administration of a dose: amount in mg and, when stated, the time of day."""
+    """One administration of a dose: amount in mg and, when stated, the time of day.
+
+    ``when`` is as written (an EventTiming code such as MORN, or a clock time "08:00:00");
+    ``part`` is the part of the day it names (knowledge DAY_PARTS), so that an AM order and a
+    PM order can be put side by side.
+    """
 
     mg: float
     when: str | None = None
+    part: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +121,18 @@ class Medication:
     number_of_repeats: int | None = None
     identified: bool = True  # False: no code, no name: the drug could not be told
     renews_prior: bool = False  # the order names a priorPrescription (a renewal)
+    # The order's text read as voclosporin only because it is one letter off LUPKYNIS or
+    # voclosporin (knowledge "names as EHRs write them"); cards say so. None: an exact match.
+    matched_text: str | None = None
+    # Route and dose form (routes.csv): "systemic", "non-systemic" or "unknown" (which fires,
+    # like systemic); exposure_site names a non-systemic route (cutaneous, ophthalmic, otic).
+    exposure: str = "unknown"
+    exposure_site: str | None = None
+
+    @property
+    def is_non_systemic(self) -> bool:
+        """Read as cutaneous, ophthalmic or otic only: spared the systemic interaction rules."""
+        return self.exposure == "non-systemic"
 
     @property
     def is_voclosporin(self) -> bool:
@@ -116,7 +165,11 @@ class Immunization:
 
 @dataclass(frozen=True)
 class Allergy:
-    """A recorded allergy or intolerance, with whether it is to voclosporin."""
+    """A recorded allergy or intolerance, with whether it is to voclosporin.
+
+    ``kind`` is AllergyIntolerance.type (``allergy`` or ``intolerance``; None when not stated);
+    ``reactions`` names the manifestations (or the reaction's description) as recorded.
+    """
 
     reference: str
     substance: str
@@ -125,16 +178,30 @@ class Allergy:
     severities: tuple[str, ...]
     verification: str | None
     clinical_status: str | None
+    kind: str | None = None
+    reactions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Condition:
-    """A recorded condition and the kinds (``lupus-nephritis``) it matched."""
+    """A recorded condition and the kinds (``lupus-nephritis``) it matched.
+
+    Also a status read from the coded answer of an Observation (pregnancy or breastfeeding
+    status): then ``observed_on`` is the Observation's time and ``kinds`` what its answer says.
+    """
 
     reference: str
     name: str
     kinds: frozenset[ConditionKind]
     clinical_status: str | None
+    # Child-Pugh class ("A", "B" or "C") stated in the condition's text or stage; None: not stated.
+    child_pugh_class: str | None = None
+    observed_on: datetime | None = None
+
+    @property
+    def is_current(self) -> bool:
+        """Not recorded as inactive, resolved or in remission (an unknown status counts)."""
+        return self.clinical_status not in INACTIVE_CLINICAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -258,11 +325,13 @@ class PatientFacts:
         """Start of the course a voclosporin order now continues (None: none on record)."""
         return self.course.start if self.course is not None else None
 
-    def partners(self, role: Role) -> tuple[Medication, ...]:
+    def partners(self, role: Role, *, include_non_systemic: bool = False) -> tuple[Medication, ...]:
         """Orders with ``role`` that would be taken together with voclosporin.
 
         Ordering voclosporin meets every drafted and active order; a patient who already takes
-        voclosporin meets the newly written (selected) orders.
+        voclosporin meets the newly written (selected) orders. For the systemic interaction
+        roles a cutaneous, ophthalmic or otic product is no partner (knowledge "route and dose
+        form"; unknown route fires) unless ``include_non_systemic`` asks for it.
         """
         if self.ordering_voclosporin:
             pool = (*self.draft_orders, *self.active_medications)
@@ -270,7 +339,30 @@ class PatientFacts:
             pool = tuple(m for m in self.draft_orders if m.is_selected)
         else:
             return ()
-        return tuple(m for m in pool if m.has_role(role) and not m.is_voclosporin)
+        spare = role in SYSTEMIC_INTERACTION_ROLES and not include_non_systemic
+        return tuple(
+            m
+            for m in pool
+            if m.has_role(role) and not m.is_voclosporin and not (spare and m.is_non_systemic)
+        )
+
+
+# Roles whose interaction needs systemic exposure to the partner (knowledge "route and dose
+# form": CYP3A4 inhibitors, inducers, P-gp, cyclophosphamide, second calcineurin inhibitor).
+SYSTEMIC_INTERACTION_ROLES = frozenset(
+    {
+        Role.STRONG_CYP3A4_INHIBITOR,
+        Role.MODERATE_CYP3A4_INHIBITOR,
+        Role.STRONG_CYP3A4_INDUCER,
+        Role.MODERATE_CYP3A4_INDUCER,
+        Role.P_GP_SUBSTRATE,
+        Role.CYCLOPHOSPHAMIDE,
+        Role.CALCINEURIN_INHIBITOR,
+    }
+)
+
+# Condition.clinicalStatus codes that say the condition is over (FHIR R4 condition-clinical).
+INACTIVE_CLINICAL_STATUSES = frozenset({"inactive", "resolved", "remission"})
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import csv
 import hashlib
 import tomllib
 from collections.abc import Set
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from fhir_mappings.prose import CardText, placeholder_problems, used_names
 from fhir_mappings.vocabulary import (
     DRUG_LIST_ROLES,
+    INITIATION_CRITERIA,
+    RENEWAL_CRITERIA,
     ConditionKind,
     Criterion,
     ObservationKind,
@@ -40,6 +42,35 @@ class DrugEntry:
     ingredient: str
     terms: tuple[str, ...]
     rxnorm: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class BrandEntry:
+    """A brand, co-packaged or fixed-dose product (brands.csv) and its drugs.csv ingredients."""
+
+    name: str
+    ingredients: tuple[str, ...]
+    other_components: str
+    exposure: str  # a ROUTE_EXPOSURES value when the product has one route only, else ""
+    source: str
+
+
+# Where a route or dose form puts the drug (routes.csv ``exposure``): only "systemic" meets the
+# interaction rules; the others are the non-systemic sites of the route/dose-form decision.
+ROUTE_EXPOSURES = frozenset({"systemic", "cutaneous", "ophthalmic", "otic"})
+# routes.csv ``kind``: a coded route (system + code) or a word of a dose form or product name.
+ROUTE_KINDS = frozenset({"code", "word"})
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One row of routes.csv: a route code or a dose-form word and where it puts the drug."""
+
+    kind: str
+    system: str
+    value: str
+    exposure: str
     source: str
 
 
@@ -110,6 +141,7 @@ class BloodPressureLimits:
 class PotassiumLimits:
     default_high_mmol_l: float
     max_age_days: int
+    near_limit_mmol_l: float
 
 
 @dataclass(frozen=True)
@@ -120,9 +152,40 @@ class DoseRules:
     max_dose_mg: float
     reduction_step_mg: float
     severe_renal_starting_dose_mg: float
+    hepatic_impairment_dose_mg: float
     moderate_inhibitor_morning_mg: float
     moderate_inhibitor_evening_mg: float
     mg_tolerance: float
+
+
+# Parts of the day in day order (event_timing.csv ``part``): split AM/PM orders are put
+# side by side by these.
+DAY_PARTS = ("morning", "midday", "afternoon", "evening", "night")
+DOSE_UNIT_COUNTS = frozenset({"mg", "capsule"})
+TIMING_PERIOD_UNITS = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})
+
+
+@dataclass(frozen=True)
+class TimingCode:
+    """A Timing.code abbreviation (BID, Q12H, AM): frequency per period, and when in the day."""
+
+    frequency: int
+    period: float
+    period_unit: str
+    when: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class DoseVocabulary:
+    """How EHRs write doses and times (dose_units.csv, timing_codes.csv, event_timing.csv).
+
+    Keys are upper-cased codes (timing) and lower-cased units, as they are compared.
+    """
+
+    units: dict[str, str]  # unit or UCUM code -> "mg" | "capsule"
+    timing_codes: dict[str, TimingCode]
+    day_parts: dict[str, str]  # EventTiming code (upper case) -> part of the day (DAY_PARTS)
 
 
 @dataclass(frozen=True)
@@ -157,11 +220,13 @@ class PriorAuthorizationLimits:
 
 @dataclass(frozen=True)
 class PayerCriterion:
-    """One prior-authorization criterion: its id, the name the card shows (a template), source."""
+    """One prior-authorization criterion: its id, the name the card shows (a template), source,
+    and the policy's own wording it stands for."""
 
     id: Criterion
     name: str
     source: str
+    wording: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,6 +252,7 @@ class Knowledge:
     adult_from_years: int
     live_vaccine_days_before_initiation: int
     dose: DoseRules
+    dose_vocabulary: DoseVocabulary
     duration: DurationRules
     prior_authorization: PriorAuthorizationLimits
     course: CourseRules
@@ -195,6 +261,15 @@ class Knowledge:
     override_reasons: tuple[OverrideReason, ...]
     cards: dict[str, CardText]
     payer_criteria: tuple[PayerCriterion, ...]
+    brands: tuple[BrandEntry, ...] = ()
+    ndc_names: dict[str, str] = field(default_factory=dict)  # ndc.csv ``name`` by prefix
+    code_system_aliases: dict[str, str] = field(default_factory=dict)  # OID form -> FHIR URI
+    routes: tuple[RouteEntry, ...] = ()
+    # LOINC eGFR codes of race-based equations (observations.csv ``race_based``): read only when
+    # a draw has no race-free result and no creatinine (knowledge: "lab values as labs send them").
+    race_based_egfr_codes: frozenset[str] = frozenset()
+    # The payer's renewal criteria (prior_authorization.toml ``[[renewal_criterion]]``).
+    payer_renewal_criteria: tuple[PayerCriterion, ...] = ()
 
     @property
     def full_version(self) -> str:
@@ -235,6 +310,7 @@ class Knowledge:
         egfr_baseline_max_days: int | None = None,
         bp_max_age_days: int | None = None,
         potassium_high_default: float | None = None,
+        potassium_near_limit: float | None = None,
         course_max_gap_days: int | None = None,
         course_default_span_days: int | None = None,
     ) -> Knowledge:
@@ -254,6 +330,8 @@ class Knowledge:
             bp = replace(bp, max_age_days=_positive(bp_max_age_days))
         if potassium_high_default is not None:
             potassium = replace(potassium, default_high_mmol_l=_positive(potassium_high_default))
+        if potassium_near_limit is not None:
+            potassium = replace(potassium, near_limit_mmol_l=_not_negative(potassium_near_limit))
         return replace(self, renal=renal, blood_pressure=bp, potassium=potassium, course=course)
 
 
@@ -263,6 +341,12 @@ T = TypeVar("T")
 def _positive(value: T) -> T:
     if not isinstance(value, int | float) or value <= 0:
         raise KnowledgeError(f"local policy value must be a positive number, got {value!r}")
+    return value
+
+
+def _not_negative(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise KnowledgeError(f"local policy value must be zero or more, got {value!r}")
     return value
 
 
@@ -310,6 +394,66 @@ def _drugs(directory: Path) -> tuple[DrugEntry, ...]:
     return tuple(entries)
 
 
+def _brands(directory: Path, ingredients: Set[str]) -> tuple[BrandEntry, ...]:
+    """brands.csv: each product's ingredients must be drugs.csv ingredients; names unique."""
+    entries: list[BrandEntry] = []
+    rows = _read_csv(directory / "brands.csv", ("brand", "ingredients", "source"))
+    for number, row in enumerate(rows, start=2):
+        name = row["brand"].strip().lower()
+        parts = tuple(i.strip().lower() for i in row["ingredients"].split("|") if i.strip())
+        unknown = [i for i in parts if i not in ingredients]
+        if unknown or not parts:
+            raise KnowledgeError(
+                f"brands.csv line {number}: ingredients {unknown or parts!r} of "
+                f"{row['brand']!r} have no drugs.csv row"
+            )
+        if any(e.name == name for e in entries):
+            raise KnowledgeError(f"brands.csv line {number}: {row['brand']!r} is repeated")
+        exposure = (row.get("exposure") or "").strip()
+        if exposure and exposure not in ROUTE_EXPOSURES:
+            raise KnowledgeError(f"brands.csv line {number}: unknown exposure {exposure!r}")
+        other = (row.get("other_components") or "").strip()
+        entries.append(BrandEntry(name, parts, other, exposure, row["source"]))
+    return tuple(entries)
+
+
+def _code_systems(directory: Path) -> dict[str, str]:
+    """code_systems.csv: an OID form (``urn:oid:...``) -> the FHIR URI it stands for."""
+    aliases: dict[str, str] = {}
+    rows = _read_csv(directory / "code_systems.csv", ("alias", "system", "source"))
+    for number, row in enumerate(rows, start=2):
+        alias, system = row["alias"].strip(), row["system"].strip()
+        if not alias.startswith("urn:oid:") or not _absolute(system, ("http://",)):
+            raise KnowledgeError(
+                f"code_systems.csv line {number}: expected urn:oid:... -> http://..., "
+                f"got {alias!r} -> {system!r}"
+            )
+        if alias in aliases:
+            raise KnowledgeError(f"code_systems.csv line {number}: {alias!r} is repeated")
+        aliases[alias] = system
+    return aliases
+
+
+def _routes(directory: Path, aliases: dict[str, str]) -> tuple[RouteEntry, ...]:
+    """routes.csv: route codes and dose-form words, each with where it puts the drug."""
+    entries: list[RouteEntry] = []
+    rows = _read_csv(directory / "routes.csv", ("kind", "value", "exposure", "source"))
+    for number, row in enumerate(rows, start=2):
+        where = f"routes.csv line {number}"
+        kind, exposure = row["kind"].strip(), row["exposure"].strip()
+        system = (row.get("system") or "").strip()
+        if kind not in ROUTE_KINDS:
+            raise KnowledgeError(f"{where}: unknown kind {kind!r}")
+        if exposure not in ROUTE_EXPOSURES:
+            raise KnowledgeError(f"{where}: unknown exposure {exposure!r}")
+        if (kind == "code") != bool(system):
+            raise KnowledgeError(f"{where}: a code row needs a system, a word row none")
+        value = row["value"].strip() if kind == "code" else row["value"].strip().lower()
+        system = aliases.get(system, system)
+        entries.append(RouteEntry(kind, system, value, exposure, row["source"]))
+    return tuple(entries)
+
+
 def _vaccines(directory: Path) -> dict[str, VaccineEntry]:
     vaccines: dict[str, VaccineEntry] = {}
     rows = _read_csv(directory / "vaccines.csv", ("cvx", "description", "live", "source"))
@@ -326,6 +470,57 @@ def _vaccines(directory: Path) -> dict[str, VaccineEntry]:
 K = TypeVar("K", ObservationKind, ConditionKind)
 
 
+def _dose_vocabulary(directory: Path) -> DoseVocabulary:
+    """Unit synonyms, timing abbreviations and day parts, each row checked and sourced."""
+    units: dict[str, str] = {}
+    for number, row in enumerate(
+        _read_csv(directory / "dose_units.csv", ("unit", "counts", "source")), start=2
+    ):
+        unit, counts = row["unit"].strip().lower(), row["counts"].strip()
+        if counts not in DOSE_UNIT_COUNTS or not unit or unit in units:
+            raise KnowledgeError(
+                f"dose_units.csv line {number}: unit {unit!r} repeated or empty, or counts "
+                f"{counts!r} not one of {sorted(DOSE_UNIT_COUNTS)}"
+            )
+        units[unit] = counts
+    parts: dict[str, str] = {}
+    for number, row in enumerate(
+        _read_csv(directory / "event_timing.csv", ("when", "part", "source")), start=2
+    ):
+        when, part = row["when"].strip().upper(), row["part"].strip()
+        if part not in DAY_PARTS or not when or when in parts:
+            raise KnowledgeError(
+                f"event_timing.csv line {number}: {when!r} repeated or empty, or part "
+                f"{part!r} not one of {list(DAY_PARTS)}"
+            )
+        parts[when] = part
+    codes: dict[str, TimingCode] = {}
+    columns = ("code", "frequency", "period", "period_unit", "source")
+    for number, row in enumerate(_read_csv(directory / "timing_codes.csv", columns), start=2):
+        code, when = row["code"].strip().upper(), (row.get("when") or "").strip()
+        try:
+            frequency, period = int(row["frequency"]), float(row["period"])
+        except ValueError as exc:
+            raise KnowledgeError(f"timing_codes.csv line {number}: {exc}") from exc
+        if (
+            not code
+            or code in codes
+            or frequency <= 0
+            or period <= 0
+            or row["period_unit"].strip() not in TIMING_PERIOD_UNITS
+            or (when and when.upper() not in parts)
+        ):
+            raise KnowledgeError(
+                f"timing_codes.csv line {number}: {code!r} repeated or empty, frequency and "
+                f"period must be positive, period_unit one of {sorted(TIMING_PERIOD_UNITS)}, "
+                "when an event_timing.csv code"
+            )
+        codes[code] = TimingCode(
+            frequency, period, row["period_unit"].strip(), when or None, row["source"]
+        )
+    return DoseVocabulary(units=units, timing_codes=codes, day_parts=parts)
+
+
 def _kind(vocabulary: type[K], path: Path, number: int, value: str) -> K:
     """The row's ``kind`` as a vocabulary member; anything else stops start-up."""
     try:
@@ -340,6 +535,21 @@ def _observation_kinds(directory: Path) -> dict[str, ObservationKind]:
         row["loinc"].strip(): _kind(ObservationKind, path, number, row["kind"])
         for number, row in enumerate(_read_csv(path, ("loinc", "kind", "source")), start=2)
     }
+
+
+def _race_based_egfr_codes(directory: Path) -> frozenset[str]:
+    """observations.csv rows marked ``race_based = true`` (empty or ``false``: race-free)."""
+    path = directory / "observations.csv"
+    codes = set()
+    for number, row in enumerate(_read_csv(path, ("loinc", "kind", "source")), start=2):
+        flag = (row.get("race_based") or "").strip()
+        if flag not in ("", "true", "false"):
+            raise KnowledgeError(f"{path.name} line {number}: race_based must be true or false")
+        if flag == "true":
+            if row["kind"] != ObservationKind.EGFR:
+                raise KnowledgeError(f"{path.name} line {number}: race_based is for egfr rows")
+            codes.add(row["loinc"].strip())
+    return frozenset(codes)
 
 
 def _condition_kinds(directory: Path) -> dict[tuple[str, str], ConditionKind]:
@@ -419,12 +629,21 @@ def _titled(rules: dict[str, RuleCitation], values: dict[str, Any]) -> dict[str,
     }
 
 
-def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerCriterion, ...]:
-    """prior_authorization.toml: the criteria in card order; exactly one per ``Criterion``."""
+def _payer_criteria(
+    doc: dict[str, Any], values: dict[str, Any], key: str
+) -> tuple[PayerCriterion, ...]:
+    """prior_authorization.toml ``[[key]]``: one criteria set in card order, each of its ids once.
+
+    ``criterion`` is the initial prior approval, ``renewal_criterion`` the renewal; each must
+    hold exactly the ids of its set (``INITIATION_CRITERIA`` / ``RENEWAL_CRITERIA``).
+    """
+    expected = INITIATION_CRITERIA if key == "criterion" else RENEWAL_CRITERIA
     criteria = []
-    for number, entry in enumerate(doc.get("criterion", []), start=1):
-        where = f"prior_authorization.toml criterion {number}"
-        missing = [key for key in ("id", "name", "source") if not str(entry.get(key, "")).strip()]
+    for number, entry in enumerate(doc.get(key, []), start=1):
+        where = f"prior_authorization.toml {key} {number}"
+        missing = [
+            k for k in ("id", "name", "wording", "source") if not str(entry.get(k, "")).strip()
+        ]
         if missing:
             raise KnowledgeError(f"{where}: missing {', '.join(missing)}")
         try:
@@ -433,14 +652,19 @@ def _payer_criteria(doc: dict[str, Any], values: dict[str, Any]) -> tuple[PayerC
             raise KnowledgeError(f"{where}: unknown criterion id {entry['id']!r}") from None
         for problem in placeholder_problems(str(entry["name"]), values):
             raise KnowledgeError(f"{where} ({criterion_id}) name: {problem}")
-        criteria.append(PayerCriterion(criterion_id, str(entry["name"]), str(entry["source"])))
+        criteria.append(
+            PayerCriterion(
+                criterion_id, str(entry["name"]), str(entry["source"]), str(entry["wording"])
+            )
+        )
     ids = [c.id for c in criteria]
     repeated = sorted({str(i) for i in ids if ids.count(i) > 1})
-    absent = sorted(str(c) for c in set(Criterion) - set(ids))
-    if repeated or absent:
+    absent = sorted(str(c) for c in expected - set(ids))
+    foreign = sorted(str(c) for c in set(ids) - expected)
+    if repeated or absent or foreign:
         raise KnowledgeError(
-            "prior_authorization.toml: every criterion exactly once "
-            f"(repeated {repeated}, missing {absent})"
+            f"prior_authorization.toml [[{key}]]: every criterion of the set exactly once "
+            f"(repeated {repeated}, missing {absent}, not of this set {foreign})"
         )
     return tuple(criteria)
 
@@ -516,7 +740,8 @@ def load_knowledge(directory: Path = DATA_DIR) -> Knowledge:
             knowledge,
             rules=_titled(knowledge.rules, values),
             cards=_cards(cards_doc, knowledge.rules.keys(), values),
-            payer_criteria=_payer_criteria(payer_doc, values),
+            payer_criteria=_payer_criteria(payer_doc, values, "criterion"),
+            payer_renewal_criteria=_payer_criteria(payer_doc, values, "renewal_criterion"),
         )
     except KeyError as exc:
         raise KnowledgeError(f"knowledge data in {directory}: missing key {exc}") from exc
@@ -541,6 +766,7 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
     reasons = _override_reasons(reasons_doc)
     drugs = _drugs(directory)
     ingredients = {entry.ingredient for entry in drugs}
+    aliases = _code_systems(directory)
     for number, row in enumerate(ndc_rows, start=2):
         if row["ingredient"].strip().lower() not in ingredients:
             raise KnowledgeError(
@@ -569,6 +795,7 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
             rules_doc["live_vaccine"]["days_before_initiation"]
         ),
         dose=_section(DoseRules, rules_doc["dose"], "dose"),
+        dose_vocabulary=_dose_vocabulary(directory),
         duration=_section(DurationRules, rules_doc["duration"], "duration"),
         prior_authorization=_section(
             PriorAuthorizationLimits, rules_doc["prior_authorization"], "prior_authorization"
@@ -579,4 +806,13 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
         override_reasons=reasons,
         cards={},  # filled by load_knowledge once the values templates may name exist
         payer_criteria=(),
+        brands=_brands(directory, ingredients),
+        ndc_names={
+            row["ndc_prefix"].strip(): row["name"].strip()
+            for row in ndc_rows
+            if (row.get("name") or "").strip()
+        },
+        code_system_aliases=aliases,
+        routes=_routes(directory, aliases),
+        race_based_egfr_codes=_race_based_egfr_codes(directory),
     )

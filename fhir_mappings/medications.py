@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappings.dosage import dosage, to_days
@@ -23,6 +24,7 @@ from fhir_mappings.references import (
     reference_of,
     relative_reference,
 )
+from fhir_mappings.vocabulary import Role
 
 # Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
 # read leniently; it has no R4 model, so it is also reported).
@@ -54,14 +56,28 @@ def medication(
 
     ``draft_index``: the order's position among the session's drafts (None: a recorded order).
     """
-    concept, extra_texts = _medication_concept(mapper, resource, medications_by_ref)
+    read = _medication_concept(resource, medications_by_ref)
+    concept, extra_texts = read.concept, read.texts
     concept_codings, texts = codings(concept), concept_texts(concept) + extra_texts
-    match = mapper.terminology.match_medication(concept_codings, texts)
+    terminology = mapper.terminology
+    match = terminology.match_medication(concept_codings, texts)
+    if read.missing_note is not None and not (match.ingredients or match.roles):
+        # The display named nothing the knowledge knows: say the drug could not be told.
+        mapper.skip(resource, read.missing_note)
+    route_codings = [c for d in _dosages(resource) for c in codings(d.get("route"))]
+    route_texts = [t for d in _dosages(resource) for t in concept_texts(d.get("route"))]
+    exposure, site = terminology.exposure(
+        route_codings + codings(read.form),
+        [*route_texts, *concept_texts(read.form), *texts],
+    )
     dispense = as_object(resource.get("dispenseRequest"))
     supply = quantity(dispense.get("expectedSupplyDuration"))
     repeats = dispense.get("numberOfRepeatsAllowed")
-    name = texts[0] if texts else "(unidentified medication)"
-    capsule_mg = mapper.terminology.knowledge.dose.capsule_mg
+    # A code-only order (an NDC without text) shows the knowledge's product name.
+    name = texts[0] if texts else match.product_name or "(unidentified medication)"
+    knowledge = mapper.terminology.knowledge
+    # Capsule counts are voclosporin's 7.9 mg capsules; another drug's capsule is not known.
+    capsule_mg = knowledge.dose.capsule_mg if Role.VOCLOSPORIN in match.roles else None
     return Medication(
         reference=reference_of(resource),
         name=name,
@@ -72,23 +88,42 @@ def medication(
         is_draft=draft_index is not None,
         is_selected=selected,
         draft_index=draft_index,
-        dosage=dosage(resource, capsule_mg) if match.roles else None,
+        dosage=dosage(resource, knowledge.dose_vocabulary, capsule_mg) if match.roles else None,
         expected_supply_days=to_days(supply) if supply else None,
         number_of_repeats=repeats if isinstance(repeats, int) else None,
         identified=bool(concept_codings or texts),
         renews_prior=bool(resource.get("priorPrescription")),
+        matched_text=match.near_match_text,
+        exposure=exposure,
+        exposure_site=site,
     )
 
 
-def _medication_concept(
-    mapper: Mapper, resource: Resource, medications_by_ref: Mapping[str, Resource]
-) -> tuple[Any, list[str]]:
+@dataclass(frozen=True)
+class _Concept:
+    """What names an order's drug: its concept, extra names, the Medication.form, and the note
+    to give when a referenced Medication is missing (used only if the names identify nothing)."""
+
+    concept: Any
+    texts: list[str]
+    form: Any = None
+    missing_note: str | None = None
+
+
+def _dosages(resource: Resource) -> list[dict[str, Any]]:
+    """The dosage instructions (MedicationRequest and MedicationDispense `dosageInstruction`,
+    MedicationStatement `dosage`), objects only."""
+    dosages = as_list(resource.get("dosageInstruction")) + as_list(resource.get("dosage"))
+    return [d for d in dosages if isinstance(d, dict)]
+
+
+def _medication_concept(resource: Resource, medications_by_ref: Mapping[str, Resource]) -> _Concept:
     """The medication concept of a request: inline, contained, or a referenced Medication."""
     for key in ("medicationCodeableConcept", "vaccineCode"):
         if isinstance(resource.get(key), dict):
-            return resource[key], []
+            return _Concept(resource[key], [])
     if not isinstance(resource.get("medicationReference"), dict):
-        return None, []
+        return _Concept(None, [])
     target, display = medication_reference(resource)
     extra = [display] if display is not None else []
     medication: Resource | None = None
@@ -100,16 +135,15 @@ def _medication_concept(
     if medication is None:
         named = repr(target) if target is not None else "(no reference)"
         shown = f" (display: {extra[0]!r})" if extra else ""
-        mapper.skip(
-            resource,
+        note = (
             f"medicationReference {named} is not in the chart: the drug "
-            f"could not be identified{shown}",
+            f"could not be identified{shown}"
         )
-        return None, extra
+        return _Concept(None, extra, missing_note=note)
     for ingredient in as_list(medication.get("ingredient")):
         if isinstance(ingredient, dict):
             extra += concept_texts(ingredient.get("itemCodeableConcept"))
             item = ingredient.get("itemReference")
             if isinstance(item, dict) and isinstance(item.get("display"), str):
                 extra.append(item["display"])
-    return medication.get("code"), extra
+    return _Concept(medication.get("code"), extra, form=medication.get("form"))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -20,11 +21,22 @@ from fhir_mappings.readers import (
     quantity,
 )
 from fhir_mappings.references import reference_of
-from fhir_mappings.selection import Result, first_copy, pick
+from fhir_mappings.selection import Result, first_copy, pick, tie_order
 from fhir_mappings.vocabulary import DataCategory, ObservationKind
 
-# Observation statuses that carry no usable result.
-_UNUSABLE_OBSERVATION = frozenset({"entered-in-error", "cancelled", "registered"})
+# Observation statuses that carry no result: retracted ones never count, not even as "the latest"
+# (FHIR R4 Observation.status; knowledge: "lab values as labs send them"); registered ones have
+# no result yet.
+_RETRACTED_OBSERVATION = frozenset({"entered-in-error", "cancelled"})
+_UNUSABLE_OBSERVATION = _RETRACTED_OBSERVATION | {"registered"}
+# A value sent as text: an optional comparator, a number, an optional unit (">60",
+# "> 90 mL/min/1.73m2", "<15", "≥ 60").
+_VALUE_STRING = re.compile(r"\s*(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?)\s*(\S.*?)?\s*")
+_COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "≤": "<=", "≥": ">="}
+# A computed eGFR falls as creatinine rises (CKD-EPI 2021): a creatinine bound is an eGFR bound
+# the other way round.
+_INVERTED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+EGFR_UNIT = "mL/min/1.73m2"
 # UCUM/common spellings of the units the rules read.
 _MG_DL = frozenset({"mg/dl"})
 _UMOL_L = frozenset({"umol/l", "µmol/l", "μmol/l", "micromol/l"})
@@ -64,6 +76,8 @@ def observation_series(
             kind, code = match
             if not first_copy(seen, resource):
                 continue
+            if as_code(resource.get("status")) in _RETRACTED_OBSERVATION:
+                continue
             when = observation_time(resource)
             if when is None:
                 mapper.skip(resource, f"{kind} result has no date")
@@ -80,14 +94,24 @@ def observation_series(
 def measurement(
     mapper: Mapper, resource: Resource, kind: ObservationKind, code: str
 ) -> Measurement | None:
-    """One lab result of ``kind`` (LOINC ``code``) in canonical units, or None."""
+    """One lab result of ``kind`` (LOINC ``code``) in canonical units, or None.
+
+    None without a report for a result that has none (status registered/retracted, or a
+    ``dataAbsentReason``: the chart has no value, a monitoring gap for the rule that wanted
+    one); None with a report (the data-unavailable card) for a value that cannot be read.
+    A comparator (``valueQuantity.comparator`` or a ``valueString`` such as ">60") makes the
+    Measurement a bound (``comparator``), never a plain number.
+    """
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return None
-    amount = quantity(resource.get("valueQuantity"))
+    amount = quantity(resource.get("valueQuantity")) or _value_string(resource, kind)
     if amount is None:
-        mapper.skip(resource, f"{kind} result has no numeric valueQuantity")
+        if resource.get("dataAbsentReason") is not None:
+            return None
+        mapper.skip(resource, f"{kind} result has no readable value")
         return None
     value, unit, comparator = amount
+    comparator = _COMPARATORS.get(comparator or "")
     if kind == ObservationKind.CREATININE:
         converted = _creatinine_mg_dl(mapper, value, unit)
         if converted is None:
@@ -98,6 +122,8 @@ def measurement(
         mapper.skip(resource, f"potassium unit {unit!r} not recognised (mmol/L)")
         return None
     method = f"LOINC {code}" + (f", reported as '{comparator}{value:g}'" if comparator else "")
+    if kind == ObservationKind.EGFR and code in mapper.terminology.knowledge.race_based_egfr_codes:
+        method += ", race-based equation"
     return Measurement(
         value=value,
         unit=unit,
@@ -106,7 +132,27 @@ def measurement(
         code=code,
         method=method,
         reference_high=_reference_high(resource),
+        comparator=comparator,
     )
+
+
+def _value_string(resource: Resource, kind: ObservationKind) -> tuple[float, str, str] | None:
+    """(value, unit, comparator) of a ``valueString`` such as ">60"; None when it is not one.
+
+    An eGFR string may leave out its unit (it has only one); other kinds need theirs.
+    """
+    text = resource.get("valueString")
+    if not isinstance(text, str):
+        return None
+    match = _VALUE_STRING.fullmatch(text)
+    if match is None:
+        return None
+    comparator, number, unit = match.group(1) or "", float(match.group(2)), match.group(3) or ""
+    if kind == ObservationKind.EGFR:
+        if unit and not unit.lower().replace(" ", "").startswith("ml/min"):
+            return None
+        return number, unit.strip() or EGFR_UNIT, comparator
+    return (number, unit.strip(), comparator) if unit else None
 
 
 def blood_pressures(
@@ -162,21 +208,78 @@ class ResultReader:
         return None
 
 
-def computed_egfr(
+def egfr_series(
     mapper: Mapper,
     measured: Sequence[Result],
     creatinine: Sequence[Result],
     anchors: Sequence[datetime | None],
     birth_date: date | None,
     sex: str | None,
+    *,
+    compute: bool = True,
 ) -> list[tuple[Measurement, Resource]]:
-    """CKD-EPI 2021 eGFR from the creatinine results the rules would read, on days with no
-    measured eGFR (the measured one wins the day)."""
-    if birth_date is None or sex is None:
-        return []
-    measured_days = {r.when.date() for r in measured}
-    candidates = [r for r in creatinine if r.when.date() not in measured_days]
-    return pick(candidates, anchors, _EgfrFromCreatinine(mapper, birth_date, sex).read)
+    """The eGFR the rules read overall and on or before each anchor's day, one per day.
+
+    For each day, newest first, the first of these that gives a usable result (knowledge: "lab
+    values as labs send them"; NKF-ASN 2021, CKD-EPI 2021 without race):
+
+    1. a race-free measured eGFR (the newest of the day);
+    2. an eGFR computed with CKD-EPI 2021 from that day's creatinine (``compute`` False, or age
+       or sex unknown: none);
+    3. a race-based eGFR (observations.csv ``race_based``), the lower of the results of one
+       draw (48642-3 and 48643-1 from the same blood: the lower, whatever the entry order).
+
+    Results at one instant are ordered by ``selection.tie_order``. An unusable result (a
+    string that is no number, a ``dataAbsentReason``, entered-in-error) is passed over, so it
+    never hides a usable one of the same day or an older day.
+    """
+    race_based = mapper.terminology.knowledge.race_based_egfr_codes
+    reader = ResultReader(mapper)
+    from_creatinine = (
+        _EgfrFromCreatinine(mapper, birth_date, sex).read
+        if compute and birth_date is not None and sex is not None
+        else None
+    )
+    by_day: dict[date, list[Result]] = {}
+    for result in sorted([*measured, *creatinine], key=lambda r: r.when):
+        by_day.setdefault(result.when.date(), []).append(result)
+    days = sorted(by_day)
+    best: dict[date, tuple[Measurement, Resource] | None] = {}
+
+    def day_result(day: date) -> tuple[Measurement, Resource] | None:
+        results = by_day[day]
+        egfrs = [r for r in results if r.kind == ObservationKind.EGFR]
+        race_free = [r for r in egfrs if r.code not in race_based]
+        creatinines = [r for r in results if r.kind == ObservationKind.CREATININE]
+        steps: list[tuple[list[Result], Callable[[Result], Measurement | None] | None]] = [
+            (race_free, reader.measurement),
+            (creatinines, from_creatinine),
+            ([r for r in egfrs if r.code in race_based], reader.measurement),
+        ]
+        for group, read in steps:
+            if group and read is not None:
+                chosen = pick(group, (None,), read, _as_egfr)
+                if chosen:
+                    return chosen[0]
+        return None
+
+    chosen: dict[int, tuple[Measurement, Resource]] = {}
+    for anchor in anchors:
+        for day in reversed(days):
+            if anchor is not None and day > anchor.date():
+                continue
+            if day not in best:
+                best[day] = day_result(day)
+            item = best[day]
+            if item is not None:
+                chosen[id(item[1])] = item
+                break
+    return list(chosen.values())
+
+
+def _as_egfr(kind: ObservationKind, item: Measurement) -> tuple[object, ...]:
+    """Tie order of eGFR results, computed ones included (their results are creatinine)."""
+    return tie_order(ObservationKind.EGFR, item)
 
 
 @dataclass(frozen=True)
@@ -202,15 +305,17 @@ class _EgfrFromCreatinine:
             )
             return None
         value = ckd_epi_2021(creatinine_mg_dl.value, age, self.sex == "female", k)
+        bound = creatinine_mg_dl.comparator
         return Measurement(
             value=round(value, 1),
-            unit="mL/min/1.73m2",
+            unit=EGFR_UNIT,
             when=result.when,
             source=creatinine_mg_dl.source,
             code=result.code,
             computed=True,
-            method=f"computed with CKD-EPI 2021 from creatinine {creatinine_mg_dl.value:.2f} "
-            f"mg/dL, age {int(age)}, {self.sex}",
+            method=f"computed with CKD-EPI 2021 from creatinine {bound or ''}"
+            f"{creatinine_mg_dl.value:.2f} mg/dL, age {int(age)}, {self.sex}",
+            comparator=_INVERTED[bound] if bound else None,
         )
 
 

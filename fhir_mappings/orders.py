@@ -32,20 +32,22 @@ def dosage_instruction(
 ) -> dict[str, Any]:
     """A structured FHIR Dosage the dose rules can read: ``dose_mg`` mg, ``per_day`` times a day.
 
-    ``capsule_mg`` adds the capsule count to the text; ``when`` (MORN, EVE) times the dose;
-    ``sequence`` numbers one of several instructions (its text then names the time of day);
+    ``capsule_mg`` adds the capsule count to the text; ``when`` (MORN, EVE, or a clock time)
+    times the dose and its text names it; ``sequence`` numbers the instruction (instructions
+    with the same or no sequence apply together, FHIR R4 Dosage.sequence);
     ``keep`` holds elements copied from the instruction being replaced (route, method ...).
     """
-    if sequence is None:
+    if when is None:
         how = _FREQUENCY.get(per_day, f"{per_day} times daily")
     else:
-        how = _TIME_OF_DAY.get(when or "", "daily")
+        how = _TIME_OF_DAY.get(when, f"daily at {when}" if ":" in when else "daily")
     capsules = ""
     if capsule_mg is not None:
         capsules = f" ({dose_mg / capsule_mg:.0f} x {capsule_mg:g} mg capsules)"
     repeat: dict[str, Any] = {"frequency": per_day, "period": 1, "periodUnit": "d"}
     if when:
-        repeat["when"] = [when]
+        # A clock time ("08:00:00", read from timeOfDay) goes back to timeOfDay, a code to when.
+        repeat["timeOfDay" if ":" in when else "when"] = [when]
     instruction = {
         **copy.deepcopy(dict(keep or {})),
         "text": f"{dose_mg:g} mg{capsules} by mouth {how}",
@@ -65,7 +67,8 @@ def with_doses(
     """The whole draft order with new dosageInstruction (a CDS Hooks update is the full resource).
 
     ``doses`` holds (mg, time of day or None) per administration in a day: equal untimed doses
-    become one instruction, anything else one instruction per dose.
+    become one instruction, anything else one instruction per dose, with no ``sequence``: they
+    apply together (FHIR R4 Dosage.sequence numbers instructions applied one after another).
     """
     resource = copy.deepcopy(draft or {})
     keep: dict[str, Any] = {}
@@ -81,8 +84,8 @@ def with_doses(
         ]
     else:
         instructions = [
-            dosage_instruction(mg, 1, capsule_mg=capsule_mg, when=when, sequence=n, keep=keep)
-            for n, (mg, when) in enumerate(doses, start=1)
+            dosage_instruction(mg, 1, capsule_mg=capsule_mg, when=when, keep=keep)
+            for mg, when in doses
         ]
     resource["dosageInstruction"] = instructions
     return resource

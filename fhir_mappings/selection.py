@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import groupby
 from typing import Any, TypeVar
 
 from fhir_mappings.facts import BloodPressure, Measurement
@@ -34,25 +35,49 @@ def pick(
     results: Sequence[Result],
     anchors: Sequence[datetime | None],
     read: Callable[[Result], Dated | None],
+    order: Callable[[ObservationKind, Dated], Any] | None = None,
 ) -> list[tuple[Dated, Resource]]:
     """The newest readable result overall and on or before each anchor's day.
 
     ``read`` turns a result into the item the rules use, or None when it is unusable (reported
-    by ``read``); the next older result is then taken.
+    by ``read``); the next older result is then taken. Results taken at one instant (one draw
+    sent twice, two methods on one sample) are all read and ``order`` picks one, never the order
+    in which the chart listed them; by default ``tie_order``.
     """
+    key = order or tie_order
     chosen: dict[int, tuple[Dated, Resource]] = {}
     cache: dict[int, Dated | None] = {}
+    groups = [list(group) for _, group in groupby(results, key=lambda r: r.when)]
     for anchor in anchors:
-        for result in reversed(results):
-            if anchor is not None and result.when.date() > anchor.date():
+        for group in reversed(groups):
+            if anchor is not None and group[0].when.date() > anchor.date():
                 continue
-            if id(result) not in cache:
-                cache[id(result)] = read(result)
-            item = cache[id(result)]
-            if item is not None:
+            readable = []
+            for result in group:
+                if id(result) not in cache:
+                    cache[id(result)] = read(result)
+                item = cache[id(result)]
+                if item is not None:
+                    readable.append((item, result))
+            if readable:
+                item, result = min(readable, key=lambda pair: key(pair[1].kind, pair[0]))
                 chosen[id(result)] = (item, result.resource)
                 break
     return list(chosen.values())
+
+
+def tie_order(kind: ObservationKind, item: Measurement | BloodPressure) -> tuple[Any, ...]:
+    """Which of several results at one instant the rules read: the one that would warn.
+
+    In this order: an exact number before a bound (">60" says less); then the worse value for
+    the check that reads it: the lower eGFR (the gates fire below 45, 60 and 30), the higher
+    creatinine, potassium or urine protein, the higher systolic then diastolic pressure; then
+    the LOINC code and the resource reference, so equal results still come out the same way.
+    """
+    if isinstance(item, BloodPressure):
+        return (-(item.systolic or 0.0), -(item.diastolic or 0.0), item.source)
+    value = item.value if kind == ObservationKind.EGFR else -item.value
+    return (item.comparator is not None, value, item.code, item.source)
 
 
 def latest(

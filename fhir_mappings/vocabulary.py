@@ -25,6 +25,11 @@ class Role(StrEnum):
     P_GP_SUBSTRATE = "p-gp-substrate"
     MYCOPHENOLATE = "mycophenolate"
     CORTICOSTEROID = "corticosteroid"
+    # Co-medication that adds to a voclosporin risk (PI 5.3 nephrotoxicity, 5.6 hyperkalemia).
+    NEPHROTOXIC = "nephrotoxic"
+    HYPERKALEMIA_RISK = "hyperkalemia-risk"
+    # Standard lupus nephritis care that also raises potassium: flagged only at high potassium.
+    ACE_INHIBITOR_OR_ARB = "ace-inhibitor-or-arb"
     # Assigned by terminology matching (a live CVX code or a live-vaccine term, codes.py), never
     # written in drugs.csv.
     LIVE_VACCINE = "live-vaccine"
@@ -33,7 +38,7 @@ class Role(StrEnum):
 # Roles a drugs.csv row may carry: every role except the one terminology assigns.
 DRUG_LIST_ROLES = frozenset(Role) - {Role.LIVE_VACCINE}
 
-# Roles that make an order matter to voclosporin (PI 4, 5.9, 7; the duplicate-CNI local rule):
+# Roles that make an order matter to voclosporin (PI 4, 5.3, 5.6, 5.9, 7; the duplicate-CNI rule):
 # a drafted order with one of them is checked even when the medication list cannot be read.
 INTERACTING_ROLES = frozenset(
     {
@@ -45,6 +50,9 @@ INTERACTING_ROLES = frozenset(
         Role.CALCINEURIN_INHIBITOR,
         Role.P_GP_SUBSTRATE,
         Role.LIVE_VACCINE,
+        Role.NEPHROTOXIC,
+        Role.HYPERKALEMIA_RISK,
+        Role.ACE_INHIBITOR_OR_ARB,
     }
 )
 
@@ -59,12 +67,28 @@ class ObservationKind(StrEnum):
     SYSTOLIC = "systolic"
     DIASTOLIC = "diastolic"
     UPCR = "upcr"
+    # Coded-answer observations: the answer (valueCodeableConcept) is matched in conditions.csv.
+    PREGNANCY_STATUS = "pregnancy-status"
+    BREASTFEEDING_STATUS = "breastfeeding-status"
 
 
 class ConditionKind(StrEnum):
-    """What a coded Condition is (``conditions.csv`` ``kind``)."""
+    """What a coded Condition is, or what a coded Observation answer says (``conditions.csv``).
+
+    The answer kinds (``not-pregnant``, ``pregnancy-unknown``) are read only from the answer of a
+    pregnancy-status Observation; on a Condition they mean nothing to any rule.
+    """
 
     LUPUS_NEPHRITIS = "lupus-nephritis"
+    # Cirrhosis or hepatic failure: LUPKYNIS PI 2 / 8 (knowledge 1.18) doses by Child-Pugh class.
+    HEPATIC_IMPAIRMENT = "hepatic-impairment"
+    # End-stage renal disease, and dependence on dialysis (knowledge 1.17: PK not known).
+    END_STAGE_RENAL_DISEASE = "end-stage-renal-disease"
+    DIALYSIS = "dialysis"
+    PREGNANCY = "pregnancy"
+    LACTATION = "lactation"
+    NOT_PREGNANT = "not-pregnant"
+    PREGNANCY_UNKNOWN = "pregnancy-unknown"
 
 
 class Criterion(StrEnum):
@@ -84,6 +108,18 @@ class Criterion(StrEnum):
     NO_LIVE_VACCINES = "no-live-vaccines"
     QUANTITY_LIMIT = "quantity-limit"
     APPROVAL_DURATION = "approval-duration"
+    # Renewal only (FEP 5.99.021 Prior-Approval Renewal Requirements 1 and 2).
+    CLINICAL_BENEFIT = "documented-clinical-benefit"
+    BENEFITS_OUTWEIGH_RISKS = "benefits-outweigh-risks"
+
+
+# Which criteria each set of the policy has: the renewal asks for a documented benefit instead of
+# active disease (FEP 5.99.021 Prior-Approval Renewal Requirements); the limits are "same as above".
+INITIATION_CRITERIA = frozenset(Criterion) - {
+    Criterion.CLINICAL_BENEFIT,
+    Criterion.BENEFITS_OUTWEIGH_RISKS,
+}
+RENEWAL_CRITERIA = frozenset(Criterion) - {Criterion.ACTIVE_DISEASE}
 
 
 class DataCategory(StrEnum):
@@ -106,3 +142,4 @@ class DataCategory(StrEnum):
     CONDITIONS = "conditions"
     IMMUNIZATIONS = "immunizations"
     ALLERGIES = "allergies"
+    PREGNANCY_LACTATION = "pregnancy_lactation"

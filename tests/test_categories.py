@@ -28,6 +28,7 @@ def test_every_category_has_one_row_and_its_wire_name():
         "conditions",
         "immunizations",
         "allergies",
+        "pregnancyLactation",
     ]
     assert all(category_of_key(prefetch_key(c)) is c for c in DataCategory)
 

@@ -116,7 +116,7 @@ def test_cli_guide_runs_when_pasted(tmp_path: Path) -> None:
         "gunicorn -c python:cds_service.gunicorn_conf",
         "1. CRITICAL BP 170/95 is above 165/105: do not start voclosporin",
         "CRITICAL Contraindicated: voclosporin with strong CYP3A4 inhibitor ketoconazole",
-        "4. INFO     Prior authorization: 6 of 10 criteria met",  # order-select (step 5)
+        "4. INFO     Prior authorization (initial approval): 6 of 10 criteria met",  # order-select
         "exit code 2",  # "Jane Doe"
         "response follows CDS Hooks 2.0: 0 error(s), 0 warning(s)",
         "request follows CDS Hooks 2.0: 0 error(s), 0 warning(s)",

@@ -118,7 +118,8 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "Junita_Labadie": (*SYNTHEA_ADULT[:2], "pediatric:warning", *SYNTHEA_ADULT[2:]),
     "Morris_Lockman": SYNTHEA_ADULT,
     "Neva_Hyatt": SYNTHEA_ADULT,
-    "Renea_Quigley": SYNTHEA_ADULT,
+    # Renea Quigley has active naproxen (2014): nephrotoxic with voclosporin (PI 5.3, NINJA list).
+    "Renea_Quigley": (*SYNTHEA_ADULT[:2], "nephrotoxic-comedication:warning", *SYNTHEA_ADULT[2:]),
     "Thanh_Considine": SYNTHEA_ADULT,
     "Tom_Goodwin": SYNTHEA_ADULT,
     # Clean initiation: only the payer criteria.
@@ -141,27 +142,70 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     # eGFR computed from creatinine (65 by CKD-EPI 2021): a baseline, so nothing is missing.
     "ln-creatinine-only": (PA,),
     "ln-creatinine-only-umol": (PA,),
-    # Renewal: 72 -> 54 is a 25 % decline (reduce), 80 -> 52 is 35 % (discontinue). No PA card.
-    "ln-renewal-egfr-25pct": ("egfr-decline:warning",),
-    "ln-renewal-egfr-35pct": ("egfr-decline:critical",),
+    # Renewal: 72 -> 54 is a 25 % decline (reduce), 80 -> 52 is 35 % (discontinue). The PA card
+    # shows the payer's renewal criteria (seed 002).
+    "ln-renewal-egfr-25pct": ("egfr-decline:warning", PA),
+    "ln-renewal-egfr-35pct": ("egfr-decline:critical", PA),
     # Active ketoconazole (contraindicated). The only eGFR is from 8 days ago, after the course
     # started 60 days ago, so there is no pre-treatment baseline: a monitoring note says so.
-    "ln-on-voclosporin-interactions": (STRONG, MONITORING),
+    "ln-on-voclosporin-interactions": (STRONG, PA, MONITORING),
     # MMR 14 days ago: inside the 28-day window before starting.
     "ln-live-vaccine-recent": (LIVE, PA),
     "ln-adolescent": ("pediatric:warning", PA),
     # Cyclophosphamide instead of MMF: not recommended, and no mycophenolate.
     "ln-cyclophosphamide": ("cyclophosphamide:warning", "background-therapy-missing:info", PA),
     "ln-voclosporin-allergy": ("hypersensitivity:critical", PA),
+    # Renewal with BP 178/112: above the gate on treatment (critical, discontinue).
+    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical", PA),
+    # On voclosporin for 60 days, the only eGFR is after the start: no baseline (monitoring note).
+    "ln-on-voclosporin-stable": (MONITORING,),
+    "ln-on-voclosporin-potassium-4-9": (MONITORING,),
+    # A low-criticality, mild intolerance: a warning naming the reaction, not contraindicated.
+    "ln-voclosporin-mild-intolerance": ("hypersensitivity:warning", PA),
+    # Cirrhosis staged Child-Pugh B, LUPKYNIS at 23.7 mg BID: the label dose is 15.8 mg BID
+    # (knowledge 1.18), so dose-check warns and the hepatic note gives the dose.
+    "ln-cirrhosis-child-pugh-b": ("dose-check:warning", "hepatic-impairment:info", PA),
+    # Child-Pugh C: not recommended (a warning, the label's "not recommended").
+    "ln-cirrhosis-child-pugh-c": ("hepatic-impairment:warning", PA),
+    # ESRD on dialysis, creatinine only: no eGFR is computed on dialysis, so no baseline; use in
+    # ESRD/dialysis is not studied (knowledge 1.17).
+    "ln-dialysis-creatinine-only": (
+        "egfr-baseline-missing:warning",
+        "end-stage-renal-disease:warning",
+        PA,
+    ),
+    # Pregnancy status "Pregnant" (LOINC 82810-3, LA15173-0): warning (knowledge 4).
+    "ln-pregnant": ("pregnancy-lactation:warning", PA),
 }
 ON_VOCLOSPORIN = frozenset(
-    {"ln-renewal-egfr-25pct", "ln-renewal-egfr-35pct", "ln-on-voclosporin-interactions"}
+    {
+        "ln-renewal-egfr-25pct",
+        "ln-renewal-egfr-35pct",
+        "ln-on-voclosporin-interactions",
+        "ln-renewal-bp-high",
+        "ln-on-voclosporin-stable",
+        "ln-on-voclosporin-potassium-4-9",
+    }
 )
 CHART_NAMES = (*SYNTHEA, *CHARTS)
 
 
 # Warnings the service lists before the live-vaccine one (same severity, earlier rule).
-_BEFORE_LIVE = frozenset({"moderate-cyp3a4-inhibitor:warning", "cyp3a4-inducer:warning"})
+_BEFORE_LIVE = frozenset(
+    {"hypersensitivity:warning", "moderate-cyp3a4-inhibitor:warning", "cyp3a4-inducer:warning"}
+)
+# On-treatment cards a chart raises whatever is ordered for the patient on voclosporin.
+ON_TREATMENT_CARDS: dict[str, tuple[str, ...]] = {
+    # BP 178/112 on treatment: discontinue and treat BP (K 1.21, PI 5.4), on every new order.
+    "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical",),
+}
+
+
+def _with_on_treatment(chart: str, cards: tuple[str, ...]) -> tuple[str, ...]:
+    """Add the chart's on-treatment critical cards after the other critical ones."""
+    critical = tuple(c for c in cards if c.endswith(":critical"))
+    rest = tuple(c for c in cards if not c.endswith(":critical"))
+    return (*critical, *ON_TREATMENT_CARDS.get(chart, ()), *rest)
 
 
 def _with_live_vaccine(cards: tuple[str, ...]) -> tuple[str, ...]:
@@ -181,10 +225,13 @@ def expected_cards(chart: str, order_set: str) -> tuple[str, ...]:
     if chart not in ON_VOCLOSPORIN:
         return ()  # no voclosporin drafted or taken: the service has nothing to say
     if order_set == "mmr":
-        return (LIVE,)  # reverse direction: live vaccine for a patient on voclosporin
+        # reverse direction: live vaccine for a patient on voclosporin
+        return _with_on_treatment(chart, (LIVE,))
     if order_set == "ketoconazole":
-        return (STRONG,)  # reverse direction: strong CYP3A4 inhibitor added to voclosporin
-    return ()  # lisinopril: no interaction
+        # reverse direction: strong CYP3A4 inhibitor added to voclosporin
+        return _with_on_treatment(chart, (STRONG,))
+    # lisinopril: standard LN care, flagged only at or above the potassium limit (none here)
+    return _with_on_treatment(chart, ())
 
 
 # ---------------- fixtures ----------------

@@ -47,8 +47,16 @@ ALL_KEYS = (
     "bloodPressure",
     "potassium",
     "upcr",
+    "pregnancyLactation",
 )
-OBSERVATION_KEYS = ("egfr", "creatinine", "bloodPressure", "potassium", "upcr")
+OBSERVATION_KEYS = (
+    "egfr",
+    "creatinine",
+    "bloodPressure",
+    "potassium",
+    "upcr",
+    "pregnancyLactation",
+)
 # Rules that need an observation slice and so cannot run without it (rules/engine.py REGISTRY).
 OBSERVATION_RULES = (
     "egfr-baseline-missing",

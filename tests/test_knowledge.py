@@ -13,15 +13,19 @@ from cds_service.rules import coverage
 from fhir_mappings.knowledge import DATA_DIR, Knowledge, KnowledgeError, load_knowledge
 from fhir_mappings.vocabulary import (
     DRUG_LIST_ROLES,
+    INITIATION_CRITERIA,
     INTERACTING_ROLES,
+    RENEWAL_CRITERIA,
     ConditionKind,
     Criterion,
     ObservationKind,
     Role,
 )
+from tests.support.paths import SHARED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "cds_service" / "rules"
+SEED_POLICY = SHARED_DIR / "knowledge" / "seeds" / "002_3242f4c45293345b.txt"
 
 
 @pytest.fixture
@@ -55,6 +59,9 @@ def test_vocabulary_values_are_the_data_strings():
         "mycophenolate",
         "corticosteroid",
         "live-vaccine",
+        "nephrotoxic",
+        "hyperkalemia-risk",
+        "ace-inhibitor-or-arb",
     }
     assert {str(k) for k in ObservationKind} == {
         "egfr",
@@ -64,8 +71,19 @@ def test_vocabulary_values_are_the_data_strings():
         "systolic",
         "diastolic",
         "upcr",
+        "pregnancy-status",
+        "breastfeeding-status",
     }
-    assert {str(k) for k in ConditionKind} == {"lupus-nephritis"}
+    assert {str(k) for k in ConditionKind} == {
+        "lupus-nephritis",
+        "hepatic-impairment",
+        "end-stage-renal-disease",
+        "dialysis",
+        "pregnancy",
+        "lactation",
+        "not-pregnant",
+        "pregnancy-unknown",
+    }
     assert Role.MYCOPHENOLATE == "mycophenolate"
 
 
@@ -85,6 +103,7 @@ def test_loaded_data_uses_the_vocabulary(knowledge: Knowledge):
     assert set(knowledge.observation_kinds.values()) == set(ObservationKind)
     assert all(isinstance(k, ObservationKind) for k in knowledge.observation_kinds.values())
     assert all(isinstance(k, ConditionKind) for k in knowledge.condition_kinds.values())
+    assert set(knowledge.condition_kinds.values()) == set(ConditionKind)
 
 
 @pytest.mark.parametrize("role", ["strong-cyp3a4-inhibitr", "live-vaccine"], ids=["typo", "live"])
@@ -109,6 +128,72 @@ def test_unknown_kind_stops_loading(data: Path, file: str, kind: str):
     """An observation or condition kind outside the vocabulary names file and line."""
     edit(data / file, f",{kind},", ",eGFR,")
     with pytest.raises(KnowledgeError, match=rf"{re.escape(file)} line \d+: unknown kind 'eGFR'"):
+        load_knowledge(data)
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        ("dose_units.csv", "{pill},capsule,", "{pill},tablet,", r"dose_units\.csv line \d+"),
+        (
+            "dose_units.csv",
+            "caps,capsule,",
+            "cap,capsule,",
+            r"dose_units\.csv line \d+: unit 'cap'",
+        ),
+        ("timing_codes.csv", "BID,2,1,d,", "BID,0,1,d,", r"timing_codes\.csv line 2"),
+        ("timing_codes.csv", "BID,2,1,d,", "BID,2,1,day,", r"timing_codes\.csv line 2"),
+        ("timing_codes.csv", "AM,1,1,d,MORN,", "AM,1,1,d,MORNING,", r"timing_codes\.csv line \d+"),
+        ("timing_codes.csv", "BID,2,1,d,", "BID,two,1,d,", r"timing_codes\.csv line 2"),
+        ("event_timing.csv", "EVE,evening,", "EVE,dusk,", r"event_timing\.csv line \d+: 'EVE'"),
+    ],
+    ids=[
+        "unit-counts-unknown",
+        "unit-repeated",
+        "timing-zero-frequency",
+        "timing-bad-period-unit",
+        "timing-when-not-event-timing",
+        "timing-frequency-not-a-number",
+        "event-part-unknown",
+    ],
+)
+def test_bad_dose_vocabulary_stops_loading(data: Path, file: str, old: str, new: str, message):
+    """A unit, timing code or day part outside its vocabulary names file and line."""
+    edit(data / file, old, new)
+    with pytest.raises(KnowledgeError, match=message):
+        load_knowledge(data)
+
+
+def test_dose_vocabulary_rows_have_sources(knowledge: Knowledge):
+    """Every unit synonym and timing code is loaded, each timing code with its source."""
+    vocabulary = knowledge.dose_vocabulary
+    assert vocabulary.units["{pill}"] == "capsule"
+    assert vocabulary.units["mg"] == "mg"
+    assert all(code.source.strip() for code in vocabulary.timing_codes.values())
+    assert vocabulary.timing_codes["AM"].when == "MORN"
+
+
+def test_race_based_codes_are_the_four_flagged_rows(knowledge: Knowledge):
+    """observations.csv flags the MDRD and CKD-EPI race-based eGFR codes, each citing NKF-ASN."""
+    assert knowledge.race_based_egfr_codes == {"48642-3", "48643-1", "88293-6", "88294-4"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('recommended)",true', 'recommended)",yes', "race_based must be true or false"),
+        (
+            '"Creatinine [Mass/volume] in Serum or Plasma","knowledge 5b"',
+            '"Creatinine [Mass/volume] in Serum or Plasma","knowledge 5b",true',
+            "race_based is for egfr rows",
+        ),
+    ],
+    ids=["not-a-boolean", "not-egfr"],
+)
+def test_bad_race_based_flag_stops_loading(data: Path, old: str, new: str, message: str):
+    """A race_based value other than true/false, or on a non-eGFR row, stops start-up."""
+    edit(data / "observations.csv", old, new)
+    with pytest.raises(KnowledgeError, match=rf"observations\.csv line \d+: {message}"):
         load_knowledge(data)
 
 
@@ -273,9 +358,35 @@ def test_the_prose_scan_sees_a_number(tmp_path: Path):
 def test_every_criterion_has_one_checker_and_a_row(knowledge: Knowledge):
     """Data, vocabulary and checkers name the same criteria; the data gives the card order."""
     assert set(coverage.CHECKERS) == set(Criterion)
-    assert [c.id for c in knowledge.payer_criteria] == list(Criterion)
-    assert all(c.source.startswith("FEP 5.99.021") for c in knowledge.payer_criteria)
+    assert [c.id for c in knowledge.payer_criteria] == [
+        c for c in Criterion if c in INITIATION_CRITERIA
+    ]
+    assert {c.id for c in knowledge.payer_renewal_criteria} == RENEWAL_CRITERIA
+    both = (*knowledge.payer_criteria, *knowledge.payer_renewal_criteria)
+    assert all(c.source.startswith("FEP 5.99.021") and c.wording for c in both)
     assert knowledge.fill(knowledge.payer_criteria[0].name) == "Age 18 or older"
+
+
+def test_renewal_criteria_quote_the_seed_policy(knowledge: Knowledge):
+    """Each renewal row's wording is the seed policy's own text, in the policy's order."""
+    seed = " ".join(SEED_POLICY.read_text(encoding="utf-8").split())
+    for criterion in knowledge.payer_renewal_criteria:
+        wording = criterion.wording.removeprefix("Prior \u2013 Approval Renewal Limits: ")
+        quoted = wording.split(" (")[0] if "Same as above" in wording else wording
+        assert quoted in seed, criterion.id
+    ids = [c.id for c in knowledge.payer_renewal_criteria]
+    assert ids.index(Criterion.CLINICAL_BENEFIT) < ids.index(Criterion.BENEFITS_OUTWEIGH_RISKS)
+
+
+def test_renewal_set_without_its_own_criterion_stops_loading(data: Path):
+    """A renewal set that lost 'documented clinical benefit' stops start-up."""
+    edit(
+        data / "prior_authorization.toml",
+        'id = "documented-clinical-benefit"',
+        'id = "active-lupus-nephritis"',
+    )
+    with pytest.raises(KnowledgeError, match=r"renewal_criterion.*missing.*clinical-benefit"):
+        load_knowledge(data)
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,7 @@ def test_rules_fired_lists_every_card(
     assert line["rulesFired"] == sent
     assert "data-unavailable" in sent
     assert sorted(line["unavailable"]) == sorted(
-        ["bloodPressure", "creatinine", "egfr", "potassium", "upcr"]
+        ["bloodPressure", "creatinine", "egfr", "potassium", "pregnancyLactation", "upcr"]
     )
 
 

@@ -345,11 +345,11 @@ def test_hook_examples_are_what_the_service_answers(
 
 
 def test_discovery_conforms(contract: OpenAPI, client: FlaskClient) -> None:
-    """Discovery lists one entry per hook, each with the twelve prefetch templates."""
+    """Discovery lists one entry per hook, each with the thirteen prefetch templates."""
     body = conforms(contract, exchange(client, "GET", "/cds-services"), 200)
     assert [s["hook"] for s in body["services"]] == list(HOOKS)
     assert {s["hook"]: s["id"] for s in body["services"]} == LISTED_ID
-    assert all(len(s["prefetch"]) == 12 for s in body["services"])
+    assert all(len(s["prefetch"]) == 13 for s in body["services"])
 
 
 @pytest.mark.parametrize(

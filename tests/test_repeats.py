@@ -296,7 +296,22 @@ def _selects_during(app: Any, client: Any, body: dict[str, Any]) -> int:
 def test_one_query_per_call_and_none_without_a_quietable_card(app, client):
     """A call with warnings asks the database once; one with only critical cards never."""
     assert _selects_during(app, client, _request(app, "ln-cyclophosphamide")) == 1
-    only_critical = _request(app, "ln-renewal-egfr-35pct")
+    # Clarithromycin for a patient on voclosporin: one critical card, and no payer card (which
+    # every voclosporin order, renewals included, now carries as information).
+    only_critical = _request(app, "ln-on-voclosporin-interactions")
+    patient_id = only_critical["context"]["patientId"]
+    only_critical["context"]["draftOrders"]["entry"] = [
+        {
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "id": "clari",
+                "status": "draft",
+                "intent": "order",
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "medicationCodeableConcept": {"text": "clarithromycin 500 MG Oral Tablet"},
+            }
+        }
+    ]
     assert [c["indicator"] for c in client.post(SIGN, json=only_critical).json["cards"]] == [
         "critical"
     ]

@@ -42,6 +42,8 @@ from cds_service.cli.service_calls import (
 from cds_service.cli.signing import JwtSigner, jwk_set, load_private_key
 from cds_service.errors import CliError
 from cds_service.spec_check import CHECKERS, detect_kind
+from fhir_mappings.codes import RXNORM, Coding, Terminology
+from fhir_mappings.knowledge import load_knowledge
 from fhir_mappings.orders import draft_medication_request
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -90,6 +92,9 @@ def cmd_hook(args: argparse.Namespace) -> int:
                 per_day=args.per_day,
             )
         ]
+        unknown = unknown_drug_warning(args.drug, args.rxnorm)
+        if unknown:
+            print(unknown, file=err)
     with requests.Session() as session:
         hook = args.hook
         templates: Mapping[str, Any] = {}
@@ -134,6 +139,34 @@ def cmd_hook(args: argparse.Namespace) -> int:
             return EXIT_OK
         response, seconds = send_hook(target, request, session, signer, args.timeout, progress)
     return _report(response, seconds, target, args, out, err)
+
+
+def unknown_drug_warning(drug: str | None, rxnorm: str | None) -> str | None:
+    """A warning line when --drug/--rxnorm names no drug this installation's knowledge knows.
+
+    A misspelt drug otherwise looks like a safe one ("no cards"). The order is still sent (an
+    unknown drug is a valid test: it should get no interaction cards); the exit code does not
+    change. Checked against the local knowledge data, which a remote service may not share.
+    """
+    code, name = (rxnorm or "").strip(), (drug or "").strip()
+    codings = [Coding(RXNORM, code)] if code else []
+    texts = [name] if name else []
+    match = Terminology(load_knowledge()).match_medication(codings, texts)
+    if match.ingredients or match.roles:
+        return None
+    named = " and ".join(
+        part
+        for part in (
+            f"--drug {drug!r}" if texts else "",
+            f"--rxnorm {rxnorm!r}" if codings else "",
+        )
+        if part
+    )
+    return (
+        f"warning: {named} matched no drug the service knows (drugs.csv, brands.csv, "
+        "ndc.csv, live-vaccine terms): it is sent as an unlisted drug, so no voclosporin "
+        "card can fire for it; check the spelling"
+    )
 
 
 def _report(

@@ -1,8 +1,11 @@
-"""The payer's prior-authorization criteria for initiation (FEP policy 5.99.021, knowledge 7).
+"""The payer's prior-authorization criteria (FEP policy 5.99.021, knowledge 7).
 
-The criteria (id, name as shown, order, source) are data: ``prior_authorization.toml``. Here is
-one checker per criterion id, deciding met / not met / unknown from the facts and saying which
-facts it used. ``CHECKERS`` covers ``Criterion`` exactly; the loader makes the data cover it too.
+Two sets, both data (``prior_authorization.toml``: id, name as shown, order, policy wording,
+source): the initial prior approval for an initiation, the renewal criteria for a renewal or
+continuation. Here is one checker per criterion id, deciding met / not met / unknown from the
+facts and saying which facts it used; a criterion in both sets has one checker that looks at
+which set it serves (``no-live-vaccines``: before initiation, or during the course).
+``CHECKERS`` covers ``Criterion`` exactly; the loader makes each data set cover its ids.
 """
 
 from __future__ import annotations
@@ -11,7 +14,16 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Literal
 
-from cds_service.rules.model import Finding, RuleResult, card_text, describe, latest
+from cds_service.rules.model import (
+    Finding,
+    RuleResult,
+    card_text,
+    decline_bounds,
+    describe,
+    latest,
+    when_text,
+)
+from cds_service.rules.renal import decline_percent
 from fhir_mappings.facts import Condition, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.vocabulary import ConditionKind, Criterion, DataCategory, Role
@@ -23,13 +35,15 @@ _ATTESTATION = "prescriber attestation"
 
 
 def prior_authorization(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
-    """Initiation: each policy criterion as met / not met / unknown, with the facts used."""
-    if not facts.is_initiation:
+    """Each criterion of the set the order needs (initiation or renewal) as met / not met /
+    unknown, with the facts used; the card names the set."""
+    if not facts.ordering_voclosporin:
         return
     text = card_text(knowledge, "prior-authorization")
+    renewal = facts.is_renewal
     criteria = [
         (knowledge.fill(criterion.name), *CHECKERS[criterion.id](facts, knowledge))
-        for criterion in knowledge.payer_criteria
+        for criterion in (knowledge.payer_renewal_criteria if renewal else knowledge.payer_criteria)
     ]
     counts = {
         s: sum(1 for _, status, _ in criteria if status == s) for s in ("met", "not met", "unknown")
@@ -37,16 +51,18 @@ def prior_authorization(facts: PatientFacts, knowledge: Knowledge) -> Iterator[R
     rows = "\n".join(
         text("row", name=name, status=status, evidence=why) for name, status, why in criteria
     )
+    criteria_set = text("set_renewal" if renewal else "set_initiation")
     yield Finding(
         "info",
         text(
             "summary",
+            set=criteria_set,
             met=counts["met"],
             total=len(criteria),
             not_met=counts["not met"],
             unknown=counts["unknown"],
         ),
-        text("detail", rows=rows),
+        text("detail", set=criteria_set, rows=rows),
     )
 
 
@@ -120,10 +136,20 @@ def _attestation(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str
 
 
 def _no_live_vaccines(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    """A live vaccine drafted now, or recorded in the window before initiation (28 days) or, on
+    renewal, since the course started."""
     live = [m for m in facts.draft_orders if m.is_live_vaccine]
-    since = facts.now - timedelta(days=knowledge.live_vaccine_days_before_initiation)
+    if facts.is_renewal:
+        since = facts.course_start
+        if since is None and not live:
+            text = card_text(knowledge, "prior-authorization")
+            return _absent(facts, DataCategory.IMMUNIZATIONS, "unknown"), text("no_course_start")
+    else:
+        since = facts.now - timedelta(days=knowledge.live_vaccine_days_before_initiation)
     recent_live = [
-        i for i in facts.immunizations if i.live and i.when is not None and i.when >= since
+        i
+        for i in facts.immunizations
+        if i.live and i.when is not None and since is not None and i.when >= since
     ]
     status: Status = (
         "not met" if live or recent_live else _absent(facts, DataCategory.IMMUNIZATIONS, "met")
@@ -131,6 +157,49 @@ def _no_live_vaccines(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status
     return status, (
         _names(live) or ", ".join(i.name for i in recent_live) or "no live vaccine found"
     )
+
+
+def _clinical_benefit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    """Renewal 1: the eGFR trend from the course baseline (the latest eGFR on or before the
+    course start) to the latest since.
+
+    "Stabilization" is read with the label's no-change band (PI 2.2 Table 1): a decline of at
+    most 20% (rules.toml ``decline_reduce_above_percent``) or a rise is met; a larger decline
+    with eGFR below 60 (the label's dose-change zone) is the renal worsening the policy excludes:
+    not met. A larger decline with eGFR still at or above 60, a result reported as a bound that
+    does not decide, no eGFR before or since the start, or eGFR that could not be obtained:
+    unknown, for the prescriber's documentation to settle.
+    """
+    text = card_text(knowledge, "prior-authorization")
+    if facts.unavailable & {DataCategory.EGFR, DataCategory.CREATININE}:
+        return "unknown", text("benefit_unavailable")
+    start = facts.course_start
+    if start is None:
+        return "unknown", text("no_course_start")
+    before = [m for m in facts.egfr if m.when is not None and m.when.date() <= start.date()]
+    after = [m for m in facts.egfr if m.when is not None and m.when.date() > start.date()]
+    baseline, current = latest(before), latest(after)
+    if baseline is None:
+        return "unknown", text("benefit_no_baseline", start=when_text(start))
+    if current is None:
+        return "unknown", text("benefit_no_current", start=when_text(start))
+    renal = knowledge.renal
+    least: float | None
+    most: float | None
+    if baseline.comparator is None and current.comparator is None and baseline.value > 0:
+        least = most = decline_percent(baseline.value, current.value)
+    else:
+        least, most = decline_bounds(baseline, current)
+    readings = text("benefit_readings", baseline=describe(baseline), latest=describe(current))
+    if most is not None and most <= renal.decline_reduce_above_percent:
+        change = text("benefit_change", change=-most) if least == most else ""
+        return "met", text("benefit_stable", readings=readings, change=change)
+    if least is not None and least > renal.decline_reduce_above_percent:
+        down = text("benefit_decline" if least == most else "benefit_decline_more", decline=least)
+        if current.below(renal.decline_applies_below):
+            return "not met", text("benefit_worse", readings=readings, change=down)
+        return "unknown", text("benefit_worse_high", readings=readings, change=down)
+    return "unknown", text("benefit_bound", readings=readings)
 
 
 def _quantity_limit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
@@ -179,6 +248,8 @@ CHECKERS: dict[Criterion, Checker] = {
     Criterion.NO_LIVE_VACCINES: _no_live_vaccines,
     Criterion.QUANTITY_LIMIT: _quantity_limit,
     Criterion.APPROVAL_DURATION: _approval_duration,
+    Criterion.CLINICAL_BENEFIT: _clinical_benefit,
+    Criterion.BENEFITS_OUTWEIGH_RISKS: _attestation,
 }
 if set(CHECKERS) != set(Criterion):  # checked on import, i.e. at start-up, before any request
     raise RuntimeError(

@@ -11,7 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from cds_service.rules import coverage, interactions, regimen, renal, vitals
+from cds_service.rules import (
+    comedication,
+    coverage,
+    interactions,
+    populations,
+    regimen,
+    renal,
+    vitals,
+)
 from cds_service.rules.model import (
     SEVERITY,
     Finding,
@@ -21,9 +29,9 @@ from cds_service.rules.model import (
     card_text,
 )
 from fhir_mappings.categories import prefetch_key
-from fhir_mappings.facts import PatientFacts
+from fhir_mappings.facts import SYSTEMIC_INTERACTION_ROLES, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
-from fhir_mappings.vocabulary import INTERACTING_ROLES
+from fhir_mappings.vocabulary import INTERACTING_ROLES, Role
 from fhir_mappings.vocabulary import DataCategory as D
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ _MEDS = frozenset({D.MEDICATIONS})
 # they check the orders and say so ("checked the orders only").
 _ALL_MEDS = _MEDS | {D.MEDICATION_STATEMENTS, D.MEDICATION_DISPENSES}
 _RENAL = frozenset({D.EGFR, D.CREATININE, D.PATIENT})
+_CONDITIONS = frozenset({D.CONDITIONS})
 
 REGISTRY: tuple[RuleSpec, ...] = (
     RuleSpec("hypersensitivity", interactions.hypersensitivity, needs=frozenset({D.ALLERGIES})),
@@ -56,24 +65,42 @@ REGISTRY: tuple[RuleSpec, ...] = (
         "blood-pressure-high", vitals.blood_pressure_high, needs=frozenset({D.BLOOD_PRESSURE})
     ),
     RuleSpec(
+        "blood-pressure-high-on-treatment",
+        vitals.blood_pressure_high_on_treatment,
+        needs=frozenset({D.BLOOD_PRESSURE}),
+    ),
+    RuleSpec(
         "blood-pressure-missing", vitals.blood_pressure_missing, needs=frozenset({D.BLOOD_PRESSURE})
     ),
     RuleSpec("cyclophosphamide", interactions.cyclophosphamide, reads=_ALL_MEDS),
     RuleSpec("pediatric", regimen.pediatric, needs=frozenset({D.PATIENT})),
     RuleSpec("background-therapy-missing", regimen.background_therapy_missing, needs=_MEDS),
     RuleSpec("hyperkalemia", vitals.hyperkalemia, needs=frozenset({D.POTASSIUM})),
+    RuleSpec("nephrotoxic-comedication", comedication.nephrotoxic_comedication, reads=_ALL_MEDS),
+    RuleSpec(
+        "hyperkalemia-comedication",
+        comedication.hyperkalemia_comedication,
+        reads=_ALL_MEDS | {D.POTASSIUM},
+    ),
     RuleSpec(
         "calcineurin-inhibitor-duplicate",
         interactions.calcineurin_inhibitor_duplicate,
         reads=_ALL_MEDS,
     ),
     RuleSpec("p-gp-substrate", interactions.p_gp_substrate, reads=_ALL_MEDS),
-    RuleSpec("dose-check", regimen.dose_check, reads=_RENAL),
+    RuleSpec("dose-check", regimen.dose_check, reads=_RENAL | _CONDITIONS),
     RuleSpec("treatment-duration", regimen.treatment_duration, needs=_MEDS),
+    RuleSpec("hepatic-impairment", populations.hepatic_impairment, needs=_CONDITIONS),
+    RuleSpec("end-stage-renal-disease", populations.end_stage_renal_disease, needs=_CONDITIONS),
+    RuleSpec(
+        "pregnancy-lactation",
+        populations.pregnancy_lactation,
+        reads=_CONDITIONS | {D.PREGNANCY_LACTATION},
+    ),
     RuleSpec(
         "prior-authorization",
         coverage.prior_authorization,
-        reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _MEDS,
+        reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _MEDS | _RENAL,
     ),
 )
 RULE_IDS: tuple[str, ...] = (
@@ -103,7 +130,7 @@ def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
         if m.is_selected and not m.identified
     ]
     if D.MEDICATIONS in facts.unavailable and any(
-        m.is_selected and m.roles & INTERACTING_ROLES for m in facts.draft_orders
+        m.is_selected and _interacting_roles(m) for m in facts.draft_orders
     ):
         gaps.append(
             NotChecked(
@@ -114,6 +141,13 @@ def _unknown_involvement(facts: PatientFacts) -> list[NotChecked]:
             )
         )
     return gaps
+
+
+def _interacting_roles(order: Medication) -> frozenset[Role]:
+    """The order's roles that matter to voclosporin; a cream or eye drop keeps none of the
+    systemic ones (knowledge "route and dose form"), so it raises no "cannot tell" gap."""
+    roles = order.roles & INTERACTING_ROLES
+    return roles - SYSTEMIC_INTERACTION_ROLES if order.is_non_systemic else roles
 
 
 def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
@@ -146,7 +180,7 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
         if missing:
             gaps.append(
                 NotChecked(
-                    "checked the orders only: " + ", ".join(missing) + " unavailable",
+                    "ran on what was available: " + ", ".join(missing) + " unavailable",
                     spec.rule_id,
                     partial=True,
                 )
@@ -171,12 +205,26 @@ def _finish(
     unavailable_card = _data_unavailable(facts, gaps, knowledge)
     if unavailable_card is not None:
         findings.append(_stamp(unavailable_card, DATA_UNAVAILABLE, knowledge))
+    near = _near_match_note(facts, knowledge)
+    if near:
+        findings[:] = [replace(f, detail=f.detail + near) for f in findings]
     if monitoring:
         findings.append(_stamp(_monitoring_gaps(monitoring, knowledge), MONITORING_GAPS, knowledge))
     order = {rule_id: n for n, rule_id in enumerate(RULE_IDS)}
     findings.sort(key=lambda f: (SEVERITY[f.indicator], order.get(f.rule_id, 99)))
     return Evaluation(
         tuple(findings), (*evaluated, DATA_UNAVAILABLE), tuple(gaps), tuple(monitoring)
+    )
+
+
+def _near_match_note(facts: PatientFacts, knowledge: Knowledge) -> str:
+    """Say on every card which order text was read as voclosporin though one letter off
+    (knowledge "names as EHRs write them"); "" when every voclosporin name matched exactly."""
+    text = card_text(knowledge, "data-unavailable")
+    return "".join(
+        text("near_match", text=m.matched_text, reference=m.reference)
+        for m in (*facts.draft_orders, *facts.medications)
+        if m.is_voclosporin and m.matched_text is not None
     )
 
 

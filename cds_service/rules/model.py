@@ -28,12 +28,15 @@ class RemoveOrder:
 class ReplaceDosage:
     """Replace the dosing of a draft order (CDS Hooks `update` action with the full resource).
 
-    ``doses`` holds (mg, time of day or None) for each administration in a day.
+    ``doses`` holds (mg, time of day or None) for each administration in a day; ``whole`` is
+    False when they are this order's part of a regimen split over several drafts (the
+    suggestion's other actions rewrite the rest; ``description`` names the whole regimen).
     """
 
     order: Medication
     doses: tuple[tuple[float, str | None], ...]
     description: str
+    whole: bool = True
 
 
 Action = RemoveOrder | ReplaceDosage
@@ -151,7 +154,7 @@ def num(value: float) -> str:
 def describe(m: Measurement) -> str:
     """Markdown line with the value, unit, date, source and whether it was computed."""
     origin = "computed" if m.computed else "measured"
-    return f"{num(m.value)} {m.unit} on {when_text(m.when)} ({origin}; {m.method}; `{m.source}`)"
+    return f"{m.shown} {m.unit} on {when_text(m.when)} ({origin}; {m.method}; `{m.source}`)"
 
 
 def subject_of(orders: Iterable[Medication]) -> str:
@@ -189,3 +192,41 @@ def remove_suggestions(
 
 def days_between(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() / 86400
+
+
+def on_treatment(facts: PatientFacts) -> bool:
+    """The patient is on a voclosporin course: renewing it, or ordering another drug meanwhile.
+
+    The on-treatment checks (BP gate, live vaccines given during the course) run then, not at
+    initiation (decision "on-treatment checks"; K 1.21, PI 5.4, 5.9).
+    """
+    if facts.is_renewal:
+        return True
+    # Voclosporin only drafted earlier in this session is an initiation under way, not a course.
+    drafted_only = any(m.is_voclosporin for m in facts.draft_orders)
+    return facts.takes_voclosporin and not facts.ordering_voclosporin and not drafted_only
+
+
+def decline_bounds(
+    baseline: Measurement, current: Measurement
+) -> tuple[float | None, float | None]:
+    """The least and the most eGFR decline from baseline (percent) the two results allow.
+
+    Exact results give one number twice (72 -> 57.6: 20.0, 20.0). A result reported as a bound
+    (">60") gives no percentage, only limits: baseline >60 and now 40 is a decline of more than
+    33.3%, with no upper limit (None). None: no limit on that side.
+    """
+    b_low, b_high = _interval(baseline)
+    c_low, c_high = _interval(current)
+    least = None if c_high is None or b_low <= 0 else round((1 - c_high / b_low) * 100, 6)
+    most = None if b_high is None or b_high <= 0 else round((1 - c_low / b_high) * 100, 6)
+    return least, most
+
+
+def _interval(m: Measurement) -> tuple[float, float | None]:
+    """(lowest, highest or None) values a result allows; a lab value is never below zero."""
+    if m.comparator in (">", ">="):
+        return m.value, None
+    if m.comparator in ("<", "<="):
+        return 0.0, m.value
+    return m.value, m.value

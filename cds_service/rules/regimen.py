@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from cds_service.rules.doses import Regimen, regimen_of, rewrite
 from cds_service.rules.model import (
     Finding,
     NotChecked,
     RuleResult,
+    Suggestion,
     card_text,
     days_between,
-    num,
+    names,
     order_line,
     when_text,
 )
+from cds_service.rules.populations import esrd_or_dialysis, hepatic_dose_class
 from cds_service.rules.renal import baseline_egfr
-from fhir_mappings.facts import Medication, PatientFacts
+from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.vocabulary import Role
 
@@ -56,55 +59,119 @@ def background_therapy_missing(facts: PatientFacts, knowledge: Knowledge) -> Ite
 
 
 def dose_check(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
-    """Each drafted voclosporin order: whole 7.9 mg capsules, twice daily, <= 23.7 mg a dose.
+    """The session's voclosporin regimen: whole 7.9 mg capsules, twice daily, <= 23.7 mg a dose.
 
-    An order without structured dosing is only reported once order entry is complete
-    (``facts.order_entry_complete``: order-select may come before the dose is entered).
+    All voclosporin drafts of the session are one regimen (an AM and a PM draft are checked
+    together, not one at a time; ``doses.regimen_of``). A draft without structured dosing is
+    only reported once order entry is complete (``facts.order_entry_complete``: order-select
+    may come before the dose is entered). One pass over the drafts.
+
+    Lower for some patients: severe renal impairment at initiation (start at 15.8 mg BID) and
+    Child-Pugh A/B hepatic impairment (15.8 mg BID, ``populations.hepatic_dose_class``).
     """
+    if not facts.ordering_voclosporin:
+        return
+    regimen = regimen_of(facts.draft_orders, knowledge)
+    if regimen is None:
+        return
+    problems = _dose_problems(regimen, facts, knowledge)
+    if not problems:
+        return
     text = card_text(knowledge, "dose-check")
-    for order in facts.draft_voclosporin:
-        problems = _dose_problems(order, facts, knowledge)
-        if not problems:
-            continue
-        yield Finding(
-            "warning",
-            text("summary", problem=problems[0]),
-            text(
-                "detail",
-                order=order_line(order),
-                as_ordered=_as_ordered(order),
-                problems="\n".join(f"- {p}" for p in problems),
-                capsules_per_dose=knowledge.dose.starting_dose_mg / knowledge.dose.capsule_mg,
-            ),
-            subject=_as_ordered(order),  # a different wrong dose is a different finding
-        )
-
-
-def _as_ordered(order: Medication) -> str:
-    dosage = order.dosage
-    if dosage is None:
-        return "no structured dosage"
-    doses = ", ".join(f"{d.mg:g} mg" + (f" ({d.when})" if d.when else "") for d in dosage.doses)
-    per_day = f"{dosage.doses_per_day:g}/day" if dosage.doses_per_day is not None else "?/day"
-    return f"{doses or 'no dose quantity'}; {per_day}" + (
-        f"; '{dosage.text}'" if dosage.text else ""
+    as_ordered = _as_ordered(regimen)
+    yield Finding(
+        "warning",
+        text("summary", problem=problems[0]),
+        text(
+            "detail",
+            order="\n".join(order_line(o) for o in regimen.orders),
+            as_ordered=as_ordered,
+            problems="\n".join(f"- {p}" for p in problems),
+            capsules_per_dose=knowledge.dose.starting_dose_mg / knowledge.dose.capsule_mg,
+        ),
+        _starting_dose_suggestions(regimen, facts, knowledge),
+        subject=as_ordered,  # a different wrong dose is a different finding
     )
 
 
-def _dose_problems(order: Medication, facts: PatientFacts, knowledge: Knowledge) -> list[str]:
+def _starting_dose_suggestions(
+    regimen: Regimen, facts: PatientFacts, knowledge: Knowledge
+) -> tuple[Suggestion, ...]:
+    """At initiation: rewrite the session's regimen to the expected starting dose twice daily.
+
+    None on renewal (the right dose then depends on the course's eGFR history, PI 2.2) and none
+    with a moderate CYP3A4 inhibitor (that card suggests the PI 7 regimen instead).
+    """
+    if not facts.is_initiation or facts.partners(Role.MODERATE_CYP3A4_INHIBITOR):
+        return ()
+    start = expected_starting_dose(facts, knowledge)
+    mg = start[0] if start is not None else knowledge.dose.starting_dose_mg
+    per_day = knowledge.dose.doses_per_day
+    text = card_text(knowledge, "dose-check")
+    described = text("starting_regimen", mg=mg)
+    actions = rewrite(regimen, ((mg, None),) * per_day, described, knowledge)
+    if not actions:
+        return ()
+    label = text("suggestion", orders=names(regimen.orders), regimen=described)
+    return (Suggestion(label, actions, is_recommended=True),)
+
+
+def _as_ordered(regimen: Regimen) -> str:
+    """The combined regimen as a clinician reads it, with the text of each draft."""
+    doses = ", ".join(f"{d.mg:g} mg" + (f" ({d.when})" if d.when else "") for d in regimen.doses)
+    per_day = regimen.doses_per_day
+    shown = f"{doses or 'no dose quantity'}; " + (
+        f"{per_day:g}/day" if per_day is not None else "?/day"
+    )
+    texts = [o.dosage.text for o in regimen.orders if o.dosage is not None and o.dosage.text]
+    return shown + "".join(f"; '{t}'" for t in texts)
+
+
+def expected_starting_dose(facts: PatientFacts, knowledge: Knowledge) -> tuple[float, str] | None:
+    """A starting dose below the usual one the label asks for here, and why; None: the usual.
+
+    Severe renal impairment at baseline (eGFR < 30; not with ESRD or dialysis, which is not
+    studied): 15.8 mg BID (PI 2.4, K 1.17); Child-Pugh A/B hepatic impairment: 15.8 mg BID
+    (K 1.18). The lowest applies.
+    """
+    if not facts.is_initiation:
+        return None
+    text = card_text(knowledge, "dose-check")
+    reasons: list[tuple[float, str]] = []
+    baseline = baseline_egfr(facts, knowledge)
+    # A bound that cannot tell ("<40") does not ask for the lower start; "<25" does.
+    if (
+        baseline is not None
+        and baseline.below(knowledge.renal.severe_impairment_below)
+        and not esrd_or_dialysis(facts)
+    ):
+        reasons.append(
+            (
+                knowledge.dose.severe_renal_starting_dose_mg,
+                text("severe_renal_start", egfr=baseline.shown),
+            )
+        )
+    hepatic = hepatic_dose_class(facts)
+    if hepatic is not None:
+        reasons.append(
+            (knowledge.dose.hepatic_impairment_dose_mg, text("hepatic_dose", child_pugh=hepatic))
+        )
+    return min(reasons, key=lambda reason: reason[0]) if reasons else None
+
+
+def _dose_problems(regimen: Regimen, facts: PatientFacts, knowledge: Knowledge) -> list[str]:
     text = card_text(knowledge, "dose-check")
     rules = knowledge.dose
-    dosage = order.dosage
-    if dosage is None or not dosage.doses:
-        if not facts.order_entry_complete:
-            return []
-        return [text("no_structured_dose")]
     problems = []
-    if dosage.doses_per_day is None:
+    if regimen.without_dose and facts.order_entry_complete:
+        problems.append(text("no_structured_dose"))
+    if not regimen.doses:
+        return problems
+    if regimen.doses_per_day is None:
         problems.append(text("no_structured_frequency"))
-    elif abs(dosage.doses_per_day - rules.doses_per_day) > 1e-9:
-        problems.append(text("frequency", doses_per_day=dosage.doses_per_day))
-    for amount in {d.mg for d in dosage.doses}:
+    elif abs(regimen.doses_per_day - rules.doses_per_day) > 1e-9:
+        problems.append(text("frequency", doses_per_day=regimen.doses_per_day))
+    for amount in dict.fromkeys(d.mg for d in regimen.doses):
         capsules = amount / rules.capsule_mg
         if (
             abs(capsules - round(capsules)) * rules.capsule_mg > rules.mg_tolerance
@@ -113,16 +180,16 @@ def _dose_problems(order: Medication, facts: PatientFacts, knowledge: Knowledge)
             problems.append(text("partial_capsule", mg=amount))
         if amount > rules.max_dose_mg + rules.mg_tolerance:
             problems.append(text("above_maximum", mg=amount))
-    if facts.is_initiation:
-        baseline = baseline_egfr(facts, knowledge)
-        severe = knowledge.renal.severe_impairment_below
-        start = rules.severe_renal_starting_dose_mg
-        if (
-            baseline is not None
-            and baseline.value < severe
-            and any(d.mg > start + rules.mg_tolerance for d in dosage.doses)
-        ):
-            problems.append(text("severe_renal_start", egfr=num(baseline.value)))
+    start = expected_starting_dose(facts, knowledge)
+    if start is not None and any(d.mg > start[0] + rules.mg_tolerance for d in regimen.doses):
+        problems.append(start[1])
+    hepatic = hepatic_dose_class(facts)  # knowledge 1.18: Child-Pugh A/B, 15.8 mg BID
+    if (
+        not facts.is_initiation  # at initiation the expected starting dose above says it
+        and hepatic is not None
+        and any(d.mg > rules.hepatic_impairment_dose_mg + rules.mg_tolerance for d in regimen.doses)
+    ):
+        problems.append(text("hepatic_dose", child_pugh=hepatic))
     return problems
 
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from cds_service.rules.doses import regimen_of, rewrite
 from cds_service.rules.model import (
     Finding,
     MonitoringGap,
     NotChecked,
-    ReplaceDosage,
     RuleResult,
     Suggestion,
     card_text,
+    decline_bounds,
     describe,
     latest,
+    names,
     num,
     recent,
     remove_suggestions,
     when_text,
 )
+from cds_service.rules.populations import esrd_or_dialysis
 from fhir_mappings.facts import Measurement, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 
@@ -58,13 +61,20 @@ def egfr_baseline_low(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rul
         return
     baseline = baseline_egfr(facts, knowledge)
     renal = knowledge.renal
-    if baseline is None or baseline.value > renal.baseline_low_max:
+    if baseline is None:
+        return
+    # A bound (">60") proves what it proves; one that cannot tell ("<50") warns all the same:
+    # the gate asks for a baseline shown to be above the limit.
+    above = baseline.above(renal.baseline_low_max)
+    if above:
         return
     text = card_text(knowledge, "egfr-baseline-low")
-    severe = text("severe") if baseline.value < renal.severe_impairment_below else ""
+    # ESRD / dialysis: not studied (its own card), so no severe-renal starting dose is advised.
+    severe_start = baseline.below(renal.severe_impairment_below) and not esrd_or_dialysis(facts)
+    severe = text("severe") if severe_start else ""
     yield Finding(
         "warning",
-        text("summary", egfr=num(baseline.value)),
+        text("summary" if above is False else "summary_bound", egfr=baseline.shown),
         text("detail", measurement=describe(baseline), severe=severe),
     )
 
@@ -116,31 +126,57 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     if not recent([current], facts.now, renal.monitoring_max_age_days):
         # Judged below on the old value all the same: a decline it shows is still real.
         yield MonitoringGap(text("gap_result"), text("not_current", when=when_text(current.when)))
-    decline = decline_percent(baseline.value, current.value)
-    if (
-        current.value >= renal.decline_applies_below
-        or decline <= renal.decline_reduce_above_percent
-    ):
+    # A result reported as a bound (">60") gives no decline percentage, only limits on it
+    # (knowledge: "lab values as labs send them"): a finding only where the limits decide.
+    below_limit = current.below(renal.decline_applies_below)
+    if below_limit is False:
+        return
+    exact = baseline.comparator is None and current.comparator is None
+    least: float | None
+    most: float | None
+    if exact:
+        least = most = decline_percent(baseline.value, current.value)
+    else:
+        least, most = decline_bounds(baseline, current)
+    if most is not None and most <= renal.decline_reduce_above_percent:
+        return
+    discontinue = least is not None and least >= renal.decline_discontinue_from_percent
+    reduce = (
+        least is not None
+        and least > renal.decline_reduce_above_percent
+        and most is not None
+        and most < renal.decline_discontinue_from_percent
+    )
+    if least is None or not below_limit or not (discontinue or reduce):
+        at_least = text("at_least", decline=least) if least is not None and least > 0 else ""
+        yield MonitoringGap(
+            text("gap_result"),
+            text("bound", latest=current.shown, baseline=baseline.shown, decline=at_least),
+        )
         return
     readings = text(
-        "readings",
+        "readings" if exact else "readings_bound",
         start=when_text(start),
         baseline=describe(baseline),
         latest=describe(current),
-        decline=decline,
+        decline=least,
     )
-    now = num(current.value)
-    if decline >= renal.decline_discontinue_from_percent:
+    now = current.shown
+    if discontinue:
         yield Finding(
             "critical",
-            text("summary_discontinue", decline=decline, egfr=now),
+            text(
+                "summary_discontinue" if exact else "summary_discontinue_bound",
+                decline=least,
+                egfr=now,
+            ),
             text("detail_discontinue", readings=readings),
             remove_suggestions(facts.draft_voclosporin, text("discontinue")),
         )
         return
     yield Finding(
         "warning",
-        text("summary_reduce", decline=decline, egfr=now),
+        text("summary_reduce" if exact else "summary_reduce_bound", decline=least, egfr=now),
         text("detail_reduce", readings=readings),
         _reduction_suggestions(facts.draft_voclosporin, knowledge),
     )
@@ -149,25 +185,28 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
 def _reduction_suggestions(
     orders: tuple[Medication, ...], knowledge: Knowledge
 ) -> tuple[Suggestion, ...]:
-    """Each draft dose minus one capsule per administration, when that leaves a dose."""
+    """The drafted regimen minus one capsule per administration, as one suggestion.
+
+    The drafts are one regimen (an AM and a PM draft are reduced together, in one suggestion);
+    none when a dose would not remain or the result would be above the label maximum.
+    """
+    regimen = regimen_of(orders, knowledge)
+    if regimen is None or not regimen.doses:
+        return ()
     text = card_text(knowledge, "egfr-decline")
-    suggestions = []
     step = knowledge.dose.reduction_step_mg
-    for order in orders:
-        if not order.can_be_changed or order.dosage is None or not order.dosage.doses:
-            continue
-        reduced = tuple((round(d.mg - step, 2), d.when) for d in order.dosage.doses)
-        if any(mg <= 0 for mg, _ in reduced):
-            continue
-        regimen = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
-        suggestions.append(
-            Suggestion(
-                text("suggestion", order=order.name, regimen=regimen),
-                (ReplaceDosage(order, reduced, regimen),),
-                is_recommended=True,
-            )
-        )
-    return tuple(suggestions)
+    reduced = tuple((round(d.mg - step, 2), d.when) for d in regimen.doses)
+    described = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
+    actions = rewrite(regimen, reduced, described, knowledge)
+    if not actions:
+        return ()
+    return (
+        Suggestion(
+            text("suggestion", order=names(regimen.orders), regimen=described),
+            actions,
+            is_recommended=True,
+        ),
+    )
 
 
 def reinitiation_after_discontinuation(
@@ -191,9 +230,11 @@ def reinitiation_after_discontinuation(
     if not course.stopped:
         return
     start = course.start.date()
-    baseline = latest(m for m in facts.egfr if m.when is not None and m.when.date() <= start)
+    # Results reported as bounds (">60") give no percentage of baseline: passed over.
+    exact = [m for m in facts.egfr if m.when is not None and m.comparator is None]
+    baseline = latest(m for m in exact if m.when is not None and m.when.date() <= start)
     after = sorted(
-        (m for m in facts.egfr if m.when is not None and m.when.date() > start),
+        (m for m in exact if m.when is not None and m.when.date() > start),
         key=lambda m: m.when or course.start,
     )
     if baseline is None or baseline.value <= 0 or not after:
@@ -246,17 +287,22 @@ def reinitiation_after_discontinuation(
 def _reinitiation_suggestions(
     orders: list[Medication], knowledge: Knowledge
 ) -> tuple[Suggestion, ...]:
-    """Each too-high draft changed to the label's re-initiation dose, twice daily."""
+    """The drafted regimen changed to the label's re-initiation dose, twice daily, as one
+    suggestion (an AM and a PM draft are rewritten together)."""
+    regimen = regimen_of(orders, knowledge)
+    if regimen is None:
+        return ()
     text = card_text(knowledge, "reinitiation-after-discontinuation")
     mg = knowledge.reinitiation.dose_mg
-    doses = tuple((mg, None) for _ in range(knowledge.dose.doses_per_day))
-    regimen = text("regimen")
-    return tuple(
+    target = tuple((mg, None) for _ in range(knowledge.dose.doses_per_day))
+    described = text("regimen")
+    actions = rewrite(regimen, target, described, knowledge)
+    if not actions:
+        return ()
+    return (
         Suggestion(
-            text("suggestion", order=order.name, regimen=regimen),
-            (ReplaceDosage(order, doses, regimen),),
+            text("suggestion", order=names(regimen.orders), regimen=described),
+            actions,
             is_recommended=True,
-        )
-        for order in orders
-        if order.can_be_changed
+        ),
     )

@@ -1,8 +1,8 @@
-"""Blood pressure before initiation and potassium (PI 2.2, 5.4, 5.6)."""
+"""Blood pressure before initiation and during treatment, and potassium (PI 2.2, 5.4, 5.6)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cds_service.rules.model import (
     Finding,
@@ -12,11 +12,12 @@ from cds_service.rules.model import (
     describe,
     latest,
     num,
+    on_treatment,
     recent,
     remove_suggestions,
     when_text,
 )
-from fhir_mappings.facts import BloodPressure, PatientFacts
+from fhir_mappings.facts import BloodPressure, Measurement, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 
 
@@ -30,17 +31,19 @@ def _latest_parts(
     return systolic, diastolic
 
 
-def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
-    """Do not initiate with BP > 165/105 (PI 2.2); exactly 165/105 passes."""
-    if not facts.is_initiation:
-        return
+def _high_reading(
+    facts: PatientFacts, knowledge: Knowledge, text: Callable[..., str]
+) -> tuple[str, str] | None:
+    """(reading, readings) when the latest BP is above the gate; None when it passes or is absent.
+
+    Above means > 165 systolic or > 105 diastolic (PI 2.2; K 1.21): exactly 165/105 passes.
+    """
     limits = knowledge.blood_pressure
     systolic, diastolic = _latest_parts(facts, knowledge)
     high_sys = systolic is not None and (systolic.systolic or 0) > limits.systolic_max
     high_dia = diastolic is not None and (diastolic.diastolic or 0) > limits.diastolic_max
     if not (high_sys or high_dia):
-        return
-    text = card_text(knowledge, "blood-pressure-high")
+        return None
     lines = [
         text(
             "part",
@@ -52,11 +55,46 @@ def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[R
         for part, bp in (("systolic", systolic), ("diastolic", diastolic))
         if bp is not None
     ]
-    reading = f"{_fmt(systolic, 'systolic')}/{_fmt(diastolic, 'diastolic')}"
+    return f"{_fmt(systolic, 'systolic')}/{_fmt(diastolic, 'diastolic')}", "\n".join(lines)
+
+
+def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
+    """Do not initiate with BP > 165/105 (PI 2.2); exactly 165/105 passes."""
+    if not facts.is_initiation:
+        return
+    text = card_text(knowledge, "blood-pressure-high")
+    high = _high_reading(facts, knowledge, text)
+    if high is None:
+        return
+    reading, readings = high
     yield Finding(
         "critical",
         text("summary", reading=reading),
-        text("detail", readings="\n".join(lines)),
+        text("detail", readings=readings),
+        remove_suggestions(facts.draft_voclosporin, text("cancel")),
+    )
+
+
+def blood_pressure_high_on_treatment(
+    facts: PatientFacts, knowledge: Knowledge
+) -> Iterator[RuleResult]:
+    """On treatment, BP > 165/105 on the latest reading: discontinue and treat BP (K 1.21, PI 5.4).
+
+    Runs at renewal and when another drug is ordered for a patient on voclosporin. A reading older
+    than the BP window is not "the latest reading" (same window as initiation); no recent reading
+    is no finding here: the label asks for BP "as clinically indicated" after the first month.
+    """
+    if not on_treatment(facts):
+        return
+    text = card_text(knowledge, "blood-pressure-high-on-treatment")
+    high = _high_reading(facts, knowledge, text)
+    if high is None:
+        return
+    reading, readings = high
+    yield Finding(
+        "critical",
+        text("summary", reading=reading),
+        text("detail", readings=readings),
         remove_suggestions(facts.draft_voclosporin, text("cancel")),
     )
 
@@ -93,6 +131,16 @@ def blood_pressure_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterato
     yield Finding("warning", text("summary"), text("detail", most_recent=most_recent))
 
 
+def potassium_limit(result: Measurement, knowledge: Knowledge) -> tuple[float, str]:
+    """The potassium upper limit and the template naming its basis (decision "potassium").
+
+    The result's own reference-range high, else the configured local default.
+    """
+    if result.reference_high is not None:
+        return result.reference_high, "basis_reference_range"
+    return knowledge.potassium.default_high_mmol_l, "basis_local_default"
+
+
 def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Latest potassium above the lab's reference high (else the local default) (PI 5.6).
 
@@ -108,10 +156,7 @@ def hyperkalemia(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     if result is None:
         yield MonitoringGap(text("gap_result"), text("no_result"))
         return
-    high = result.reference_high
-    basis = "basis_reference_range"
-    if high is None:
-        high, basis = limits.default_high_mmol_l, "basis_local_default"
+    high, basis = potassium_limit(result, knowledge)
     if result.value <= high:
         return
     yield Finding(

@@ -18,10 +18,12 @@ Conventions every chart follows, so test authors can rely on them:
   last birthday 100 days ago so the age in years is unambiguous.
 - A chart holds only the data its docstring names: no creatinine next to an eGFR unless stated.
 - Codes come only from the knowledge sheet (``/work/shared/knowledge/voclosporin.md``): LOINC,
-  ICD-10-CM M32.14 + SNOMED 68815009 for lupus nephritis, CVX for vaccines. Medications are
-  identified by ``medicationCodeableConcept.text`` only, except cyclophosphamide, whose RxNorm
-  ingredient code 3002 is verified [V-3P]. No voclosporin RxNorm/NDC code is used: the service must
-  recognise LUPKYNIS by name, as the knowledge sheet decides.
+  ICD-10-CM M32.14 + SNOMED 68815009 for lupus nephritis, CVX for vaccines; special-population
+  problems and answers use rows of ``fhir_mappings/data/conditions.csv`` (each row cited).
+  Medications are identified by ``medicationCodeableConcept.text`` only, except
+  cyclophosphamide, whose RxNorm ingredient code 3002 is verified [V-3P]. No voclosporin
+  RxNorm/NDC code is used: the service must recognise LUPKYNIS by name, as the knowledge sheet
+  decides.
 """
 
 from __future__ import annotations
@@ -313,8 +315,16 @@ class ChartBuilder:
             }
         )
 
-    def allergy(self, substance_text: str, manifestation_text: str, days_ago: int) -> Resource:
-        """Add an active, confirmed, high-criticality medication allergy with a severe reaction."""
+    def allergy(
+        self,
+        substance_text: str,
+        manifestation_text: str,
+        days_ago: int,
+        kind: str = "allergy",
+        criticality: str = "high",
+        severity: str = "severe",
+    ) -> Resource:
+        """Add an active, confirmed medication allergy (default: high criticality, severe)."""
         when = clinical_time(self.today, days_ago)
         return self.add(
             {
@@ -324,9 +334,9 @@ class ChartBuilder:
                 "verificationStatus": {
                     "coding": [{"system": ALLERGY_VERIFICATION, "code": "confirmed"}]
                 },
-                "type": "allergy",
+                "type": kind,
                 "category": ["medication"],
-                "criticality": "high",
+                "criticality": criticality,
                 "code": {"text": substance_text},
                 "patient": self.subject,
                 "recordedDate": when,
@@ -334,10 +344,54 @@ class ChartBuilder:
                     {
                         "manifestation": [{"text": manifestation_text}],
                         "onset": when,
-                        "severity": "severe",
+                        "severity": severity,
                     }
                 ],
             }
+        )
+
+    def condition(
+        self,
+        codes: Sequence[tuple[str, str, str]],
+        text: str,
+        onset_days_ago: int = 365,
+        stage_text: str | None = None,
+    ) -> Resource:
+        """Add an active, confirmed problem coded with (system, code, display) rows of
+        ``fhir_mappings/data/conditions.csv``; ``stage_text`` goes in ``stage.summary.text``."""
+        onset = clinical_time(self.today, onset_days_ago)
+        resource: Resource = {
+            "resourceType": "Condition",
+            "id": self._id("condition"),
+            "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "active"}]},
+            "verificationStatus": {
+                "coding": [{"system": CONDITION_VERIFICATION, "code": "confirmed"}]
+            },
+            "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "problem-list-item"}]}],
+            "code": {
+                "coding": [{"system": sy, "code": co, "display": di} for sy, co, di in codes],
+                "text": text,
+            },
+            "subject": self.subject,
+            "onsetDateTime": onset,
+            "recordedDate": onset,
+        }
+        if stage_text is not None:
+            resource["stage"] = [{"summary": {"text": stage_text}}]
+        return self.add(resource)
+
+    def pregnancy_status(self, answer: tuple[str, str, str], days_ago: int) -> Resource:
+        """Add a pregnancy-status Observation (LOINC 82810-3) with a coded answer."""
+        system, code, display = answer
+        return self.observation(
+            "pregnancy-status",
+            ("82810-3", "Pregnancy status"),
+            days_ago,
+            category="social-history",
+            valueCodeableConcept={
+                "coding": [{"system": system, "code": code, "display": display}],
+                "text": display,
+            },
         )
 
     def normal_labs(self) -> None:
@@ -590,6 +644,150 @@ def ln_voclosporin_allergy(today: date) -> Resource:
     return c.bundle()
 
 
+def ln_renewal_bp_high(today: date) -> Resource:
+    """Woman, 35, on LUPKYNIS 23.7 mg BID for 120 days (MMF + prednisone), BP now 178/112.
+
+    eGFR stable: 86 at 125 d (the baseline), 84 at 6 d (-2 %). BP 178/112 two days ago, above the
+    165/105 gate on treatment: discontinue LUPKYNIS and treat BP (K 1.21, PI 5.4). K 4.4 (ref
+    high 5.1), UPCR 0.8.
+    """
+    c = ChartBuilder("ln-renewal-bp-high", today)
+    c.patient("female", 35)
+    c.lupus_nephritis(onset_days_ago=400)
+    c.medication(MMF, authored_days_ago=200)
+    c.medication(PREDNISONE, authored_days_ago=200)
+    c.medication(VOCLOSPORIN, authored_days_ago=120)
+    c.egfr(86, days_ago=125)
+    c.egfr(84, days_ago=6)
+    c.blood_pressure(178, 112, days_ago=2)
+    c.potassium(4.4, days_ago=6)
+    c.upcr(0.8, days_ago=6)
+    return c.bundle()
+
+
+def ln_on_voclosporin_stable(today: date) -> Resource:
+    """Woman, 41, on LUPKYNIS (60 days) + MMF + prednisone, nothing else; labs unremarkable.
+
+    eGFR 95, BP 122/78, K 4.3 (ref high 5.1), UPCR 1.5: a new order for her meets voclosporin
+    (ibuprofen: nephrotoxic, PI 5.3; lisinopril at normal K: nothing to say).
+    """
+    c = ChartBuilder("ln-on-voclosporin-stable", today)
+    c.patient("female", 41)
+    c.lupus_nephritis()
+    c.medication(MMF, authored_days_ago=150)
+    c.medication(PREDNISONE, authored_days_ago=150)
+    c.medication(VOCLOSPORIN, authored_days_ago=60)
+    c.normal_labs()
+    return c.bundle()
+
+
+def ln_on_voclosporin_potassium_4_9(today: date) -> Resource:
+    """Woman, 39, on LUPKYNIS (60 days) + MMF + prednisone, potassium 4.9 (ref high 5.1).
+
+    4.9 is 0.2 mmol/L below the lab's upper limit: a drug that raises potassium (trimethoprim) is a
+    warning (decision "hyperkalemia co-medication", local policy). eGFR 92, BP 124/80, UPCR 1.2.
+    """
+    c = ChartBuilder("ln-on-voclosporin-potassium-4-9", today)
+    c.patient("female", 39)
+    c.lupus_nephritis()
+    c.medication(MMF, authored_days_ago=150)
+    c.medication(PREDNISONE, authored_days_ago=150)
+    c.medication(VOCLOSPORIN, authored_days_ago=60)
+    c.egfr(92, days_ago=7)
+    c.blood_pressure(124, 80, days_ago=4)
+    c.potassium(4.9, days_ago=7)
+    c.upcr(1.2, days_ago=7)
+    return c.bundle()
+
+
+def ln_voclosporin_mild_intolerance(today: date) -> Resource:
+    """Woman, 30, active LN on MMF + prednisone, with a mild intolerance to voclosporin on record.
+
+    AllergyIntolerance type intolerance, criticality low, reaction nausea (severity mild), 300
+    days ago: not the serious hypersensitivity PI 4 contraindicates, so a warning naming the
+    reaction, not the critical card (decision "allergy severity"). Labs unremarkable.
+    """
+    c = ChartBuilder("ln-voclosporin-mild-intolerance", today)
+    c.patient("female", 30)
+    c.lupus_nephritis(onset_days_ago=500)
+    c.medication(MMF, authored_days_ago=150)
+    c.medication(PREDNISONE, authored_days_ago=150)
+    c.allergy(
+        "voclosporin",
+        "Nausea",
+        days_ago=300,
+        kind="intolerance",
+        criticality="low",
+        severity="mild",
+    )
+    c.normal_labs()
+
+
+def _initiation_with(chart_id: str, today: date, age: int) -> ChartBuilder:
+    """A clean initiation (as ``ln-initiation-clean``) that a special-population chart extends."""
+    c = ChartBuilder(chart_id, today)
+    c.patient("female", age)
+    c.lupus_nephritis()
+    c.medication(MMF, authored_days_ago=90)
+    c.medication(PREDNISONE, authored_days_ago=90)
+    c.egfr(88, days_ago=10)
+    c.blood_pressure(128, 82, days_ago=5)
+    c.potassium(4.2, days_ago=10)
+    c.upcr(2.1, days_ago=10)
+    return c
+
+
+def ln_cirrhosis_child_pugh_b(today: date) -> Resource:
+    """Woman, 45, clean initiation labs, with cirrhosis (ICD-10-CM K74.60, SNOMED 19943007)
+    staged "Child-Pugh class B". LUPKYNIS drafted at the usual 23.7 mg twice daily: the label dose
+    in Child-Pugh A/B is 15.8 mg twice daily (knowledge 1.18)."""
+    c = _initiation_with("ln-cirrhosis-child-pugh-b", today, 45)
+    c.condition(
+        [
+            (ICD10CM, "K74.60", "Unspecified cirrhosis of liver"),
+            (SNOMED, "19943007", "Cirrhosis of liver"),
+        ],
+        "Liver cirrhosis",
+        stage_text="Child-Pugh class B",
+    )
+    return c.bundle()
+
+
+def ln_cirrhosis_child_pugh_c(today: date) -> Resource:
+    """Woman, 50, clean initiation labs, with "Alcoholic cirrhosis, Child-Pugh C" (ICD-10-CM
+    K70.31): severe hepatic impairment, LUPKYNIS is not recommended (knowledge 1.18)."""
+    c = _initiation_with("ln-cirrhosis-child-pugh-c", today, 50)
+    c.condition(
+        [(ICD10CM, "K70.31", "Alcoholic cirrhosis of liver with ascites")],
+        "Alcoholic cirrhosis with ascites, Child-Pugh C",
+    )
+    return c.bundle()
+
+
+def ln_dialysis_creatinine_only(today: date) -> Resource:
+    """Woman, 40, LN with end-stage renal disease on hemodialysis (ICD-10-CM N18.6, Z99.2).
+
+    Creatinine 6.2 mg/dL 5 days ago and no eGFR Observation: no eGFR may be computed for a patient
+    on dialysis, so there is no baseline; LUPKYNIS is not studied in ESRD (knowledge 1.17).
+    BP 118/76, K 4.1.
+    """
+
+    def add(c: ChartBuilder) -> None:
+        c.creatinine_mg_dl(6.2, days_ago=5)
+        c.condition([(ICD10CM, "N18.6", "End stage renal disease")], "ESRD")
+        c.condition([(ICD10CM, "Z99.2", "Dependence on renal dialysis")], "On hemodialysis")
+
+    return _creatinine_only("ln-dialysis-creatinine-only", today, add)
+
+
+def ln_pregnant(today: date) -> Resource:
+    """Woman, 30, clean initiation labs, whose pregnancy status 3 days ago is "Pregnant" (LOINC
+    82810-3, answer LA15173-0): capsules contain alcohol and MMF is embryotoxic (knowledge 4)."""
+    c = _initiation_with("ln-pregnant", today, 30)
+    c.pregnancy_status((LOINC, "LA15173-0", "Pregnant"), days_ago=3)
+    return c.bundle()
+
+
 CHARTS: dict[str, Callable[[date], Resource]] = {
     "ln-initiation-clean": ln_initiation_clean,
     "ln-initiation-low-egfr-high-bp": ln_initiation_low_egfr_high_bp,
@@ -603,4 +801,12 @@ CHARTS: dict[str, Callable[[date], Resource]] = {
     "ln-adolescent": ln_adolescent,
     "ln-cyclophosphamide": ln_cyclophosphamide,
     "ln-voclosporin-allergy": ln_voclosporin_allergy,
+    "ln-renewal-bp-high": ln_renewal_bp_high,
+    "ln-on-voclosporin-stable": ln_on_voclosporin_stable,
+    "ln-on-voclosporin-potassium-4-9": ln_on_voclosporin_potassium_4_9,
+    "ln-voclosporin-mild-intolerance": ln_voclosporin_mild_intolerance,
+    "ln-cirrhosis-child-pugh-b": ln_cirrhosis_child_pugh_b,
+    "ln-cirrhosis-child-pugh-c": ln_cirrhosis_child_pugh_c,
+    "ln-dialysis-creatinine-only": ln_dialysis_creatinine_only,
+    "ln-pregnant": ln_pregnant,
 }
