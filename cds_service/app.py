@@ -68,6 +68,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         egfr_baseline_max_days=app.config["CDS_EGFR_BASELINE_MAX_DAYS"],
         bp_max_age_days=app.config["CDS_BP_MAX_AGE_DAYS"],
         potassium_high_default=app.config["CDS_POTASSIUM_HIGH_DEFAULT"],
+        course_max_gap_days=app.config["CDS_COURSE_MAX_GAP_DAYS"],
+        course_default_span_days=app.config["CDS_COURSE_DEFAULT_SPAN_DAYS"],
         potassium_near_limit=app.config["CDS_POTASSIUM_NEAR_LIMIT"],
     )
     workers = int(app.config["CDS_FHIR_WORKERS"])

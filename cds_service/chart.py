@@ -32,6 +32,7 @@ from fhir_mappings.bundles import (
 )
 from fhir_mappings.categories import (
     CATEGORIES,
+    MEDICATION_CATEGORIES,
     PATIENT_TOKEN,
     REQUIRED_KEYS,
     category_of_key,
@@ -180,8 +181,10 @@ def _read_referenced_medications(
     settings: ChartSettings,
     deadline: float,
 ) -> None:
-    """Read the Medication resources that orders point at but nobody sent."""
-    orders = [*chart.resources.get(D.MEDICATIONS, []), *draft_orders]
+    """Read the Medication resources that orders, statements and dispenses point at but nobody
+    sent (kept with the orders: the mapping resolves references across all three)."""
+    orders = [r for c in MEDICATION_CATEGORIES for r in chart.resources.get(c, [])]
+    orders += draft_orders
     wanted = missing_medications(orders, client.base_url, ACCEPTED_FHIR_ID)
     jobs: dict[str, Callable[[], Any]] = {
         ref: functools.partial(client.read, ref) for ref in wanted[:MAX_MEDICATION_READS]

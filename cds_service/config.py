@@ -134,6 +134,21 @@ SETTINGS: tuple[Setting, ...] = (
         "(default rules.toml: 5.0 mmol/L).",
     ),
     Setting(
+        "CDS_COURSE_MAX_GAP_DAYS",
+        None,
+        lambda v: int(v) if v.strip() else None,
+        "Local policy: voclosporin orders leaving at most this many uncovered days between "
+        "them are one treatment course (renewal, same baseline); a longer gap is a new start "
+        "(default rules.toml: 180).",
+    ),
+    Setting(
+        "CDS_COURSE_DEFAULT_SPAN_DAYS",
+        None,
+        lambda v: int(v) if v.strip() else None,
+        "Local policy: days an order without a stated supply covers from authoredOn "
+        "(default rules.toml: 90, the payer's quantity period).",
+    ),
+    Setting(
         "CDS_POTASSIUM_NEAR_LIMIT",
         None,
         lambda v: float(v) if v.strip() else None,

@@ -11,15 +11,16 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from fhir_mappings import clinical
-from fhir_mappings.categories import prefetch_key
+from fhir_mappings.categories import MEDICATION_CATEGORIES, prefetch_key
 from fhir_mappings.codes import Terminology
-from fhir_mappings.facts import PatientFacts, course_start
+from fhir_mappings.facts import PatientFacts, treatment_courses
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.medications import DRAFT_TYPES, medication, names_a_medication
 from fhir_mappings.observations import ResultReader, egfr_series, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
 from fhir_mappings.selection import by_time, latest, pick, unique
+from fhir_mappings.supply import RECORD_TYPES, as_record
 from fhir_mappings.vocabulary import DataCategory
 
 
@@ -46,9 +47,8 @@ def build_facts(
     warning into silence.
     """
     mapper = Mapper(terminology)
-    medications_by_ref = medications_by_reference(
-        [*chart.get(DataCategory.MEDICATIONS, ()), *draft_orders]
-    )
+    recorded = [r for category in MEDICATION_CATEGORIES for r in chart.get(category, ())]
+    medications_by_ref = medications_by_reference([*recorded, *draft_orders])
     birth_date, sex = None, None
     if patient is not None:
         mapper.check(patient)
@@ -68,12 +68,16 @@ def build_facts(
             medication(mapper, r, medications_by_ref, draft_index=index, selected=selected)
         )
     medications = [
-        mapper.checked(r, m)
-        for r in unique(chart.get(DataCategory.MEDICATIONS, ()), "MedicationRequest")
+        mapper.checked(r, as_record(m, r))
+        for record_type in RECORD_TYPES
+        for r in unique(recorded, record_type)
         if (m := medication(mapper, r, medications_by_ref)).roles
     ]
-    anchors = (None, course_start(medications))
-
+    course_rules = terminology.knowledge.course
+    courses = treatment_courses(medications, now, course_rules)
+    # The eGFR at each course start (its baseline) and, through the latest course and since, every
+    # day's: a re-initiation check needs the decline that stopped it, not only the latest result.
+    anchors: tuple[datetime | None, ...] = (None, *(c.start for c in courses))
     series = observation_series(mapper, chart, now)
     conditions = [
         mapper.checked(r, c)
@@ -83,6 +87,9 @@ def build_facts(
     latest_only: tuple[datetime | None, ...] = (None,)
     read = ResultReader(mapper)
     egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
+    if courses and courses[-1].stopped:
+        since = courses[-1].start.date()
+        anchors += tuple(r.when for r in (*egfrs, *creatinines) if r.when.date() >= since)
     # No eGFR from a dialysis patient's creatinine (knowledge: ESRD, dialysis).
     egfr_results = egfr_series(
         mapper,
@@ -129,4 +136,5 @@ def build_facts(
             sorted(unavailable.items(), key=lambda item: prefetch_key(item[0]))
         ),
         unreadable=tuple(mapper.unreadable),
+        course_rules=course_rules,
     )

@@ -56,10 +56,29 @@ CATEGORIES: dict[DataCategory, CategorySpec] = {
             DataCategory.MEDICATIONS,
             "medications",
             frozenset({"MedicationRequest", "Medication"}),
-            # Completed and stopped orders too: the voclosporin course starts at its first order.
+            # Completed, unknown and stopped orders too: a completed order is current while its
+            # supply lasts, and the voclosporin course is told from its orders (facts.py).
             f"MedicationRequest?patient={PATIENT_TOKEN}"
-            "&status=active,on-hold,completed,stopped&_count=100",
+            "&status=active,on-hold,completed,stopped,unknown&_count=100",
             required=True,
+        ),
+        # Outside and OTC medications (knowledge decisions, second round). Not required: a
+        # voclosporin order or an interacting draft is judged on the orders when these are
+        # missing (the data-unavailable card names them), and the statuses asked for are the
+        # ones facts.is_current or the course may read.
+        CategorySpec(
+            DataCategory.MEDICATION_STATEMENTS,
+            "medicationStatements",
+            frozenset({"MedicationStatement", "Medication"}),
+            f"MedicationStatement?patient={PATIENT_TOKEN}"
+            "&status=active,on-hold,intended,completed,unknown,stopped&_count=100",
+        ),
+        CategorySpec(
+            DataCategory.MEDICATION_DISPENSES,
+            "medicationDispenses",
+            frozenset({"MedicationDispense", "Medication"}),
+            f"MedicationDispense?patient={PATIENT_TOKEN}"
+            "&status=preparation,in-progress,on-hold,completed,unknown,stopped&_count=100",
         ),
         CategorySpec(
             DataCategory.CONDITIONS,
@@ -110,6 +129,13 @@ _BY_OBSERVATION_KIND = {
     kind: spec.category for spec in CATEGORIES.values() for kind in spec.observation_kinds
 }
 REQUIRED_KEYS = frozenset(spec.prefetch_key for spec in CATEGORIES.values() if spec.required)
+# The categories that hold medication records (orders, statements, dispenses) and the Medication
+# resources they reference.
+MEDICATION_CATEGORIES = (
+    DataCategory.MEDICATIONS,
+    DataCategory.MEDICATION_STATEMENTS,
+    DataCategory.MEDICATION_DISPENSES,
+)
 
 
 def prefetch_key(category: DataCategory) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from functools import cached_property
 
+from fhir_mappings.knowledge import CourseRules
 from fhir_mappings.vocabulary import ConditionKind, DataCategory, Role
 
 
@@ -93,7 +95,9 @@ class Dosage:
 
 @dataclass(frozen=True)
 class Medication:
-    """A medication order (active, historical or draft) after terminology matching."""
+    """A medication record after terminology matching: an order (active, historical or draft),
+    a MedicationStatement or a MedicationDispense. ``authored_on`` is when its use starts (for a
+    statement its effective start, for a dispense its hand-over)."""
 
     reference: str
     name: str
@@ -106,6 +110,12 @@ class Medication:
     # Position of a draft in the order session's draft list: what an update suggestion rewrites
     # (references can repeat across drafts, positions cannot).
     draft_index: int | None = None
+    # Which record it is (MedicationRequest, MedicationStatement, MedicationDispense), its intent
+    # (MedicationRequest only) and the last day its supply covers (``supply.supply_until``):
+    # what decides whether it is current (``is_current``).
+    record_type: str = "MedicationRequest"
+    intent: str | None = None
+    supply_until: date | None = None
     dosage: Dosage | None = None
     expected_supply_days: float | None = None
     number_of_repeats: int | None = None
@@ -226,6 +236,8 @@ class PatientFacts:
     unavailable: frozenset[DataCategory] = frozenset()
     unavailable_reasons: tuple[tuple[DataCategory, str], ...] = ()
     unreadable: tuple[Unreadable, ...] = ()
+    # The local policy that joins orders into courses (rules.toml [course]); build_facts sets it.
+    course_rules: CourseRules | None = None
 
     @property
     def age_years(self) -> int | None:
@@ -236,12 +248,18 @@ class PatientFacts:
         before_birthday = (today.month, today.day) < (self.birth_date.month, self.birth_date.day)
         return today.year - self.birth_date.year - int(before_birthday)
 
-    @property
-    def active_medications(self) -> tuple[Medication, ...]:
-        """Recorded orders that are in force (not the drafts being signed)."""
-        return tuple(m for m in self.medications if m.status in ACTIVE_STATUSES)
+    @cached_property
+    def current_medications(self) -> tuple[Medication, ...]:
+        """Recorded medications in force today (``is_current``), not the drafts being signed."""
+        today = self.now.date()
+        return tuple(m for m in self.medications if is_current(m, today))
 
     @property
+    def active_medications(self) -> tuple[Medication, ...]:
+        """The earlier name of ``current_medications`` (callers read either)."""
+        return self.current_medications
+
+    @cached_property
     def draft_voclosporin(self) -> tuple[Medication, ...]:
         """Voclosporin orders being written now (for order-select: the selected ones)."""
         return tuple(m for m in self.draft_orders if m.is_voclosporin and m.is_selected)
@@ -251,19 +269,46 @@ class PatientFacts:
         """Voclosporin is among the orders being written (initiation or renewal)."""
         return bool(self.draft_voclosporin)
 
-    @property
+    @cached_property
     def takes_voclosporin(self) -> bool:
-        """Voclosporin is already in force, or drafted earlier in this ordering session."""
-        return any(m.is_voclosporin for m in self.active_medications) or any(
+        """Voclosporin is already in force, or drafted earlier in this ordering session.
+
+        A current MedicationStatement or MedicationDispense of voclosporin counts as much as an
+        order: the patient takes it (an outside prescriber, a pharmacy record), so a drug drafted
+        now meets it. Statements and dispenses alone never make a voclosporin order
+        *required* data: they are optional prefetch keys, read when the EHR offers them.
+        """
+        return any(m.is_voclosporin for m in self.current_medications) or any(
             m.is_voclosporin and not m.is_selected for m in self.draft_orders
         )
 
-    @property
+    @cached_property
+    def courses(self) -> tuple[Course, ...]:
+        """Every voclosporin treatment course on record, oldest first (``treatment_courses``)."""
+        if self.course_rules is None:
+            raise ValueError("PatientFacts.course_rules is not set: courses cannot be told")
+        return treatment_courses(self.medications, self.now, self.course_rules)
+
+    @cached_property
+    def course(self) -> Course | None:
+        """The course a voclosporin order written now continues: the latest one, when it is
+        current or ended at most ``max_gap_days`` ago; None when there is none (a new start)."""
+        if not self.courses:
+            return None
+        latest = self.courses[-1]
+        assert self.course_rules is not None  # courses raised otherwise
+        if gap_days(latest.end, self.now.date()) <= self.course_rules.max_gap_days:
+            return latest
+        return None
+
+    @cached_property
     def is_renewal(self) -> bool:
-        """A voclosporin order while a course is already running (or the order says it renews)."""
+        """A voclosporin order that continues a course (current, or ended within the gap,
+        whatever its orders' status), that says it renews, or while voclosporin is in force."""
         return self.ordering_voclosporin and (
-            any(m.is_voclosporin for m in self.active_medications)
+            self.course is not None
             or any(m.renews_prior for m in self.draft_voclosporin)
+            or any(m.is_voclosporin for m in self.current_medications)
         )
 
     @property
@@ -277,7 +322,8 @@ class PatientFacts:
 
     @property
     def course_start(self) -> datetime | None:
-        return course_start(self.medications)
+        """Start of the course a voclosporin order now continues (None: none on record)."""
+        return self.course.start if self.course is not None else None
 
     def partners(self, role: Role, *, include_non_systemic: bool = False) -> tuple[Medication, ...]:
         """Orders with ``role`` that would be taken together with voclosporin.
@@ -320,19 +366,109 @@ SYSTEMIC_INTERACTION_ROLES = frozenset(
     }
 )
 
-ACTIVE_STATUSES = frozenset({"active", "on-hold"})
 # Condition.clinicalStatus codes that say the condition is over (FHIR R4 condition-clinical).
 INACTIVE_CLINICAL_STATUSES = frozenset({"inactive", "resolved", "remission"})
-# Orders that belong to a voclosporin course (not drafts, cancelled or entered-in-error ones).
-COURSE_STATUSES = frozenset({"active", "on-hold", "completed", "stopped"})
 
 
-def course_start(medications: Iterable[Medication]) -> datetime | None:
-    """Start of the voclosporin course: the earliest authoredOn of its orders (team decision,
-    knowledge sheet: "pre-treatment baseline")."""
-    dates = [
-        m.authored_on
-        for m in medications
-        if m.is_voclosporin and m.authored_on and m.status in COURSE_STATUSES
-    ]
-    return min(dates) if dates else None
+@dataclass(frozen=True)
+class Course:
+    """One voclosporin treatment course: a run of records whose spans touch or leave short gaps.
+
+    ``start`` is the earliest start (authoredOn) of its records, ``end`` the last day any of them
+    covers (today or later while one is current), ``orders`` its records oldest first.
+    """
+
+    start: datetime
+    end: date
+    orders: tuple[Medication, ...]
+    current: bool
+
+    @property
+    def stopped(self) -> bool:
+        """The course ended by a stop: nothing in it is current and its latest record is stopped."""
+        return not self.current and bool(self.orders) and self.orders[-1].status == "stopped"
+
+
+# Per record type: statuses that are current on their own, and statuses that are current while
+# the supply covers today (knowledge decisions, second round, "which medications are current";
+# FHIR R4 status value sets). "completed" means all actions were done, not that the patient
+# stopped. A MedicationStatement "intended" is a drug the patient is about to take and a dispense
+# being prepared is one about to be handed over: both current (co-administration ahead, PI 4).
+# stopped, cancelled, entered-in-error, declined, not-taken and draft (a draft outside this
+# session) never count.
+IN_FORCE_STATUSES = {
+    "MedicationRequest": frozenset({"active", "on-hold"}),
+    "MedicationStatement": frozenset({"active", "on-hold", "intended"}),
+    "MedicationDispense": frozenset({"preparation", "in-progress", "on-hold"}),
+}
+WHILE_SUPPLIED_STATUSES = frozenset({"completed", "unknown"})
+# MedicationRequest intents that are no order of their own: current only while active.
+PLAN_INTENTS = frozenset({"plan", "proposal", "option"})
+# The earlier name of the MedicationRequest in-force statuses.
+ACTIVE_STATUSES = IN_FORCE_STATUSES["MedicationRequest"]
+# Records that belong to a voclosporin course when not current: finished or stopped ones.
+COURSE_STATUSES = frozenset({"completed", "stopped", "unknown"})
+
+
+def is_current(medication: Medication, today: date) -> bool:
+    """The one decision of whether a recorded medication is in force on ``today``.
+
+    In force by status (active, on-hold ...); or completed/unknown while its supply still covers
+    today (``supply_until`` is the last covered day, so the day after it is not covered); a
+    plan or proposal only while active. No supply stated: completed is over.
+    """
+    status = medication.status
+    if medication.is_draft or status is None:
+        return False
+    if medication.record_type == "MedicationRequest" and medication.intent in PLAN_INTENTS:
+        return status == "active"
+    if status in IN_FORCE_STATUSES.get(medication.record_type, ACTIVE_STATUSES):
+        return True
+    return (
+        status in WHILE_SUPPLIED_STATUSES
+        and medication.supply_until is not None
+        and today <= medication.supply_until
+    )
+
+
+def gap_days(end: date, start: date) -> int:
+    """Uncovered days between a span's last covered day and the next start (touching: 0)."""
+    return (start - end).days - 1
+
+
+def treatment_courses(
+    medications: Iterable[Medication], now: datetime, rules: CourseRules
+) -> tuple[Course, ...]:
+    """Voclosporin records -> courses, oldest first (knowledge decisions: "treatment course").
+
+    A record's span runs from its start (authoredOn; a statement's effective start; a dispense's
+    hand-over) to the last day its supply covers, else ``default_span_days`` (local policy); a
+    current record runs at least to today. Spans that overlap, touch or leave at most
+    ``max_gap_days`` uncovered days join. Records without a start cannot be placed and stay out.
+    Requests, statements and dispenses all count: a course is known from whatever the chart holds.
+    """
+    today = now.date()
+    spans: list[tuple[datetime, date, Medication, bool]] = []
+    for m in medications:
+        if not m.is_voclosporin or m.is_draft or m.authored_on is None:
+            continue
+        current = is_current(m, today)
+        if not current and (
+            m.status not in COURSE_STATUSES
+            or (m.record_type == "MedicationRequest" and m.intent in PLAN_INTENTS)
+        ):
+            continue
+        start = m.authored_on
+        end = m.supply_until or start.date() + timedelta(days=rules.default_span_days - 1)
+        spans.append((start, max(end, today) if current else end, m, current))
+    spans.sort(key=lambda span: span[0])
+    courses: list[Course] = []
+    for start, end, m, current in spans:
+        last = courses[-1] if courses else None
+        if last is not None and gap_days(last.end, start.date()) <= rules.max_gap_days:
+            courses[-1] = Course(
+                last.start, max(last.end, end), (*last.orders, m), last.current or current
+            )
+        else:
+            courses.append(Course(start, end, (m,), current))
+    return tuple(courses)

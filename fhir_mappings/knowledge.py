@@ -195,6 +195,22 @@ class DurationRules:
 
 
 @dataclass(frozen=True)
+class CourseRules:
+    """What joins voclosporin orders into one treatment course (local policy, rules.toml)."""
+
+    max_gap_days: int
+    default_span_days: int
+
+
+@dataclass(frozen=True)
+class ReinitiationRules:
+    """Re-starting after an eGFR-driven discontinuation (PI 2.2 Table 1, knowledge 1.14)."""
+
+    recovered_from_percent: float
+    dose_mg: float
+
+
+@dataclass(frozen=True)
 class PriorAuthorizationLimits:
     quantity_capsules: int
     quantity_period_days: int
@@ -239,6 +255,8 @@ class Knowledge:
     dose_vocabulary: DoseVocabulary
     duration: DurationRules
     prior_authorization: PriorAuthorizationLimits
+    course: CourseRules
+    reinitiation: ReinitiationRules
     rules: dict[str, RuleCitation]
     override_reasons: tuple[OverrideReason, ...]
     cards: dict[str, CardText]
@@ -293,9 +311,19 @@ class Knowledge:
         bp_max_age_days: int | None = None,
         potassium_high_default: float | None = None,
         potassium_near_limit: float | None = None,
+        course_max_gap_days: int | None = None,
+        course_default_span_days: int | None = None,
     ) -> Knowledge:
         """Apply the site's configured local-policy values (documented in the README)."""
-        renal, bp, potassium = self.renal, self.blood_pressure, self.potassium
+        renal, bp, potassium, course = self.renal, self.blood_pressure, self.potassium, self.course
+        if course_max_gap_days is not None:  # 0 is a policy too: only touching spans join
+            if isinstance(course_max_gap_days, bool) or course_max_gap_days < 0:
+                raise KnowledgeError(
+                    f"course gap must be 0 or more days, got {course_max_gap_days}"
+                )
+            course = replace(course, max_gap_days=course_max_gap_days)
+        if course_default_span_days is not None:
+            course = replace(course, default_span_days=_positive(course_default_span_days))
         if egfr_baseline_max_days is not None:
             renal = replace(renal, baseline_max_age_days=_positive(egfr_baseline_max_days))
         if bp_max_age_days is not None:
@@ -304,7 +332,7 @@ class Knowledge:
             potassium = replace(potassium, default_high_mmol_l=_positive(potassium_high_default))
         if potassium_near_limit is not None:
             potassium = replace(potassium, near_limit_mmol_l=_not_negative(potassium_near_limit))
-        return replace(self, renal=renal, blood_pressure=bp, potassium=potassium)
+        return replace(self, renal=renal, blood_pressure=bp, potassium=potassium, course=course)
 
 
 T = TypeVar("T")
@@ -549,6 +577,8 @@ def _template_values(knowledge: Knowledge) -> dict[str, Any]:
         "dose": knowledge.dose,
         "duration": knowledge.duration,
         "prior_authorization": knowledge.prior_authorization,
+        "course": knowledge.course,
+        "reinitiation": knowledge.reinitiation,
     }
 
 
@@ -770,6 +800,8 @@ def _build(directory: Path, rules_doc: dict[str, Any], reasons_doc: dict[str, An
         prior_authorization=_section(
             PriorAuthorizationLimits, rules_doc["prior_authorization"], "prior_authorization"
         ),
+        course=_section(CourseRules, rules_doc["course"], "course"),
+        reinitiation=_section(ReinitiationRules, rules_doc["reinitiation"], "reinitiation"),
         rules=citations,
         override_reasons=reasons,
         cards={},  # filled by load_knowledge once the values templates may name exist

@@ -130,6 +130,10 @@ class DataCategory(StrEnum):
 
     PATIENT = "patient"
     MEDICATIONS = "medications"
+    # Outside and OTC medications (knowledge decisions, second round): optional, read when the
+    # EHR offers them; they never decide on their own whether voclosporin is involved.
+    MEDICATION_STATEMENTS = "medication_statements"
+    MEDICATION_DISPENSES = "medication_dispenses"
     EGFR = "egfr"
     CREATININE = "creatinine"
     BLOOD_PRESSURE = "blood_pressure"

@@ -18,6 +18,8 @@ def test_every_category_has_one_row_and_its_wire_name():
     assert [prefetch_key(c) for c in DataCategory] == [
         "patient",
         "medications",
+        "medicationStatements",
+        "medicationDispenses",
         "egfr",
         "creatinine",
         "bloodPressure",

@@ -157,9 +157,10 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "ln-voclosporin-allergy": ("hypersensitivity:critical", PA),
     # Renewal with BP 178/112: above the gate on treatment (critical, discontinue).
     "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical", PA),
-    # On voclosporin for 60 days, the only eGFR is after the start: no baseline (monitoring note).
-    "ln-on-voclosporin-stable": (MONITORING,),
-    "ln-on-voclosporin-potassium-4-9": (MONITORING,),
+    # On voclosporin for 60 days, the only eGFR is after the start: no baseline (monitoring note);
+    # a renewal shows the payer's renewal criteria (info) like every renewal chart above.
+    "ln-on-voclosporin-stable": (PA, MONITORING),
+    "ln-on-voclosporin-potassium-4-9": (PA, MONITORING),
     # A low-criticality, mild intolerance: a warning naming the reaction, not contraindicated.
     "ln-voclosporin-mild-intolerance": ("hypersensitivity:warning", PA),
     # Cirrhosis staged Child-Pugh B, LUPKYNIS at 23.7 mg BID: the label dose is 15.8 mg BID

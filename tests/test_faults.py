@@ -37,6 +37,8 @@ MARGIN_SECONDS = 0.75
 ALL_KEYS = (
     "patient",
     "medications",
+    "medicationStatements",
+    "medicationDispenses",
     "conditions",
     "immunizations",
     "allergies",

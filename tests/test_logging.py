@@ -26,6 +26,7 @@ from jwt.algorithms import ECAlgorithm
 
 from cds_service import close_app
 from cds_service.logs import TextFormatter, json_formatter
+from fhir_mappings.categories import CATEGORIES
 from tests.charts.lupus import ln_initiation_clean, voclosporin_draft_order
 from tests.conftest import FIXED_NOW, make_app
 from tests.support.faulty_fhir import FaultyFhir
@@ -156,7 +157,7 @@ def test_each_call_logs_one_structured_line(
         assert line["rulesFired"] == ["prior-authorization"]
         assert isinstance(line["durationMs"], int | float)
         assert line["durationMs"] > 0
-        assert len(line["fetched"]) == 11
+        assert len(line["fetched"]) == len(CATEGORIES)
 
 
 def test_rules_fired_lists_every_card(

@@ -310,6 +310,7 @@ def test_example_validation_catches_a_bad_card(document: dict[str, Any]) -> None
         ("OrderSignRequest", "OrderSignCards"),
         ("OrderSelectRequest", "OrderSelectCards"),
         ("MedicationPrescribeRequest", "MedicationPrescribeCards"),
+        ("OrderSignOutsideMedicationRequest", "OrderSignOutsideMedicationCards"),
     ],
 )
 def test_hook_examples_are_what_the_service_answers(
@@ -344,11 +345,11 @@ def test_hook_examples_are_what_the_service_answers(
 
 
 def test_discovery_conforms(contract: OpenAPI, client: FlaskClient) -> None:
-    """Discovery lists one entry per hook, each with the eleven prefetch templates."""
+    """Discovery lists one entry per hook, each with the thirteen prefetch templates."""
     body = conforms(contract, exchange(client, "GET", "/cds-services"), 200)
     assert [s["hook"] for s in body["services"]] == list(HOOKS)
     assert {s["hook"]: s["id"] for s in body["services"]} == LISTED_ID
-    assert all(len(s["prefetch"]) == 11 for s in body["services"])
+    assert all(len(s["prefetch"]) == 13 for s in body["services"])
 
 
 @pytest.mark.parametrize(

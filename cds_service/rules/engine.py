@@ -41,18 +41,26 @@ MONITORING_GAPS = "monitoring-gaps"
 INVOLVEMENT = "voclosporin-involvement"  # the label of "cannot tell" gaps, not a rule
 _UNREADABLE_SHOWN = 20  # skipped resources listed one by one on the card, then a count
 _MEDS = frozenset({D.MEDICATIONS})
+# Interaction checks also read outside and OTC medications when the EHR offers them; without them
+# they check the orders and say so ("checked the orders only").
+_ALL_MEDS = _MEDS | {D.MEDICATION_STATEMENTS, D.MEDICATION_DISPENSES}
 _RENAL = frozenset({D.EGFR, D.CREATININE, D.PATIENT})
 _CONDITIONS = frozenset({D.CONDITIONS})
 
 REGISTRY: tuple[RuleSpec, ...] = (
     RuleSpec("hypersensitivity", interactions.hypersensitivity, needs=frozenset({D.ALLERGIES})),
-    RuleSpec("strong-cyp3a4-inhibitor", interactions.strong_cyp3a4_inhibitor, reads=_MEDS),
-    RuleSpec("moderate-cyp3a4-inhibitor", interactions.moderate_cyp3a4_inhibitor, reads=_MEDS),
-    RuleSpec("cyp3a4-inducer", interactions.cyp3a4_inducer, reads=_MEDS),
-    RuleSpec("live-vaccine", interactions.live_vaccine, reads=_MEDS | {D.IMMUNIZATIONS}),
+    RuleSpec("strong-cyp3a4-inhibitor", interactions.strong_cyp3a4_inhibitor, reads=_ALL_MEDS),
+    RuleSpec("moderate-cyp3a4-inhibitor", interactions.moderate_cyp3a4_inhibitor, reads=_ALL_MEDS),
+    RuleSpec("cyp3a4-inducer", interactions.cyp3a4_inducer, reads=_ALL_MEDS),
+    RuleSpec("live-vaccine", interactions.live_vaccine, reads=_ALL_MEDS | {D.IMMUNIZATIONS}),
     RuleSpec("egfr-baseline-missing", renal.egfr_baseline_missing, needs=_RENAL),
     RuleSpec("egfr-baseline-low", renal.egfr_baseline_low, needs=_RENAL),
     RuleSpec("egfr-decline", renal.egfr_decline, needs=_RENAL | _MEDS),
+    RuleSpec(
+        "reinitiation-after-discontinuation",
+        renal.reinitiation_after_discontinuation,
+        needs=_RENAL | _MEDS,
+    ),
     RuleSpec(
         "blood-pressure-high", vitals.blood_pressure_high, needs=frozenset({D.BLOOD_PRESSURE})
     ),
@@ -64,20 +72,22 @@ REGISTRY: tuple[RuleSpec, ...] = (
     RuleSpec(
         "blood-pressure-missing", vitals.blood_pressure_missing, needs=frozenset({D.BLOOD_PRESSURE})
     ),
-    RuleSpec("cyclophosphamide", interactions.cyclophosphamide, reads=_MEDS),
+    RuleSpec("cyclophosphamide", interactions.cyclophosphamide, reads=_ALL_MEDS),
     RuleSpec("pediatric", regimen.pediatric, needs=frozenset({D.PATIENT})),
     RuleSpec("background-therapy-missing", regimen.background_therapy_missing, needs=_MEDS),
     RuleSpec("hyperkalemia", vitals.hyperkalemia, needs=frozenset({D.POTASSIUM})),
-    RuleSpec("nephrotoxic-comedication", comedication.nephrotoxic_comedication, reads=_MEDS),
+    RuleSpec("nephrotoxic-comedication", comedication.nephrotoxic_comedication, reads=_ALL_MEDS),
     RuleSpec(
         "hyperkalemia-comedication",
         comedication.hyperkalemia_comedication,
-        reads=_MEDS | {D.POTASSIUM},
+        reads=_ALL_MEDS | {D.POTASSIUM},
     ),
     RuleSpec(
-        "calcineurin-inhibitor-duplicate", interactions.calcineurin_inhibitor_duplicate, reads=_MEDS
+        "calcineurin-inhibitor-duplicate",
+        interactions.calcineurin_inhibitor_duplicate,
+        reads=_ALL_MEDS,
     ),
-    RuleSpec("p-gp-substrate", interactions.p_gp_substrate, reads=_MEDS),
+    RuleSpec("p-gp-substrate", interactions.p_gp_substrate, reads=_ALL_MEDS),
     RuleSpec("dose-check", regimen.dose_check, reads=_RENAL | _CONDITIONS),
     RuleSpec("treatment-duration", regimen.treatment_duration, needs=_MEDS),
     RuleSpec("hepatic-impairment", populations.hepatic_impairment, needs=_CONDITIONS),
@@ -172,6 +182,7 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
                 NotChecked(
                     "ran on what was available: " + ", ".join(missing) + " unavailable",
                     spec.rule_id,
+                    partial=True,
                 )
             )
     evaluated = (*(s.rule_id for s in REGISTRY), MONITORING_GAPS)
@@ -248,9 +259,12 @@ def _data_unavailable(
         ]
         if len(facts.unreadable) > _UNREADABLE_SHOWN:
             lines.append(text("skipped_more", count=len(facts.unreadable) - _UNREADABLE_SHOWN))
-    affected = sorted({gap.rule_id for gap in gaps})
+    affected = sorted({gap.rule_id for gap in gaps if not gap.partial})
+    incomplete = sorted({gap.rule_id for gap in gaps if gap.partial} - set(affected))
     if affected:
         summary = text("summary_checks", count=len(affected), rules=", ".join(affected))
+    elif incomplete:
+        summary = text("summary_incomplete", count=len(incomplete), rules=", ".join(incomplete))
     else:
         summary = text("summary_data")
     return Finding("warning", summary, text("detail", lines="\n".join(lines)))

@@ -80,6 +80,9 @@ class NotChecked:
 
     reason: str
     rule_id: str = ""
+    # The rule ran, on part of the data (an optional key such as medicationStatements missing):
+    # said on the card, but not counted as a check that could not run.
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,16 @@ def names(orders: Iterable[Medication]) -> str:
     return ", ".join(dict.fromkeys(o.name for o in orders))
 
 
+# How a recorded medication is named on a card, per record type (the EHR's wording).
+_RECORDED_AS = {
+    "MedicationStatement": "reported medication",
+    "MedicationDispense": "dispensed medication",
+}
+
+
 def order_line(order: Medication) -> str:
-    where = "draft order" if order.is_draft else f"active order ({order.status})"
+    recorded = _RECORDED_AS.get(order.record_type, "active order")
+    where = "draft order" if order.is_draft else f"{recorded} ({order.status})"
     return f"- {order.name} — {where}, `{order.reference}`"
 
 

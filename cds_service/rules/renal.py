@@ -16,6 +16,7 @@ from cds_service.rules.model import (
     describe,
     latest,
     names,
+    num,
     recent,
     remove_suggestions,
     when_text,
@@ -88,8 +89,11 @@ def decline_percent(baseline: float, current: float) -> float:
 def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Renewal: eGFR < 60 and > 20% below baseline -> reduce; >= 30% -> discontinue (PI 2.2).
 
-    Baseline: the latest eGFR on or before the course start. What is unknown, decided case by
-    case (knowledge: "a card that found nothing vs a check that could not run"):
+    Renewal: the draft continues a course that is current or ended at most the course gap ago,
+    whatever its orders' status (``facts.course``). Baseline: the latest eGFR on or before that
+    course's start, so a restart after a longer gap is a new start with a new baseline, never
+    judged against one from years before. What is unknown, decided case by case (knowledge: "a
+    card that found nothing vs a check that could not run"):
 
     - course start unknown (the voclosporin orders on record carry no usable ``authoredOn``, or
       the renewal names a prior order the medication list does not hold): could not check, on
@@ -194,6 +198,105 @@ def _reduction_suggestions(
     reduced = tuple((round(d.mg - step, 2), d.when) for d in regimen.doses)
     described = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
     actions = rewrite(regimen, reduced, described, knowledge)
+    if not actions:
+        return ()
+    return (
+        Suggestion(
+            text("suggestion", order=names(regimen.orders), regimen=described),
+            actions,
+            is_recommended=True,
+        ),
+    )
+
+
+def reinitiation_after_discontinuation(
+    facts: PatientFacts, knowledge: Knowledge
+) -> Iterator[RuleResult]:
+    """A voclosporin order after a course stopped with an eGFR decline: PI 2.2 Table 1 (K 1.14).
+
+    Applies when the latest course on record ended by a stop (``Course.stopped``) and an eGFR
+    after its start is < 60 and >= 30% below that course's baseline (the discontinue row of
+    ``egfr_decline``). Then the label allows re-initiating at 7.9 mg twice daily only once eGFR
+    has returned to >= 80% of that baseline: the latest eGFR below it is a warning (remove the
+    draft), a draft dose above 7.9 mg is a warning (change it). Whatever the gap since the stop:
+    the label gives the recovery condition no time limit. Unknown, decided: no baseline for the
+    stopped course, or no eGFR after its start, means no decline on record, so nothing to say
+    (the course's own checks report the missing results); a draft without a structured dose is
+    judged on eGFR only (``dose-check`` reports the missing dose).
+    """
+    if not facts.ordering_voclosporin or not facts.courses:
+        return
+    course = facts.courses[-1]
+    if not course.stopped:
+        return
+    start = course.start.date()
+    # Results reported as bounds (">60") give no percentage of baseline: passed over.
+    exact = [m for m in facts.egfr if m.when is not None and m.comparator is None]
+    baseline = latest(m for m in exact if m.when is not None and m.when.date() <= start)
+    after = sorted(
+        (m for m in exact if m.when is not None and m.when.date() > start),
+        key=lambda m: m.when or course.start,
+    )
+    if baseline is None or baseline.value <= 0 or not after:
+        return
+    renal, rules = knowledge.renal, knowledge.reinitiation
+    declines = [
+        m
+        for m in after
+        if m.value < renal.decline_applies_below
+        and decline_percent(baseline.value, m.value) >= renal.decline_discontinue_from_percent
+    ]
+    if not declines:
+        return
+    text = card_text(knowledge, "reinitiation-after-discontinuation")
+    current = after[-1]
+    recovered = round(current.value / baseline.value * 100, 6)
+    readings = text(
+        "readings",
+        start=when_text(course.start),
+        baseline=describe(baseline),
+        decline=describe(declines[-1]),
+        latest=describe(current),
+        recovered=recovered,
+    )
+    if recovered < rules.recovered_from_percent:
+        yield Finding(
+            "warning",
+            text("summary_not_recovered", recovered=recovered, egfr=num(current.value)),
+            text("detail_not_recovered", readings=readings),
+            remove_suggestions(facts.draft_voclosporin, text("cancel")),
+        )
+        return
+    high = [
+        order
+        for order in facts.draft_voclosporin
+        if order.dosage is not None
+        and any(d.mg > rules.dose_mg + knowledge.dose.mg_tolerance for d in order.dosage.doses)
+    ]
+    if not high:
+        return
+    yield Finding(
+        "warning",
+        text("summary_dose", orders=", ".join(o.name for o in high)),
+        text("detail_dose", readings=readings),
+        _reinitiation_suggestions(high, knowledge),
+        subject=";".join(o.reference for o in high),
+    )
+
+
+def _reinitiation_suggestions(
+    orders: list[Medication], knowledge: Knowledge
+) -> tuple[Suggestion, ...]:
+    """The drafted regimen changed to the label's re-initiation dose, twice daily, as one
+    suggestion (an AM and a PM draft are rewritten together)."""
+    regimen = regimen_of(orders, knowledge)
+    if regimen is None:
+        return ()
+    text = card_text(knowledge, "reinitiation-after-discontinuation")
+    mg = knowledge.reinitiation.dose_mg
+    target = tuple((mg, None) for _ in range(knowledge.dose.doses_per_day))
+    described = text("regimen")
+    actions = rewrite(regimen, target, described, knowledge)
     if not actions:
         return ()
     return (

@@ -721,6 +721,7 @@ def ln_voclosporin_mild_intolerance(today: date) -> Resource:
         severity="mild",
     )
     c.normal_labs()
+    return c.bundle()
 
 
 def _initiation_with(chart_id: str, today: date, age: int) -> ChartBuilder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from typing import Any
 
 from fhir_mappings.facts import (
@@ -17,6 +18,7 @@ from fhir_mappings.facts import (
     Medication,
     PatientFacts,
 )
+from fhir_mappings.knowledge import CourseRules, load_knowledge
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -113,6 +115,12 @@ def allergy_to_voclosporin() -> Allergy:
     )
 
 
+@cache
+def course_rules() -> CourseRules:
+    """The course policy of the shipped knowledge (rules.toml [course])."""
+    return load_knowledge().course
+
+
 def facts(**overrides: Any) -> PatientFacts:
     """A 40-year-old woman with LN on MMF, normal recent labs, ordering voclosporin at order-sign.
 
@@ -129,5 +137,6 @@ def facts(**overrides: Any) -> PatientFacts:
         blood_pressures=(bp(128, 82),),
         potassium=(potassium(4.2, high=5.1),),
         conditions=(lupus_nephritis(),),
+        course_rules=course_rules(),
     )
     return replace(base, **overrides)
