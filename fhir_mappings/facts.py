@@ -304,10 +304,13 @@ class PatientFacts:
     @cached_property
     def is_renewal(self) -> bool:
         """A voclosporin order that continues a course (current, or ended within the gap,
-        whatever its orders' status), that says it renews, or while voclosporin is in force."""
+        whatever its orders' status), or while voclosporin is in force. A draft's
+        ``priorPrescription`` counts only when no course is on record: a course that ended
+        longer than the gap ago is a new start whatever the order says (decision "treatment
+        course")."""
         return self.ordering_voclosporin and (
             self.course is not None
-            or any(m.renews_prior for m in self.draft_voclosporin)
+            or (not self.courses and any(m.renews_prior for m in self.draft_voclosporin))
             or any(m.is_voclosporin for m in self.current_medications)
         )
 

@@ -470,3 +470,28 @@ def test_potassium_reported_as_a_bound(knowledge, comparator, value, warns):
     """A potassium bound that rules hyperkalemia out passes; one that cannot tell warns."""
     result = replace(potassium(value, high=5.0), comparator=comparator)
     assert ("hyperkalemia" in fired(facts(potassium=(result,)), knowledge)) is warns
+
+
+def test_on_treatment_bp_fires_beside_an_unselected_voclosporin_draft(knowledge):
+    """On voclosporin, ibuprofen selected, a voclosporin draft not selected, BP 180/110: the
+    on-treatment BP card still fires (a draft beside a current order is no initiation)."""
+    unselected = voclosporin(selected=False)
+    f = on_voclosporin(IBUPROFEN, unselected, blood_pressures=(bp(180, 110),))
+    assert fired(f, knowledge)["blood-pressure-high-on-treatment"] == "critical"
+
+
+@pytest.mark.parametrize(
+    ("comparator", "value", "partner", "expected"),
+    [
+        ("<", 5.0, LISINOPRIL, None),
+        (">", 4.0, LISINOPRIL, "warning"),
+        ("<", 4.8, TRIMETHOPRIM, "info"),
+        ("<", 4.9, TRIMETHOPRIM, "warning"),
+    ],
+    ids=["lt-5.0-rules-out-limit", "gt-4.0-cannot-rule-out", "lt-4.8-rules-out-near", "lt-4.9"],
+)
+def test_comedication_reads_potassium_bounds(knowledge, comparator, value, partner, expected):
+    """A potassium bound counts as at (or near) the 5.0 limit unless it rules that out."""
+    result = replace(potassium(value, high=5.0), comparator=comparator)
+    f = on_voclosporin(partner, potassium=(result,))
+    assert fired(f, knowledge).get("hyperkalemia-comedication") == expected

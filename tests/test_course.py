@@ -17,7 +17,7 @@ from cds_service.rules import regimen
 from cds_service.rules.engine import evaluate
 from cds_service.rules.model import RemoveOrder, ReplaceDosage
 from fhir_mappings.build import build_facts
-from fhir_mappings.facts import Medication, PatientFacts, is_current
+from fhir_mappings.facts import Dosage, DoseAmount, Medication, PatientFacts, is_current
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.supply import supply_until
 from fhir_mappings.vocabulary import DataCategory as D
@@ -447,3 +447,58 @@ def test_missing_statements_make_checks_incomplete_not_skipped(knowledge):
         card.detail
     )
     assert "could not run" not in card.summary
+
+
+def test_reinitiation_rewrites_the_whole_split_regimen(knowledge):
+    """AM 7.9 mg + PM 15.8 mg drafts: one suggestion for both; accepting it is 7.9 mg BID,
+    never a third dose beside the AM draft (review finding)."""
+    am = replace(
+        voclosporin(dosage=Dosage((DoseAmount(7.9, "MORN", "morning"),), 1.0, "7.9 mg AM")),
+        reference="MedicationRequest/am",
+    )
+    pm = replace(
+        voclosporin(dosage=Dosage((DoseAmount(15.8, "EVE", "evening"),), 1.0, "15.8 mg PM")),
+        reference="MedicationRequest/pm",
+    )
+    f = replace(stopped_course((100, 155), (55, 60), (90, 2)), draft_orders=(am, pm))
+    card = next(
+        x
+        for x in evaluate(f, knowledge).findings
+        if x.rule_id == "reinitiation-after-discontinuation"
+    )
+    actions = card.suggestions[0].actions
+    changed = {a.order.reference for a in actions}
+    assert changed == {"MedicationRequest/am", "MedicationRequest/pm"}
+    kept = [a for a in actions if isinstance(a, ReplaceDosage)]
+    assert sum(mg for a in kept for mg, _ in a.doses) == pytest.approx(15.8)
+
+
+@pytest.mark.parametrize(
+    ("comparator", "value", "expected"),
+    [(">", 80.0, None), ("<", 79.0, "warning"), (">", 70.0, "info")],
+    ids=["above-80-recovered", "below-79-not-recovered", "above-70-cannot-tell"],
+)
+def test_reinitiation_reads_a_latest_egfr_bound(knowledge, comparator, value, expected):
+    """The latest eGFR reported as a bound decides when it lies wholly on one side of 80% of
+    the baseline; otherwise a monitoring note asks for an exact result."""
+    f = stopped_course((100, 155), (55, 60))
+    f = replace(f, egfr=(*f.egfr, replace(egfr(value, 2), comparator=comparator)))
+    got = fired(f, knowledge)
+    assert got.get("reinitiation-after-discontinuation") == (
+        expected if expected != "info" else None
+    )
+    if expected == "info":
+        assert got.get("monitoring-gaps") == "info"
+
+
+def test_prior_prescription_does_not_bridge_a_long_gap(knowledge):
+    """A draft naming the priorPrescription of a course stopped 500 days ago is a new start:
+    the initiation checks run (decision "treatment course"; review finding)."""
+    old = order(-560, status="stopped", until=-500)
+    draft = replace(voclosporin(), renews_prior=True)
+    f = facts(medications=(mmf(), old), draft_orders=(draft,), egfr=(egfr(88, 5),))
+    assert f.course is None
+    assert not f.is_renewal
+    assert f.is_initiation
+    # Without any course on record the order's own word still counts.
+    assert facts(medications=(mmf(),), draft_orders=(draft,)).is_renewal

@@ -19,7 +19,6 @@ from cds_service.rules.model import (
     describe,
     latest,
     names,
-    num,
     order_line,
     recent,
     remove_suggestions,
@@ -85,9 +84,10 @@ def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iter
     at_limit = near_limit = False
     if result is not None:
         high, basis = potassium_limit(result, knowledge)
-        margin = round(high - result.value, _MMOL_DECIMALS)
-        at_limit = margin <= 0
-        near_limit = margin <= limits.near_limit_mmol_l
+        # A bound ("<5.0", ">4.0") counts as at or near the limit unless it rules that out.
+        near = round(high - limits.near_limit_mmol_l, _MMOL_DECIMALS)
+        at_limit = result.below(high) is not True
+        near_limit = result.below(near) is not True
         potassium = text(
             "potassium_line", measurement=describe(result), high=high, basis=text(basis)
         )
@@ -107,7 +107,7 @@ def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iter
         summary = text(
             "summary_near",
             partners=names(flagged),
-            value=num(result.value),
+            value=result.shown,
             unit=result.unit,
             high=potassium_limit(result, knowledge)[0],
         )

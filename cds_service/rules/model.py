@@ -202,8 +202,11 @@ def on_treatment(facts: PatientFacts) -> bool:
     """
     if facts.is_renewal:
         return True
-    # Voclosporin only drafted earlier in this session is an initiation under way, not a course.
-    drafted_only = any(m.is_voclosporin for m in facts.draft_orders)
+    # Voclosporin only drafted earlier in this session (none in force) is an initiation under
+    # way, not a course.
+    drafted_only = any(m.is_voclosporin for m in facts.draft_orders) and not any(
+        m.is_voclosporin for m in facts.current_medications
+    )
     return facts.takes_voclosporin and not facts.ordering_voclosporin and not drafted_only
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from cds_service.rules.doses import regimen_of, rewrite
+from cds_service.rules.doses import Regimen, regimen_of, rewrite
 from cds_service.rules.model import (
     Finding,
     MonitoringGap,
@@ -16,7 +16,6 @@ from cds_service.rules.model import (
     describe,
     latest,
     names,
-    num,
     recent,
     remove_suggestions,
     when_text,
@@ -178,7 +177,8 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
         "warning",
         text("summary_reduce" if exact else "summary_reduce_bound", decline=least, egfr=now),
         text("detail_reduce", readings=readings),
-        _reduction_suggestions(facts.draft_voclosporin, knowledge),
+        # Every voclosporin draft of the session: an unselected AM draft is part of the regimen.
+        _reduction_suggestions(facts.draft_orders, knowledge),
     )
 
 
@@ -230,26 +230,28 @@ def reinitiation_after_discontinuation(
     if not course.stopped:
         return
     start = course.start.date()
-    # Results reported as bounds (">60") give no percentage of baseline: passed over.
+    # The baseline and the decline on record need exact results (a bound gives no percentage);
+    # the latest eGFR may be a bound (">80"): it decides when it lies wholly on one side.
     exact = [m for m in facts.egfr if m.when is not None and m.comparator is None]
     baseline = latest(m for m in exact if m.when is not None and m.when.date() <= start)
-    after = sorted(
-        (m for m in exact if m.when is not None and m.when.date() > start),
-        key=lambda m: m.when or course.start,
-    )
+    after = [m for m in exact if m.when is not None and m.when.date() > start]
     if baseline is None or baseline.value <= 0 or not after:
         return
     renal, rules = knowledge.renal, knowledge.reinitiation
-    declines = [
-        m
-        for m in after
-        if m.value < renal.decline_applies_below
-        and decline_percent(baseline.value, m.value) >= renal.decline_discontinue_from_percent
-    ]
+    declines = sorted(
+        (
+            m
+            for m in after
+            if m.value < renal.decline_applies_below
+            and decline_percent(baseline.value, m.value) >= renal.decline_discontinue_from_percent
+        ),
+        key=lambda m: m.when or course.start,
+    )
     if not declines:
         return
     text = card_text(knowledge, "reinitiation-after-discontinuation")
-    current = after[-1]
+    current = latest(m for m in facts.egfr if m.when is not None and m.when.date() > start)
+    assert current is not None  # ``after`` is not empty
     recovered = round(current.value / baseline.value * 100, 6)
     readings = text(
         "readings",
@@ -259,39 +261,34 @@ def reinitiation_after_discontinuation(
         latest=describe(current),
         recovered=recovered,
     )
-    if recovered < rules.recovered_from_percent:
+    not_recovered = current.below(baseline.value * rules.recovered_from_percent / 100)
+    if not_recovered is None:  # a bound on both sides of the line: ask for an exact result
+        yield MonitoringGap(text("gap_result"), text("bound_undecided", egfr=current.shown))
+        return
+    if not_recovered:
         yield Finding(
             "warning",
-            text("summary_not_recovered", recovered=recovered, egfr=num(current.value)),
+            text("summary_not_recovered", recovered=recovered, egfr=current.shown),
             text("detail_not_recovered", readings=readings),
             remove_suggestions(facts.draft_voclosporin, text("cancel")),
         )
         return
-    high = [
-        order
-        for order in facts.draft_voclosporin
-        if order.dosage is not None
-        and any(d.mg > rules.dose_mg + knowledge.dose.mg_tolerance for d in order.dosage.doses)
-    ]
-    if not high:
+    regimen = regimen_of(facts.draft_orders, knowledge)
+    tolerance = knowledge.dose.mg_tolerance
+    if regimen is None or not any(d.mg > rules.dose_mg + tolerance for d in regimen.doses):
         return
     yield Finding(
         "warning",
-        text("summary_dose", orders=", ".join(o.name for o in high)),
+        text("summary_dose", orders=names(regimen.orders)),
         text("detail_dose", readings=readings),
-        _reinitiation_suggestions(high, knowledge),
-        subject=";".join(o.reference for o in high),
+        _reinitiation_suggestions(regimen, knowledge),
+        subject=";".join(o.reference for o in regimen.orders),
     )
 
 
-def _reinitiation_suggestions(
-    orders: list[Medication], knowledge: Knowledge
-) -> tuple[Suggestion, ...]:
-    """The drafted regimen changed to the label's re-initiation dose, twice daily, as one
+def _reinitiation_suggestions(regimen: Regimen, knowledge: Knowledge) -> tuple[Suggestion, ...]:
+    """The session's regimen changed to the label's re-initiation dose, twice daily, as one
     suggestion (an AM and a PM draft are rewritten together)."""
-    regimen = regimen_of(orders, knowledge)
-    if regimen is None:
-        return ()
     text = card_text(knowledge, "reinitiation-after-discontinuation")
     mg = knowledge.reinitiation.dose_mg
     target = tuple((mg, None) for _ in range(knowledge.dose.doses_per_day))
