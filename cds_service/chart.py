@@ -69,6 +69,9 @@ class Chart:
     patient: Resource | None = None
     resources: dict[D, list[Resource]] = field(default_factory=dict)
     unavailable: dict[D, str] = field(default_factory=dict)
+    # Keys the EHR neither sent nor let the service fetch, for data it may not hold at all
+    # (``CategorySpec.absent_if_not_offered``): read as none.
+    not_offered: list[str] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
     fetch_failed: list[str] = field(default_factory=list)  # prefetch keys whose query failed
@@ -144,13 +147,19 @@ def gather_chart(
         if failure is not None:  # issue codes only: diagnostics may name the patient
             log.info("prefetch %s reports an error (%s)", key, outcome_issue_codes(value))
         if client is None:
+            if failure is None and CATEGORIES[category].absent_if_not_offered:
+                chart.resources[category] = []  # the EHR does not offer it: none to read
+                chart.not_offered.append(key)
+                continue
             missing.append(key)
             reason = failure or "not prefetched"
             chart.unavailable[category] = f"{reason}; FHIR server not usable ({access.refusal})"
             continue
         jobs[key] = _fetch_job(client, category, query)
     if set(missing) & REQUIRED_KEYS:
-        # Spec #http-status-codes: required data neither prefetched nor fetchable -> 412.
+        # Spec #http-status-codes: required data neither prefetched nor fetchable -> 412. The
+        # answer names every key the discovery asks for and the request lacks.
+        missing = [key for key in templates if key in {*missing, *chart.not_offered}]
         raise PreconditionFailed(
             "Prefetch data is missing and the FHIR server cannot be used "
             f"({access.refusal}): {', '.join(missing)}",

@@ -33,6 +33,11 @@ class CategorySpec:
     # Without it the service cannot tell whether voclosporin is involved: 412 when it cannot be
     # obtained (spec #http-status-codes); any other category goes on the data-unavailable card.
     required: bool = False
+    # Data an EHR may not hold at all (patient-reported, pharmacy): a key the EHR neither
+    # prefetches nor lets the service fetch (no fhirServer) reads as "not offered", i.e. none,
+    # not as "could not obtain" (decision "outside and OTC medications": "where the EHR offers
+    # them"). A key that was sent as an error, or a fetch that failed, still is unavailable.
+    absent_if_not_offered: bool = False
 
 
 _OBSERVATION = frozenset({"Observation"})
@@ -72,6 +77,7 @@ CATEGORIES: dict[DataCategory, CategorySpec] = {
             frozenset({"MedicationStatement", "Medication"}),
             f"MedicationStatement?patient={PATIENT_TOKEN}"
             "&status=active,on-hold,intended,completed,unknown,stopped&_count=100",
+            absent_if_not_offered=True,
         ),
         CategorySpec(
             DataCategory.MEDICATION_DISPENSES,
@@ -79,6 +85,7 @@ CATEGORIES: dict[DataCategory, CategorySpec] = {
             frozenset({"MedicationDispense", "Medication"}),
             f"MedicationDispense?patient={PATIENT_TOKEN}"
             "&status=preparation,in-progress,on-hold,completed,unknown,stopped&_count=100",
+            absent_if_not_offered=True,
         ),
         CategorySpec(
             DataCategory.CONDITIONS,

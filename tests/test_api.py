@@ -346,6 +346,42 @@ def test_missing_optional_prefetch_is_said_on_a_card(app, client):
     assert "hyperkalemia: not run" in card["detail"]
 
 
+@pytest.mark.parametrize("key", ["medicationStatements", "medicationDispenses"])
+def test_outside_medications_not_offered_are_no_warning(app, client, key):
+    """An EHR that neither sends statements/dispenses nor passes fhirServer does not offer them:
+    the checks run on the orders, with no data-unavailable card on every call."""
+    patient_id, resources = chart("ln-initiation-clean")
+    prefetch = prefetch_for(resources, patient_id, templates(app))
+    del prefetch[key]
+    response = client.post(
+        SIGN,
+        json=hook_request(
+            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
+        ),
+    )
+    assert response.status_code == 200
+    assert "data-unavailable" not in rule_ids(response)
+
+
+def test_outside_medications_sent_as_an_error_are_said(app, client):
+    """A statements key sent as an OperationOutcome is data that could not be obtained."""
+    patient_id, resources = chart("ln-initiation-clean")
+    prefetch = prefetch_for(resources, patient_id, templates(app))
+    prefetch["medicationStatements"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception"}],
+    }
+    response = client.post(
+        SIGN,
+        json=hook_request(
+            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
+        ),
+    )
+    ids = rule_ids(response)
+    card = response.json["cards"][ids.index("data-unavailable")]
+    assert "medicationStatements" in card["detail"]
+
+
 def test_error_outcome_inside_a_search_bundle_is_not_no_data(app, client):
     """An allergy search that failed (error OperationOutcome entry) is not 'no allergies'."""
     patient_id, resources = chart("ln-initiation-clean")
