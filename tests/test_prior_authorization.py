@@ -216,3 +216,21 @@ def test_renewal_background_unknown_when_medications_unreadable(knowledge):
         status_of(f, knowledge, "Not with cyclophosphamide"),
     )
     assert got == ("unknown", "unknown")
+
+
+@pytest.mark.parametrize(
+    ("drafts", "status", "capsules"),
+    [
+        (("a",), "met", 540),
+        (("a", "b"), "not met", 1080),
+    ],
+    ids=["one-bid-draft-540", "two-bid-drafts-1080"],
+)
+def test_quantity_limit_counts_the_session_regimen(knowledge, drafts, status, capsules):
+    """All voclosporin drafts are one regimen: two 23.7 mg BID drafts are 1,080 capsules per
+    90 days, over the 540 limit (review finding: the largest single draft was counted)."""
+    orders = tuple(replace(voclosporin(), reference=f"MedicationRequest/{d}") for d in drafts)
+    f = facts(medications=(mmf(),), draft_orders=orders)
+    name = "Quantity limit 540 capsules per 90 days"
+    assert status_of(f, knowledge, name) == status
+    assert f"{capsules} capsules per 90 days as dosed" in pa_card(f, knowledge).detail

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Literal
 
+from cds_service.rules.doses import regimen_of
 from cds_service.rules.model import (
     Finding,
     RuleResult,
@@ -203,15 +204,14 @@ def _clinical_benefit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status
 
 
 def _quantity_limit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
+    """Capsules per quantity period of the session's regimen: all voclosporin drafts together
+    (an AM and a PM draft, or two BID drafts, are one regimen; ``doses.regimen_of``)."""
     limits = knowledge.prior_authorization
-    per_day = []
-    for order in facts.draft_voclosporin:
-        if order.dosage and order.dosage.doses and order.dosage.doses_per_day is not None:
-            daily_mg = sum(d.mg for d in order.dosage.doses)
-            per_day.append(daily_mg / knowledge.dose.capsule_mg)
-    if not per_day:
+    regimen = regimen_of(facts.draft_voclosporin, knowledge)
+    daily_mg = regimen.daily_mg() if regimen is not None else None
+    if daily_mg is None:
         return "unknown", "dose or frequency not stated on the order"
-    capsules = max(per_day) * limits.quantity_period_days
+    capsules = daily_mg / knowledge.dose.capsule_mg * limits.quantity_period_days
     status: Status = "met" if capsules <= limits.quantity_capsules + 0.5 else "not met"
     return status, f"{capsules:.0f} capsules per {limits.quantity_period_days} days as dosed"
 

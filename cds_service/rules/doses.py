@@ -33,16 +33,20 @@ class Regimen:
     doses_per_day: float | None
     without_dose: tuple[Medication, ...]
 
+    def daily_mg(self) -> float | None:
+        """The day's total (None: no dose or no frequency stated)."""
+        if not self.doses or self.doses_per_day is None or self.without_dose:
+            return None
+        if len(self.doses) == 1:
+            return self.doses[0].mg * self.doses_per_day
+        return sum(d.mg for d in self.doses)
+
     def within(self, mg: tuple[float, ...], tolerance: float) -> bool:
         """No dose of the day is above the largest of ``mg`` and the day's total is at most
         theirs: accepting ``mg`` instead would not lower this regimen (False when unknown)."""
-        if not self.doses or self.doses_per_day is None:
+        per_day = self.daily_mg()
+        if per_day is None:
             return False
-        per_day = (
-            self.doses[0].mg * self.doses_per_day
-            if len(self.doses) == 1
-            else sum(d.mg for d in self.doses)
-        )
         return per_day <= sum(mg) + tolerance and all(
             d.mg <= max(mg) + tolerance for d in self.doses
         )
