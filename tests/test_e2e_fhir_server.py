@@ -168,13 +168,9 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "ln-cirrhosis-child-pugh-b": ("dose-check:warning", "hepatic-impairment:info", PA),
     # Child-Pugh C: not recommended (a warning, the label's "not recommended").
     "ln-cirrhosis-child-pugh-c": ("hepatic-impairment:warning", PA),
-    # ESRD on dialysis, creatinine only: no eGFR is computed on dialysis, so no baseline; use in
-    # ESRD/dialysis is not studied (knowledge 1.17).
-    "ln-dialysis-creatinine-only": (
-        "egfr-baseline-missing:warning",
-        "end-stage-renal-disease:warning",
-        PA,
-    ),
+    # ESRD on dialysis, creatinine only: no eGFR is computed on dialysis (the ESRD card says so,
+    # no baseline-missing card); use in ESRD/dialysis is not studied (knowledge 1.17).
+    "ln-dialysis-creatinine-only": ("end-stage-renal-disease:warning", PA),
     # Pregnancy status "Pregnant" (LOINC 82810-3, LA15173-0): warning (knowledge 4).
     "ln-pregnant": ("pregnancy-lactation:warning", PA),
 }

@@ -276,7 +276,7 @@ def test_decline_from_a_bound_baseline_says_no_percentage(knowledge):
 def test_decline_over_30_from_a_bound_baseline_says_more_than(knowledge):
     """Baseline '>60', now 42: more than 30% down, so discontinue; the card says 'more than'."""
     stop = card(renewal(bound(60, ">", 105), egfr(42, 3)), knowledge, "egfr-decline")
-    assert "down more than 30%" in stop.summary
+    assert "down more than 30.0%" in stop.summary
     assert "no exact percentage" in stop.detail
 
 

@@ -35,9 +35,13 @@ def egfr_baseline_missing(facts: PatientFacts, knowledge: Knowledge) -> Iterator
 
     Only runs when eGFR and creatinine data were obtained: a fetch failure is not "missing".
     A finding of its own (warning), not a monitoring gap: PI 2.2 asks for an accurate baseline
-    before initiating, so its absence is what the card is about.
+    before initiating, so its absence is what the card is about. Not with ESRD or dialysis on
+    record: no eGFR is estimated then, and the end-stage-renal-disease card says so (asking for
+    one would contradict it).
     """
     if not facts.is_initiation or baseline_egfr(facts, knowledge) is not None:
+        return
+    if esrd_or_dialysis(facts):
         return
     text = card_text(knowledge, "egfr-baseline-missing")
     older = latest(facts.egfr)

@@ -302,11 +302,11 @@ SOURCED_SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]], st
         "order-sign",
         "40-year-old woman with lupus nephritis, end-stage renal disease on hemodialysis, "
         "creatinine 6.2 mg/dL and no eGFR result. No eGFR is computed from a dialysis patient's "
-        "creatinine, so there is no baseline (warning), and LUPKYNIS is not studied in ESRD or "
-        "on dialysis (warning); no 'start at 15.8 mg' advice from a computed value.",
+        "creatinine (the ESRD card says so, rather than a second card asking for a baseline "
+        "eGFR), and LUPKYNIS is not studied in ESRD or on dialysis (warning); no 'start at 15.8 "
+        "mg' advice from a computed value.",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
         [
-            ("egfr-baseline-missing", "warning"),
             ("end-stage-renal-disease", "warning"),
             ("prior-authorization", "info"),
         ],
