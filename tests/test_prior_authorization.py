@@ -149,8 +149,15 @@ def test_benefit_outweighs_risk_is_an_attestation(knowledge):
             ),
             ("met", "not met"),
         ),
+        (
+            (
+                med("prednisone 5 MG Oral Tablet", "corticosteroid"),
+                voclosporin(draft=False, authored_days_ago=100),
+            ),
+            ("unknown", "met"),
+        ),
     ],
-    ids=["mmf", "no-background", "with-cyclophosphamide"],
+    ids=["mmf", "no-background", "with-cyclophosphamide", "steroid-only-to-confirm"],
 )
 def test_renewal_background_therapy_without_cyclophosphamide(knowledge, medications, expected):
     """Renewal 3: background therapy is needed, cyclophosphamide is not allowed."""

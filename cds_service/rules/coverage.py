@@ -116,11 +116,17 @@ def _active_disease(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, 
 
 
 def _background_therapy(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
-    background = [
-        m for m in _pool(facts) if m.has_role(Role.MYCOPHENOLATE) or m.has_role(Role.CORTICOSTEROID)
-    ]
-    status: Status = "met" if background else _absent(facts, DataCategory.MEDICATIONS, "not met")
-    return status, _names(background) or "none found"
+    """Met with mycophenolate on record; a corticosteroid alone is to confirm: LUPKYNIS is used
+    with MMF and corticosteroids (PI 1), so a steroid alone is not shown to be the regimen the
+    policy means (clinical review)."""
+    pool = _pool(facts)
+    mmf = [m for m in pool if m.has_role(Role.MYCOPHENOLATE)]
+    steroids = [m for m in pool if m.has_role(Role.CORTICOSTEROID)]
+    if mmf:
+        return "met", _names([*mmf, *steroids])
+    if steroids:
+        return "unknown", _names(steroids) + " (no mycophenolate on record: confirm)"
+    return _absent(facts, DataCategory.MEDICATIONS, "not met"), "none found"
 
 
 def _no_cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
