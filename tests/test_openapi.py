@@ -196,6 +196,14 @@ def test_rule_topic_codes_are_the_engine_rule_ids(document: dict[str, Any]) -> N
     assert all(f"`{rule_id}`" in described for rule_id in RULE_IDS)
 
 
+def test_readme_rules_table_is_the_engine_registry_in_order() -> None:
+    """The README's rules table lists every rule id once, in the order cards are sorted by."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| rule id | fires when | indicator |", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^\| ([a-z0-9-]+) \|", table, flags=re.MULTILINE)
+    assert listed == list(RULE_IDS)
+
+
 def test_contract_limits_are_the_contract_module(document: dict[str, Any]) -> None:
     """FhirId, UserReference, the summary limit and the topic system are cds_service.contract's."""
     schemas = document["components"]["schemas"]

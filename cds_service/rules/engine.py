@@ -74,7 +74,12 @@ REGISTRY: tuple[RuleSpec, ...] = (
     ),
     RuleSpec("cyclophosphamide", interactions.cyclophosphamide, reads=_ALL_MEDS),
     RuleSpec("pediatric", regimen.pediatric, needs=frozenset({D.PATIENT})),
-    RuleSpec("background-therapy-missing", regimen.background_therapy_missing, needs=_MEDS),
+    RuleSpec(
+        "background-therapy-missing",
+        regimen.background_therapy_missing,
+        needs=_MEDS,
+        reads=_ALL_MEDS,  # mycophenolate may be a dispense or a statement
+    ),
     RuleSpec("hyperkalemia", vitals.hyperkalemia, needs=frozenset({D.POTASSIUM})),
     RuleSpec("nephrotoxic-comedication", comedication.nephrotoxic_comedication, reads=_ALL_MEDS),
     RuleSpec(
@@ -100,7 +105,7 @@ REGISTRY: tuple[RuleSpec, ...] = (
     RuleSpec(
         "prior-authorization",
         coverage.prior_authorization,
-        reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _MEDS | _RENAL,
+        reads=frozenset({D.PATIENT, D.CONDITIONS, D.IMMUNIZATIONS, D.UPCR}) | _ALL_MEDS | _RENAL,
     ),
 )
 RULE_IDS: tuple[str, ...] = (
