@@ -17,28 +17,21 @@ from cds_service.rules.model import (
     RuleResult,
     card_text,
     describe,
+    involved,
     latest,
     names,
-    order_line,
     recent,
     remove_suggestions,
     subject_of,
 )
 from cds_service.rules.vitals import potassium_limit
-from fhir_mappings.facts import Medication, PatientFacts
+from fhir_mappings.facts import PatientFacts
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.vocabulary import DataCategory, Role
 
 # Potassium differences are compared to the micro-mmol/L: 5.0 - 4.8 is 0.2 here, not
 # 0.20000000000000018 (no lab reports potassium to more than two decimals).
 _MMOL_DECIMALS = 6
-
-
-def _involved(facts: PatientFacts, partners: tuple[Medication, ...]) -> str:
-    lines = [order_line(o) for o in (*facts.draft_voclosporin, *partners)]
-    if not facts.ordering_voclosporin:
-        lines.insert(0, "- the patient already takes voclosporin (LUPKYNIS)")
-    return "\n".join(lines)
 
 
 def nephrotoxic_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
@@ -55,7 +48,7 @@ def nephrotoxic_comedication(facts: PatientFacts, knowledge: Knowledge) -> Itera
     yield Finding(
         "warning",
         text("summary", partners=names(partners)),
-        text("detail", involved=_involved(facts, partners)),
+        text("detail", involved=involved(facts, partners)),
         remove_suggestions(p for p in partners if p.is_draft),
         subject=subject_of(partners),
     )
@@ -102,7 +95,7 @@ def hyperkalemia_comedication(facts: PatientFacts, knowledge: Knowledge) -> Iter
         return
     unflagged_raas = () if at_limit else raas
     raas_note = text("raas_note", raas=names(unflagged_raas)) if unflagged_raas else ""
-    detail = text("detail", latest=potassium, raas=raas_note, involved=_involved(facts, flagged))
+    detail = text("detail", latest=potassium, raas=raas_note, involved=involved(facts, flagged))
     if result is not None and near_limit:
         summary = text(
             "summary_near",

@@ -22,6 +22,7 @@ from cds_service.rules.model import (
     decline_bounds,
     describe,
     latest,
+    names,
     when_text,
 )
 from cds_service.rules.renal import decline_percent
@@ -123,9 +124,9 @@ def _background_therapy(facts: PatientFacts, knowledge: Knowledge) -> tuple[Stat
     mmf = [m for m in pool if m.has_role(Role.MYCOPHENOLATE)]
     steroids = [m for m in pool if m.has_role(Role.CORTICOSTEROID)]
     if mmf:
-        return "met", _names([*mmf, *steroids])
+        return "met", names([*mmf, *steroids])
     if steroids:
-        return "unknown", _names(steroids) + " (no mycophenolate on record: confirm)"
+        return "unknown", names(steroids) + " (no mycophenolate on record: confirm)"
     return _absent(facts, DataCategory.MEDICATIONS, "not met"), "none found"
 
 
@@ -134,7 +135,7 @@ def _no_cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> tuple[Sta
     status: Status = (
         "not met" if cyclophosphamide else _absent(facts, DataCategory.MEDICATIONS, "met")
     )
-    return status, _names(cyclophosphamide) or "no cyclophosphamide found"
+    return status, names(cyclophosphamide) or "no cyclophosphamide found"
 
 
 def _attestation(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
@@ -162,7 +163,7 @@ def _no_live_vaccines(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status
         "not met" if live or recent_live else _absent(facts, DataCategory.IMMUNIZATIONS, "met")
     )
     return status, (
-        _names(live) or ", ".join(i.name for i in recent_live) or "no live vaccine found"
+        names(live) or ", ".join(i.name for i in recent_live) or "no live vaccine found"
     )
 
 
@@ -233,10 +234,6 @@ def _approval_duration(facts: PatientFacts, knowledge: Knowledge) -> tuple[Statu
     days = max(spans)
     status: Status = "met" if days <= limits.approval_months * 365 / 12 + 0.5 else "not met"
     return status, f"{days:.0f} days of supply ordered (including refills)"
-
-
-def _names(orders: list[Medication]) -> str:
-    return ", ".join(dict.fromkeys(o.name for o in orders))
 
 
 def _conditions_text(conditions: list[Condition]) -> str:

@@ -12,6 +12,7 @@ from cds_service.rules.model import (
     RuleResult,
     Suggestion,
     card_text,
+    involved,
     names,
     on_treatment,
     order_line,
@@ -22,13 +23,6 @@ from cds_service.rules.model import (
 from fhir_mappings.facts import Allergy, Medication, PatientFacts
 from fhir_mappings.knowledge import Knowledge
 from fhir_mappings.vocabulary import Role
-
-
-def _involved(facts: PatientFacts, partners: tuple[Medication, ...]) -> str:
-    lines = [order_line(o) for o in (*facts.draft_voclosporin, *partners)]
-    if not facts.ordering_voclosporin:
-        lines.insert(0, "- the patient already takes voclosporin (LUPKYNIS)")
-    return "\n".join(lines)
 
 
 def _removals(facts: PatientFacts, partners: tuple[Medication, ...]) -> tuple[Suggestion, ...]:
@@ -108,7 +102,7 @@ def strong_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iterat
     yield Finding(
         "critical",
         text("summary", partners=names(partners)),
-        text("detail", involved=_involved(facts, partners)),
+        text("detail", involved=involved(facts, partners)),
         _removals(facts, partners),
         subject=subject_of(partners),
     )
@@ -153,7 +147,7 @@ def moderate_cyp3a4_inhibitor(facts: PatientFacts, knowledge: Knowledge) -> Iter
     yield Finding(
         "info" if already else "warning",
         summary,
-        text("detail", regimen=regimen, involved=_involved(facts, partners)),
+        text("detail", regimen=regimen, involved=involved(facts, partners)),
         suggestions,
         subject=subject_of(partners),
     )
@@ -171,7 +165,7 @@ def cyp3a4_inducer(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleRe
     yield Finding(
         "warning",
         text("summary_strong" if strong else "summary_moderate", partners=names(partners)),
-        text("detail", moderate_note=note, involved=_involved(facts, partners)),
+        text("detail", moderate_note=note, involved=involved(facts, partners)),
         _removals(facts, partners),
         subject=subject_of(partners),
     )
@@ -237,7 +231,7 @@ def cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> Iterator[Rule
     yield Finding(
         "warning",
         text("summary"),
-        text("detail", involved=_involved(facts, partners)),
+        text("detail", involved=involved(facts, partners)),
         _removals(facts, partners),
         subject=subject_of(partners),
     )
@@ -261,14 +255,14 @@ def calcineurin_inhibitor_duplicate(
             yield Finding(
                 "info",
                 text("summary_local", partners=shown, sites=sites),
-                text("detail_local", partners=shown, sites=sites, involved=_involved(facts, local)),
+                text("detail_local", partners=shown, sites=sites, involved=involved(facts, local)),
                 subject=subject_of(local),
             )
         return
     yield Finding(
         "warning",
         text("summary", partners=names(partners)),
-        text("detail", involved=_involved(facts, partners)),
+        text("detail", involved=involved(facts, partners)),
         _removals(facts, partners),
         subject=subject_of(partners),
     )
@@ -283,6 +277,6 @@ def p_gp_substrate(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleRe
     yield Finding(
         "info",
         text("summary", partners=names(partners)),
-        text("detail", involved=_involved(facts, partners)),
+        text("detail", involved=involved(facts, partners)),
         subject=subject_of(partners),
     )

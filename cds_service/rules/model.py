@@ -166,6 +166,14 @@ def names(orders: Iterable[Medication]) -> str:
     return ", ".join(dict.fromkeys(o.name for o in orders))
 
 
+def involved(facts: PatientFacts, partners: tuple[Medication, ...]) -> str:
+    """The orders an interaction card is about, one line each (voclosporin first)."""
+    lines = [order_line(o) for o in (*facts.draft_voclosporin, *partners)]
+    if not facts.ordering_voclosporin:
+        lines.insert(0, "- the patient already takes voclosporin (LUPKYNIS)")
+    return "\n".join(lines)
+
+
 # How a recorded medication is named on a card, per record type (the EHR's wording).
 _RECORDED_AS = {
     "MedicationStatement": "reported medication",
