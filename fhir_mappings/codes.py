@@ -295,6 +295,11 @@ class Terminology:
             elif system == CVX:
                 vaccine = self.knowledge.vaccines.get(normalize_cvx(coding.code))
                 known_cvx = known_cvx or vaccine is not None
+                if vaccine is not None:
+                    # A code-only vaccine order is shown by its CVX description ("MMR", CVX 03).
+                    product_name = (
+                        product_name or f"{vaccine.description} (CVX {coding.code.strip()})"
+                    )
                 if vaccine and vaccine.live:
                     live_cvx = True
         normalized = [normalize_text(t) for t in all_texts]

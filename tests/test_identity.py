@@ -694,3 +694,13 @@ def test_unreadable_medication_list_gap_ignores_non_systemic_products(knowledge,
     )
     rules = [finding.rule_id for finding in evaluate(f, knowledge).findings]
     assert rules == (["data-unavailable"] if gap else [])
+
+
+def test_code_only_vaccine_order_is_named_by_its_cvx_description(terminology):
+    """An order carrying only a CVX code (no text) shows the vaccine's description, not
+    "(unidentified medication)" (clinical review: "Live vaccine (unidentified medication)")."""
+    coding = Coding("urn:oid:2.16.840.1.113883.12.292", "03")
+    match = terminology.match_medication([coding], [])
+    assert "live-vaccine" in match.roles
+    assert match.product_name is not None
+    assert match.product_name.endswith("(CVX 03)")
