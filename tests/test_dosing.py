@@ -513,6 +513,8 @@ def test_egfr_reduction_of_split_drafts_is_one_suggestion(knowledge, terminology
         for a in suggestion["actions"]
     }
     assert values == {"am": [15.8], "pm": [15.8]}
+    # The label a prescriber reads names the regimen, not a sum of doses.
+    assert suggestion["label"].endswith("to 15.8 mg twice daily")
 
 
 @pytest.mark.parametrize(

@@ -200,7 +200,11 @@ def _reduction_suggestions(
     text = card_text(knowledge, "egfr-decline")
     step = knowledge.dose.reduction_step_mg
     reduced = tuple((round(d.mg - step, 2), d.when) for d in regimen.doses)
-    described = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
+    amounts = {mg for mg, _ in reduced}
+    if len(reduced) == knowledge.dose.doses_per_day and len(amounts) == 1:
+        described = text("reduced_regimen_even", mg=reduced[0][0])
+    else:
+        described = text("reduced_regimen", doses=" + ".join(f"{mg:g} mg" for mg, _ in reduced))
     actions = rewrite(regimen, reduced, described, knowledge)
     if not actions:
         return ()
