@@ -60,19 +60,8 @@ def _high_reading(
 
 def blood_pressure_high(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
     """Do not initiate with BP > 165/105 (PI 2.2); exactly 165/105 passes."""
-    if not facts.is_initiation:
-        return
-    text = card_text(knowledge, "blood-pressure-high")
-    high = _high_reading(facts, knowledge, text)
-    if high is None:
-        return
-    reading, readings = high
-    yield Finding(
-        "critical",
-        text("summary", reading=reading),
-        text("detail", readings=readings),
-        remove_suggestions(facts.draft_voclosporin, text("cancel")),
-    )
+    if facts.is_initiation:
+        yield from _bp_gate(facts, knowledge, "blood-pressure-high")
 
 
 def blood_pressure_high_on_treatment(
@@ -84,9 +73,13 @@ def blood_pressure_high_on_treatment(
     than the BP window is not "the latest reading" (same window as initiation); no recent reading
     is no finding here: the label asks for BP "as clinically indicated" after the first month.
     """
-    if not on_treatment(facts):
-        return
-    text = card_text(knowledge, "blood-pressure-high-on-treatment")
+    if on_treatment(facts):
+        yield from _bp_gate(facts, knowledge, "blood-pressure-high-on-treatment")
+
+
+def _bp_gate(facts: PatientFacts, knowledge: Knowledge, rule_id: str) -> Iterator[RuleResult]:
+    """The critical card of a BP gate (its wording is the rule's), offering to cancel drafts."""
+    text = card_text(knowledge, rule_id)
     high = _high_reading(facts, knowledge, text)
     if high is None:
         return
