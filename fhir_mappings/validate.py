@@ -2,14 +2,24 @@
 
 A resource that fails validation is skipped and reported on the data-unavailable card; it never
 fails the request. The warm-up samples build pydantic's validators at start-up.
+
+The gate is on the hot path (about 1 M instructions per whole resource), so it validates a
+trimmed copy: the top-level elements the mappings read (``READ_ELEMENTS``) and those R4B
+requires, never narrative, meta or extensions no rule reads. Verdicts are kept per worker by
+the digest of that copy (``VerdictCache``, bounded in bytes): the same resource sent again on
+the next call of the same chart is not validated again; a changed one is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import threading
+from collections import OrderedDict
 from functools import cache
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from fhir_mappings.codes import UCUM
@@ -150,11 +160,148 @@ def warm_up() -> None:
             raise RuntimeError(f"FHIR model warm-up failed: {problem}")
 
 
+_COMMON = ("resourceType", "id")
+_MEDICATION = ("medicationCodeableConcept", "medicationReference", "contained", "status", "subject")
+# Per resource type, the top-level elements the mappings read (fhir_mappings/*.py) plus the ones
+# R4B requires (so a trimmed copy of a valid resource is valid). A type not listed is validated
+# whole.
+READ_ELEMENTS: dict[str, frozenset[str]] = {
+    name: frozenset((*_COMMON, *elements))
+    for name, elements in {
+        "Patient": ("gender", "birthDate"),
+        "Observation": (
+            "status",
+            "code",
+            "component",
+            "dataAbsentReason",
+            "effectiveDateTime",
+            "effectiveInstant",
+            "effectivePeriod",
+            "issued",
+            "referenceRange",
+            "valueQuantity",
+            "valueString",
+            "valueCodeableConcept",
+        ),
+        "MedicationRequest": (
+            *_MEDICATION,
+            "intent",
+            "authoredOn",
+            "dispenseRequest",
+            "dosageInstruction",
+            "priorPrescription",
+        ),
+        "MedicationStatement": (
+            *_MEDICATION,
+            "effectiveDateTime",
+            "effectivePeriod",
+            "dateAsserted",
+            "dosage",
+        ),
+        "MedicationDispense": (
+            *_MEDICATION,
+            "whenHandedOver",
+            "whenPrepared",
+            "daysSupply",
+            "dosageInstruction",
+        ),
+        "Medication": ("code", "ingredient", "form"),
+        "Condition": (
+            "subject",
+            "code",
+            "clinicalStatus",
+            "verificationStatus",
+            "stage",
+        ),
+        "Immunization": (
+            "status",
+            "vaccineCode",
+            "patient",
+            "occurrenceDateTime",
+            "occurrenceString",
+            "recorded",
+        ),
+        "AllergyIntolerance": (
+            "patient",
+            "code",
+            "clinicalStatus",
+            "verificationStatus",
+            "criticality",
+            "reaction",
+            "type",
+        ),
+    }.items()
+}
+VERDICT_CACHE_BYTES = 4 * 1024 * 1024
+_ENTRY_OVERHEAD = 120  # bytes of an OrderedDict slot, the key and a None verdict, roughly
+
+
+class VerdictCache:
+    """Validation verdicts by content digest, least recently used first out, bounded in bytes.
+
+    Per worker process (threads share it under a lock). The key is a digest of the trimmed copy
+    (sorted keys), so only a resource identical in every element validated is answered from it.
+    """
+
+    def __init__(self, max_bytes: int = VERDICT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._entries: OrderedDict[bytes, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> tuple[bool, str | None]:
+        """(found, verdict)."""
+        with self._lock:
+            if key not in self._entries:
+                return False, None
+            self._entries.move_to_end(key)
+            return True, self._entries[key]
+
+    def put(self, key: bytes, verdict: str | None) -> None:
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = verdict
+            self.used += _ENTRY_OVERHEAD + len(verdict or "")
+            while self.used > self.max_bytes and self._entries:
+                _, old = self._entries.popitem(last=False)
+                self.used -= _ENTRY_OVERHEAD + len(old or "")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+VERDICTS = VerdictCache()
+
+
+def trimmed(resource: Resource) -> Resource:
+    """The elements of ``resource`` a rule reads (all of it for a type not listed)."""
+    elements = READ_ELEMENTS.get(str(resource.get("resourceType")))
+    if elements is None:
+        return resource
+    return {key: value for key, value in resource.items() if key in elements}
+
+
 def validation_problem(resource: Resource) -> str | None:
-    """Validate one picked resource against the R4B model; return a short reason or None."""
+    """Validate the read elements of one picked resource against the R4B model (verdicts
+    cached by content digest); return a short reason or None."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type.isalpha():
         return "resource has no valid resourceType"
+    copy = trimmed(resource)
+    try:
+        key = hashlib.blake2b(orjson.dumps(copy, option=orjson.OPT_SORT_KEYS), digest_size=16)
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: no caching
+        return _validate(resource_type, copy)
+    digest = key.digest()
+    found, verdict = VERDICTS.get(digest)
+    if not found:
+        verdict = _validate(resource_type, copy)
+        VERDICTS.put(digest, verdict)
+    return verdict
+
+
+def _validate(resource_type: str, resource: Resource) -> str | None:
     try:
         model = _model(resource_type)
     except (ImportError, AttributeError):
