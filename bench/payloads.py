@@ -155,7 +155,9 @@ def vary_template(body: bytes) -> bytes:
     token = VARY_TOKEN.decode()
     body = _ID.sub(lambda m: b'"%s":"%s-%s"' % (m[1], m[2], VARY_TOKEN), body)
     body = _REFERENCE.sub(lambda m: b'"reference":"%s%s-%s"' % (m[1], m[2], VARY_TOKEN), body)
-    return _HOOK_INSTANCE.sub(f'"hookInstance":"00000000-0000-4000-8000-0000{token}"'.encode(), body)
+    return _HOOK_INSTANCE.sub(
+        f'"hookInstance":"00000000-0000-4000-8000-0000{token}"'.encode(), body
+    )
 
 
 def varied(template: bytes, number: int) -> bytes:

@@ -181,7 +181,9 @@ def table(counts: dict[str, dict[str, float]]) -> list[str]:
             for n in names
         ]
         lines.append("| " + " | ".join([stage, *cells]) + " |")
-    lines.append("| **whole call** | " + " | ".join(f"**{totals[n] / 1e6:.2f}**" for n in names) + " |")
+    lines.append(
+        "| **whole call** | " + " | ".join(f"**{totals[n] / 1e6:.2f}**" for n in names) + " |"
+    )
     return lines
 
 
