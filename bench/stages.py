@@ -83,7 +83,7 @@ def _instrument(labels: list[Any]) -> None:
 
 def _child(out: Path) -> None:
     """Run the calls (under callgrind); write the stage label of each dump to ``out``."""
-    from bench.payloads import encode, prefetch_request, small_request, vary_template, varied
+    from bench.payloads import encode, prefetch_request, small_request, varied, vary_template
     from cds_service import create_app
 
     today = date.today()
