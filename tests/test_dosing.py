@@ -375,7 +375,7 @@ def apply(drafts: list[dict[str, Any]], suggestion: dict[str, Any]) -> list[dict
             new = action["resource"]
             result = [new if d["id"] == new["id"] else d for d in result]
         elif action["type"] == "delete":
-            result = [d for d in result if f"MedicationRequest/{d['id']}" != action["resource_id"]]
+            result = [d for d in result if f"MedicationRequest/{d['id']}" != action["resourceId"]]
     return result
 
 
