@@ -23,6 +23,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+BEFORE_PATH = Path(__file__).with_name("stages_before.md")
 CALLS = {"small": 6, "100+100": 3, "1000+100": 2}
 OTHER = "Flask, logging, metrics, rest"
 # (stage, module, attribute): the function whose calls are the stage (innermost wins).
@@ -37,7 +38,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("rules", "cds_service.service", "evaluate"),
     ("rules", "cds_service.repeats", "RepeatFilter.apply"),
     ("cards", "cds_service.service", "build_cards"),
-    ("response dump + serialise", "cds_service.api", "HOOK_RESPONSE.dump"),
+    ("response dump + serialise", "cds_service.api", "HOOK_RESPONSE.dump"),  # before issue 14
     ("response dump + serialise", "cds_service.api", "jsonify"),
     ("response dump + serialise", "cds_service.api", "respond"),
     ("audit write (synchronous)", "cds_service.recording", "Recorder.record_call"),

@@ -233,7 +233,7 @@ READ_ELEMENTS: dict[str, frozenset[str]] = {
     }.items()
 }
 VERDICT_CACHE_BYTES = 4 * 1024 * 1024
-_ENTRY_OVERHEAD = 120  # bytes of an OrderedDict slot, the key and a None verdict, roughly
+_ENTRY_OVERHEAD = 200  # bytes of an OrderedDict slot and node, the 16-byte key, a None verdict
 
 
 class VerdictCache:
