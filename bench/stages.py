@@ -76,8 +76,8 @@ def _instrument(labels: list[Any]) -> None:
         owner: Any = importlib.import_module(module_name)
         *path, name = attribute.split(".")
         for part in path:
-            owner = getattr(owner, part)
-        if not hasattr(owner, name):
+            owner = getattr(owner, part, None)
+        if owner is None or not hasattr(owner, name):  # a stage of older or newer code
             continue
         setattr(owner, name, wrap(stage, getattr(owner, name)))
 
@@ -136,7 +136,7 @@ def profile() -> dict[str, dict[str, float]]:
     """Run the child under callgrind; instructions per call, by body and stage."""
     with tempfile.TemporaryDirectory(prefix="cds-callgrind-") as tmp:
         labels_path = Path(tmp) / "labels.json"
-        subprocess.run(
+        completed = subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
@@ -150,9 +150,12 @@ def profile() -> dict[str, dict[str, float]]:
                 "--child",
                 str(labels_path),
             ],
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
         )
+        if completed.returncode != 0:
+            raise RuntimeError(f"callgrind run failed:\n{completed.stderr[-4000:]}")
         labels = json.loads(labels_path.read_text())
         dumps = sorted(Path(tmp).glob("cg.out.*"), key=lambda p: int(p.suffix[1:]))
         counts: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
