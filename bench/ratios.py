@@ -112,7 +112,7 @@ class _Driver:
         result: dict[str, Any] = json.loads(completed.stdout)
         if result["ok"] != result["requests"]:
             raise RuntimeError(f"not every answer was 200: {result['statuses']}")
-        return (_cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1)
+        return float((_cpu_seconds(pids) - before) * 1000 / max(result["requests"], 1))
 
 
 def measure(rounds: int = ROUNDS, scale: float = 1.0) -> list[Ratio]:
