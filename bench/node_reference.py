@@ -3,7 +3,8 @@
 
 ``DIR`` is a checkout with ``npm install --omit=dev`` done (its lockfile pins
 ``fs@0.0.1-security``, which the registry no longer serves: add ``"overrides": {"fs":
-"file:./empty-fs"}`` with an empty package there and drop the lockfile). The Node server runs
+"file:./empty-fs", "antlr4": "4.8.0"}`` with an empty package there and drop the lockfile;
+without the lockfile antlr4 must be pinned for fhirpath 0.17). The Node server runs
 as one process (one core); its patient-greeting service answers one trivial card from the
 prefetched Patient. Beside it, the service here on one sync worker answers the small
 order-sign (bench.ratios). Both at concurrency 4 over keep-alive loopback, CPU from /proc.
@@ -52,6 +53,8 @@ def _load(port: int, path: str, body: Path, vary: bool) -> dict[str, Any]:
         command += ["--vary-from", "1"]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
+    if result["ok"] != result["requests"]:
+        raise RuntimeError(f"{path}: not every answer was 200: {result['statuses']}")
     return result
 
 

@@ -671,8 +671,9 @@ def run_all(quick: Quick = Quick(), results_path: Path | None = RESULTS_PATH) ->
         f"{ratios.ROUNDS if not quick.enabled else 1} alternating rounds floor / service, "
         "medians of the workers' user+system CPU per request. Every request carries new "
         "resource ids, patient id and hookInstance (`bench.payloads.vary_template`), so no "
-        "cache keyed by content or id stands in for work. The floor parses with the standard "
-        "json module (`bench/floor_app.py`), as issue 14 defines it.",
+        "resource is seen twice (validation verdicts of single elements, such as a code or a "
+        "dosage, are still reused: bench/README.md). The floor parses with the standard json "
+        "module (`bench/floor_app.py`), as issue 14 defines it.",
         "",
     )
     report.add(
