@@ -381,6 +381,15 @@ def _stand_ins(resource_type: str) -> dict[str, Any] | None:
     return stand_ins
 
 
+def whole_resource_problem(resource: Resource) -> str | None:
+    """Validate every element of ``resource`` (no trimming, no verdict reuse): the R4 check
+    of ``voclosporin-cds validate``, stricter than the hook path's gate."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type.isalpha():
+        return "resource has no valid resourceType"
+    return _validate(resource_type, resource)
+
+
 def _validate(resource_type: str, resource: Resource) -> str | None:
     try:
         model = _model(resource_type)
