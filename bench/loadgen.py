@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.payloads import varied
+
 CONNECT_TIMEOUT_S = 30.0
 
 
@@ -32,12 +34,13 @@ class _Tickets:
     issued: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self) -> bool:
+    def take(self) -> int | None:
+        """The next request number, or None when the count or the time has run out."""
         with self.lock:
             if self.issued >= self.total or time.monotonic() >= self.deadline:
-                return False
+                return None
             self.issued += 1
-            return True
+            return self.issued
 
 
 @dataclass
@@ -49,16 +52,20 @@ class _Worker:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
+    vary_from: int | None = None  # the body is a template (bench.payloads.vary_template)
 
     def run(self, tickets: _Tickets) -> None:
         """Post until the tickets run out; one connection, reopened only when the server closes."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         conn = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT_S)
         try:
-            while tickets.take():
+            while (number := tickets.take()) is not None:
+                body = self.body
+                if self.vary_from is not None:
+                    body = varied(self.body, self.vary_from + number)
                 started = time.perf_counter()
                 try:
-                    conn.request("POST", self.path, body=self.body, headers=headers)
+                    conn.request("POST", self.path, body=body, headers=headers)
                     response = conn.getresponse()
                     response.read()
                     status = str(response.status)
@@ -90,10 +97,11 @@ def run_load(
     concurrency: int,
     requests: int,
     max_seconds: float,
+    vary_from: int | None = None,
 ) -> dict[str, Any]:
     """Drive the server with ``concurrency`` closed-loop clients; return the summary."""
     tickets = _Tickets(total=requests, deadline=time.monotonic() + max_seconds)
-    workers = [_Worker(host, port, path, body) for _ in range(concurrency)]
+    workers = [_Worker(host, port, path, body, vary_from=vary_from) for _ in range(concurrency)]
     threads = [
         threading.Thread(target=w.run, args=(tickets,), name=f"load-{n}", daemon=True)
         for n, w in enumerate(workers)
@@ -136,16 +144,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, required=True, help="measured requests")
     parser.add_argument("--warmup", type=int, default=0, help="unmeasured requests first")
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--vary-from",
+        type=int,
+        default=None,
+        help="the body is a template: request n carries number FROM + n in every id",
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the benchmark only drives servers on loopback")
     body = args.body.read_bytes()
     if args.warmup:
         run_load(
-            args.host, args.port, args.path, body, args.concurrency, args.warmup, args.max_seconds
+            args.host,
+            args.port,
+            args.path,
+            body,
+            args.concurrency,
+            args.warmup,
+            args.max_seconds,
+            args.vary_from,
         )
+    vary = args.vary_from
     result = run_load(
-        args.host, args.port, args.path, body, args.concurrency, args.requests, args.max_seconds
+        args.host,
+        args.port,
+        args.path,
+        body,
+        args.concurrency,
+        args.requests,
+        args.max_seconds,
+        None if vary is None else vary + args.warmup,
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import date
 from typing import Any
 
 from fhir_mappings.categories import prefetch_templates
 from fhir_mappings.knowledge import load_knowledge
-from tests.charts.lupus import MMF, PREDNISONE, ChartBuilder, Drug, voclosporin_draft_order
+from tests.charts.lupus import (
+    CHARTS,
+    MMF,
+    PREDNISONE,
+    ChartBuilder,
+    Drug,
+    voclosporin_draft_order,
+)
 from tests.support.hooks import chart_resources, hook_request, prefetch_for
 
 Resource = dict[str, Any]
@@ -125,3 +133,33 @@ def count_prefetched(body: dict[str, Any]) -> dict[str, int]:
                 seen.add(key)
                 counts[key[0]] = counts.get(key[0], 0) + 1
     return counts
+
+
+SMALL_CHART = "ln-renewal-bp-high"  # 10 resources, about 8 KB: the issue's small order-sign
+VARY_TOKEN = b"QQQQQQQQ"  # 8 characters, replaced per request by 8 hex digits (a request number)
+_ID = re.compile(rb'"(id|patientId)":"([^"]+)"')
+_REFERENCE = re.compile(rb'"reference":"((?:[A-Za-z]+/|#))([^"]+)"')
+_HOOK_INSTANCE = re.compile(rb'"hookInstance":"[^"]+"')
+
+
+def small_request(today: date) -> dict[str, Any]:
+    """The small order-sign: a lupus-nephritis renewal chart of 10 resources (about 8 KB)."""
+    chart = chart_resources(CHARTS[SMALL_CHART](today))
+    return order_sign_request(SMALL_CHART, today, chart)
+
+
+def vary_template(body: bytes) -> bytes:
+    """``body`` with every resource id, reference, the patient id and the hookInstance carrying
+    ``VARY_TOKEN``: the load generator puts a new number there for every request, so no cache
+    keyed by content or id can stand in for the work (every resource is new to the service)."""
+    token = VARY_TOKEN.decode()
+    body = _ID.sub(lambda m: b'"%s":"%s-%s"' % (m[1], m[2], VARY_TOKEN), body)
+    body = _REFERENCE.sub(lambda m: b'"reference":"%s%s-%s"' % (m[1], m[2], VARY_TOKEN), body)
+    return _HOOK_INSTANCE.sub(
+        f'"hookInstance":"00000000-0000-4000-8000-0000{token}"'.encode(), body
+    )
+
+
+def varied(template: bytes, number: int) -> bytes:
+    """Request ``number``'s body from a ``vary_template`` template."""
+    return template.replace(VARY_TOKEN, b"%08x" % (number & 0xFFFFFFFF))

@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import ratios, stages
 from bench.fetch_path import (
     DUMMY_TOKEN,
     ReplayFhirServer,
@@ -41,6 +42,7 @@ from bench.payloads import (
     encode,
     order_sign_request,
     prefetch_request,
+    vary_template,
 )
 from bench.servers import REPO_ROOT, Gunicorn, WorkerSettings, memory_kib
 from tests.charts.lupus import CHARTS
@@ -161,9 +163,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 
 def load_once(
-    port: int, body: Path, concurrency: int, budget: Budget, warmup: bool
+    port: int,
+    body: Path,
+    concurrency: int,
+    budget: Budget,
+    warmup: bool,
+    vary_from: int | None = None,
 ) -> dict[str, Any]:
+    """One load; ``vary_from``: ``body`` is a ``vary_template`` (new ids on every request)."""
     count = budget.warmup if warmup else budget.requests
+    vary = [] if vary_from is None else ["--vary-from", str(vary_from)]
     completed = subprocess.run(
         [
             sys.executable,
@@ -181,6 +190,7 @@ def load_once(
             str(count),
             "--max-seconds",
             str(budget.max_seconds),
+            *vary,
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -194,13 +204,23 @@ def load_once(
     return result
 
 
-def drive(server: Gunicorn, body: Path, concurrency: int, budget: Budget, label: str) -> Run:
+def drive(
+    server: Gunicorn,
+    body: Path,
+    concurrency: int,
+    budget: Budget,
+    label: str,
+    vary_from: int | None = None,
+) -> Run:
     """Warm up, then measure one load; the workers' CPU counts only the measured part."""
     if budget.warmup:
-        load_once(server.port, body, concurrency, budget, warmup=True)
+        load_once(server.port, body, concurrency, budget, warmup=True, vary_from=vary_from)
     pids = server.worker_pids()
     cpu_before = cpu_seconds(pids)
-    result = load_once(server.port, body, concurrency, budget, warmup=False)
+    measured_from = None if vary_from is None else vary_from + budget.warmup + 1
+    result = load_once(
+        server.port, body, concurrency, budget, warmup=False, vary_from=measured_from
+    )
     cpu_used = cpu_seconds(pids) - cpu_before
     if result["ok"] != result["requests"]:
         raise RuntimeError(
@@ -516,7 +536,10 @@ def worker_models(
 
 def memory(report: Report, bodies: Bodies, quick: Quick) -> None:
     """Worker RSS after start, after warm-up, and every 2,500 requests up to 10,000; peak."""
-    body = bodies.directory / "typical.json"
+    # New ids on every call, so the per-worker validation verdict cache (bounded in bytes)
+    # fills and must stay flat, as it would in production over many patients.
+    body = bodies.directory / "typical-varied.json"
+    body.write_bytes(vary_template((bodies.directory / "typical.json").read_bytes()))
     total = 40 if quick.enabled else MEMORY_REQUESTS
     step = total // MEMORY_CHECKPOINTS
     with Gunicorn(SERVICE_APP, CHOSEN) as server:
@@ -524,14 +547,18 @@ def memory(report: Report, bodies: Bodies, quick: Quick) -> None:
         snapshots: list[tuple[str, list[dict[str, int]]]] = [
             ("after start", [memory_kib(p) for p in pids])
         ]
-        warmup = drive(server, body, 8, quick.budget(Budget(200, 0, 60)), "memory warm-up")
+        warmup = drive(
+            server, body, 8, quick.budget(Budget(200, 0, 60)), "memory warm-up", vary_from=1
+        )
         snapshots.append(
             (f"after {warmup.result['requests']} warm-up", [memory_kib(p) for p in pids])
         )
         done, started = 0, time.monotonic()
         rates = []
         while done < total:
-            run = drive(server, body, 8, Budget(step, 0, 150), f"memory {done}")
+            run = drive(
+                server, body, 8, Budget(step, 0, 150), f"memory {done}", vary_from=1_000 + done
+            )
             done += run.result["requests"]
             rates.append(run.rps)
             snapshots.append((f"after {done:,}", [memory_kib(p) for p in pids]))
@@ -547,7 +574,8 @@ def memory(report: Report, bodies: Bodies, quick: Quick) -> None:
     peaks = [m["VmHWM"] / MIB for m in snapshots[-1][1]]
     rows.append(["peak (VmHWM)", *peaks, sum(peaks)])
     report.add(
-        f"{done:,} order-sign calls (the typical body above) at concurrency 8 in "
+        f"{done:,} order-sign calls (the typical body above, new ids on every call) at "
+        f"concurrency 8 in "
         f"{elapsed:.0f} s ({done / elapsed:.0f} req/s), `{CHOSEN.label()}`; worker RSS, "
         "MiB:",
         "",
@@ -636,6 +664,42 @@ def run_all(quick: Quick = Quick(), results_path: Path | None = RESULTS_PATH) ->
         "",
     )
     report.table(["machine", ""], machine_info())
+    report.add(
+        "## CPU per request: service / floor (issue 14 headline)",
+        "",
+        "One sync worker each (`gunicorn -w 1 -k sync`), side by side; per body "
+        f"{ratios.ROUNDS if not quick.enabled else 1} alternating rounds floor / service, "
+        "medians of the workers' user+system CPU per request. Every request carries new "
+        "resource ids, patient id and hookInstance (`bench.payloads.vary_template`), so no "
+        "resource is seen twice (validation verdicts of single elements, such as a code or a "
+        "dosage, are still reused: bench/README.md). The floor parses with the standard json "
+        "module (`bench/floor_app.py`), as issue 14 defines it.",
+        "",
+    )
+    report.add(
+        *ratios.table(
+            ratios.measure(
+                rounds=1 if quick.enabled else ratios.ROUNDS, scale=0.05 if quick.enabled else 1.0
+            )
+        ),
+        "",
+    )
+    if not quick.enabled:
+        report.add(
+            "## Instructions per stage (callgrind, `python -m bench.stages`)",
+            "",
+            "Millions of instructions per hook call (Flask test client, new ids per call), "
+            "by stage; stable when other work shares the machine.",
+            "",
+            "Before issue 14 (commit 519cdf3):",
+            "",
+            *stages.BEFORE_PATH.read_text(encoding="utf-8").splitlines(),
+            "",
+            "Now:",
+            "",
+            *stages.table(stages.profile()),
+            "",
+        )
     with tempfile.TemporaryDirectory(prefix="cds-bench-bodies-") as tmp:
         bodies = Bodies(Path(tmp), date.today())
         typical = bodies.write("typical", prefetch_request(TYPICAL_OBSERVATIONS, bodies.today))

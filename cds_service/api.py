@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 
@@ -27,14 +28,13 @@ from cds_service.schemas import (
     DiscoveryOut,
     FeedbackSchema,
     HookRequestSchema,
-    HookResponseOut,
     field_errors,
 )
 from cds_service.service import CdsService
 
 log = logging.getLogger("cds_service.calls")
 # Schema instances hold no per-request state: build them once, not on every call (hot path).
-HOOK_REQUEST, FEEDBACK, HOOK_RESPONSE = HookRequestSchema(), FeedbackSchema(), HookResponseOut()
+HOOK_REQUEST, FEEDBACK = HookRequestSchema(), FeedbackSchema()
 bp = Blueprint("cds", __name__)
 metrics_bp = Blueprint("metrics", __name__)
 OPENAPI_PATH = Path(__file__).parent / "openapi.yaml"
@@ -54,15 +54,7 @@ def read_json(schema: Schema) -> dict[str, Any]:
     """Parse the body as JSON and load it with ``schema``; every failure is a named 400/415."""
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json")
-    raw = request.get_data(cache=False)
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadRequest("The body is not UTF-8 encoded") from exc
-    except RecursionError as exc:  # the C parser's own nesting guard (about 1,000 levels)
-        raise BadRequest("The JSON body is nested too deeply") from exc
-    except ValueError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}") from exc
+    body = parse_json(request.get_data(cache=False))
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object")
     try:
@@ -72,6 +64,36 @@ def read_json(schema: Schema) -> dict[str, Any]:
             "The request does not follow CDS Hooks 2.0", fields=field_errors(exc.messages)
         ) from exc
     return loaded
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON: orjson (several times faster than ``json``, on the hot path), and for
+    what orjson refuses, the standard parser, so every answer stays as before: the same 400s
+    for bad JSON, and NaN, Infinity and numbers beyond the float range read as ``json`` reads
+    them (the mappings then treat them as "not a number"). orjson reads an integer beyond 64
+    bits as the nearest float: the mappings read every number as a float anyway."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The body is not UTF-8 encoded") from exc
+    except RecursionError as exc:  # the C parser's own nesting guard (about 1,000 levels)
+        raise BadRequest("The JSON body is nested too deeply") from exc
+    except ValueError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}") from exc
+
+
+def respond(body: Any) -> Response:
+    """A JSON answer serialised with orjson (the hook answer is on the hot path); what orjson
+    cannot write (an integer beyond 64 bits) falls back to Flask's serialiser."""
+    try:
+        data = orjson.dumps(body)
+    except TypeError:
+        return jsonify(body)
+    return current_app.response_class(data, mimetype="application/json")
 
 
 @bp.get("/cds-services")
@@ -135,7 +157,8 @@ def call_service(service_id: str) -> Response:
         )
         metrics.count_cards((card.rule_id, card.indicator, card.quieted) for card in outcome.cards)
         metrics.count_fetches(outcome.fetched, outcome.fetch_failed)
-    response = jsonify(HOOK_RESPONSE.dump(outcome.response()))
+    # Card bodies are built in their wire shape (cards.py): no schema dump on the hot path.
+    response = respond(outcome.response())
     recorder().record_call(outcome)  # only cards that are answered go into the audit trail
     return response
 

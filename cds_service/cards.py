@@ -52,7 +52,9 @@ def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any
         source = {"label": knowledge.payer_policy_title}
     else:
         source = {"label": f"LUPKYNIS label: {finding.citation}"[:200], "url": knowledge.label_url}
-    source["topic"] = {"system": RULE_TOPIC_SYSTEM, "code": finding.rule_id, "display": title}
+    source["topic"] = _compact(
+        {"system": RULE_TOPIC_SYSTEM, "code": finding.rule_id, "display": title}
+    )
     footer = (
         f"\n\n---\n_Rule `{finding.rule_id}` · {finding.citation} · knowledge "
         f"{knowledge.full_version}_"
@@ -62,19 +64,20 @@ def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any
         "summary": _clip(finding.summary),
         "indicator": finding.indicator,
         "detail": finding.detail + footer,
-        "source": source,
-        "override_reasons": [
-            {"system": r.system, "code": r.code, "display": r.display}
+        "source": _compact(source),
+        "overrideReasons": [
+            _compact({"system": r.system, "code": r.code, "display": r.display})
             for r in knowledge.override_reasons
         ],
     }
     if suggestions:
         card["suggestions"] = suggestions
-        card["selection_behavior"] = "at-most-one"
+        card["selectionBehavior"] = "at-most-one"
     if citation is not None and citation.link is not None:  # rules.toml link_label / link_url
         card["links"] = [
-            {"label": citation.link.label, "url": citation.link.url, "type": "absolute"}
+            _compact({"label": citation.link.label, "url": citation.link.url, "type": "absolute"})
         ]
+    card = _compact(card)
     return BuiltCard(
         rule_id=finding.rule_id,
         indicator=finding.indicator,
@@ -84,6 +87,12 @@ def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any
         finding_key=finding.finding_key,
         quieted=finding.quieted,
     )
+
+
+def _compact(data: dict[str, Any]) -> dict[str, Any]:
+    """CDS Hooks 2.0 sends no null or empty values: drop them (one level; a draft resource in
+    an update action goes out as the EHR sent it)."""
+    return {k: v for k, v in data.items() if v is not None and v != "" and v != [] and v != {}}
 
 
 def _clip(summary: str) -> str:
@@ -111,23 +120,27 @@ def _suggestion(
     for action in suggestion.actions:
         if isinstance(action, RemoveOrder):
             actions.append(
-                {
-                    "type": "delete",
-                    "description": f"Remove the draft order for {action.order.name}",
-                    "resource_id": action.order.reference,
-                }
+                _compact(
+                    {
+                        "type": "delete",
+                        "description": f"Remove the draft order for {action.order.name}",
+                        "resourceId": action.order.reference,
+                    }
+                )
             )
         elif isinstance(action, ReplaceDosage):
             actions.append(
-                {
-                    "type": "update",
-                    "description": _change_description(action),
-                    "resource": with_doses(
-                        _draft_of(action.order, drafts),
-                        action.doses,
-                        knowledge.dose.capsule_mg,
-                    ),
-                }
+                _compact(
+                    {
+                        "type": "update",
+                        "description": _change_description(action),
+                        "resource": with_doses(
+                            _draft_of(action.order, drafts),
+                            action.doses,
+                            knowledge.dose.capsule_mg,
+                        ),
+                    }
+                )
             )
     result: dict[str, Any] = {
         "label": suggestion.label[:200],
@@ -135,8 +148,8 @@ def _suggestion(
         "actions": actions,
     }
     if suggestion.is_recommended:
-        result["is_recommended"] = True
-    return result
+        result["isRecommended"] = True
+    return _compact(result)
 
 
 def _change_description(action: ReplaceDosage) -> str:

@@ -1,6 +1,9 @@
-"""Marshmallow wire schemas: hook request, per-hook context, feedback, discovery and cards.
+"""Marshmallow wire schemas: hook request, per-hook context, feedback and discovery.
 
-camelCase exists only here (``data_key``); everything the schemas load is snake_case.
+Marshmallow stays where it validates input; everything the schemas load is snake_case
+(camelCase only via ``data_key``). Cards are not dumped through a schema: ``cds_service.cards``
+builds them in their wire shape (camelCase, no empty values), because a schema dump cost
+about 7% of a small hook call (issue 14); the contract tests check them against openapi.yaml.
 """
 
 from __future__ import annotations
@@ -210,7 +213,7 @@ class FeedbackSchema(_Lenient):
 
 
 # ---------------------------------------------------------------------------------------------
-# Responses. CDS Hooks 2.0: no null or empty values anywhere except "cards": [].
+# Discovery. CDS Hooks 2.0: no null or empty values anywhere except "cards": [].
 
 
 def _drop_empty(data: dict[str, Any]) -> dict[str, Any]:
@@ -221,54 +224,6 @@ class _Out(Schema):
     @post_dump
     def _strip(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         return _drop_empty(data)
-
-
-class CodingOut(_Out):
-    system = fields.String()
-    code = fields.String()
-    display = fields.String()
-
-
-class SourceOut(_Out):
-    label = fields.String()
-    url = fields.String()
-    topic = fields.Nested(CodingOut)
-
-
-class ActionOut(_Out):
-    type = fields.String()
-    description = fields.String()
-    resource = fields.Dict()
-    resource_id = fields.String(data_key="resourceId")
-
-
-class SuggestionOut(_Out):
-    label = fields.String()
-    uuid = fields.String()
-    is_recommended = fields.Boolean(data_key="isRecommended")
-    actions = fields.List(fields.Nested(ActionOut))
-
-
-class LinkOut(_Out):
-    label = fields.String()
-    url = fields.String()
-    type = fields.String()
-
-
-class CardOut(_Out):
-    uuid = fields.String()
-    summary = fields.String()
-    detail = fields.String()
-    indicator = fields.String()
-    source = fields.Nested(SourceOut)
-    suggestions = fields.List(fields.Nested(SuggestionOut))
-    selection_behavior = fields.String(data_key="selectionBehavior")
-    override_reasons = fields.List(fields.Nested(CodingOut), data_key="overrideReasons")
-    links = fields.List(fields.Nested(LinkOut))
-
-
-class HookResponseOut(Schema):
-    cards = fields.List(fields.Nested(CardOut))
 
 
 class ServiceOut(_Out):

@@ -15,7 +15,12 @@ from fhir_mappings.categories import MEDICATION_CATEGORIES, prefetch_key
 from fhir_mappings.codes import Terminology
 from fhir_mappings.facts import PatientFacts, treatment_courses
 from fhir_mappings.mapper import Mapper
-from fhir_mappings.medications import DRAFT_TYPES, medication, names_a_medication
+from fhir_mappings.medications import (
+    DRAFT_TYPES,
+    medication,
+    names_a_medication,
+    recorded_medication,
+)
 from fhir_mappings.observations import ResultReader, egfr_series, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
@@ -71,7 +76,7 @@ def build_facts(
         mapper.checked(r, as_record(m, r))
         for record_type in RECORD_TYPES
         for r in unique(recorded, record_type)
-        if (m := medication(mapper, r, medications_by_ref)).roles
+        if (m := recorded_medication(mapper, r, medications_by_ref)) is not None
     ]
     course_rules = terminology.knowledge.course
     courses = treatment_courses(medications, now, course_rules)

@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from fhir_mappings.knowledge import Knowledge, normalize_cvx
 from fhir_mappings.vocabulary import ConditionKind, ObservationKind, Role
@@ -371,6 +372,26 @@ class Terminology:
         for coding in codings:
             if self.system(coding) == LOINC and coding.code in self.knowledge.observation_kinds:
                 return self.knowledge.observation_kinds[coding.code], coding.code
+        return None
+
+    def observation_match_concept(self, concept: Any) -> tuple[ObservationKind, str] | None:
+        """``observation_match`` over a raw CodeableConcept, without building Codings: the one
+        pass over a chart's Observations runs this for every result (issue 14)."""
+        if not isinstance(concept, dict):
+            return None
+        coding_list = concept.get("coding")
+        if not isinstance(coding_list, list):
+            return None
+        kinds = self.knowledge.observation_kinds
+        for c in coding_list:
+            if not isinstance(c, dict):
+                continue
+            code = c.get("code")
+            if not isinstance(code, str) or code not in kinds:
+                continue
+            system = str(c.get("system") or "").strip()
+            if self._systems.get(system, system) == LOINC:
+                return kinds[code], code
         return None
 
     def observation_kind(self, codings: Iterable[Coding]) -> ObservationKind | None:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_mappings.codes import Coding, MedicationMatch
 from fhir_mappings.dosage import dosage, to_days
 from fhir_mappings.facts import Medication
 from fhir_mappings.mapper import Mapper
@@ -56,14 +57,56 @@ def medication(
 
     ``draft_index``: the order's position among the session's drafts (None: a recorded order).
     """
+    return _medication(
+        mapper,
+        resource,
+        _identify(mapper, resource, medications_by_ref),
+        draft_index=draft_index,
+        selected=selected,
+    )
+
+
+def recorded_medication(
+    mapper: Mapper, resource: Resource, medications_by_ref: Mapping[str, Resource]
+) -> Medication | None:
+    """A recorded order as a Medication when its drug has a role a rule reads, else None.
+
+    The drug is matched first (memoized) and the rest is read only for orders with a role:
+    a chart's long list of everyday drugs builds no objects no rule reads. An order whose
+    drug could not be told is still reported, as ``medication`` does.
+    """
+    identified = _identify(mapper, resource, medications_by_ref)
+    if not identified[3].roles:
+        return None
+    return _medication(mapper, resource, identified)
+
+
+_Identified = tuple["_Concept", list[Coding], list[str], MedicationMatch]
+
+
+def _identify(
+    mapper: Mapper, resource: Resource, medications_by_ref: Mapping[str, Resource]
+) -> _Identified:
+    """The order's drug concept, its codings and names, and what the knowledge matched."""
     read = _medication_concept(resource, medications_by_ref)
-    concept, extra_texts = read.concept, read.texts
-    concept_codings, texts = codings(concept), concept_texts(concept) + extra_texts
-    terminology = mapper.terminology
-    match = terminology.match_medication(concept_codings, texts)
+    concept_codings, texts = codings(read.concept), concept_texts(read.concept) + read.texts
+    match = mapper.terminology.match_medication(concept_codings, texts)
     if read.missing_note is not None and not (match.ingredients or match.roles):
         # The display named nothing the knowledge knows: say the drug could not be told.
         mapper.skip(resource, read.missing_note)
+    return read, concept_codings, texts, match
+
+
+def _medication(
+    mapper: Mapper,
+    resource: Resource,
+    identified: _Identified,
+    *,
+    draft_index: int | None = None,
+    selected: bool = False,
+) -> Medication:
+    read, concept_codings, texts, match = identified
+    terminology = mapper.terminology
     route_codings = [c for d in _dosages(resource) for c in codings(d.get("route"))]
     route_texts = [t for d in _dosages(resource) for t in concept_texts(d.get("route"))]
     exposure, site = terminology.exposure(

@@ -66,11 +66,12 @@ def observation_series(
     """
     series: dict[DataCategory, list[Result]] = {}
     seen: dict[str, Any] = {}
+    observation_match = mapper.terminology.observation_match_concept
     for spec in observation_categories():
         for resource in chart.get(spec.category, ()):
             if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
                 continue
-            match = mapper.terminology.observation_match(codings(resource.get("code")))
+            match = observation_match(resource.get("code"))
             if match is None:
                 continue
             kind, code = match

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_mappings.codes import RXNORM, UCUM
-from fhir_mappings.readers import Resource
+from fhir_mappings.readers import Resource, as_list
 
 _FREQUENCY = {1: "once daily", 2: "twice daily", 3: "three times daily"}
 _TIME_OF_DAY = {"MORN": "in the morning", "EVE": "in the evening"}
@@ -72,7 +72,7 @@ def with_doses(
     """
     resource = copy.deepcopy(draft or {})
     keep: dict[str, Any] = {}
-    for instruction in resource.get("dosageInstruction") or []:
+    for instruction in as_list(resource.get("dosageInstruction")):  # raw JSON: any type
         if isinstance(instruction, dict):
             keep = {k: v for k, v in instruction.items() if k in _KEPT}
             break

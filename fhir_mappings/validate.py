@@ -2,14 +2,25 @@
 
 A resource that fails validation is skipped and reported on the data-unavailable card; it never
 fails the request. The warm-up samples build pydantic's validators at start-up.
+
+The gate is on the hot path (about 1 M instructions per whole resource), so it validates a
+trimmed copy: the top-level elements the mappings read (``READ_ELEMENTS``) and those R4B
+requires, never narrative, meta or extensions no rule reads. Verdicts are kept per worker by
+the digest of that copy (``VerdictCache``, bounded in bytes): the same resource sent again on
+the next call of the same chart is not validated again; a changed one is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import re
+import threading
+from collections import OrderedDict
 from functools import cache
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from fhir_mappings.codes import UCUM
@@ -143,18 +154,243 @@ _WARM_UP: tuple[Resource, ...] = (
 
 
 def warm_up() -> None:
-    """Build the R4B validators at start-up so the first hook call does not pay for it."""
+    """Build the R4B validators at start-up so the first hook call does not pay for it, and
+    check every stand-in on the samples (a stand-in the model refuses is not used)."""
     for resource in _WARM_UP:
-        problem = validation_problem(resource)
+        problem = _validate(str(resource["resourceType"]), resource)
         if problem:  # a broken sample would mean the models changed under us
             raise RuntimeError(f"FHIR model warm-up failed: {problem}")
+        stand_ins = _stand_ins(str(resource["resourceType"])) or {}
+        for key, stand_in in list(stand_ins.items()):
+            if stand_in is _LEAVE_OUT:
+                continue
+            for name in [key] if key in resource else []:
+                if _validate(str(resource["resourceType"]), {**resource, name: stand_in}):
+                    del stand_ins[key]
+
+
+_COMMON = ("resourceType", "id")
+_MEDICATION = ("medicationCodeableConcept", "medicationReference", "contained", "status", "subject")
+# Per resource type, the top-level elements the mappings read (fhir_mappings/*.py) plus the ones
+# R4B requires (so a trimmed copy of a valid resource is valid). A type not listed is validated
+# whole.
+READ_ELEMENTS: dict[str, frozenset[str]] = {
+    name: frozenset((*_COMMON, *elements))
+    for name, elements in {
+        "Patient": ("gender", "birthDate"),
+        "Observation": (
+            "status",
+            "code",
+            "component",
+            "dataAbsentReason",
+            "effectiveDateTime",
+            "effectiveInstant",
+            "effectivePeriod",
+            "issued",
+            "referenceRange",
+            "valueQuantity",
+            "valueString",
+            "valueCodeableConcept",
+        ),
+        "MedicationRequest": (
+            *_MEDICATION,
+            "intent",
+            "authoredOn",
+            "dispenseRequest",
+            "dosageInstruction",
+            "priorPrescription",
+        ),
+        "MedicationStatement": (
+            *_MEDICATION,
+            "effectiveDateTime",
+            "effectivePeriod",
+            "dateAsserted",
+            "dosage",
+        ),
+        "MedicationDispense": (
+            *_MEDICATION,
+            "whenHandedOver",
+            "whenPrepared",
+            "daysSupply",
+            "dosageInstruction",
+        ),
+        "Medication": ("code", "ingredient", "form"),
+        "Condition": (
+            "subject",
+            "code",
+            "clinicalStatus",
+            "verificationStatus",
+            "stage",
+        ),
+        "Immunization": (
+            "status",
+            "vaccineCode",
+            "patient",
+            "occurrenceDateTime",
+            "occurrenceString",
+            "recorded",
+        ),
+        "AllergyIntolerance": (
+            "patient",
+            "code",
+            "clinicalStatus",
+            "verificationStatus",
+            "criticality",
+            "reaction",
+            "type",
+        ),
+    }.items()
+}
+VERDICT_CACHE_BYTES = 4 * 1024 * 1024
+_ENTRY_OVERHEAD = 200  # bytes of an OrderedDict slot and node, the 16-byte key, a None verdict
+
+
+class VerdictCache:
+    """Validation verdicts by content digest, least recently used first out, bounded in bytes.
+
+    Per worker process (threads share it under a lock). The key is a digest of the trimmed copy
+    (sorted keys), so only a resource identical in every element validated is answered from it.
+    """
+
+    def __init__(self, max_bytes: int = VERDICT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._entries: OrderedDict[bytes, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> tuple[bool, str | None]:
+        """(found, verdict)."""
+        with self._lock:
+            if key not in self._entries:
+                return False, None
+            self._entries.move_to_end(key)
+            return True, self._entries[key]
+
+    def put(self, key: bytes, verdict: str | None) -> None:
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = verdict
+            self.used += _ENTRY_OVERHEAD + len(verdict or "")
+            while self.used > self.max_bytes and self._entries:
+                _, old = self._entries.popitem(last=False)
+                self.used -= _ENTRY_OVERHEAD + len(old or "")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+VERDICTS = VerdictCache()
+
+
+def trimmed(resource: Resource) -> Resource:
+    """The elements of ``resource`` a rule reads (all of it for a type not listed)."""
+    elements = READ_ELEMENTS.get(str(resource.get("resourceType")))
+    if elements is None:
+        return resource
+    return {key: value for key, value in resource.items() if key in elements}
 
 
 def validation_problem(resource: Resource) -> str | None:
-    """Validate one picked resource against the R4B model; return a short reason or None."""
+    """Validate the read elements of one picked resource against the R4B model; return a
+    short reason or None.
+
+    Complex elements already known valid in this position (``VERDICTS``, by the digest of
+    resource type, element name and content) are not validated again: an optional one is left
+    out of the copy, a required or choice one is replaced by a minimal valid stand-in of the
+    same name (``_stand_ins``), so presence and choice checks see what they saw. Only a copy
+    that validates marks its elements valid, so a failing resource gives the same verdict as
+    a whole validation: the elements left out were valid and add no problem.
+    """
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type.isalpha():
         return "resource has no valid resourceType"
+    copy = trimmed(resource)
+    stand_ins = _stand_ins(resource_type)
+    if stand_ins is None:  # an unknown type: the model look-up reports it
+        return _validate(resource_type, copy)
+    probe: Resource = {}
+    fresh: list[bytes] = []
+    for key, value in copy.items():
+        if key in stand_ins and isinstance(value, dict | list) and value:
+            try:
+                digest = hashlib.blake2b(
+                    orjson.dumps([resource_type, key, value], option=orjson.OPT_SORT_KEYS),
+                    digest_size=16,
+                ).digest()
+            except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
+                probe[key] = value
+                continue
+            if VERDICTS.get(digest)[0]:
+                stand_in = stand_ins[key]
+                if stand_in is not _LEAVE_OUT:
+                    probe[key] = stand_in
+                continue
+            fresh.append(digest)
+        probe[key] = value
+    verdict = _validate(resource_type, probe)
+    if verdict is None:
+        for digest in fresh:
+            VERDICTS.put(digest, None)
+    return verdict
+
+
+_LEAVE_OUT: Any = object()
+_COMPLEX_TYPE = re.compile(r"abc\.(\w+Type)\b")
+# Minimal valid values of the element types a required or choice element can have.
+_MINIMAL = {
+    "CodeableConceptType": {"text": "x"},
+    "QuantityType": {"value": 1},
+    "PeriodType": {"start": "2000-01-01"},
+}
+
+
+@cache
+def _stand_ins(resource_type: str) -> dict[str, Any] | None:
+    """Per complex top-level element of the model (by JSON name): what stands in for it once
+    known valid: ``_LEAVE_OUT`` for an optional element, a minimal value for a required or
+    choice element, none (always validated) when no minimal value is known. ``contained``
+    and ``_x`` primitive extensions are always validated."""
+    try:
+        model = _model(resource_type)
+    except (ImportError, AttributeError):
+        return None
+    stand_ins: dict[str, Any] = {}
+    for field in model.model_fields.values():
+        name = field.alias or ""
+        if not name or name.startswith("_") or name == "contained":
+            continue
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        annotation = str(field.annotation)
+        complex_type = _COMPLEX_TYPE.search(annotation)
+        if complex_type is None:
+            continue
+        type_name = complex_type[1]
+        optional = "None" in annotation or annotation.startswith("typing.Optional[")
+        required = not optional or extra.get("one_of_many") or extra.get("element_required")
+        if not required:
+            stand_ins[name] = _LEAVE_OUT
+        elif "List" in annotation:
+            continue
+        elif type_name == "ReferenceType":
+            targets = extra.get("enum_reference_types") or []
+            target = targets[0] if isinstance(targets, list) and targets else "Resource"
+            stand_ins[name] = {"reference": f"{target}/x"}
+        elif type_name in _MINIMAL:
+            stand_ins[name] = _MINIMAL[type_name]
+    return stand_ins
+
+
+def whole_resource_problem(resource: Resource) -> str | None:
+    """Validate every element of ``resource`` (no trimming, no verdict reuse): the R4 check
+    of ``voclosporin-cds validate``, stricter than the hook path's gate."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type.isalpha():
+        return "resource has no valid resourceType"
+    return _validate(resource_type, resource)
+
+
+def _validate(resource_type: str, resource: Resource) -> str | None:
     try:
         model = _model(resource_type)
     except (ImportError, AttributeError):

@@ -707,3 +707,62 @@ def test_header_over_the_service_limit_is_a_json_431(client: FlaskClient) -> Non
     )
     error = assert_error(response, 431)
     assert "Authorization" in error["detail"]
+
+
+# -- orjson on the hot path (issue 14): the same answers as the standard json module ---------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b'{"n": 18446744073709551616}', float(2**64), id="int-beyond-64-bits"),
+        pytest.param(b'{"n": -9223372036854775809}', -float(2**63 + 1), id="int-below-int64"),
+        pytest.param(b'{"n": 1e400}', float("inf"), id="float-beyond-range-as-json-reads-it"),
+        pytest.param(b'{"n": NaN}', None, id="nan-as-json-reads-it"),
+    ],
+)
+def test_numbers_orjson_cannot_hold_exactly_read_as_floats(raw: bytes, expected: Any) -> None:
+    """An integer beyond 64 bits is the nearest float (the mappings read every number as a
+    float); what orjson refuses (NaN, 1e400) is read by the json module exactly as before."""
+    from cds_service.api import parse_json
+
+    number = parse_json(raw)["n"]
+    assert isinstance(number, float)
+    if expected is None:
+        assert number != number  # NaN
+    else:
+        assert number == expected
+
+
+def _cards_without_uuids(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(c["indicator"], c["source"]["topic"]["code"], c["summary"]) for c in body["cards"]]
+
+
+@pytest.mark.parametrize("value", [2**64 + 1, 10**30, -(2**70)], ids=["2^64+1", "1e30", "-2^70"])
+def test_huge_integer_gives_the_cards_the_json_module_gives(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, value: int
+) -> None:
+    """A lab value beyond 64 bits answers the same cards with orjson as with json alone."""
+    import orjson
+
+    prefetch = full_prefetch(app)
+    prefetch["egfr"]["entry"][0]["resource"]["valueQuantity"]["value"] = value
+    body = json.dumps(sign_request(prefetch))
+    fast = client.post(SIGN_URL, data=body, content_type="application/json")
+
+    def refuse(_: Any) -> Any:
+        raise orjson.JSONDecodeError("forced", "", 0)
+
+    monkeypatch.setattr("cds_service.api.orjson.loads", refuse)
+    slow = client.post(SIGN_URL, data=body, content_type="application/json")
+    assert fast.status_code == slow.status_code == 200
+    assert _cards_without_uuids(fast.get_json()) == _cards_without_uuids(slow.get_json())
+
+
+def test_answer_orjson_cannot_write_falls_back(app: Flask) -> None:
+    """An answer holding an integer beyond 64 bits is still written (Flask's serialiser)."""
+    from cds_service.api import respond
+
+    with app.app_context():
+        response = respond({"n": 2**70})
+    assert json.loads(response.get_data()) == {"n": 2**70}

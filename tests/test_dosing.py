@@ -375,7 +375,7 @@ def apply(drafts: list[dict[str, Any]], suggestion: dict[str, Any]) -> list[dict
             new = action["resource"]
             result = [new if d["id"] == new["id"] else d for d in result]
         elif action["type"] == "delete":
-            result = [d for d in result if f"MedicationRequest/{d['id']}" != action["resource_id"]]
+            result = [d for d in result if f"MedicationRequest/{d['id']}" != action["resourceId"]]
     return result
 
 
@@ -543,3 +543,16 @@ def test_regimen_of_puts_drafts_side_by_side(knowledge, drafts, doses, per_day):
     regimen = regimen_of(orders, knowledge)
     assert regimen is not None
     assert ([d.mg for d in regimen.doses], regimen.doses_per_day) == (doses, per_day)
+
+
+@pytest.mark.parametrize(
+    "junk", [5, 10**40, "BID", {"text": "x"}], ids=["int", "huge", "str", "obj"]
+)
+def test_update_of_a_draft_whose_dosage_is_not_a_list_is_built(junk: Any) -> None:
+    """A draft whose dosageInstruction is not a list still gets a whole update resource."""
+    from fhir_mappings.orders import with_doses
+
+    draft = {"resourceType": "MedicationRequest", "id": "d1", "dosageInstruction": junk}
+    updated = with_doses(draft, ((23.7, None), (23.7, None)), 7.9)
+    assert isinstance(updated["dosageInstruction"], list)
+    assert updated["id"] == "d1"

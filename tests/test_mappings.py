@@ -280,12 +280,27 @@ def test_invalid_voclosporin_order_and_allergy_still_count(terminology):
         "id": "a1",
         "code": {"text": "voclosporin"},
         "patient": {"reference": "Patient/p1"},
-        "onsetDateTime": "yesterday",
+        "reaction": "severe",  # read by the allergy mapping: must be a list of reactions
     }
     f = facts_from(terminology, [PATIENT, order, allergy])
     assert [m.is_voclosporin for m in f.medications] == [True]
     assert len(f.allergies) == 1
     assert {u.reference for u in f.unreadable} == {"MedicationRequest/v1", "AllergyIntolerance/a1"}
+
+
+def test_invalid_element_no_rule_reads_is_not_reported(terminology):
+    """The gate validates the elements the mappings read: a bad onsetDateTime on an allergy is
+    not what the allergy check reads, so the allergy counts and is not named unreadable."""
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "id": "a1",
+        "code": {"text": "voclosporin"},
+        "patient": {"reference": "Patient/p1"},
+        "onsetDateTime": "yesterday",
+    }
+    f = facts_from(terminology, [PATIENT, allergy])
+    assert len(f.allergies) == 1
+    assert f.unreadable == ()
 
 
 def test_future_dated_result_is_not_the_latest(terminology):

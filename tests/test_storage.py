@@ -190,15 +190,16 @@ def test_feedback_entry_refuses_unknown_outcome() -> None:
 # -- audit trail -------------------------------------------------------------------------
 
 
-def test_audit_record_round_trips(storage: Storage) -> None:
-    """Everything in a CallRecord comes back, times as aware UTC."""
+@pytest.mark.parametrize("fresh", [False, True], ids=["core-write", "hook-path-write"])
+def test_audit_record_round_trips(storage: Storage, fresh: bool) -> None:
+    """Everything in a CallRecord comes back, times as aware UTC, from either write path."""
     record = call(
         "hook-rt",
         NOW.astimezone(),
         (card("r1", "critical", 2), card("r2", "info", quieted=True)),
         rules=("r1", "r2", "r3"),
     )
-    storage.record_calls([record])
+    storage.record_calls([record], fresh=fresh)
     (back,) = calls_for_hook_instance(storage, "hook-rt")
     assert back.called_at == NOW
     assert back.called_at.tzinfo is not None
@@ -222,6 +223,45 @@ def test_audit_record_round_trips(storage: Storage) -> None:
         record.patient_hash,
     )
     assert record.rules_fired == ("r1", "r2")
+
+
+def test_hook_path_write_stores_the_rows_the_core_write_stores(storage: Storage) -> None:
+    """The driver-SQL insert of the hook path leaves byte-for-byte the rows Core writes."""
+    cards = (card("r1", "critical", 2), card("r2", "info", quieted=True))
+    core = call("hook-core", NOW, cards, rules=("r1", "r2", "r3"))
+    storage.record_calls([core])
+    fast_cards = tuple(
+        card(c.rule_id, c.indicator, len(c.suggestion_uuids), quieted=c.quieted) for c in cards
+    )
+    fast = call("hook-fast", NOW, fast_cards, rules=("r1", "r2", "r3"))
+    storage.record_calls([fast], fresh=True)
+
+    def rows(sql: str, call_id: str) -> list[tuple[object, ...]]:
+        with storage.engine.connect() as conn:
+            found = conn.execute(text(sql), {"id": call_id}).all()
+        return [tuple(row) for row in found]
+
+    def calls_row(record: CallRecord) -> list[tuple[object, ...]]:
+        return rows(
+            "SELECT hook, service_id, called_at, duration_ms, knowledge_version, "
+            "unavailable_data, patient_hash FROM cds_hook_call WHERE id = :id",
+            record.call_id,
+        )
+
+    def card_rows(record: CallRecord) -> list[tuple[object, ...]]:
+        return rows(
+            "SELECT rule_id, indicator, issued_at, quieted, service_id, "
+            "CAST(suggestion_uuids AS TEXT) FROM cds_issued_card WHERE call_id = :id "
+            "ORDER BY rule_id",
+            record.call_id,
+        )
+
+    evaluations = "SELECT rule_id, evaluated_at FROM cds_rule_evaluation WHERE call_id = :id"
+    assert calls_row(fast) == calls_row(core)
+    assert sorted(rows(evaluations, fast.call_id)) == sorted(rows(evaluations, core.call_id))
+    # Suggestion uuids differ per card; their JSON shape must not.
+    strip = [(*r[:5], len(str(r[5]))) for r in card_rows(core)]
+    assert [(*r[:5], len(str(r[5]))) for r in card_rows(fast)] == strip
 
 
 def test_audit_trail_never_holds_the_patient_id(storage: Storage) -> None:

@@ -4,6 +4,8 @@
 what the service itself does with the FHIR inside (``fhir_mappings.validate``): every resource in
 a context Bundle (``draftOrders``, ``medications``) or a prefetch value is validated against R4 and
 reported with its path, so a draft the service would flag as invalid is an error here too.
+The check validates whole resources (``whole_resource_problem``): stricter than the hook path,
+whose gate validates only the elements the rules read.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cds_service.spec_check import Violation
-from fhir_mappings.validate import validation_problem
+from fhir_mappings.validate import whole_resource_problem
 
 
 def request_resource_violations(document: object) -> list[Violation]:
@@ -26,7 +28,7 @@ def request_resource_violations(document: object) -> list[Violation]:
             continue
         for key, value in values.items():
             for path, resource in _resources(f"{section}.{key}", value):
-                problem = validation_problem(resource)
+                problem = whole_resource_problem(resource)
                 if problem is not None:
                     violations.append(Violation(path, problem, "error"))
     return violations

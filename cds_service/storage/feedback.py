@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -110,29 +110,35 @@ def recent_overrides(
     """
     if not finding_keys:
         return {}
+    keys = sorted(set(finding_keys))
+    on_sqlite = database.dialect == "sqlite"
+    mark = "?" if on_sqlite else "%s"
+    start = as_utc(since)
+    # Driver SQL, written here rather than built with Core on every call: this read is on the
+    # hook path, and building and compiling the select cost more than running it (issue 14).
     query = (
-        select(
-            issued_card.c.finding_key,
-            feedback.c.outcome_timestamp,
-            feedback.c.override_reason_code,
-            feedback.c.override_reason_display,
-            feedback.c.user_comment,
-        )
-        .select_from(
-            hook_call.join(issued_card, issued_card.c.call_id == hook_call.c.id).join(
-                feedback, feedback.c.card_uuid == issued_card.c.uuid
-            )
-        )
-        .where(
-            hook_call.c.patient_hash == patient_hash,
-            issued_card.c.finding_key.in_(sorted(set(finding_keys))),
-            feedback.c.outcome == "overridden",
-            feedback.c.outcome_timestamp >= as_utc(since),
-        )
-        .order_by(feedback.c.outcome_timestamp.desc(), feedback.c.id.desc())
+        f"SELECT c.finding_key, f.outcome_timestamp, f.override_reason_code, "
+        f"f.override_reason_display, f.user_comment "
+        f"FROM {hook_call.name} h JOIN {issued_card.name} c ON c.call_id = h.id "
+        f"JOIN {feedback.name} f ON f.card_uuid = c.uuid "
+        f"WHERE h.patient_hash = {mark} AND c.finding_key IN ({', '.join([mark] * len(keys))}) "
+        f"AND f.outcome = 'overridden' AND f.outcome_timestamp >= {mark} "
+        f"ORDER BY f.outcome_timestamp DESC, f.id DESC"
+    )
+    parameters = (
+        patient_hash,
+        *keys,
+        start.replace(tzinfo=None).isoformat(" ", "microseconds") if on_sqlite else start,
     )
     found: dict[str, Override] = {}
     with database.transaction(write=False, timeout_ms=timeout_ms) as conn:
-        for key, when, code, display, comment in conn.execute(query):
-            found.setdefault(key, Override(key, when, code, display, comment))
+        for key, when, code, display, comment in conn.exec_driver_sql(query, parameters):
+            found.setdefault(key, Override(key, _utc(when), code, display, comment))
     return found
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A stored time as aware UTC (SQLite keeps UTC as naive text, as ``UTCDateTime`` writes)."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
