@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -320,10 +321,19 @@ def test_two_workers_are_summed_and_log_json(tmp_path: Path) -> None:
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
     }
     with two_workers(tmp_path, free_port(), settings) as server:
-        probes = [f"call-{n}" for n in range(12)]
-        for probe in probes:
-            assert server.post(SIGN, body, probe).status_code == 200
-        pids = {pid for pid, _ in server.wait_for_probes(probes).values()}
+        # Concurrent batches on fresh connections until both workers have answered (a fast
+        # worker back in accept() first can take a whole sequential run).
+        probes: list[str] = []
+        pids: set[int] = set()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for batch in range(20):
+                sent = [f"call-{batch}-{n}" for n in range(6)]
+                statuses = pool.map(lambda probe: server.post(SIGN, body, probe).status_code, sent)
+                assert set(statuses) == {200}
+                probes += sent
+                pids = {pid for pid, _ in server.wait_for_probes(probes).values()}
+                if len(pids) == 2:
+                    break
         assert len(pids) == 2, "one worker answered every call; cannot show the sum"
         totals = set()
         for _ in range(4):  # any worker may answer the scrape: each gives the same sum
