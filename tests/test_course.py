@@ -502,3 +502,16 @@ def test_prior_prescription_does_not_bridge_a_long_gap(knowledge):
     assert f.is_initiation
     # Without any course on record the order's own word still counts.
     assert facts(medications=(mmf(),), draft_orders=(draft,)).is_renewal
+
+
+@pytest.mark.parametrize(
+    ("current", "gap"),
+    [(60.0, False), (59.9, True)],
+    ids=["60-no-decline-possible", "59.9-needs-the-baseline"],
+)
+def test_missing_baseline_matters_only_below_sixty(knowledge, current, gap):
+    """Renewal without a pre-treatment eGFR: a recent eGFR >= 60 can never be a decline finding
+    (decisions, first round), so no monitoring note asks for the baseline; below 60 it does."""
+    f = facts(medications=(mmf(), order(-60, status="active")), egfr=(egfr(current, 5),))
+    assert f.is_renewal
+    assert ("monitoring-gaps" in fired(f, knowledge)) is gap

@@ -147,8 +147,9 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "ln-renewal-egfr-25pct": ("egfr-decline:warning", PA),
     "ln-renewal-egfr-35pct": ("egfr-decline:critical", PA),
     # Active ketoconazole (contraindicated). The only eGFR is from 8 days ago, after the course
-    # started 60 days ago, so there is no pre-treatment baseline: a monitoring note says so.
-    "ln-on-voclosporin-interactions": (STRONG, PA, MONITORING),
+    # started 60 days ago: no pre-treatment baseline, but eGFR >= 60 now is never a decline
+    # finding, so no monitoring note asks for one.
+    "ln-on-voclosporin-interactions": (STRONG, PA),
     # MMR 14 days ago: inside the 28-day window before starting.
     "ln-live-vaccine-recent": (LIVE, PA),
     "ln-adolescent": ("pediatric:warning", PA),
@@ -157,10 +158,10 @@ VOCLOSPORIN_ALONE: dict[str, tuple[str, ...]] = {
     "ln-voclosporin-allergy": ("hypersensitivity:critical", PA),
     # Renewal with BP 178/112: above the gate on treatment (critical, discontinue).
     "ln-renewal-bp-high": ("blood-pressure-high-on-treatment:critical", PA),
-    # On voclosporin for 60 days, the only eGFR is after the start: no baseline (monitoring note);
-    # a renewal shows the payer's renewal criteria (info) like every renewal chart above.
-    "ln-on-voclosporin-stable": (PA, MONITORING),
-    "ln-on-voclosporin-potassium-4-9": (PA, MONITORING),
+    # On voclosporin for 60 days, the only eGFR is after the start and >= 60: no decline is
+    # possible, so no note asks for a baseline; a renewal shows the payer's renewal criteria.
+    "ln-on-voclosporin-stable": (PA,),
+    "ln-on-voclosporin-potassium-4-9": (PA,),
     # A low-criticality, mild intolerance: a warning naming the reaction, not contraindicated.
     "ln-voclosporin-mild-intolerance": ("hypersensitivity:warning", PA),
     # Cirrhosis staged Child-Pugh B, LUPKYNIS at 23.7 mg BID: the label dose is 15.8 mg BID

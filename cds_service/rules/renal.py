@@ -119,14 +119,25 @@ def egfr_decline(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResu
     before = [m for m in facts.egfr if m.when is not None and m.when.date() <= start.date()]
     after = [m for m in facts.egfr if m.when is not None and m.when.date() > start.date()]
     baseline, current = latest(before), latest(after)
+    renal = knowledge.renal
+    current_is_recent = current is not None and bool(
+        recent([current], facts.now, renal.monitoring_max_age_days)
+    )
     if baseline is None or baseline.value <= 0:
+        # eGFR >= 60 is never a decline finding (decisions, first round): a recent one makes the
+        # missing baseline moot for this check, so no note asks for it.
+        if (
+            current_is_recent
+            and current is not None
+            and current.below(renal.decline_applies_below) is False
+        ):
+            return
         yield MonitoringGap(text("gap_result"), text("no_baseline", start=when_text(start)))
         return
     if current is None:
         yield MonitoringGap(text("gap_result"), text("no_current", start=when_text(start)))
         return
-    renal = knowledge.renal
-    if not recent([current], facts.now, renal.monitoring_max_age_days):
+    if not current_is_recent:
         # Judged below on the old value all the same: a decline it shows is still real.
         yield MonitoringGap(text("gap_result"), text("not_current", when=when_text(current.when)))
     # A result reported as a bound (">60") gives no decline percentage, only limits on it

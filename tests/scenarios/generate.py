@@ -121,14 +121,14 @@ SCENARIOS: list[tuple[str, str, str, str, Any, list[tuple[str, str]]]] = [
         "renewal-with-ketoconazole-active",
         "ln-on-voclosporin-interactions",
         "order-sign",
-        "Woman on LUPKYNIS and, since recently, ketoconazole. Renewing LUPKYNIS: contraindicated; "
-        "no pre-treatment eGFR is on file, so the decline cannot be assessed: a monitoring note "
-        "(info), not a data-access warning. The payer's renewal criteria are shown (info).",
+        "Woman on LUPKYNIS and, since recently, ketoconazole. Renewing LUPKYNIS: contraindicated. "
+        "No pre-treatment eGFR is on file, but the current eGFR (95, 8 days ago) is >= 60, which "
+        "is never a decline finding, so no monitoring note asks for the baseline. The payer's "
+        "renewal criteria are shown (info).",
         lambda p: [voclosporin_draft_order(p, NOW.date())],
         [
             ("strong-cyp3a4-inhibitor", "critical"),
             ("prior-authorization", "info"),
-            ("monitoring-gaps", "info"),
         ],
     ),
     (
