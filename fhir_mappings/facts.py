@@ -254,11 +254,6 @@ class PatientFacts:
         today = self.now.date()
         return tuple(m for m in self.medications if is_current(m, today))
 
-    @property
-    def active_medications(self) -> tuple[Medication, ...]:
-        """The earlier name of ``current_medications`` (callers read either)."""
-        return self.current_medications
-
     @cached_property
     def draft_voclosporin(self) -> tuple[Medication, ...]:
         """Voclosporin orders being written now (for order-select: the selected ones)."""
@@ -337,7 +332,7 @@ class PatientFacts:
         form"; unknown route fires) unless ``include_non_systemic`` asks for it.
         """
         if self.ordering_voclosporin:
-            pool = (*self.draft_orders, *self.active_medications)
+            pool = (*self.draft_orders, *self.current_medications)
         elif self.takes_voclosporin:
             pool = tuple(m for m in self.draft_orders if m.is_selected)
         else:

@@ -95,7 +95,7 @@ def test_synthea_child_live_vaccines(terminology):
 def test_synthea_carbamazepine_is_a_strong_inducer(terminology):
     """A real RxNorm-coded order ('Carbamazepine[Tegretol]') is matched by name."""
     f = facts_from(terminology, synthea("Dirk_Kuhlman"))
-    active = [m for m in f.active_medications if "strong-cyp3a4-inducer" in m.roles]
+    active = [m for m in f.current_medications if "strong-cyp3a4-inducer" in m.roles]
     assert [m.ingredients for m in active] == [frozenset({"carbamazepine"})]
 
 

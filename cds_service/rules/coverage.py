@@ -74,7 +74,7 @@ def _absent(facts: PatientFacts, category: DataCategory, found_nothing: Status) 
 
 
 def _pool(facts: PatientFacts) -> tuple[Medication, ...]:
-    return (*facts.draft_orders, *facts.active_medications)
+    return (*facts.draft_orders, *facts.current_medications)
 
 
 def _lupus_nephritis(facts: PatientFacts) -> list[Condition]:

@@ -51,7 +51,7 @@ def background_therapy_missing(facts: PatientFacts, knowledge: Knowledge) -> Ite
     """No active or drafted mycophenolate: LUPKYNIS is studied with MMF + steroids (PI 1, 2.2)."""
     if not facts.ordering_voclosporin:
         return
-    pool = (*facts.draft_orders, *facts.active_medications)
+    pool = (*facts.draft_orders, *facts.current_medications)
     if any(m.has_role(Role.MYCOPHENOLATE) for m in pool):
         return
     text = card_text(knowledge, "background-therapy-missing")
