@@ -94,7 +94,10 @@ def build_facts(
     egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
     if courses and courses[-1].stopped:
         since = courses[-1].start.date()
-        anchors += tuple(r.when for r in (*egfrs, *creatinines) if r.when.date() >= since)
+        # One anchor per draw time (an eGFR and its creatinine share one).
+        anchors += tuple(
+            dict.fromkeys(r.when for r in (*egfrs, *creatinines) if r.when.date() >= since)
+        )
     # No eGFR from a dialysis patient's creatinine (knowledge: ESRD, dialysis).
     egfr_results = egfr_series(
         mapper,
