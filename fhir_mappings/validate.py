@@ -8,6 +8,13 @@ trimmed copy: the top-level elements the mappings read (``READ_ELEMENTS``) and t
 requires, never narrative, meta or extensions no rule reads. Verdicts are kept per worker by
 the digest of that copy (``VerdictCache``, bounded in bytes): the same resource sent again on
 the next call of the same chart is not validated again; a changed one is.
+
+A resource is first checked element by element (``_ELEMENT_GATES``): each top-level element
+with the R4B model's own validator for that field (fhir.resources types), and the checks the
+model makes across its fields (required elements, one element per choice, no nulls in lists of
+complex elements, no unknown elements) from the model's own metadata. Instantiating the whole
+model costs about ten times as much, so it runs only when that check does not pass, to give
+the verdict word for word (tests/test_validate_gate.py checks the two agree).
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import importlib
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from fhir_mappings.codes import UCUM
 from fhir_mappings.readers import Resource
@@ -306,6 +314,9 @@ def validation_problem(resource: Resource) -> str | None:
     if not isinstance(resource_type, str) or not resource_type.isalpha():
         return "resource has no valid resourceType"
     copy = trimmed(resource)
+    gate = _element_gate(resource_type)
+    if gate is not None and gate.passes(resource_type, copy):
+        return None
     stand_ins = _stand_ins(resource_type)
     if stand_ins is None:  # an unknown type: the model look-up reports it
         return _validate(resource_type, copy)
@@ -313,12 +324,8 @@ def validation_problem(resource: Resource) -> str | None:
     fresh: list[bytes] = []
     for key, value in copy.items():
         if key in stand_ins and isinstance(value, dict | list) and value:
-            try:
-                digest = hashlib.blake2b(
-                    orjson.dumps([resource_type, key, value], option=orjson.OPT_SORT_KEYS),
-                    digest_size=16,
-                ).digest()
-            except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
+            digest = _element_digest(resource_type, key, value)
+            if digest is None:
                 probe[key] = value
                 continue
             if VERDICTS.get(digest)[0]:
@@ -333,6 +340,111 @@ def validation_problem(resource: Resource) -> str | None:
         for digest in fresh:
             VERDICTS.put(digest, None)
     return verdict
+
+
+def _element_digest(resource_type: str, key: str, value: Any) -> bytes | None:
+    """The verdict cache key of one complex element in its position; None when it has none."""
+    try:
+        serialised = orjson.dumps([resource_type, key, value], option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
+        return None
+    return hashlib.blake2b(serialised, digest_size=16).digest()
+
+
+_INVALID = (ValidationError, ValueError, TypeError, RecursionError)
+
+
+@dataclass(frozen=True)
+class ElementGate:
+    """One R4B resource model taken apart: a validator per top-level element (by JSON name),
+    and what the model checks across elements (``FHIRAbstractModel``'s model validators).
+
+    ``passes`` answers True only when the model would accept the copy; anything it cannot
+    decide (``_x`` primitive extensions, an unknown element, a null in a list of complex
+    elements, an invalid value) answers False, and the caller validates the whole model.
+    """
+
+    validators: dict[str, TypeAdapter[Any]]
+    complex: frozenset[str]  # elements of a complex type (their verdicts are cached)
+    complex_lists: frozenset[str]  # lists of a complex type: a null item is refused
+    required: tuple[str, ...]  # present and not null (pydantic-required, element_required)
+    choices: tuple[tuple[tuple[str, ...], bool], ...]  # (the choice's elements, required)
+
+    def passes(self, resource_type: str, copy: Resource) -> bool:
+        fresh: list[bytes] = []
+        for key, value in copy.items():
+            if key == "resourceType" or value is None:
+                continue  # the type chose the model; a null is "absent" (required, below)
+            validator = self.validators.get(key)
+            if validator is None:
+                return False
+            digest = None
+            if key in self.complex and isinstance(value, dict | list) and value:
+                if key in self.complex_lists and isinstance(value, list) and None in value:
+                    return False
+                digest = _element_digest(resource_type, key, value)
+                if digest is not None and VERDICTS.get(digest)[0]:
+                    continue
+            try:
+                validator.validate_python(value)
+            except _INVALID:
+                return False
+            if digest is not None:
+                fresh.append(digest)
+        if any(copy.get(name) is None for name in self.required):
+            return False
+        for names, required in self.choices:
+            present = sum(copy.get(name) is not None for name in names)
+            if present > 1 or (required and present == 0):
+                return False
+        for digest in fresh:
+            VERDICTS.put(digest, None)
+        return True
+
+
+@cache
+def _element_gate(resource_type: str) -> ElementGate | None:
+    """The element-by-element check of ``resource_type``'s R4B model (None: unknown type)."""
+    try:
+        model = _model(resource_type)
+    except (ImportError, AttributeError):
+        return None
+    instance = model.model_construct()
+    by_name = {name: field.alias or name for name, field in model.model_fields.items()}
+    validators: dict[str, TypeAdapter[Any]] = {}
+    complex_names, complex_lists, required = set(), set(), []
+    for name, field in model.model_fields.items():
+        alias = by_name[name]
+        if alias.startswith("_") or name == "fhir_comments":
+            continue  # primitive extensions and comments: the whole model decides
+        annotation = field.annotation
+        validators[alias] = TypeAdapter(
+            Annotated[annotation, *field.metadata] if field.metadata else annotation
+        )
+        text = str(annotation)
+        if _COMPLEX_TYPE.search(text) or "ResourceType" in text:
+            complex_names.add(alias)
+            if "List" in text:
+                complex_lists.add(alias)
+        if field.is_required():
+            required.append(alias)
+    required += [by_name[name] for name, _ in instance.get_required_fields()]
+    choices = tuple(
+        (tuple(by_name.get(n, n) for n in names), _choice_required(model, names))
+        for names in instance.get_one_of_many_fields().values()
+    )
+    return ElementGate(
+        validators,
+        frozenset(complex_names),
+        frozenset(complex_lists),
+        tuple(dict.fromkeys(required)),
+        choices,
+    )
+
+
+def _choice_required(model: Any, names: list[str]) -> bool:
+    extra = model.model_fields[names[0]].json_schema_extra
+    return isinstance(extra, dict) and extra.get("one_of_many_required") is True
 
 
 _LEAVE_OUT: Any = object()
