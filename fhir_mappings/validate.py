@@ -5,11 +5,11 @@ fails the request. The warm-up samples build pydantic's validators at start-up.
 
 The gate is on the hot path (about 1 M instructions per whole resource), so it validates a
 trimmed copy: the top-level elements the mappings read (``READ_ELEMENTS``) and those R4B
-requires, never narrative, meta or extensions no rule reads. Verdicts are kept per worker by
-the digest of that copy (``VerdictCache``, bounded in bytes): the same resource sent again on
-the next call of the same chart is not validated again; a changed one is.
+requires, never narrative, meta or extensions no rule reads. Verdicts of its complex elements
+are kept per worker by their content in their position (``VerdictCache``, bounded in bytes): an
+element seen valid before (a LOINC code, a dosage) is not validated again; a changed one is.
 
-A resource is first checked element by element (``_ELEMENT_GATES``): each top-level element
+A resource is first checked element by element (``ElementGate``): each top-level element
 with the R4B model's own validator for that field (fhir.resources types), and the checks the
 model makes across its fields (required elements, one element per choice, no nulls in lists of
 complex elements, no unknown elements) from the model's own metadata. Instantiating the whole
@@ -19,7 +19,6 @@ the verdict word for word (tests/test_validate_gate.py checks the two agree).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import re
 import threading
@@ -250,14 +249,16 @@ READ_ELEMENTS: dict[str, frozenset[str]] = {
     }.items()
 }
 VERDICT_CACHE_BYTES = 4 * 1024 * 1024
-_ENTRY_OVERHEAD = 200  # bytes of an OrderedDict slot and node, the 16-byte key, a None verdict
+_ENTRY_OVERHEAD = 200  # bytes of an OrderedDict slot and node, a bytes header, a None verdict
+_MAX_KEY_BYTES = 16 * 1024  # a larger element is validated every time rather than flush the cache
 
 
 class VerdictCache:
-    """Validation verdicts by content digest, least recently used first out, bounded in bytes.
+    """Validation verdicts by content, least recently used first out, bounded in bytes.
 
-    Per worker process (threads share it under a lock). The key is a digest of the trimmed copy
-    (sorted keys), so only a resource identical in every element validated is answered from it.
+    Per worker process (threads share it under a lock). The key is an element's canonical
+    JSON with its resource type and name (``_element_key``), so only an element identical in
+    content and position is answered from it.
     """
 
     def __init__(self, max_bytes: int = VERDICT_CACHE_BYTES) -> None:
@@ -279,10 +280,10 @@ class VerdictCache:
             if key in self._entries:
                 return
             self._entries[key] = verdict
-            self.used += _ENTRY_OVERHEAD + len(verdict or "")
+            self.used += _ENTRY_OVERHEAD + len(key) + len(verdict or "")
             while self.used > self.max_bytes and self._entries:
-                _, old = self._entries.popitem(last=False)
-                self.used -= _ENTRY_OVERHEAD + len(old or "")
+                old_key, old = self._entries.popitem(last=False)
+                self.used -= _ENTRY_OVERHEAD + len(old_key) + len(old or "")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -303,8 +304,8 @@ def validation_problem(resource: Resource) -> str | None:
     """Validate the read elements of one picked resource against the R4B model; return a
     short reason or None.
 
-    Complex elements already known valid in this position (``VERDICTS``, by the digest of
-    resource type, element name and content) are not validated again: an optional one is left
+    Complex elements already known valid in this position (``VERDICTS``, by resource type,
+    element name and content) are not validated again: an optional one is left
     out of the copy, a required or choice one is replaced by a minimal valid stand-in of the
     same name (``_stand_ins``), so presence and choice checks see what they saw. Only a copy
     that validates marks its elements valid, so a failing resource gives the same verdict as
@@ -324,31 +325,33 @@ def validation_problem(resource: Resource) -> str | None:
     fresh: list[bytes] = []
     for key, value in copy.items():
         if key in stand_ins and isinstance(value, dict | list) and value:
-            digest = _element_digest(resource_type, key, value)
-            if digest is None:
+            element_key = _element_key(resource_type, key, value)
+            if element_key is None:
                 probe[key] = value
                 continue
-            if VERDICTS.get(digest)[0]:
+            if VERDICTS.get(element_key)[0]:
                 stand_in = stand_ins[key]
                 if stand_in is not _LEAVE_OUT:
                     probe[key] = stand_in
                 continue
-            fresh.append(digest)
+            fresh.append(element_key)
         probe[key] = value
     verdict = _validate(resource_type, probe)
     if verdict is None:
-        for digest in fresh:
-            VERDICTS.put(digest, None)
+        for element_key in fresh:
+            VERDICTS.put(element_key, None)
     return verdict
 
 
-def _element_digest(resource_type: str, key: str, value: Any) -> bytes | None:
-    """The verdict cache key of one complex element in its position; None when it has none."""
+def _element_key(resource_type: str, key: str, value: Any) -> bytes | None:
+    """The verdict cache key of one complex element in its position: its canonical JSON
+    (the bytes themselves, not a hash of them, so two elements can never share a key);
+    None when it has none (an integer beyond 64 bits, or too long to keep)."""
     try:
         serialised = orjson.dumps([resource_type, key, value], option=orjson.OPT_SORT_KEYS)
-    except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
+    except (TypeError, orjson.JSONEncodeError):
         return None
-    return hashlib.blake2b(serialised, digest_size=16).digest()
+    return serialised if len(serialised) <= _MAX_KEY_BYTES else None
 
 
 _INVALID = (ValidationError, ValueError, TypeError, RecursionError)
@@ -378,27 +381,27 @@ class ElementGate:
             validator = self.validators.get(key)
             if validator is None:
                 return False
-            digest = None
+            element_key = None
             if key in self.complex and isinstance(value, dict | list) and value:
                 if key in self.complex_lists and isinstance(value, list) and None in value:
                     return False
-                digest = _element_digest(resource_type, key, value)
-                if digest is not None and VERDICTS.get(digest)[0]:
+                element_key = _element_key(resource_type, key, value)
+                if element_key is not None and VERDICTS.get(element_key)[0]:
                     continue
             try:
                 validator.validate_python(value)
             except _INVALID:
                 return False
-            if digest is not None:
-                fresh.append(digest)
+            if element_key is not None:
+                fresh.append(element_key)
         if any(copy.get(name) is None for name in self.required):
             return False
         for names, required in self.choices:
             present = sum(copy.get(name) is not None for name in names)
             if present > 1 or (required and present == 0):
                 return False
-        for digest in fresh:
-            VERDICTS.put(digest, None)
+        for element_key in fresh:
+            VERDICTS.put(element_key, None)
         return True
 
 

@@ -210,3 +210,18 @@ def test_gate_verdict_is_the_whole_models_for_every_variant() -> None:
         for candidate in (resource, *_mutants(resource)):
             expected = _validate(candidate["resourceType"], trimmed(copy.deepcopy(candidate)))
             assert validation_problem(candidate) == expected, candidate
+
+
+def test_an_element_too_large_to_keep_is_validated_every_time() -> None:
+    """An element beyond the key limit is not cached (it would flush the cache), and a broken
+    copy of it is still refused after a valid one was seen."""
+    huge_text = "x" * 20_000
+    valid = _observation(code={"text": huge_text})
+    assert validation_problem(valid) is None
+    assert VERDICTS.get(b'["Observation","code",{"text":"' + huge_text.encode() + b'"}]') == (
+        False,
+        None,
+    )
+    broken = _observation(code={"text": huge_text, "coding": "not-a-list"})
+    assert validation_problem(broken) == _validate("Observation", trimmed(broken))
+    assert validation_problem(broken) is not None
