@@ -249,41 +249,43 @@ READ_ELEMENTS: dict[str, frozenset[str]] = {
     }.items()
 }
 VERDICT_CACHE_BYTES = 4 * 1024 * 1024
-_ENTRY_OVERHEAD = 200  # bytes of an OrderedDict slot and node, a bytes header, a None verdict
+_ENTRY_OVERHEAD = 200  # bytes of an OrderedDict slot and node and a bytes header
 _MAX_KEY_BYTES = 16 * 1024  # a larger element is validated every time rather than flush the cache
 
 
 class VerdictCache:
-    """Validation verdicts by content, least recently used first out, bounded in bytes.
+    """The elements known valid, least recently used first out, bounded in bytes.
 
     Per worker process (threads share it under a lock). The key is an element's canonical
     JSON with its resource type and name (``_element_key``), so only an element identical in
-    content and position is answered from it.
+    content and position is answered from it. Only valid elements are kept: a broken one is
+    validated (and reported) every time.
     """
 
     def __init__(self, max_bytes: int = VERDICT_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self.used = 0
-        self._entries: OrderedDict[bytes, str | None] = OrderedDict()
+        self._entries: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: bytes) -> tuple[bool, str | None]:
-        """(found, verdict)."""
+    def known(self, key: bytes) -> bool:
+        """Whether ``key`` is known valid (a hit counts as a use)."""
         with self._lock:
             if key not in self._entries:
-                return False, None
+                return False
             self._entries.move_to_end(key)
-            return True, self._entries[key]
+            return True
 
-    def put(self, key: bytes, verdict: str | None) -> None:
+    def add(self, key: bytes) -> None:
+        """Remember ``key`` as valid, forgetting the least recently used beyond the budget."""
         with self._lock:
             if key in self._entries:
                 return
-            self._entries[key] = verdict
-            self.used += _ENTRY_OVERHEAD + len(key) + len(verdict or "")
+            self._entries[key] = None
+            self.used += _ENTRY_OVERHEAD + len(key)
             while self.used > self.max_bytes and self._entries:
-                old_key, old = self._entries.popitem(last=False)
-                self.used -= _ENTRY_OVERHEAD + len(old_key) + len(old or "")
+                old_key, _ = self._entries.popitem(last=False)
+                self.used -= _ENTRY_OVERHEAD + len(old_key)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -329,7 +331,7 @@ def validation_problem(resource: Resource) -> str | None:
             if element_key is None:
                 probe[key] = value
                 continue
-            if VERDICTS.get(element_key)[0]:
+            if VERDICTS.known(element_key):
                 stand_in = stand_ins[key]
                 if stand_in is not _LEAVE_OUT:
                     probe[key] = stand_in
@@ -339,7 +341,7 @@ def validation_problem(resource: Resource) -> str | None:
     verdict = _validate(resource_type, probe)
     if verdict is None:
         for element_key in fresh:
-            VERDICTS.put(element_key, None)
+            VERDICTS.add(element_key)
     return verdict
 
 
@@ -370,23 +372,25 @@ class ElementGate:
     validators: dict[str, TypeAdapter[Any]]
     complex: frozenset[str]  # elements of a complex type (their verdicts are cached)
     complex_lists: frozenset[str]  # lists of a complex type: a null item is refused
-    required: tuple[str, ...]  # present and not null (pydantic-required, element_required)
-    choices: tuple[tuple[tuple[str, ...], bool], ...]  # (the choice's elements, required)
+    required: frozenset[str]  # present and not null (pydantic-required, element_required)
+    choices: tuple[tuple[frozenset[str], bool], ...]  # (the choice's elements, required)
 
     def passes(self, resource_type: str, copy: Resource) -> bool:
         fresh: list[bytes] = []
+        present: set[str] = set()
         for key, value in copy.items():
             if key == "resourceType" or value is None:
                 continue  # the type chose the model; a null is "absent" (required, below)
             validator = self.validators.get(key)
             if validator is None:
                 return False
+            present.add(key)
             element_key = None
             if key in self.complex and isinstance(value, dict | list) and value:
                 if key in self.complex_lists and isinstance(value, list) and None in value:
                     return False
                 element_key = _element_key(resource_type, key, value)
-                if element_key is not None and VERDICTS.get(element_key)[0]:
+                if element_key is not None and VERDICTS.known(element_key):
                     continue
             try:
                 validator.validate_python(value)
@@ -394,14 +398,14 @@ class ElementGate:
                 return False
             if element_key is not None:
                 fresh.append(element_key)
-        if any(copy.get(name) is None for name in self.required):
+        if not self.required <= present:
             return False
         for names, required in self.choices:
-            present = sum(copy.get(name) is not None for name in names)
-            if present > 1 or (required and present == 0):
+            chosen = len(names & present)
+            if chosen > 1 or (required and chosen == 0):
                 return False
         for element_key in fresh:
-            VERDICTS.put(element_key, None)
+            VERDICTS.add(element_key)
         return True
 
 
@@ -433,15 +437,11 @@ def _element_gate(resource_type: str) -> ElementGate | None:
             required.append(alias)
     required += [by_name[name] for name, _ in instance.get_required_fields()]
     choices = tuple(
-        (tuple(by_name.get(n, n) for n in names), _choice_required(model, names))
+        (frozenset(by_name.get(n, n) for n in names), _choice_required(model, names))
         for names in instance.get_one_of_many_fields().values()
     )
     return ElementGate(
-        validators,
-        frozenset(complex_names),
-        frozenset(complex_lists),
-        tuple(dict.fromkeys(required)),
-        choices,
+        validators, frozenset(complex_names), frozenset(complex_lists), frozenset(required), choices
     )
 
 

@@ -86,11 +86,11 @@ def test_verdict_cache_is_bounded_in_bytes() -> None:
     """Past its byte budget the cache forgets the least recently used verdicts first."""
     cache = VerdictCache(max_bytes=2_000)
     for n in range(100):
-        cache.put(n.to_bytes(16, "big"), None)
+        cache.add(n.to_bytes(16, "big"))
     assert cache.used <= 2_000
     assert 0 < len(cache) < 100
-    assert cache.get((99).to_bytes(16, "big")) == (True, None)
-    assert cache.get((0).to_bytes(16, "big")) == (False, None)
+    assert cache.known((99).to_bytes(16, "big"))
+    assert not cache.known((0).to_bytes(16, "big"))
     assert len(VERDICTS) <= VERDICTS.max_bytes  # the worker's cache has a budget too
 
 
@@ -218,10 +218,7 @@ def test_an_element_too_large_to_keep_is_validated_every_time() -> None:
     huge_text = "x" * 20_000
     valid = _observation(code={"text": huge_text})
     assert validation_problem(valid) is None
-    assert VERDICTS.get(b'["Observation","code",{"text":"' + huge_text.encode() + b'"}]') == (
-        False,
-        None,
-    )
+    assert not VERDICTS.known(b'["Observation","code",{"text":"' + huge_text.encode() + b'"}]')
     broken = _observation(code={"text": huge_text, "coding": "not-a-list"})
     assert validation_problem(broken) == _validate("Observation", trimmed(broken))
     assert validation_problem(broken) is not None
