@@ -151,7 +151,7 @@ class HookRequestSchema(_Lenient):
     )
     fhir_authorization = fields.Nested(FhirAuthorizationSchema, data_key="fhirAuthorization")
     context = fields.Dict(required=True)
-    prefetch = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
+    prefetch = fields.Dict()  # JSON object keys are strings; each value is checked below
     extension = fields.Dict()
 
     @validates_schema
