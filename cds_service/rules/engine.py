@@ -166,8 +166,9 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
     gaps: list[NotChecked] = []
     monitoring: list[MonitoringGap] = []
     for spec in REGISTRY:
-        missing = sorted(prefetch_key(c) for c in (spec.needs | spec.reads) & facts.unavailable)
-        if spec.needs & facts.unavailable:
+        absent = (spec.needs | spec.reads) & facts.unavailable
+        missing = sorted(prefetch_key(c) for c in absent) if absent else []
+        if absent and spec.needs & absent:
             gaps.append(NotChecked("not run: " + ", ".join(missing) + " unavailable", spec.rule_id))
             continue
         try:
