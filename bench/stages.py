@@ -6,6 +6,9 @@ timings cannot. The script re-runs itself under ``valgrind --tool=callgrind`` wi
 ``os.getppid()`` on entry and exit, so each callgrind dump holds exactly one stretch of work,
 attributed to the innermost stage running then ("Flask, logging, metrics" is what is left).
 Calls go through the Flask test client (no gunicorn), each with new ids (``vary_template``).
+The floor (``bench.floor_app``) answers the same calls first, counted whole, so the table ends
+with the service / floor ratio in instructions (gunicorn's own work, the same for both, is not
+in either count).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 BEFORE_PATH = Path(__file__).with_name("stages_before.md")
 CALLS = {"small": 6, "100+100": 3, "1000+100": 2}
 OTHER = "Flask, logging, metrics, rest"
+FLOOR = "floor"  # bench.floor_app on the same calls: parse the JSON, answer no cards
 # (stage, module, attribute): the function whose calls are the stage (innermost wins).
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("JSON parse", "cds_service.api", "read_json"),
@@ -84,6 +88,7 @@ def _instrument(labels: list[Any]) -> None:
 
 def _child(out: Path) -> None:
     """Run the calls (under callgrind); write the stage label of each dump to ``out``."""
+    from bench.floor_app import create_app as create_floor
     from bench.payloads import encode, prefetch_request, small_request, varied, vary_template
     from cds_service import create_app
 
@@ -111,9 +116,31 @@ def _child(out: Path) -> None:
         )
         assert response.status_code == 200, response.data[:500]
 
+    floor_client = create_floor().test_client()
+
+    def post_floor(template: bytes) -> None:
+        nonlocal number
+        number += 1
+        response = floor_client.post(
+            "/cds-services/voclosporin-order-sign",
+            data=varied(template, number),
+            content_type="application/json",
+        )
+        assert response.status_code == 200
+
     for template in templates.values():  # warm every path before counting
         post(template)
+        post_floor(template)
     labels: list[Any] = []
+    for name, template in templates.items():  # the floor first, before any stage is wrapped
+        _STACK.append(FLOOR)
+        _mark(labels)
+        _BODY[0] = name
+        for _ in range(CALLS[name]):
+            post_floor(template)
+        _mark(labels)
+        _BODY[0] = None
+        _STACK.pop()
     _instrument(labels)
     for name, template in templates.items():
         _mark(labels)
@@ -177,7 +204,9 @@ def table(counts: dict[str, dict[str, float]]) -> list[str]:
     stages = list(dict.fromkeys([s for s, _, _ in STAGES] + [OTHER]))
     header = ["stage", *(f"{n} M instr (share)" for n in names)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    totals = {n: sum(counts.get(n, {}).values()) or 1 for n in names}
+    totals = {
+        n: sum(v for stage, v in counts.get(n, {}).items() if stage != FLOOR) or 1 for n in names
+    }
     for stage in stages:
         cells = [
             f"{counts.get(n, {}).get(stage, 0) / 1e6:.2f} "
@@ -188,6 +217,18 @@ def table(counts: dict[str, dict[str, float]]) -> list[str]:
     lines.append(
         "| **whole call** | " + " | ".join(f"**{totals[n] / 1e6:.2f}**" for n in names) + " |"
     )
+    floors = {n: counts.get(n, {}).get(FLOOR, 0) for n in names}
+    if all(floors.values()):  # tables of older runs have no floor row
+        lines.append(
+            "| floor (`bench.floor_app`, whole call) | "
+            + " | ".join(f"{floors[n] / 1e6:.2f}" for n in names)
+            + " |"
+        )
+        lines.append(
+            "| **service / floor** | "
+            + " | ".join(f"**{totals[n] / floors[n]:.2f}x**" for n in names)
+            + " |"
+        )
     return lines
 
 
