@@ -14,6 +14,7 @@ in either count).
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import os
@@ -131,6 +132,7 @@ def _child(out: Path) -> None:
     for template in templates.values():  # warm every path before counting
         post(template)
         post_floor(template)
+    gc.freeze()  # as gunicorn.conf.py does after start-up: collections then walk only new objects
     labels: list[Any] = []
     for name, template in templates.items():  # the floor first, before any stage is wrapped
         _STACK.append(FLOOR)
