@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
@@ -30,7 +31,7 @@ from cds_service.storage import (
     hash_patient_id,
     shutdown_storage,
 )
-from cds_service.storage.schema import TABLES, feedback, metadata
+from cds_service.storage.schema import TABLES, feedback, metadata, rule_ids_text
 from cds_service.storage.spool import AuditSpool, record_json
 from tests.support.ci import find_postgres, skip_or_fail
 from tests.support.factories import (
@@ -80,7 +81,7 @@ def test_migrate_from_empty_reaches_head(empty_storage: Storage) -> None:
     assert empty_storage.current_revision() is None
     empty_storage.migrate()
     assert not empty_storage.is_empty()
-    assert empty_storage.current_revision() == empty_storage.head_revision() == "0002"
+    assert empty_storage.current_revision() == empty_storage.head_revision() == "0003"
     with empty_storage.engine.connect() as conn:
         assert {table.name for table in TABLES} <= set(inspect(conn).get_table_names())
 
@@ -131,6 +132,96 @@ def test_instances_starting_together_migrate_once(database_url: str) -> None:
     finally:
         for storage in storages:
             storage.dispose()
+
+
+def migrate_to(storage: Storage, revision: str, *, down: bool = False) -> None:
+    """Upgrade (or downgrade) ``storage`` to ``revision`` under the migration lock."""
+    with storage.database.transaction(write=True) as conn:
+        config = storage._migrator._alembic_config(conn)
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+# Rule ids whose order differs between code points and a natural-language collation.
+MOVED_RULES = ("renal-b", "Renal-a", "ddi_x")
+EVALUATION_ROWS = "SELECT call_id, rule_id, evaluated_at FROM cds_rule_evaluation"
+
+
+def seed_0002_calls(storage: Storage) -> None:
+    """At migration 0002: three calls, one with three evaluated rules, one with one, one none."""
+    with storage.engine.begin() as conn:
+        for call_id, minute in (("c1", 1), ("c2", 2), ("c3", 3)):
+            conn.execute(
+                text(
+                    "INSERT INTO cds_hook_call (id, hook_instance, service_id, hook, called_at,"
+                    " duration_ms, knowledge_version, unavailable_data, patient_hash) VALUES"
+                    " (:id, :id, 's', 'order-sign', :at, 1.0, 'k', '[]', NULL)"
+                ),
+                {"id": call_id, "at": NOW + timedelta(minutes=minute)},
+            )
+        for call_id, rule_id in [("c1", r) for r in MOVED_RULES] + [("c2", "ddi_x")]:
+            conn.execute(
+                text(
+                    "INSERT INTO cds_rule_evaluation (call_id, rule_id, evaluated_at)"
+                    " SELECT id, :rule, called_at FROM cds_hook_call WHERE id = :id"
+                ),
+                {"id": call_id, "rule": rule_id},
+            )
+
+
+def test_migration_0003_moves_evaluated_rules_into_the_call(empty_storage: Storage) -> None:
+    """Upgrade writes each call's rules as the sorted JSON text the service writes, drops the
+    old table and the call_id index; the analytics count what the rows counted."""
+    migrate_to(empty_storage, "0002")
+    seed_0002_calls(empty_storage)
+    migrate_to(empty_storage, "0003")
+    with empty_storage.engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT id, rules_evaluated FROM cds_hook_call")).all())
+        inspector = inspect(conn)
+        tables = set(inspector.get_table_names())
+        card_indexes = {index["name"] for index in inspector.get_indexes("cds_issued_card")}
+    assert stored == {
+        "c1": rule_ids_text(MOVED_RULES),
+        "c2": '["ddi_x"]',
+        "c3": "[]",
+    }
+    assert rule_ids_text(MOVED_RULES) == '["Renal-a","ddi_x","renal-b"]'
+    assert "cds_rule_evaluation" not in tables
+    assert "ix_cds_issued_card_call_id" not in card_indexes
+    report = empty_storage.rule_analytics()
+    assert report["calls"] == 3
+    assert {r["rule_id"]: r["evaluated"] for r in report["rules"]} == {
+        "Renal-a": 1,
+        "ddi_x": 2,
+        "renal-b": 1,
+    }
+
+
+def test_migration_0003_downgrade_restores_the_rows(empty_storage: Storage) -> None:
+    """Downgrade rebuilds cds_rule_evaluation row for row (time: the call's), drops the column,
+    and leaves the database as 0002 made it."""
+    migrate_to(empty_storage, "0002")
+    seed_0002_calls(empty_storage)
+    with empty_storage.engine.connect() as conn:
+        before = sorted(tuple(row) for row in conn.execute(text(EVALUATION_ROWS)))
+    migrate_to(empty_storage, "0003")
+    empty_storage.record_calls([call("hook-new", NOW, (card("r9"),), rules=("r9", "r8"))])
+    new_call_id = calls_for_hook_instance(empty_storage, "hook-new")
+    assert [record.rules_evaluated for record in new_call_id] == [("r8", "r9")]
+    migrate_to(empty_storage, "0002", down=True)
+    with empty_storage.engine.connect() as conn:
+        after = sorted(tuple(row) for row in conn.execute(text(EVALUATION_ROWS)))
+        columns = {column["name"] for column in inspect(conn).get_columns("cds_hook_call")}
+        card_indexes = {index["name"] for index in inspect(conn).get_indexes("cds_issued_card")}
+        cards = conn.execute(text("SELECT count(*) FROM cds_issued_card")).scalar()
+    assert len(before) == 4
+    restored = [row for row in after if row[0] in {"c1", "c2", "c3"}]
+    assert restored == before
+    assert sorted(row[1] for row in after if row[0] not in {"c1", "c2", "c3"}) == ["r8", "r9"]
+    assert "rules_evaluated" not in columns
+    assert "ix_cds_issued_card_call_id" in card_indexes
+    assert cards == 1  # the downgrade rebuilt no table (that would cascade-delete cards)
+    migrate_to(empty_storage, "head")
+    assert empty_storage.current_revision() == "0003"
 
 
 def test_prepare_warns_when_database_is_behind(
@@ -244,7 +335,7 @@ def test_hook_path_write_stores_the_rows_the_core_write_stores(storage: Storage)
     def calls_row(record: CallRecord) -> list[tuple[object, ...]]:
         return rows(
             "SELECT hook, service_id, called_at, duration_ms, knowledge_version, "
-            "unavailable_data, patient_hash FROM cds_hook_call WHERE id = :id",
+            "unavailable_data, patient_hash, rules_evaluated FROM cds_hook_call WHERE id = :id",
             record.call_id,
         )
 
@@ -256,9 +347,8 @@ def test_hook_path_write_stores_the_rows_the_core_write_stores(storage: Storage)
             record.call_id,
         )
 
-    evaluations = "SELECT rule_id, evaluated_at FROM cds_rule_evaluation WHERE call_id = :id"
     assert calls_row(fast) == calls_row(core)
-    assert sorted(rows(evaluations, fast.call_id)) == sorted(rows(evaluations, core.call_id))
+    assert calls_row(fast)[0][-1] == '["r1","r2","r3"]'
     # Suggestion uuids differ per card; their JSON shape must not.
     strip = [(*r[:5], len(str(r[5]))) for r in card_rows(core)]
     assert [(*r[:5], len(str(r[5]))) for r in card_rows(fast)] == strip
@@ -732,9 +822,9 @@ def test_cli_db_upgrade_and_current(database_url: str, tmp_path: Path) -> None:
         runner = app.test_cli_runner()
         upgraded = runner.invoke(args=["db", "upgrade"])
         assert upgraded.exit_code == 0, upgraded.output
-        assert "is at migration 0002" in upgraded.output
+        assert "is at migration 0003" in upgraded.output
         current = runner.invoke(args=["db", "current"])
         assert current.exit_code == 0
-        assert "at 0002, newest 0002" in current.output
+        assert "at 0003, newest 0003" in current.output
     finally:
         shutdown_storage(app)
