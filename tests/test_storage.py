@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -583,6 +586,10 @@ def test_dead_database_raises_storage_unavailable(url: str) -> None:
             storage.rule_analytics(None)
         with pytest.raises(StorageUnavailableError):
             storage.current_revision()
+        with pytest.raises(StorageUnavailableError, match="unavailable"):
+            storage.recent_overrides("p" * 64, ["k"], NOW, timeout_ms=200)
+        with pytest.raises(StorageUnavailableError, match="unavailable"):
+            storage.record_calls([call("hook-dead", NOW, (card("r1"),))], 200, fresh=True)
     finally:
         storage.dispose()
 
@@ -600,6 +607,87 @@ def test_hook_path_read_has_a_short_timeout(storage: Storage) -> None:
     with storage.database.transaction(write=False) as conn:
         after = str(conn.exec_driver_sql(show).scalar())
     assert (inside, after) in {("250", "2000"), ("250ms", "5s")}
+
+
+def test_hook_path_connections_wait_at_most_the_hook_timeout(storage: Storage) -> None:
+    """A hook-path connection carries its timeout from the start (no per-call change) and
+    leaves the engine's own connections at theirs."""
+    if storage.database.dialect == "sqlite":
+        show = ["PRAGMA busy_timeout"]
+    else:
+        show = ["SHOW statement_timeout", "SHOW lock_timeout"]
+
+    def settings(conn: Any) -> list[str]:
+        return [str(conn.execute(sql).fetchone()[0]) for sql in show]
+
+    assert storage.database.on_hook_connection(250, settings) in (["250"], ["250ms", "250ms"])
+    assert storage.database.on_hook_connection(300, settings) in (["300"], ["300ms", "300ms"])
+    with storage.database.transaction(write=False) as conn:
+        assert str(conn.exec_driver_sql(show[0]).scalar()) in {"2000", "5s"}
+
+
+def test_hook_path_writes_from_many_threads_all_arrive(storage: Storage) -> None:
+    """Threads sharing one Storage (gthread workers) each write and read on the hook path."""
+    errors: list[BaseException] = []
+
+    def write(thread: int) -> None:
+        try:
+            for index in range(15):
+                record = call(f"hook-t{thread}-{index}", NOW, (card("r1"), card("r2")))
+                storage.record_calls([record], 2000, fresh=True)
+                storage.recent_overrides(record.patient_hash or "", ["r1-key"], NOW, 2000)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert count_rows(storage, "cds_hook_call") == 60
+    assert count_rows(storage, "cds_issued_card") == 120
+
+
+@pytest.mark.postgres
+def test_hook_path_replaces_a_connection_the_server_dropped(postgres_url: str) -> None:
+    """After the server ends an idle hook-path connection (a restart), the next write and read
+    succeed on a new connection instead of failing the call."""
+    storage = Storage(postgres_url)
+    try:
+        storage.migrate()
+        storage.record_calls([call("hook-before", NOW, (card("r1"),))], 500, fresh=True)
+        pid = storage.database.on_hook_connection(500, lambda conn: conn.info.backend_pid)
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        time.sleep(0.2)
+        storage.record_calls([call("hook-after", NOW, (card("r1"),))], 500, fresh=True)
+        assert len(calls_for_hook_instance(storage, "hook-after")) == 1
+        assert storage.database.on_hook_connection(500, lambda c: c.info.backend_pid) != pid
+    finally:
+        storage.dispose()
+
+
+def test_a_forked_child_opens_its_own_hook_path_connections(storage: Storage) -> None:
+    """A child process (gunicorn --preload) never uses the parent's hook-path connections; both
+    keep writing."""
+    storage.record_calls([call("hook-parent-1", NOW, ())], 500, fresh=True)
+    parent_connection = storage.database.on_hook_connection(500, id)
+    child = os.fork()
+    if child == 0:  # the child: exit status says what it saw
+        status = 1
+        try:
+            if storage.database.on_hook_connection(500, id) != parent_connection:
+                storage.record_calls([call("hook-child", NOW, ())], 500, fresh=True)
+                status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    assert os.WEXITSTATUS(status) == 0
+    storage.record_calls([call("hook-parent-2", NOW, ())], 500, fresh=True)
+    assert storage.database.on_hook_connection(500, id) == parent_connection
+    for hook_instance in ("hook-parent-1", "hook-child", "hook-parent-2"):
+        assert len(calls_for_hook_instance(storage, hook_instance)) == 1
 
 
 def test_recent_overrides_picks_the_latest_override_per_finding(storage: Storage) -> None:

@@ -6,14 +6,19 @@ Concurrency rules this module enforces (see ``cds_service.storage.store`` for al
   and ``lock_timeout`` when they connect, SQLite connections a busy timeout of the lock
   timeout; waiting for a pooled connection is bounded too. A stalled database (a held lock, a
   slow query) costs a caller at most these, never a thread for good.
-- SQLite runs in WAL mode, and every write transaction starts with ``BEGIN IMMEDIATE`` so two
-  writers queue for the lock instead of failing mid-transaction.
+- SQLite runs in WAL mode, and every write transaction of several statements starts with
+  ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
 - PostgreSQL connects with a 5 s timeout and pre-pings pooled connections.
-- A use on the hook path (``transaction(timeout_ms=...)``) waits at most that long for a
+- A bounded use (``transaction(timeout_ms=...)``, readiness) waits at most that long for a
   lock (SQLite's busy timeout, set for that use only) or a statement (PostgreSQL's
   ``statement_timeout`` and ``lock_timeout`` for that transaction).
+- The hook path (the repeat read, the audit write) runs on DB-API connections of its own
+  (``HookConnections``, ``on_hook_connection``), kept per timeout and set up once with it:
+  no SQLAlchemy checkout, ``BEGIN`` or busy-timeout change per call, no pre-ping (a reused
+  PostgreSQL connection found broken is replaced and the work run again once).
 - A database outage surfaces as ``StorageUnavailableError``, never as a driver error.
-- A forked worker (gunicorn --preload) drops the pool it inherited instead of sharing sockets.
+- A forked worker (gunicorn --preload) drops the connections it inherited (pool and hook
+  path) instead of sharing sockets or SQLite locks with its parent.
 """
 
 from __future__ import annotations
@@ -232,6 +237,7 @@ def _forget_parent_connections(database_ref: weakref.ReferenceType[Database]) ->
     database = database_ref()
     if database is not None:
         database.engine.dispose(close=False)
+        database._hook_pools_lock = threading.Lock()  # another thread may have held it
         pools, database._hook_pools = database._hook_pools, {}
         for pool in pools.values():
             _INHERITED.extend(pool.forget())

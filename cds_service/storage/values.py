@@ -9,7 +9,6 @@ Plain frozen values, so the hook path builds them without touching the database 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass, field
@@ -102,4 +101,4 @@ class Override:
 
 def hash_patient_id(key: bytes, patient_id: str) -> str:
     """Return HMAC-SHA256(key, patient_id) as hex: links calls for one patient, reveals no id."""
-    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, patient_id.encode("utf-8"), "sha256").hex()  # OpenSSL one-shot
