@@ -319,6 +319,19 @@ def test_audit_record_round_trips(storage: Storage, fresh: bool) -> None:
     assert record.rules_fired == ("r1", "r2")
 
 
+def test_hook_path_write_of_several_records_stores_each(storage: Storage) -> None:
+    """Several fresh records in one write (a call with cards, one without) all arrive whole."""
+    records = [
+        call("hook-many-1", NOW, (card("r1"), card("r2")), rules=("r2", "r1")),
+        call("hook-many-2", NOW, (), rules=()),
+    ]
+    assert storage.record_calls(records, 500, fresh=True) == 2
+    (first,) = calls_for_hook_instance(storage, "hook-many-1")
+    (second,) = calls_for_hook_instance(storage, "hook-many-2")
+    assert (first.rules_evaluated, len(first.cards)) == (("r1", "r2"), 2)
+    assert (second.rules_evaluated, second.cards) == ((), ())
+
+
 def test_hook_path_write_stores_the_rows_the_core_write_stores(storage: Storage) -> None:
     """The driver-SQL insert of the hook path leaves byte-for-byte the rows Core writes."""
     cards = (card("r1", "critical", 2), card("r2", "info", quieted=True))

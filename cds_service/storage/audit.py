@@ -180,13 +180,33 @@ def _write_sqlite(conn: Any, *, calls: list[tuple[Any, ...]], cards: list[tuple[
 def _write_postgresql(
     conn: Any, *, calls: list[tuple[Any, ...]], cards: list[tuple[Any, ...]]
 ) -> None:
-    """Insert on a hook-path psycopg connection: BEGIN, the inserts and COMMIT pipelined, one
-    round trip; the connection's own statement and lock timeouts are the hook's."""
+    """Insert on a hook-path psycopg connection (autocommit); its own statement and lock
+    timeouts are the hook's.
+
+    One call (the hook path) is one statement: the call row in a WITH clause, the cards in
+    the main INSERT, atomic without BEGIN and COMMIT and one round trip (the cards' foreign
+    key is checked at the end of the statement, when the call row is there). Several calls
+    go pipelined in one transaction.
+    """
+    if len(calls) == 1:
+        conn.execute(
+            _pg_insert(len(cards)), [*calls[0], *(value for row in cards for value in row)]
+        )
+        return
     with conn.pipeline(), conn.transaction():
         cursor = conn.cursor()
         cursor.executemany(_PG_CALL, calls)
         if cards:
             cursor.executemany(_PG_CARD, cards)
+
+
+@lru_cache(maxsize=32)
+def _pg_insert(card_count: int) -> str:
+    """The one statement that writes a call and its ``card_count`` cards on PostgreSQL."""
+    if not card_count:
+        return _PG_CALL
+    values = _PG_CARD[_PG_CARD.index("VALUES ") + len("VALUES ") :]
+    return f"WITH call AS ({_PG_CALL}) {_PG_CARD}" + f", {values}" * (card_count - 1)
 
 
 def _rows(records: Sequence[CallRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
