@@ -47,6 +47,7 @@ from tests.support.factories import (
     feedback_count,
     make_app,
     overridden,
+    seed,
     sqlite_url,
 )
 
@@ -546,6 +547,35 @@ def test_rule_analytics_counts_outcomes_per_rule(
         "quieted": 0,
         "override_rate": pytest.approx(0.6),
     }
+
+
+@pytest.mark.postgres
+def test_analytics_are_the_same_on_sqlite_and_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    """One trail (a fortnight of calls, cards and feedback) gives the same rule analytics and
+    timeseries, windowed or not, on both databases."""
+    reports = []
+    for url in (sqlite_url(tmp_path), postgres_url):
+        storage = Storage(url, clock=lambda: NOW)
+        try:
+            storage.migrate()
+            seed(storage, NOW)
+            reports.append(
+                (
+                    storage.rule_analytics(None),
+                    storage.rule_analytics(NOW - timedelta(days=6)),
+                    storage.timeseries(None, "day"),
+                    storage.timeseries(NOW - timedelta(days=9), "week"),
+                )
+            )
+        finally:
+            storage.dispose()
+    sqlite_reports, postgresql_reports = reports
+    assert sqlite_reports == postgresql_reports
+    assert sqlite_reports[0]["calls"] == 40
+    assert {r["rule_id"]: r["evaluated"] for r in sqlite_reports[0]["rules"]} == dict.fromkeys(
+        ("bp-uncontrolled", "ddi-strong-cyp3a4", "renal-egfr-low", "vaccine-live"), 40
+    )
+    assert 0 < sqlite_reports[1]["calls"] < 40
 
 
 def test_rule_analytics_window_counts_cards_fired_since(
