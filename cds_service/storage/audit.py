@@ -206,7 +206,7 @@ def _pg_insert(card_count: int) -> str:
     if not card_count:
         return _PG_CALL
     values = _PG_CARD[_PG_CARD.index("VALUES ") + len("VALUES ") :]
-    return f"WITH call AS ({_PG_CALL}) {_PG_CARD}" + f", {values}" * (card_count - 1)
+    return f"WITH new_call AS ({_PG_CALL}) {_PG_CARD}" + f", {values}" * (card_count - 1)
 
 
 def _rows(records: Sequence[CallRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

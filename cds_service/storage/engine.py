@@ -220,6 +220,11 @@ class HookConnections:
         while self._idle:
             self.discard(self._idle.pop())
 
+    def close(self) -> None:
+        """Close the idle connections, and each one in use when it comes back."""
+        self._keep = 0
+        self.discard_idle()
+
     def forget(self) -> list[Any]:
         """Drop the idle connections without closing them (a forked child); return them."""
         inherited = list(self._idle)
@@ -401,5 +406,5 @@ class Database:
         with self._hook_pools_lock:
             pools, self._hook_pools = self._hook_pools, {}
         for pool in pools.values():
-            pool.discard_idle()
+            pool.close()
         self.engine.dispose()
