@@ -384,9 +384,9 @@ class Database:
         cparams.pop("context", None)  # SQLAlchemy's own adapters: the driver's defaults here
 
         def connect_postgresql() -> Any:
-            connection = dialect.loaded_dbapi.connect(
-                *cargs, **cparams, connect_timeout=_PG_CONNECT_TIMEOUT_S, autocommit=True
-            )
+            # As the engine's connect_args, ours win over the URL's query (no duplicate key).
+            settings = {**cparams, "connect_timeout": _PG_CONNECT_TIMEOUT_S, "autocommit": True}
+            connection = dialect.loaded_dbapi.connect(*cargs, **settings)
             connection.execute(
                 f"SET statement_timeout = {statement_ms}; SET lock_timeout = {lock_ms}"
             )
