@@ -228,6 +228,22 @@ def test_migration_0003_downgrade_restores_the_rows(empty_storage: Storage) -> N
     assert empty_storage.current_revision() == "0003"
 
 
+def test_downgrades_keep_calls_cards_and_feedback(empty_storage: Storage) -> None:
+    """Down to 0001 and up again, no row is lost (no table rebuilt under its children) and
+    the evaluated rules come back."""
+    empty_storage.migrate()
+    (card_uuid,) = store_call_with_cards(empty_storage, "r1")
+    assert empty_storage.store_feedback(SERVICE_ID, [accepted(card_uuid, NOW)]) == 1
+    migrate_to(empty_storage, "0001", down=True)
+    counts = [count_rows(empty_storage, t) for t in ("cds_hook_call", "cds_issued_card")]
+    assert (counts, feedback_count(empty_storage)) == ([1, 1], 1)
+    migrate_to(empty_storage, "head")
+    assert feedback_count(empty_storage) == 1
+    with empty_storage.engine.connect() as conn:
+        rules = conn.execute(text("SELECT rules_evaluated FROM cds_hook_call")).scalar()
+    assert rules == '["r1"]'  # through cds_rule_evaluation and back
+
+
 def test_prepare_warns_when_database_is_behind(
     storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
