@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
@@ -30,7 +34,7 @@ from cds_service.storage import (
     hash_patient_id,
     shutdown_storage,
 )
-from cds_service.storage.schema import TABLES, feedback, metadata
+from cds_service.storage.schema import TABLES, feedback, metadata, rule_ids_text
 from cds_service.storage.spool import AuditSpool, record_json
 from tests.support.ci import find_postgres, skip_or_fail
 from tests.support.factories import (
@@ -43,6 +47,7 @@ from tests.support.factories import (
     feedback_count,
     make_app,
     overridden,
+    seed,
     sqlite_url,
 )
 
@@ -80,7 +85,7 @@ def test_migrate_from_empty_reaches_head(empty_storage: Storage) -> None:
     assert empty_storage.current_revision() is None
     empty_storage.migrate()
     assert not empty_storage.is_empty()
-    assert empty_storage.current_revision() == empty_storage.head_revision() == "0002"
+    assert empty_storage.current_revision() == empty_storage.head_revision() == "0003"
     with empty_storage.engine.connect() as conn:
         assert {table.name for table in TABLES} <= set(inspect(conn).get_table_names())
 
@@ -131,6 +136,112 @@ def test_instances_starting_together_migrate_once(database_url: str) -> None:
     finally:
         for storage in storages:
             storage.dispose()
+
+
+def migrate_to(storage: Storage, revision: str, *, down: bool = False) -> None:
+    """Upgrade (or downgrade) ``storage`` to ``revision`` under the migration lock."""
+    with storage.database.transaction(write=True) as conn:
+        config = storage._migrator._alembic_config(conn)
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+# Rule ids whose order differs between code points and a natural-language collation.
+MOVED_RULES = ("renal-b", "Renal-a", "ddi_x")
+EVALUATION_ROWS = "SELECT call_id, rule_id, evaluated_at FROM cds_rule_evaluation"
+
+
+def seed_0002_calls(storage: Storage) -> None:
+    """At migration 0002: three calls, one with three evaluated rules, one with one, one none."""
+    with storage.engine.begin() as conn:
+        for call_id, minute in (("c1", 1), ("c2", 2), ("c3", 3)):
+            conn.execute(
+                text(
+                    "INSERT INTO cds_hook_call (id, hook_instance, service_id, hook, called_at,"
+                    " duration_ms, knowledge_version, unavailable_data, patient_hash) VALUES"
+                    " (:id, :id, 's', 'order-sign', :at, 1.0, 'k', '[]', NULL)"
+                ),
+                {"id": call_id, "at": NOW + timedelta(minutes=minute)},
+            )
+        for call_id, rule_id in [("c1", r) for r in MOVED_RULES] + [("c2", "ddi_x")]:
+            conn.execute(
+                text(
+                    "INSERT INTO cds_rule_evaluation (call_id, rule_id, evaluated_at)"
+                    " SELECT id, :rule, called_at FROM cds_hook_call WHERE id = :id"
+                ),
+                {"id": call_id, "rule": rule_id},
+            )
+
+
+def test_migration_0003_moves_evaluated_rules_into_the_call(empty_storage: Storage) -> None:
+    """Upgrade writes each call's rules as the sorted JSON text the service writes, drops the
+    old table and the call_id index; the analytics count what the rows counted."""
+    migrate_to(empty_storage, "0002")
+    seed_0002_calls(empty_storage)
+    migrate_to(empty_storage, "0003")
+    with empty_storage.engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT id, rules_evaluated FROM cds_hook_call")).all())
+        inspector = inspect(conn)
+        tables = set(inspector.get_table_names())
+        card_indexes = {index["name"] for index in inspector.get_indexes("cds_issued_card")}
+    assert stored == {
+        "c1": rule_ids_text(MOVED_RULES),
+        "c2": '["ddi_x"]',
+        "c3": "[]",
+    }
+    assert rule_ids_text(MOVED_RULES) == '["Renal-a","ddi_x","renal-b"]'
+    assert "cds_rule_evaluation" not in tables
+    assert "ix_cds_issued_card_call_id" not in card_indexes
+    report = empty_storage.rule_analytics()
+    assert report["calls"] == 3
+    assert {r["rule_id"]: r["evaluated"] for r in report["rules"]} == {
+        "Renal-a": 1,
+        "ddi_x": 2,
+        "renal-b": 1,
+    }
+
+
+def test_migration_0003_downgrade_restores_the_rows(empty_storage: Storage) -> None:
+    """Downgrade rebuilds cds_rule_evaluation row for row (time: the call's), drops the column,
+    and leaves the database as 0002 made it."""
+    migrate_to(empty_storage, "0002")
+    seed_0002_calls(empty_storage)
+    with empty_storage.engine.connect() as conn:
+        before = sorted(tuple(row) for row in conn.execute(text(EVALUATION_ROWS)))
+    migrate_to(empty_storage, "0003")
+    empty_storage.record_calls([call("hook-new", NOW, (card("r9"),), rules=("r9", "r8"))])
+    new_call_id = calls_for_hook_instance(empty_storage, "hook-new")
+    assert [record.rules_evaluated for record in new_call_id] == [("r8", "r9")]
+    migrate_to(empty_storage, "0002", down=True)
+    with empty_storage.engine.connect() as conn:
+        after = sorted(tuple(row) for row in conn.execute(text(EVALUATION_ROWS)))
+        columns = {column["name"] for column in inspect(conn).get_columns("cds_hook_call")}
+        card_indexes = {index["name"] for index in inspect(conn).get_indexes("cds_issued_card")}
+        cards = conn.execute(text("SELECT count(*) FROM cds_issued_card")).scalar()
+    assert len(before) == 4
+    restored = [row for row in after if row[0] in {"c1", "c2", "c3"}]
+    assert restored == before
+    assert sorted(row[1] for row in after if row[0] not in {"c1", "c2", "c3"}) == ["r8", "r9"]
+    assert "rules_evaluated" not in columns
+    assert "ix_cds_issued_card_call_id" in card_indexes
+    assert cards == 1  # the downgrade rebuilt no table (that would cascade-delete cards)
+    migrate_to(empty_storage, "head")
+    assert empty_storage.current_revision() == "0003"
+
+
+def test_downgrades_keep_calls_cards_and_feedback(empty_storage: Storage) -> None:
+    """Down to 0001 and up again, no row is lost (no table rebuilt under its children) and
+    the evaluated rules come back."""
+    empty_storage.migrate()
+    (card_uuid,) = store_call_with_cards(empty_storage, "r1")
+    assert empty_storage.store_feedback(SERVICE_ID, [accepted(card_uuid, NOW)]) == 1
+    migrate_to(empty_storage, "0001", down=True)
+    counts = [count_rows(empty_storage, t) for t in ("cds_hook_call", "cds_issued_card")]
+    assert (counts, feedback_count(empty_storage)) == ([1, 1], 1)
+    migrate_to(empty_storage, "head")
+    assert feedback_count(empty_storage) == 1
+    with empty_storage.engine.connect() as conn:
+        rules = conn.execute(text("SELECT rules_evaluated FROM cds_hook_call")).scalar()
+    assert rules == '["r1"]'  # through cds_rule_evaluation and back
 
 
 def test_prepare_warns_when_database_is_behind(
@@ -225,6 +336,19 @@ def test_audit_record_round_trips(storage: Storage, fresh: bool) -> None:
     assert record.rules_fired == ("r1", "r2")
 
 
+def test_hook_path_write_of_several_records_stores_each(storage: Storage) -> None:
+    """Several fresh records in one write (a call with cards, one without) all arrive whole."""
+    records = [
+        call("hook-many-1", NOW, (card("r1"), card("r2")), rules=("r2", "r1")),
+        call("hook-many-2", NOW, (), rules=()),
+    ]
+    assert storage.record_calls(records, 500, fresh=True) == 2
+    (first,) = calls_for_hook_instance(storage, "hook-many-1")
+    (second,) = calls_for_hook_instance(storage, "hook-many-2")
+    assert (first.rules_evaluated, len(first.cards)) == (("r1", "r2"), 2)
+    assert (second.rules_evaluated, second.cards) == ((), ())
+
+
 def test_hook_path_write_stores_the_rows_the_core_write_stores(storage: Storage) -> None:
     """The driver-SQL insert of the hook path leaves byte-for-byte the rows Core writes."""
     cards = (card("r1", "critical", 2), card("r2", "info", quieted=True))
@@ -244,7 +368,7 @@ def test_hook_path_write_stores_the_rows_the_core_write_stores(storage: Storage)
     def calls_row(record: CallRecord) -> list[tuple[object, ...]]:
         return rows(
             "SELECT hook, service_id, called_at, duration_ms, knowledge_version, "
-            "unavailable_data, patient_hash FROM cds_hook_call WHERE id = :id",
+            "unavailable_data, patient_hash, rules_evaluated FROM cds_hook_call WHERE id = :id",
             record.call_id,
         )
 
@@ -256,9 +380,8 @@ def test_hook_path_write_stores_the_rows_the_core_write_stores(storage: Storage)
             record.call_id,
         )
 
-    evaluations = "SELECT rule_id, evaluated_at FROM cds_rule_evaluation WHERE call_id = :id"
     assert calls_row(fast) == calls_row(core)
-    assert sorted(rows(evaluations, fast.call_id)) == sorted(rows(evaluations, core.call_id))
+    assert calls_row(fast)[0][-1] == '["r1","r2","r3"]'
     # Suggestion uuids differ per card; their JSON shape must not.
     strip = [(*r[:5], len(str(r[5]))) for r in card_rows(core)]
     assert [(*r[:5], len(str(r[5]))) for r in card_rows(fast)] == strip
@@ -442,6 +565,35 @@ def test_rule_analytics_counts_outcomes_per_rule(
     }
 
 
+@pytest.mark.postgres
+def test_analytics_are_the_same_on_sqlite_and_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    """One trail (a fortnight of calls, cards and feedback) gives the same rule analytics and
+    timeseries, windowed or not, on both databases."""
+    reports = []
+    for url in (sqlite_url(tmp_path), postgres_url):
+        storage = Storage(url, clock=lambda: NOW)
+        try:
+            storage.migrate()
+            seed(storage, NOW)
+            reports.append(
+                (
+                    storage.rule_analytics(None),
+                    storage.rule_analytics(NOW - timedelta(days=6)),
+                    storage.timeseries(None, "day"),
+                    storage.timeseries(NOW - timedelta(days=9), "week"),
+                )
+            )
+        finally:
+            storage.dispose()
+    sqlite_reports, postgresql_reports = reports
+    assert sqlite_reports == postgresql_reports
+    assert sqlite_reports[0]["calls"] == 40
+    assert {r["rule_id"]: r["evaluated"] for r in sqlite_reports[0]["rules"]} == dict.fromkeys(
+        ("bp-uncontrolled", "ddi-strong-cyp3a4", "renal-egfr-low", "vaccine-live"), 40
+    )
+    assert 0 < sqlite_reports[1]["calls"] < 40
+
+
 def test_rule_analytics_window_counts_cards_fired_since(
     storage: Storage, scenario: dict[str, list[str]]
 ) -> None:
@@ -493,6 +645,10 @@ def test_dead_database_raises_storage_unavailable(url: str) -> None:
             storage.rule_analytics(None)
         with pytest.raises(StorageUnavailableError):
             storage.current_revision()
+        with pytest.raises(StorageUnavailableError, match="unavailable"):
+            storage.recent_overrides("p" * 64, ["k"], NOW, timeout_ms=200)
+        with pytest.raises(StorageUnavailableError, match="unavailable"):
+            storage.record_calls([call("hook-dead", NOW, (card("r1"),))], 200, fresh=True)
     finally:
         storage.dispose()
 
@@ -510,6 +666,87 @@ def test_hook_path_read_has_a_short_timeout(storage: Storage) -> None:
     with storage.database.transaction(write=False) as conn:
         after = str(conn.exec_driver_sql(show).scalar())
     assert (inside, after) in {("250", "2000"), ("250ms", "5s")}
+
+
+def test_hook_path_connections_wait_at_most_the_hook_timeout(storage: Storage) -> None:
+    """A hook-path connection carries its timeout from the start (no per-call change) and
+    leaves the engine's own connections at theirs."""
+    if storage.database.dialect == "sqlite":
+        show = ["PRAGMA busy_timeout"]
+    else:
+        show = ["SHOW statement_timeout", "SHOW lock_timeout"]
+
+    def settings(conn: Any) -> list[str]:
+        return [str(conn.execute(sql).fetchone()[0]) for sql in show]
+
+    assert storage.database.on_hook_connection(250, settings) in (["250"], ["250ms", "250ms"])
+    assert storage.database.on_hook_connection(300, settings) in (["300"], ["300ms", "300ms"])
+    with storage.database.transaction(write=False) as conn:
+        assert str(conn.exec_driver_sql(show[0]).scalar()) in {"2000", "5s"}
+
+
+def test_hook_path_writes_from_many_threads_all_arrive(storage: Storage) -> None:
+    """Threads sharing one Storage (gthread workers) each write and read on the hook path."""
+    errors: list[BaseException] = []
+
+    def write(thread: int) -> None:
+        try:
+            for index in range(15):
+                record = call(f"hook-t{thread}-{index}", NOW, (card("r1"), card("r2")))
+                storage.record_calls([record], 2000, fresh=True)
+                storage.recent_overrides(record.patient_hash or "", ["r1-key"], NOW, 2000)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert count_rows(storage, "cds_hook_call") == 60
+    assert count_rows(storage, "cds_issued_card") == 120
+
+
+@pytest.mark.postgres
+def test_hook_path_replaces_a_connection_the_server_dropped(postgres_url: str) -> None:
+    """After the server ends an idle hook-path connection (a restart), the next write and read
+    succeed on a new connection instead of failing the call."""
+    storage = Storage(postgres_url)
+    try:
+        storage.migrate()
+        storage.record_calls([call("hook-before", NOW, (card("r1"),))], 500, fresh=True)
+        pid = storage.database.on_hook_connection(500, lambda conn: conn.info.backend_pid)
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        time.sleep(0.2)
+        storage.record_calls([call("hook-after", NOW, (card("r1"),))], 500, fresh=True)
+        assert len(calls_for_hook_instance(storage, "hook-after")) == 1
+        assert storage.database.on_hook_connection(500, lambda c: c.info.backend_pid) != pid
+    finally:
+        storage.dispose()
+
+
+def test_a_forked_child_opens_its_own_hook_path_connections(storage: Storage) -> None:
+    """A child process (gunicorn --preload) never uses the parent's hook-path connections; both
+    keep writing."""
+    storage.record_calls([call("hook-parent-1", NOW, ())], 500, fresh=True)
+    parent_connection = storage.database.on_hook_connection(500, id)
+    child = os.fork()
+    if child == 0:  # the child: exit status says what it saw
+        status = 1
+        try:
+            if storage.database.on_hook_connection(500, id) != parent_connection:
+                storage.record_calls([call("hook-child", NOW, ())], 500, fresh=True)
+                status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(child, 0)
+    assert os.WEXITSTATUS(status) == 0
+    storage.record_calls([call("hook-parent-2", NOW, ())], 500, fresh=True)
+    assert storage.database.on_hook_connection(500, id) == parent_connection
+    for hook_instance in ("hook-parent-1", "hook-child", "hook-parent-2"):
+        assert len(calls_for_hook_instance(storage, hook_instance)) == 1
 
 
 def test_recent_overrides_picks_the_latest_override_per_finding(storage: Storage) -> None:
@@ -732,9 +969,9 @@ def test_cli_db_upgrade_and_current(database_url: str, tmp_path: Path) -> None:
         runner = app.test_cli_runner()
         upgraded = runner.invoke(args=["db", "upgrade"])
         assert upgraded.exit_code == 0, upgraded.output
-        assert "is at migration 0002" in upgraded.output
+        assert "is at migration 0003" in upgraded.output
         current = runner.invoke(args=["db", "current"])
         assert current.exit_code == 0
-        assert "at 0002, newest 0002" in current.output
+        assert "at 0003, newest 0003" in current.output
     finally:
         shutdown_storage(app)

@@ -1,6 +1,6 @@
 """The audit trail of hook calls: the writes, and the writer that makes each one durable.
 
-``write_calls`` stores audit records (calls, the rules evaluated, the cards issued) in one
+``write_calls`` stores audit records (calls with the rules evaluated, the cards issued) in one
 idempotent transaction. ``AuditWriter.submit`` runs on the hook path *before the answer
 leaves*, so any instance can take feedback on a card the moment the client has it:
 
@@ -25,16 +25,17 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from functools import cache
+from contextlib import suppress
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import select
 
 from cds_service import metrics
 from cds_service.errors import StorageUnavailableError
 
 from .engine import Database, as_utc
-from .schema import hook_call, issued_card, rule_evaluation
+from .schema import hook_call, issued_card, rule_ids_text
 from .spool import AuditSpool, record_json
 from .values import CallRecord
 
@@ -55,75 +56,70 @@ def write_calls(
 
     Idempotent: a record whose ``call_id`` is already stored is skipped (a spool replayed
     after a write whose commit answer was lost). ``fresh=True`` (the hook path: records just
-    made, never written) skips that look-up, one round trip less. Returns how many were new.
+    made, never written) skips that look-up and writes with prepared driver statements on a
+    connection kept for the hook path (``Database.on_hook_connection``). Returns how many
+    were new.
     """
     if not records:
         return 0
+    new = list(dict((r.call_id, r) for r in records).values())
+    if fresh:
+        dialect = database.dialect
+        calls, cards = _driver_rows(new, sqlite=dialect == "sqlite")
+        write = _write_sqlite if dialect == "sqlite" else _write_postgresql
+        database.on_hook_connection(timeout_ms, partial(write, calls=calls, cards=cards))
+        return len(new)
     with database.transaction(write=True, timeout_ms=timeout_ms) as conn:
-        new = list(dict((r.call_id, r) for r in records).values())
-        if not fresh:
-            ids = [record.call_id for record in new]
-            stored = set(conn.scalars(select(hook_call.c.id).where(hook_call.c.id.in_(ids))))
-            new = [r for r in new if r.call_id not in stored]
+        ids = [record.call_id for record in new]
+        stored = set(conn.scalars(select(hook_call.c.id).where(hook_call.c.id.in_(ids))))
+        new = [r for r in new if r.call_id not in stored]
         if not new:
             return 0
-        if fresh:
-            _insert_fresh(conn, new)
-            return len(new)
-        calls, evaluations, cards = _rows(new)
-        conn.execute(hook_call.insert(), calls)
-        if evaluations:
-            conn.execute(rule_evaluation.insert(), evaluations)
-        if cards:
-            conn.execute(issued_card.insert(), cards)
+        call_rows, card_rows = _rows(new)
+        conn.execute(hook_call.insert(), call_rows)
+        if card_rows:
+            conn.execute(issued_card.insert(), card_rows)
     return len(new)
 
 
 _CALL_COLUMNS = (
     "id, hook_instance, service_id, hook, called_at, duration_ms, knowledge_version, "
-    "unavailable_data, patient_hash"
+    "unavailable_data, patient_hash, rules_evaluated"
 )
 _CARD_COLUMNS = (
     "uuid, call_id, service_id, rule_id, indicator, suggestion_uuids, issued_at, finding_key, "
     "quieted"
 )
+# The two INSERTs as driver SQL, written once (no per-call compiling). The column lists are
+# the ones ``schema`` declares (tests/test_storage.py reads the rows back through the Core
+# tables); JSON columns get an explicit cast on PostgreSQL.
+_SQLITE_CALL = f"INSERT INTO {hook_call.name} ({_CALL_COLUMNS}) VALUES ({', '.join(['?'] * 10)})"
+_SQLITE_CARD = f"INSERT INTO {issued_card.name} ({_CARD_COLUMNS}) VALUES ({', '.join(['?'] * 9)})"
+_PG_CALL = (
+    f"INSERT INTO {hook_call.name} ({_CALL_COLUMNS}) "
+    f"VALUES ({', '.join(['%s'] * 7 + ['%s::json', '%s', '%s'])})"
+)
+_PG_CARD = (
+    f"INSERT INTO {issued_card.name} ({_CARD_COLUMNS}) "
+    f"VALUES ({', '.join(['%s'] * 5 + ['%s::json'] + ['%s'] * 3)})"
+)
 
 
-@cache
-def _insert_statements(dialect: str) -> tuple[str, str, str]:
-    """The three INSERTs as driver SQL, written once per dialect (no per-call compiling).
+@lru_cache(maxsize=64)
+def _rules_text(rules_evaluated: tuple[str, ...]) -> str:
+    """``rule_ids_text`` for the hook path: a call evaluates the same rules as the last one."""
+    return rule_ids_text(rules_evaluated)
 
-    The column lists are the ones ``schema`` declares (tests/test_storage.py reads the rows
-    back through the Core tables); JSON columns get an explicit cast on PostgreSQL.
+
+def _driver_rows(
+    records: Sequence[CallRecord], *, sqlite: bool
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The call and card rows as driver parameters, written as the Core types write them.
+
+    On SQLite UTC times are naive ``YYYY-MM-DD HH:MM:SS.ffffff`` text and booleans 0/1; JSON
+    is ``json.dumps`` text on both.
     """
-    if dialect == "postgresql":
-        mark, json_mark = "%s", "%s::json"
-    else:
-        mark, json_mark = "?", "?"
-    call = ", ".join([mark] * 7 + [json_mark, mark])
-    card = ", ".join([mark] * 5 + [json_mark] + [mark] * 3)
-    return (
-        f"INSERT INTO {hook_call.name} ({_CALL_COLUMNS}) VALUES ({call})",
-        f"INSERT INTO {rule_evaluation.name} (call_id, rule_id, evaluated_at) "
-        f"VALUES ({mark}, {mark}, {mark})",
-        f"INSERT INTO {issued_card.name} ({_CARD_COLUMNS}) VALUES ({card})",
-    )
-
-
-def _insert_fresh(conn: Connection, records: Sequence[CallRecord]) -> None:
-    """The hook path's write: prepared driver statements with ``executemany``, bypassing
-    SQLAlchemy Core's per-row compiling and type processing (about 7x fewer instructions).
-
-    Values are written as the Core types write them: on SQLite UTC times as naive
-    ``YYYY-MM-DD HH:MM:SS.ffffff`` text and booleans as 0/1, JSON as ``json.dumps`` text.
-    Errors still pass through SQLAlchemy (``exec_driver_sql``), so an outage is the same
-    ``StorageUnavailableError`` as before.
-    """
-    dialect = conn.dialect.name
-    call_sql, evaluation_sql, card_sql = _insert_statements(dialect)
-    sqlite = dialect == "sqlite"
     calls: list[tuple[Any, ...]] = []
-    evaluations: list[tuple[Any, ...]] = []
     cards: list[tuple[Any, ...]] = []
     for record in records:
         call_id = record.call_id
@@ -140,10 +136,8 @@ def _insert_fresh(conn: Connection, records: Sequence[CallRecord]) -> None:
                 record.knowledge_version,
                 json.dumps(list(record.unavailable_data)),
                 record.patient_hash,
+                _rules_text(record.rules_evaluated),
             )
-        )
-        evaluations.extend(
-            (call_id, rule_id, when) for rule_id in dict.fromkeys(record.rules_evaluated)
         )
         cards.extend(
             (
@@ -159,19 +153,65 @@ def _insert_fresh(conn: Connection, records: Sequence[CallRecord]) -> None:
             )
             for card in record.cards
         )
-    conn.exec_driver_sql(call_sql, calls)
-    if evaluations:
-        conn.exec_driver_sql(evaluation_sql, evaluations)
-    if cards:
-        conn.exec_driver_sql(card_sql, cards)
+    return calls, cards
 
 
-def _rows(
-    records: Sequence[CallRecord],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows of the call, rule evaluation and issued card tables for ``records``."""
+def _write_sqlite(conn: Any, *, calls: list[tuple[Any, ...]], cards: list[tuple[Any, ...]]) -> None:
+    """Insert on a hook-path sqlite3 connection (autocommit mode: we write BEGIN ourselves).
+
+    A lone call row is one statement, atomic by itself; with cards, ``BEGIN IMMEDIATE`` takes
+    the write lock first (waiting at most the connection's busy timeout).
+    """
+    if len(calls) == 1 and not cards:
+        conn.execute(_SQLITE_CALL, calls[0])
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_SQLITE_CALL, calls)
+        conn.executemany(_SQLITE_CARD, cards)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(Exception):  # the connection is discarded anyway
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _write_postgresql(
+    conn: Any, *, calls: list[tuple[Any, ...]], cards: list[tuple[Any, ...]]
+) -> None:
+    """Insert on a hook-path psycopg connection (autocommit); its own statement and lock
+    timeouts are the hook's.
+
+    One call (the hook path) is one statement: the call row in a WITH clause, the cards in
+    the main INSERT, atomic without BEGIN and COMMIT and one round trip (the cards' foreign
+    key is checked at the end of the statement, when the call row is there). Several calls
+    go pipelined in one transaction.
+    """
+    if len(calls) == 1:
+        conn.execute(
+            _pg_insert(len(cards)), [*calls[0], *(value for row in cards for value in row)]
+        )
+        return
+    with conn.pipeline(), conn.transaction():
+        cursor = conn.cursor()
+        cursor.executemany(_PG_CALL, calls)
+        if cards:
+            cursor.executemany(_PG_CARD, cards)
+
+
+@lru_cache(maxsize=32)
+def _pg_insert(card_count: int) -> str:
+    """The one statement that writes a call and its ``card_count`` cards on PostgreSQL."""
+    if not card_count:
+        return _PG_CALL
+    values = _PG_CARD[_PG_CARD.index("VALUES ") + len("VALUES ") :]
+    return f"WITH new_call AS ({_PG_CALL}) {_PG_CARD}" + f", {values}" * (card_count - 1)
+
+
+def _rows(records: Sequence[CallRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the call and issued card tables for ``records`` (the Core write)."""
     calls: list[dict[str, Any]] = []
-    evaluations: list[dict[str, Any]] = []
     cards: list[dict[str, Any]] = []
     for record in records:
         call_id = record.call_id
@@ -187,11 +227,8 @@ def _rows(
                 "knowledge_version": record.knowledge_version,
                 "unavailable_data": list(record.unavailable_data),
                 "patient_hash": record.patient_hash,
+                "rules_evaluated": rule_ids_text(record.rules_evaluated),
             }
-        )
-        evaluations.extend(
-            {"call_id": call_id, "rule_id": rule_id, "evaluated_at": called_at}
-            for rule_id in dict.fromkeys(record.rules_evaluated)
         )
         cards.extend(
             {
@@ -207,7 +244,7 @@ def _rows(
             }
             for card in record.cards
         )
-    return calls, evaluations, cards
+    return calls, cards
 
 
 class AuditWriter:

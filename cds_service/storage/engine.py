@@ -6,33 +6,40 @@ Concurrency rules this module enforces (see ``cds_service.storage.store`` for al
   and ``lock_timeout`` when they connect, SQLite connections a busy timeout of the lock
   timeout; waiting for a pooled connection is bounded too. A stalled database (a held lock, a
   slow query) costs a caller at most these, never a thread for good.
-- SQLite runs in WAL mode, and every write transaction starts with ``BEGIN IMMEDIATE`` so two
-  writers queue for the lock instead of failing mid-transaction.
+- SQLite runs in WAL mode, and every write transaction of several statements starts with
+  ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
 - PostgreSQL connects with a 5 s timeout and pre-pings pooled connections.
-- A use on the hook path (``transaction(timeout_ms=...)``) waits at most that long for a
+- A bounded use (``transaction(timeout_ms=...)``, readiness) waits at most that long for a
   lock (SQLite's busy timeout, set for that use only) or a statement (PostgreSQL's
   ``statement_timeout`` and ``lock_timeout`` for that transaction).
+- The hook path (the repeat read, the audit write) runs on DB-API connections of its own
+  (``HookConnections``, ``on_hook_connection``), kept per timeout and set up once with it:
+  no SQLAlchemy checkout, ``BEGIN`` or busy-timeout change per call, no pre-ping (a reused
+  PostgreSQL connection found broken is replaced and the work run again once).
 - A database outage surfaces as ``StorageUnavailableError``, never as a driver error.
-- A forked worker (gunicorn --preload) drops the pool it inherited instead of sharing sockets.
+- A forked worker (gunicorn --preload) drops the connections it inherited (pool and hook
+  path) instead of sharing sockets or SQLite locks with its parent.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from cds_service import metrics
 from cds_service.errors import StorageUnavailableError
@@ -41,6 +48,7 @@ _PG_CONNECT_TIMEOUT_S = 5
 _WAL_SWITCH_WAIT_S = 30  # once per new file, at start-up
 # Errors that mean "the database cannot serve us now", as opposed to a bug in a query.
 _UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,27 +108,37 @@ def _sqlite_busy_timeout(conn: Connection, milliseconds: int) -> None:
     conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={milliseconds}")  # type: ignore[union-attr]
 
 
+def _in_memory(url: URL) -> bool:
+    """Tell whether ``url`` is an in-memory SQLite database (tests and generators only)."""
+    return url.database in (None, "", ":memory:")
+
+
+def _set_up_sqlite(dbapi_connection: Any, busy_ms: int, in_memory: bool) -> None:
+    """Settings every SQLite connection gets: autocommit driver, busy timeout, keys, WAL."""
+    # Take over BEGIN from the sqlite3 module (SQLAlchemy's documented recipe) so that
+    # writers can use BEGIN IMMEDIATE; see the module docstring.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    if not in_memory:
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def _sqlite_engine(url: URL, timeouts: DatabaseTimeouts) -> Engine:
     """Create a SQLite engine that is safe for several threads and processes."""
-    engine = create_engine(
-        url,
-        connect_args={"timeout": timeouts.lock_ms / 1000, "check_same_thread": False},
-        pool_timeout=timeouts.pool_wait_s,
-    )
-    in_memory = url.database in (None, "", ":memory:")
+    in_memory = _in_memory(url)
+    connect_args = {"timeout": timeouts.lock_ms / 1000, "check_same_thread": False}
+    if in_memory:  # one database for every thread and the hook path: one shared connection
+        engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
+    else:
+        engine = create_engine(url, connect_args=connect_args, pool_timeout=timeouts.pool_wait_s)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # Take over BEGIN from the sqlite3 module (SQLAlchemy's documented recipe) so that
-        # writers can use BEGIN IMMEDIATE; see the module docstring.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={int(timeouts.lock_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        if not in_memory:
-            _enable_wal(cursor)
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        _set_up_sqlite(dbapi_connection, timeouts.lock_ms, in_memory)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -141,7 +159,7 @@ def engine_for(url: URL, timeouts: DatabaseTimeouts | None = None) -> Engine:
         connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
     engine = create_engine(
         url, pool_pre_ping=True, connect_args=connect_args, pool_timeout=timeouts.pool_wait_s
-    )
+    )  # the hook path has connections of its own (HookConnections), without the pre-ping
     if url.get_backend_name() == "postgresql":
 
         @event.listens_for(engine, "connect")
@@ -156,11 +174,78 @@ def engine_for(url: URL, timeouts: DatabaseTimeouts | None = None) -> Engine:
     return engine
 
 
+class HookConnections:
+    """DB-API connections kept for the hook path, each set up once with its timeouts.
+
+    The hook path's database work is one read and one write a call; SQLAlchemy's checkout,
+    events, ``BEGIN`` and a busy timeout set and reset around each use cost more CPU than
+    running them (issue 14). A connection here already waits at most the hook's timeout
+    (SQLite's busy timeout, PostgreSQL's ``statement_timeout`` and ``lock_timeout``), runs in
+    autocommit mode (a single read needs no transaction; writes begin their own) and keeps its
+    prepared statements (sqlite3's statement cache, psycopg's prepared statements).
+
+    Thread-safe: a connection is used by one thread at a time (taken off a stack, put back
+    after). A connection that failed is closed, never put back. After a fork the child drops
+    the parent's connections without closing them (``forget``).
+    """
+
+    def __init__(self, connect: Callable[[], Any], *, keep: int = 8, close: bool = True) -> None:
+        self._connect = connect
+        self._keep = keep
+        self._close = close  # False: a connection shared with the engine (in-memory SQLite)
+        self._idle: deque[Any] = deque()
+
+    def acquire(self) -> tuple[Any, bool]:
+        """Return an idle connection (and True), or a new one (and False)."""
+        try:
+            return self._idle.pop(), True
+        except IndexError:
+            return self._connect(), False
+
+    def release(self, connection: Any) -> None:
+        """Put a connection that worked back; beyond ``keep`` idle ones, close it."""
+        if len(self._idle) < self._keep:
+            self._idle.append(connection)
+        else:
+            self.discard(connection)
+
+    def discard(self, connection: Any) -> None:
+        """Close a connection that failed (or is not kept)."""
+        if self._close:
+            with suppress(Exception):  # it may be broken already
+                connection.close()
+
+    def discard_idle(self) -> None:
+        """Close every idle connection (after an outage they are likely all dead)."""
+        while self._idle:
+            self.discard(self._idle.pop())
+
+    def close(self) -> None:
+        """Close the idle connections, and each one in use when it comes back."""
+        self._keep = 0
+        self.discard_idle()
+
+    def forget(self) -> list[Any]:
+        """Drop the idle connections without closing them (a forked child); return them."""
+        inherited = list(self._idle)
+        self._idle.clear()
+        return inherited
+
+
+# Connections a forked child inherited: referenced for good, so that neither a close nor the
+# garbage collector touches the parent's sockets or SQLite file locks from the child.
+_INHERITED: list[Any] = []
+
+
 def _forget_parent_connections(database_ref: weakref.ReferenceType[Database]) -> None:
-    """In a forked child, drop the pool inherited from the parent without closing it."""
+    """In a forked child, drop the pools inherited from the parent without closing them."""
     database = database_ref()
     if database is not None:
         database.engine.dispose(close=False)
+        database._hook_pools_lock = threading.Lock()  # another thread may have held it
+        pools, database._hook_pools = database._hook_pools, {}
+        for pool in pools.values():
+            _INHERITED.extend(pool.forget())
 
 
 class Database:
@@ -170,6 +255,13 @@ class Database:
         self.url = normalise_url(url)
         self.timeouts = timeouts or DatabaseTimeouts()
         self.engine = engine_for(self.url, self.timeouts)
+        self._hook_pools: dict[int | None, HookConnections] = {}
+        self._hook_pools_lock = threading.Lock()
+        dbapi = self.engine.dialect.loaded_dbapi
+        self._driver_unavailable: tuple[type[Exception], ...] = (
+            dbapi.OperationalError,
+            dbapi.InterfaceError,
+        )
         # A forked worker (gunicorn --preload) must not share the parent's pooled sockets.
         os.register_at_fork(after_in_child=partial(_forget_parent_connections, weakref.ref(self)))
 
@@ -212,13 +304,107 @@ class Database:
                     if sqlite_timeout:  # the pooled connection goes back with the usual timeout
                         _sqlite_busy_timeout(conn, self.timeouts.lock_ms)
         except _UNAVAILABLE as exc:
-            metrics.DATABASE_ERRORS.inc()  # every outage passes here, whoever catches it
-            raise StorageUnavailableError(
-                f"database {self.safe_url()} unavailable: "
-                f"{type(exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc).__name__}: "
-                f"{str(exc).splitlines()[0]}"
-            ) from exc
+            cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
+            raise self._unavailable(cause, str(exc)) from exc
+
+    def _unavailable(self, cause: BaseException, message: str) -> StorageUnavailableError:
+        """The error an outage becomes, counted in ``cds_database_errors_total``."""
+        metrics.DATABASE_ERRORS.inc()  # every outage passes here, whoever catches it
+        first_line = message.splitlines()[0] if message else ""
+        return StorageUnavailableError(
+            f"database {self.safe_url()} unavailable: {type(cause).__name__}: {first_line}"
+        )
+
+    def on_hook_connection(self, timeout_ms: int | None, work: Callable[[Any], T]) -> T:
+        """Run ``work`` on a DB-API connection kept for the hook path; return its result.
+
+        The connection waits at most ``timeout_ms`` for a lock or a statement (None: the
+        ``DatabaseTimeouts``) and is in autocommit mode: ``work`` writes its own ``BEGIN``
+        where it needs a transaction, and must leave none open. Outages (the driver's
+        OperationalError and InterfaceError) become StorageUnavailableError. A reused
+        PostgreSQL connection found broken (the server restarted since) is replaced and
+        ``work`` run once more on the new one, as a pre-ping would have done.
+        """
+        pool = self._hook_pools.get(timeout_ms) or self._hook_pool(timeout_ms)
+        try:
+            connection, reused = pool.acquire()
+            try:
+                return self._run(pool, connection, work)
+            except self._driver_unavailable:
+                if not (reused and getattr(connection, "broken", False)):
+                    raise
+                pool.discard_idle()  # they went with the same server
+                connection, _ = pool.acquire()
+                return self._run(pool, connection, work)
+        except self._driver_unavailable as exc:
+            raise self._unavailable(exc, str(exc)) from exc
+
+    @staticmethod
+    def _run(pool: HookConnections, connection: Any, work: Callable[[Any], T]) -> T:
+        """Run ``work`` on ``connection``; put it back when it worked, close it when not."""
+        try:
+            result = work(connection)
+        except BaseException:
+            pool.discard(connection)
+            raise
+        pool.release(connection)
+        return result
+
+    def _hook_pool(self, timeout_ms: int | None) -> HookConnections:
+        """The hook-path connections for one timeout, made on first use."""
+        with self._hook_pools_lock:
+            pool = self._hook_pools.get(timeout_ms)
+            if pool is None:
+                statement_ms = self.timeouts.statement_ms if timeout_ms is None else timeout_ms
+                lock_ms = self.timeouts.lock_ms if timeout_ms is None else timeout_ms
+                pool = self._hook_connections(int(statement_ms), int(lock_ms))
+                self._hook_pools[timeout_ms] = pool
+            return pool
+
+    def _hook_connections(self, statement_ms: int, lock_ms: int) -> HookConnections:
+        """Connections set up for the hook path on this database."""
+        dialect = self.engine.dialect
+        cargs, cparams = dialect.create_connect_args(self.url)
+        if self.dialect == "sqlite":
+            if _in_memory(self.url):  # the engine's one shared connection (StaticPool)
+                return HookConnections(self._engine_driver_connection, keep=1, close=False)
+
+            def connect_sqlite() -> Any:
+                connection = dialect.loaded_dbapi.connect(
+                    *cargs, **{**cparams, "timeout": lock_ms / 1000, "check_same_thread": False}
+                )
+                _set_up_sqlite(connection, lock_ms, in_memory=False)
+                return connection
+
+            return HookConnections(connect_sqlite)
+        if self.url.get_dialect().driver != "psycopg":
+            raise NotImplementedError(
+                f"the hook path supports SQLite and PostgreSQL with psycopg, not {self.url}"
+            )
+        cparams.pop("context", None)  # SQLAlchemy's own adapters: the driver's defaults here
+
+        def connect_postgresql() -> Any:
+            # As the engine's connect_args, ours win over the URL's query (no duplicate key).
+            settings = {**cparams, "connect_timeout": _PG_CONNECT_TIMEOUT_S, "autocommit": True}
+            connection = dialect.loaded_dbapi.connect(*cargs, **settings)
+            connection.execute(
+                f"SET statement_timeout = {statement_ms}; SET lock_timeout = {lock_ms}"
+            )
+            return connection
+
+        return HookConnections(connect_postgresql)
+
+    def _engine_driver_connection(self) -> Any:
+        """The DB-API connection behind the engine's pool (the shared in-memory database)."""
+        proxied = self.engine.raw_connection()
+        connection = proxied.driver_connection
+        proxied.close()  # back to the StaticPool: the same connection stays open
+        return connection
 
     def dispose(self) -> None:
         """Close every pooled connection (at shutdown, in tests, and after a fork)."""
+        with self._hook_pools_lock:
+            pools, self._hook_pools = self._hook_pools, {}
+        for pool in pools.values():
+            pool.close()
         self.engine.dispose()

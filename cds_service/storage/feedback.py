@@ -16,6 +16,8 @@ import hashlib
 import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -106,35 +108,51 @@ def recent_overrides(
 ) -> dict[str, Override]:
     """Return per finding key the latest override for this patient at or after ``since``.
 
-    One read-only query, bounded by ``timeout_ms``; outages raise StorageUnavailableError.
+    One read-only query on a hook-path connection (no transaction: a single statement reads
+    one snapshot), bounded by ``timeout_ms``; outages raise StorageUnavailableError.
     """
     if not finding_keys:
         return {}
     keys = sorted(set(finding_keys))
-    on_sqlite = database.dialect == "sqlite"
-    mark = "?" if on_sqlite else "%s"
     start = as_utc(since)
-    # Driver SQL, written here rather than built with Core on every call: this read is on the
-    # hook path, and building and compiling the select cost more than running it (issue 14).
-    query = (
-        f"SELECT c.finding_key, f.outcome_timestamp, f.override_reason_code, "
-        f"f.override_reason_display, f.user_comment "
-        f"FROM {hook_call.name} h JOIN {issued_card.name} c ON c.call_id = h.id "
-        f"JOIN {feedback.name} f ON f.card_uuid = c.uuid "
-        f"WHERE h.patient_hash = {mark} AND c.finding_key IN ({', '.join([mark] * len(keys))}) "
-        f"AND f.outcome = 'overridden' AND f.outcome_timestamp >= {mark} "
-        f"ORDER BY f.outcome_timestamp DESC, f.id DESC"
-    )
-    parameters = (
-        patient_hash,
-        *keys,
-        start.replace(tzinfo=None).isoformat(" ", "microseconds") if on_sqlite else start,
-    )
+    if database.dialect == "sqlite":
+        query = _overrides_query_sqlite(len(keys))
+        parameters: tuple[object, ...] = (
+            patient_hash,
+            *keys,
+            start.replace(tzinfo=None).isoformat(" ", "microseconds"),
+        )
+    else:
+        query, parameters = _OVERRIDES_QUERY_PG, (patient_hash, keys, start)
+
+    def read(conn: Any) -> list[tuple[Any, ...]]:
+        return list(conn.execute(query, parameters).fetchall())
+
     found: dict[str, Override] = {}
-    with database.transaction(write=False, timeout_ms=timeout_ms) as conn:
-        for key, when, code, display, comment in conn.exec_driver_sql(query, parameters):
-            found.setdefault(key, Override(key, _utc(when), code, display, comment))
+    for key, when, code, display, comment in database.on_hook_connection(timeout_ms, read):
+        found.setdefault(key, Override(key, _utc(when), code, display, comment))
     return found
+
+
+# Driver SQL, written once rather than built with Core on every call: this read is on the
+# hook path, and building and compiling the select cost more than running it (issue 14).
+_OVERRIDES_QUERY = (
+    "SELECT c.finding_key, f.outcome_timestamp, f.override_reason_code, "
+    "f.override_reason_display, f.user_comment "
+    f"FROM {hook_call.name} h JOIN {issued_card.name} c ON c.call_id = h.id "
+    f"JOIN {feedback.name} f ON f.card_uuid = c.uuid "
+    "WHERE h.patient_hash = {mark} AND c.finding_key {keys} "
+    "AND f.outcome = 'overridden' AND f.outcome_timestamp >= {mark} "
+    "ORDER BY f.outcome_timestamp DESC, f.id DESC"
+)
+# PostgreSQL: the keys as one array, so the text is the same every call (prepared once).
+_OVERRIDES_QUERY_PG = _OVERRIDES_QUERY.format(mark="%s", keys="= ANY(%s)")
+
+
+@lru_cache(maxsize=16)
+def _overrides_query_sqlite(key_count: int) -> str:
+    """The read for ``key_count`` finding keys on SQLite (one cached statement per count)."""
+    return _OVERRIDES_QUERY.format(mark="?", keys=f"IN ({', '.join(['?'] * key_count)})")
 
 
 def _utc(value: datetime | str) -> datetime:

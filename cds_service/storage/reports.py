@@ -15,7 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, case, func, literal, select
 
 from .engine import Database, as_utc
-from .schema import feedback, hook_call, issued_card, rule_evaluation
+from .schema import feedback, hook_call, issued_card, rule_ids_from_text
 
 Bucket = Literal["day", "week"]
 BUCKETS: tuple[Bucket, ...] = ("day", "week")
@@ -81,22 +81,18 @@ def rule_analytics(
     window = _since(issued_card.c.issued_at, since)
     cards_with_outcome = issued_card.outerjoin(latest, latest.c.card_uuid == issued_card.c.uuid)
     with database.transaction(write=False) as conn:
-        evaluated: dict[str, int] = {
-            rule_id: int(count)
-            for rule_id, count in conn.execute(
-                select(rule_evaluation.c.rule_id, func.count())
-                .where(_since(rule_evaluation.c.evaluated_at, since))
-                .group_by(rule_evaluation.c.rule_id)
-            )
-        }
-        calls = int(
-            conn.scalar(
-                select(func.count())
-                .select_from(hook_call)
-                .where(_since(hook_call.c.called_at, since))
-            )
-            or 0
-        )
+        # Calls per distinct list of evaluated rules (a handful: one per hook and knowledge
+        # version), counted out per rule here: the same SQL and figures on both databases.
+        evaluated: dict[str, int] = defaultdict(int)
+        calls = 0
+        for stored, count in conn.execute(
+            select(hook_call.c.rules_evaluated, func.count())
+            .where(_since(hook_call.c.called_at, since))
+            .group_by(hook_call.c.rules_evaluated)
+        ):
+            calls += int(count)
+            for rule_id in set(rule_ids_from_text(stored)):
+                evaluated[rule_id] += int(count)
         fired_rows = (
             conn.execute(
                 select(

@@ -1,5 +1,8 @@
 """The audit and feedback tables (SQLAlchemy Core), mirrored by the Alembic migrations.
 
+Three tables: the hook calls (with the rules each evaluated, as one JSON array text), the
+cards they issued, and the feedback on those cards.
+
 Times are stored in UTC: ``timestamptz`` on PostgreSQL, UTC text on SQLite; both come back
 as aware datetimes through ``UTCDateTime``. Change a table here *and* add a migration;
 ``tests/test_storage.py`` fails when the two drift apart.
@@ -7,6 +10,8 @@ as aware datetimes through ``UTCDateTime``. Change a table here *and* add a migr
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,19 +85,12 @@ hook_call = Table(
     Column("knowledge_version", String(255), nullable=False),
     Column("unavailable_data", JSON(), nullable=False),
     Column("patient_hash", String(64), nullable=True),  # HMAC-SHA256 of the patient id
+    # The rule ids evaluated in the call: one JSON array text, sorted (``rule_ids_text``), so
+    # the analytics count calls per distinct list and a write is one row (migration 0003).
+    Column("rules_evaluated", Text(), nullable=False, server_default="[]"),
     Index(None, "called_at"),
     Index(None, "hook_instance"),
     Index(None, "patient_hash"),  # the repeat lookup starts here (migration 0002)
-)
-
-rule_evaluation = Table(
-    "cds_rule_evaluation",
-    metadata,
-    Column("call_id", String(36), ForeignKey(hook_call.c.id, ondelete="CASCADE"), primary_key=True),
-    Column("rule_id", String(255), primary_key=True),
-    # Copied from the call so "how often was this rule evaluated since X" needs no join.
-    Column("evaluated_at", UTCDateTime(), nullable=False),
-    Index(None, "rule_id", "evaluated_at"),
 )
 
 issued_card = Table(
@@ -111,8 +109,9 @@ issued_card = Table(
     Column("quieted", Boolean(), nullable=False, server_default=false()),
     Index(None, "rule_id", "issued_at"),
     Index(None, "issued_at"),
-    Index(None, "call_id"),
-    Index(None, "call_id", "finding_key"),  # the repeat lookup, after the patient's calls
+    # The repeat lookup, after the patient's calls; also the call's cards (no index on call_id
+    # alone: this one serves it, and each index is a page more per audit write).
+    Index(None, "call_id", "finding_key"),
 )
 
 feedback = Table(
@@ -137,4 +136,18 @@ feedback = Table(
     Index(None, "card_uuid", "outcome_timestamp"),
 )
 
-TABLES = (hook_call, rule_evaluation, issued_card, feedback)
+TABLES = (hook_call, issued_card, feedback)
+
+
+def rule_ids_text(rule_ids: Iterable[str]) -> str:
+    """Return how ``cds_hook_call.rules_evaluated`` stores rule ids: a compact JSON array,
+    sorted and without duplicates (equal lists are equal text, so they group)."""
+    return json.dumps(sorted(set(rule_ids)), separators=(",", ":"), ensure_ascii=False)
+
+
+def rule_ids_from_text(stored: str) -> tuple[str, ...]:
+    """Read ``cds_hook_call.rules_evaluated`` back (any JSON array of strings)."""
+    rule_ids = json.loads(stored)
+    if not isinstance(rule_ids, list) or not all(isinstance(r, str) for r in rule_ids):
+        raise ValueError(f"rules_evaluated is not a JSON array of rule ids: {stored[:80]!r}")
+    return tuple(rule_ids)

@@ -9,8 +9,10 @@ instances). Concurrency rules:
 
 - Every use is bounded (``DatabaseTimeouts``: statement and lock timeouts, SQLite's busy
   timeout); see ``cds_service.storage.engine``.
-- SQLite runs in WAL mode, and every write transaction starts with
+- SQLite runs in WAL mode, and every write transaction of several statements starts with
   ``BEGIN IMMEDIATE`` so two writers queue for the lock instead of failing mid-transaction.
+- The hook path's read and write run on connections kept for it, already bounded by the
+  hook's timeout (``Database.on_hook_connection``).
 - Feedback is de-duplicated by a content hash under a unique constraint with
   ``ON CONFLICT DO NOTHING`` on both databases, so parallel duplicate posts store one row.
 - ``migrate()`` holds a lock while it upgrades (a transaction-level advisory lock on

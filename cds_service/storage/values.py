@@ -14,6 +14,7 @@ import hmac
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Literal
 
 FeedbackOutcome = Literal["accepted", "overridden"]
@@ -102,4 +103,16 @@ class Override:
 
 def hash_patient_id(key: bytes, patient_id: str) -> str:
     """Return HMAC-SHA256(key, patient_id) as hex: links calls for one patient, reveals no id."""
-    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    mac = _keyed_hmac(key).copy()  # the key's pads hashed once, not on every call
+    mac.update(patient_id.encode("utf-8"))
+    return mac.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _keyed_hmac(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 with ``key`` and no message yet, to copy per message (thread-safe).
+
+    On the hook path twice a call: OpenSSL's one-shot HMAC looks the digest up anew each time,
+    which costs several times the hash itself once the request has evicted it from the caches.
+    """
+    return hmac.new(key, digestmod=hashlib.sha256)

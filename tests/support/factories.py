@@ -27,7 +27,7 @@ from cds_service.storage import (
     init_storage,
 )
 from cds_service.storage.schema import feedback as feedback_table
-from cds_service.storage.schema import hook_call, issued_card, rule_evaluation
+from cds_service.storage.schema import hook_call, issued_card, rule_ids_from_text
 
 NRCS = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 
@@ -176,13 +176,6 @@ def calls_for_hook_instance(storage: Storage, hook_instance: str) -> list[CallRe
             .all()
         )
         ids = [row["id"] for row in rows]
-        rules: dict[str, list[str]] = defaultdict(list)
-        for call_id, rule_id in conn.execute(
-            select(rule_evaluation.c.call_id, rule_evaluation.c.rule_id)
-            .where(rule_evaluation.c.call_id.in_(ids))
-            .order_by(rule_evaluation.c.rule_id)
-        ):
-            rules[call_id].append(rule_id)
         cards: dict[str, list[IssuedCard]] = defaultdict(list)
         for card in conn.execute(
             select(issued_card).where(issued_card.c.call_id.in_(ids)).order_by(issued_card.c.uuid)
@@ -204,7 +197,7 @@ def calls_for_hook_instance(storage: Storage, hook_instance: str) -> list[CallRe
             hook=row["hook"],
             called_at=row["called_at"],
             duration_ms=row["duration_ms"],
-            rules_evaluated=tuple(rules[row["id"]]),
+            rules_evaluated=rule_ids_from_text(row["rules_evaluated"]),
             cards=tuple(cards[row["id"]]),
             knowledge_version=row["knowledge_version"],
             unavailable_data=tuple(row["unavailable_data"]),

@@ -35,9 +35,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop what upgrade added."""
+    """Drop what upgrade added.
+
+    Plain DROP COLUMN on both databases (SQLite 3.35+): batch mode would rebuild the table on
+    SQLite, and dropping the old copy with foreign keys on deletes every card's feedback.
+    """
     op.drop_index("ix_cds_issued_card_call_id_finding_key", table_name="cds_issued_card")
     op.drop_index("ix_cds_hook_call_patient_hash", table_name="cds_hook_call")
-    with op.batch_alter_table("cds_issued_card") as batch:
-        batch.drop_column("quieted")
-        batch.drop_column("finding_key")
+    op.execute("ALTER TABLE cds_issued_card DROP COLUMN quieted")
+    op.execute("ALTER TABLE cds_issued_card DROP COLUMN finding_key")
