@@ -24,7 +24,7 @@ from fhir_mappings.medications import (
 from fhir_mappings.observations import ResultReader, egfr_series, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
-from fhir_mappings.selection import by_time, latest, pick, unique
+from fhir_mappings.selection import NO_RESULTS, by_time, latest, pick, unique
 from fhir_mappings.supply import RECORD_TYPES, as_record
 from fhir_mappings.vocabulary import DataCategory
 
@@ -88,16 +88,17 @@ def build_facts(
         mapper.checked(r, c)
         for r in unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
         if (c := clinical.condition(mapper, r)) and c.kinds
-    ] + clinical.latest_status_answers(mapper, series.get(DataCategory.PREGNANCY_LACTATION, []))
+    ] + clinical.latest_status_answers(
+        mapper, series.get(DataCategory.PREGNANCY_LACTATION, NO_RESULTS).results()
+    )
     latest_only: tuple[datetime | None, ...] = (None,)
     read = ResultReader(mapper)
-    egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
+    egfrs = series.get(DataCategory.EGFR, NO_RESULTS)
+    creatinines = series.get(DataCategory.CREATININE, NO_RESULTS)
     if courses and courses[-1].stopped:
         since = courses[-1].start.date()
         # One anchor per draw time (an eGFR and its creatinine share one).
-        anchors += tuple(
-            dict.fromkeys(r.when for r in (*egfrs, *creatinines) if r.when.date() >= since)
-        )
+        anchors += tuple(dict.fromkeys([*egfrs.since(since), *creatinines.since(since)]))
     # No eGFR from a dialysis patient's creatinine (knowledge: ESRD, dialysis).
     egfr_results = egfr_series(
         mapper,
@@ -108,10 +109,10 @@ def build_facts(
         sex,
         compute=not clinical.on_dialysis(conditions),
     )
-    bps = series.get(DataCategory.BLOOD_PRESSURE, [])
+    bps = series.get(DataCategory.BLOOD_PRESSURE, NO_RESULTS)
     blood_pressures = pick(bps, latest_only, read.systolic) + pick(bps, latest_only, read.diastolic)
-    potassium = series.get(DataCategory.POTASSIUM, [])
-    upcr = series.get(DataCategory.UPCR, [])
+    potassium = series.get(DataCategory.POTASSIUM, NO_RESULTS)
+    upcr = series.get(DataCategory.UPCR, NO_RESULTS)
 
     return PatientFacts(
         now=now,

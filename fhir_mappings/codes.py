@@ -229,6 +229,11 @@ class Terminology:
             if (parsed := normalize_ndc(prefix)) is not None
         }
         self._systems = dict(knowledge.code_system_aliases)
+        # Every system string read as LOINC as sent (the URI and its OID aliases): the pass over
+        # a chart's Observations decides most codings with one set look-up (issue 14).
+        self._loinc_systems = frozenset(
+            {LOINC, *(a for a, uri in self._systems.items() if uri == LOINC and a == a.strip())}
+        )
         # Route and dose form (routes.csv; brands.csv ``exposure`` for one-route products).
         self._route_codes = {
             (r.system, r.value): r.exposure for r in knowledge.routes if r.kind == "code"
@@ -387,12 +392,22 @@ class Terminology:
             if not isinstance(c, dict):
                 continue
             code = c.get("code")
-            if not isinstance(code, str) or code not in kinds:
+            if not isinstance(code, str):
                 continue
-            system = str(c.get("system") or "").strip()
-            if self._systems.get(system, system) == LOINC:
-                return kinds[code], code
+            kind = kinds.get(code)
+            if kind is None:
+                continue
+            system = c.get("system")
+            if isinstance(system, str) and system in self._loinc_systems:
+                return kind, code
+            if self._is_loinc(system):
+                return kind, code
         return None
+
+    def _is_loinc(self, system: Any) -> bool:
+        """A system sent in another spelling (blanks around it) that still names LOINC."""
+        text = str(system or "").strip()
+        return self._systems.get(text, text) == LOINC
 
     def observation_kind(self, codings: Iterable[Coding]) -> ObservationKind | None:
         match = self.observation_match(codings)

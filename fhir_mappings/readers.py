@@ -52,14 +52,22 @@ def parse_datetime(value: Any) -> datetime | None:
         return None
     text = value.strip()
     try:
-        if len(text) == 4:
+        size = len(text)
+        if size == 4:
             return datetime(int(text), 1, 1, tzinfo=UTC)
-        if len(text) == 7:
+        if size == 7:
             return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        parsed = _from_iso(text.replace("Z", "+00:00"))
+        zone = parsed.tzinfo
+        if zone is UTC:  # the usual "...Z" / "+00:00": already what astimezone would give
+            return parsed
+        return parsed.replace(tzinfo=UTC) if zone is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted past the range
         return None
+
+
+# Bound once: this runs for every dated result of a long chart (issue 14).
+_from_iso = datetime.fromisoformat
 
 
 def parse_date(value: Any) -> date | None:
