@@ -25,7 +25,7 @@ from fhir_mappings.observations import ResultReader, egfr_series, observation_se
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
 from fhir_mappings.selection import NO_RESULTS, by_time, latest, pick, unique
-from fhir_mappings.supply import RECORD_TYPES, as_record
+from fhir_mappings.supply import RECORD_TYPES
 from fhir_mappings.vocabulary import DataCategory
 
 
@@ -73,7 +73,7 @@ def build_facts(
             medication(mapper, r, medications_by_ref, draft_index=index, selected=selected)
         )
     medications = [
-        mapper.checked(r, as_record(m, r))
+        mapper.checked(r, m)
         for record_type in RECORD_TYPES
         for r in unique(recorded, record_type)
         if (m := recorded_medication(mapper, r, medications_by_ref)) is not None

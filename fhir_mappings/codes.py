@@ -116,6 +116,10 @@ class Coding:
     display: str = ""
 
 
+# A medication concept as the memos key it: its codings and its texts.
+_ConceptKey = tuple[tuple["Coding", ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class MedicationMatch:
     ingredients: frozenset[str]
@@ -216,7 +220,9 @@ class Terminology:
         self._near_words = re.compile(rf"(?<![a-z])[a-z]{{{shortest},{max(lengths) + 1}}}(?![a-z])")
         # Every whole word of every known name: such a word is another drug, never a near match.
         self._known_words = frozenset(w for t in self._by_term for w in _WORD.findall(t))
-        self._matches: dict[tuple[tuple[Coding, ...], tuple[str, ...]], MedicationMatch] = {}
+        # Memos of match_medication and exposure, sharing one bound (issue 13).
+        self._matches: dict[_ConceptKey, MedicationMatch] = {}
+        self._exposures: dict[_ConceptKey, tuple[str, str | None]] = {}
         self._cached_chars = 0
         self._ndc = {
             parsed: ingredient
@@ -257,23 +263,30 @@ class Terminology:
         repeat the same few hundred products, and matching is a pure function of the concept)."""
         key = (tuple(codings), tuple(texts))
         match = self._matches.get(key)
-        if match is not None:
-            return match
-        match = self._match(*key)
+        if match is None:
+            match = self._match(*key)
+            if self._room_for(key):
+                self._matches[key] = match
+        return match
+
+    def _room_for(self, key: _ConceptKey) -> bool:
+        """Whether a memo may keep ``key``, making room when the memos are full; the memos
+        keep at most MATCH_CACHE_SIZE entries each and MATCH_CACHE_MAX_CHARS key characters."""
         size = sum(len(t) for t in key[1]) + sum(
             len(c.system) + len(c.code) + len(c.display) for c in key[0]
         )
         if size > MATCH_CACHE_MAX_KEY_CHARS:
-            return match  # a huge concept is rare: match it again rather than keep it
+            return False  # a huge concept is rare: match it again rather than keep it
         if (
             len(self._matches) >= MATCH_CACHE_SIZE
+            or len(self._exposures) >= MATCH_CACHE_SIZE
             or self._cached_chars + size > MATCH_CACHE_MAX_CHARS
         ):
             self._matches.clear()
+            self._exposures.clear()
             self._cached_chars = 0
-        self._matches[key] = match
         self._cached_chars += size
-        return match
+        return True
 
     @property
     def cached_chars(self) -> int:
@@ -353,7 +366,19 @@ class Terminology:
         exposure is SYSTEMIC, NON_SYSTEMIC or UNKNOWN; site names the non-systemic route
         (cutaneous, ophthalmic, otic). Any systemic sign wins, and no sign at all is unknown:
         both fire the interaction rules (knowledge "route and dose form": unknown fires).
+        Memoized like ``match_medication``: a chart's orders repeat the same products.
         """
+        key = (tuple(codings), tuple(texts))
+        exposure = self._exposures.get(key)
+        if exposure is None:
+            exposure = self._exposure(*key)
+            if self._room_for(key):
+                self._exposures[key] = exposure
+        return exposure
+
+    def _exposure(
+        self, codings: tuple[Coding, ...], texts: tuple[str, ...]
+    ) -> tuple[str, str | None]:
         found: set[str] = set()
         for coding in codings:
             exposure = self._route_codes.get((self.system(coding), coding.code.strip()))

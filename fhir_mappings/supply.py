@@ -8,11 +8,9 @@ still taken while its supply lasts (FHIR R4: "completed" = all actions done).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 from fhir_mappings.dosage import to_days
-from fhir_mappings.facts import Medication
 from fhir_mappings.readers import Resource, as_object, parse_date, parse_datetime, quantity
 
 # Recorded medications: orders, what the patient reports taking, what a pharmacy handed over.
@@ -60,19 +58,6 @@ def supply_until(resource: Resource) -> date | None:
     ]
     known = [end for end in ends if end is not None]
     return max(known) if known else None
-
-
-def as_record(medication: Medication, resource: Resource) -> Medication:
-    """A Medication read by ``medications.medication`` with what currency needs from its record."""
-    kind = resource.get("resourceType")
-    intent = resource.get("intent")
-    return replace(
-        medication,
-        record_type=kind if isinstance(kind, str) else medication.record_type,
-        intent=intent if isinstance(intent, str) else None,
-        authored_on=record_start(resource),
-        supply_until=supply_until(resource),
-    )
 
 
 def _days(value: object) -> float | None:
