@@ -235,6 +235,10 @@ class Terminology:
             if (parsed := normalize_ndc(prefix)) is not None
         }
         self._systems = dict(knowledge.code_system_aliases)
+        # (kind, LOINC code) of every code observations.csv knows, made once.
+        self._observation_codes = {
+            code: (kind, code) for code, kind in knowledge.observation_kinds.items()
+        }
         # Every system string read as LOINC as sent (the URI and its OID aliases): the pass over
         # a chart's Observations decides most codings with one set look-up (issue 14).
         self._loinc_systems = frozenset(
@@ -412,21 +416,19 @@ class Terminology:
         coding_list = concept.get("coding")
         if not isinstance(coding_list, list):
             return None
-        kinds = self.knowledge.observation_kinds
+        table = self._observation_codes
         for c in coding_list:
-            if not isinstance(c, dict):
+            try:
+                match = table.get(c.get("code"))
+            except (AttributeError, TypeError):  # a coding that is no object, a code unhashable
                 continue
-            code = c.get("code")
-            if not isinstance(code, str):
-                continue
-            kind = kinds.get(code)
-            if kind is None:
+            if match is None:
                 continue
             system = c.get("system")
             if isinstance(system, str) and system in self._loinc_systems:
-                return kind, code
+                return match
             if self._is_loinc(system):
-                return kind, code
+                return match
         return None
 
     def _is_loinc(self, system: Any) -> bool:

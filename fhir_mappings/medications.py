@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_mappings.codes import Coding, MedicationMatch
 from fhir_mappings.dosage import dosage, to_days
@@ -163,8 +162,7 @@ def _medication(
     )
 
 
-@dataclass(frozen=True)
-class _Concept:
+class _Concept(NamedTuple):
     """What names an order's drug: its concept, extra names, the Medication.form, and the note
     to give when a referenced Medication is missing (used only if the names identify nothing)."""
 

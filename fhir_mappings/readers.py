@@ -29,7 +29,11 @@ def concept_texts(concept: Any) -> list[str]:
     if not isinstance(concept, dict):
         return []
     texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    texts += [c.display for c in codings(concept) if c.display]
+    for c in as_list(concept.get("coding")):  # the displays of ``codings``, without Codings
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            display = str(c.get("display") or "")
+            if display:
+                texts.append(display)
     return texts
 
 
