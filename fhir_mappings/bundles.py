@@ -191,14 +191,28 @@ def bundle_shape_problem(value: Any) -> str | None:
     for name in ("entry", "link"):
         if not isinstance(value.get(name, []), list):
             return f"Bundle.{name} must be an array"
-    for number, entry in enumerate(value.get("entry", [])):
+    for entry in value.get("entry", ()):  # every entry of a long chart: the cheap test first
+        try:
+            well_shaped = isinstance(entry["resource"]["resourceType"], str) and isinstance(
+                entry.get("search", entry), dict
+            )
+        except (KeyError, TypeError):
+            well_shaped = False
+        if not well_shaped:
+            return _entry_problem(value["entry"])
+    if not all(isinstance(link, dict) for link in value.get("link", [])):
+        return "Bundle.link entries must be objects"
+    return None
+
+
+def _entry_problem(entries: list[Any]) -> str | None:
+    """What is wrong with the first ill-shaped entry (``bundle_shape_problem``)."""
+    for number, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return f"entry[{number}] has no resource with a resourceType"
         if not isinstance(entry.get("search", {}), dict):
             return f"entry[{number}].search must be an object"
-    if not all(isinstance(link, dict) for link in value.get("link", [])):
-        return "Bundle.link entries must be objects"
     return None
 
 
