@@ -24,7 +24,7 @@ from fhir_mappings.medications import (
 from fhir_mappings.observations import ResultReader, egfr_series, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
-from fhir_mappings.selection import NO_RESULTS, by_time, latest, pick, unique
+from fhir_mappings.selection import NO_RESULTS, by_time, latest, pick, unique, unique_by_type
 from fhir_mappings.supply import RECORD_TYPES
 from fhir_mappings.vocabulary import DataCategory
 
@@ -72,10 +72,11 @@ def build_facts(
         drafts.append(
             medication(mapper, r, medications_by_ref, draft_index=index, selected=selected)
         )
+    records = unique_by_type(recorded, RECORD_TYPES)
     medications = [
         mapper.checked(r, m)
         for record_type in RECORD_TYPES
-        for r in unique(recorded, record_type)
+        for r in records[record_type]
         if (m := recorded_medication(mapper, r, medications_by_ref)) is not None
     ]
     course_rules = terminology.knowledge.course

@@ -14,6 +14,7 @@ from fhir_mappings.readers import (
     as_list,
     as_object,
     codings,
+    codings_and_texts,
     concept_texts,
     parse_datetime,
     quantity,
@@ -89,7 +90,8 @@ def _identify(
 ) -> _Identified:
     """The order's drug concept, its codings and names, and what the knowledge matched."""
     read = _medication_concept(resource, medications_by_ref)
-    concept_codings, texts = codings(read.concept), concept_texts(read.concept) + read.texts
+    concept_codings, texts = codings_and_texts(read.concept)
+    texts += read.texts
     match = mapper.terminology.match_medication(concept_codings, texts)
     if read.missing_note is not None and not (match.ingredients or match.roles):
         # The display named nothing the knowledge knows: say the drug could not be told.

@@ -37,6 +37,22 @@ def concept_texts(concept: Any) -> list[str]:
     return texts
 
 
+def codings_and_texts(concept: Any) -> tuple[list[Coding], list[str]]:
+    """``codings`` and ``concept_texts`` of a CodeableConcept, read at once (every order of a
+    chart is read so)."""
+    if not isinstance(concept, dict):
+        return [], []
+    result = []
+    texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
+    for c in as_list(concept.get("coding")):
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            display = str(c.get("display") or "")
+            result.append(Coding(str(c.get("system") or ""), c["code"], display))
+            if display:
+                texts.append(display)
+    return result, texts
+
+
 def concept_name(concept: Any) -> str:
     """The first name a CodeableConcept gives, or "(unnamed)"."""
     texts = concept_texts(concept)

@@ -187,6 +187,23 @@ def unique(resources: Iterable[Resource], resource_type: str) -> Iterator[Resour
             yield resource
 
 
+def unique_by_type(
+    resources: Iterable[Resource], resource_types: Sequence[str]
+) -> dict[str, list[Resource]]:
+    """``unique`` for each of ``resource_types`` (a key each, in that order), in one pass."""
+    kept: dict[str, list[Resource]] = {t: [] for t in resource_types}
+    seen: dict[str, dict[str, Any]] = {t: {} for t in resource_types}
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str) or resource_type not in kept:
+            continue
+        if first_copy(seen[resource_type], resource):
+            kept[resource_type].append(resource)
+    return kept
+
+
 def first_copy(seen: dict[str, Any], resource: Resource) -> bool:
     """False only for an exact repeat; a different resource reusing an id is kept.
 
