@@ -110,10 +110,8 @@ _CATEGORY_OF_KIND = {kind: category_of_kind(kind) for kind in ObservationKind}
 _time_of = itemgetter(0)
 
 
-def measurement(
-    mapper: Mapper, resource: Resource, kind: ObservationKind, code: str
-) -> Measurement | None:
-    """One lab result of ``kind`` (LOINC ``code``) in canonical units, or None.
+def measurement(mapper: Mapper, result: Result) -> Measurement | None:
+    """One lab result of its kind (its LOINC code) in canonical units, or None.
 
     None without a report for a result that has none (status registered/retracted, or a
     ``dataAbsentReason``: the chart has no value, a monitoring gap for the rule that wanted
@@ -121,6 +119,7 @@ def measurement(
     A comparator (``valueQuantity.comparator`` or a ``valueString`` such as ">60") makes the
     Measurement a bound (``comparator``), never a plain number.
     """
+    resource, kind, code = result.resource, result.kind, result.code
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return None
     amount = quantity(resource.get("valueQuantity")) or _value_string(resource, kind)
@@ -146,7 +145,7 @@ def measurement(
     return Measurement(
         value=value,
         unit=unit,
-        when=observation_time(resource),
+        when=result.when,  # observation_time, read by the pass that found the result
         source=reference_of(resource),
         code=code,
         method=method,
@@ -174,13 +173,12 @@ def _value_string(resource: Resource, kind: ObservationKind) -> tuple[float, str
     return (number, unit.strip(), comparator) if unit else None
 
 
-def blood_pressures(
-    mapper: Mapper, resource: Resource, kind: ObservationKind
-) -> Iterator[BloodPressure]:
+def blood_pressures(mapper: Mapper, result: Result) -> Iterator[BloodPressure]:
     """The readings of a BP panel (its components) or of a lone systolic/diastolic result."""
+    resource, kind = result.resource, result.kind
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return
-    when, source = observation_time(resource), reference_of(resource)
+    when, source = result.when, reference_of(resource)
     if kind == ObservationKind.BP_PANEL:
         parts: dict[str, float] = {}
         for component in as_list(resource.get("component")):
@@ -210,7 +208,7 @@ class ResultReader:
 
     def measurement(self, result: Result) -> Measurement | None:
         """The result as a Measurement."""
-        return measurement(self.mapper, result.resource, result.kind, result.code)
+        return measurement(self.mapper, result)
 
     def systolic(self, result: Result) -> BloodPressure | None:
         """The first reading of the result that has a systolic value."""
@@ -221,7 +219,7 @@ class ResultReader:
         return self._reading(result, "diastolic")
 
     def _reading(self, result: Result, part: str) -> BloodPressure | None:
-        for bp in blood_pressures(self.mapper, result.resource, result.kind):
+        for bp in blood_pressures(self.mapper, result):
             if getattr(bp, part) is not None:
                 return bp
         return None
@@ -325,7 +323,7 @@ class _EgfrFromCreatinine:
     def read(self, result: Result) -> Measurement | None:
         """The computed eGFR, or None (too young, or no usable creatinine)."""
         k = self.mapper.terminology.knowledge.ckd_epi
-        creatinine_mg_dl = measurement(self.mapper, result.resource, result.kind, result.code)
+        creatinine_mg_dl = measurement(self.mapper, result)
         if creatinine_mg_dl is None:
             return None
         age = (result.when.date() - self.birth_date).days / 365.25
