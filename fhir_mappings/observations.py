@@ -17,7 +17,6 @@ from fhir_mappings.readers import (
     Resource,
     as_code,
     as_list,
-    codings,
     parse_datetime,
     quantity,
 )
@@ -184,7 +183,8 @@ def blood_pressures(mapper: Mapper, result: Result) -> Iterator[BloodPressure]:
         for component in as_list(resource.get("component")):
             if not isinstance(component, dict):
                 continue
-            part = mapper.terminology.observation_kind(codings(component.get("code")))
+            match = mapper.terminology.observation_match_concept(component.get("code"))
+            part = match[0] if match else None
             amount = quantity(component.get("valueQuantity"))
             if part in ("systolic", "diastolic") and amount:
                 parts[part] = amount[0]
