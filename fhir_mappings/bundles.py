@@ -269,16 +269,25 @@ def read_bundle(bundle: Resource, expected: frozenset[str], where: str) -> Bundl
     over its entries (a prefetched chart can hold thousands, issue 14)."""
     kept: list[Resource] = []
     unreadable: list[Unreadable] = []
+    kept_types = expected - {"OperationOutcome"}  # an OperationOutcome is never kept: it reports
     entries = bundle.get("entry")
     for entry in entries if isinstance(entries, list) else []:
+        try:  # the usual entry first, in one expression: this runs for every entry
+            resource = entry["resource"]
+            usual = resource["resourceType"] in kept_types
+        except (KeyError, TypeError):  # no object, no resource, no (hashable) resourceType
+            usual = False
+        if usual:
+            search = entry.get("search")
+            if not (isinstance(search, dict) and search.get("mode") == "outcome"):
+                kept.append(resource)
+            continue
         if not isinstance(entry, dict):
             continue
         resource = entry.get("resource")
         if not isinstance(resource, dict):
             continue
-        resource_type = resource.get("resourceType")
-        is_outcome = resource_type == "OperationOutcome"
-        if is_outcome and _is_error(resource):
+        if resource.get("resourceType") == "OperationOutcome" and _is_error(resource):
             failure = "search answered with an OperationOutcome: " + operation_outcome_text(
                 resource
             )
@@ -286,11 +295,7 @@ def read_bundle(bundle: Resource, expected: frozenset[str], where: str) -> Bundl
         search = entry.get("search")
         if isinstance(search, dict) and search.get("mode") == "outcome":
             continue
-        # _is_expected, inlined: this runs for every entry.
-        if not is_outcome and isinstance(resource_type, str) and resource_type in expected:
-            kept.append(resource)
-        else:
-            unreadable.append(_unexpected(resource, where))
+        unreadable.append(_unexpected(resource, where))
     return BundleContents(None, kept, unreadable)
 
 
