@@ -126,7 +126,9 @@ def build_facts(
         egfr=latest(mapper, egfr_results, anchors),
         creatinine=latest(mapper, pick(creatinines, anchors, read.measurement), anchors),
         blood_pressures=tuple(
-            sorted({mapper.checked(r, bp) for bp, r in blood_pressures}, key=by_time)
+            # dict, not set: readings at one instant keep one order (a set's follows hashes,
+            # and hash(None) differs between processes before Python 3.12)
+            sorted(dict.fromkeys(mapper.checked(r, bp) for bp, r in blood_pressures), key=by_time)
         ),
         potassium=latest(mapper, pick(potassium, latest_only, read.measurement)),
         upcr=latest(mapper, pick(upcr, latest_only, read.measurement)),

@@ -169,7 +169,9 @@ def latest(
             if anchor is None or (when is not None and when.date() <= anchor.date()):
                 chosen[id(item)] = item
                 break
-    return tuple(sorted({mapper.checked(r, item) for item, r in chosen.values()}, key=by_time))
+    # dict, not set: items at one instant keep one order in every process (``build_facts``)
+    checked = dict.fromkeys(mapper.checked(r, item) for item, r in chosen.values())
+    return tuple(sorted(checked, key=by_time))
 
 
 def by_time(item: Measurement | BloodPressure) -> datetime:

@@ -273,6 +273,15 @@ def test_bp_as_separate_observations(terminology):
     assert {(bp.systolic, bp.diastolic) for bp in f.blood_pressures} == {(None, 95), (150, None)}
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["as-listed", "reversed"])
+def test_bp_parts_at_one_instant_come_in_one_order(terminology, reverse):
+    """A lone systolic and a lone diastolic taken at one instant: the systolic reading first,
+    whatever the chart's order (the order must not follow hashes, which vary by process)."""
+    parts = [observation("8462-4", 95, "mm[Hg]"), observation("8480-6", 150, "mm[Hg]")]
+    f = facts_from(terminology, [PATIENT, *(reversed(parts) if reverse else parts)])
+    assert [(bp.systolic, bp.diastolic) for bp in f.blood_pressures] == [(150, None), (None, 95)]
+
+
 def test_entered_in_error_and_missing_values(terminology):
     """entered-in-error results are ignored; a result without a number is reported."""
     wrong = observation("98979-8", 20, "mL/min", status="entered-in-error")
