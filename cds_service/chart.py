@@ -133,7 +133,6 @@ def gather_chart(
     missing: list[str] = []
     for key, template in templates.items():
         category = category_of_key(key)
-        query = template.replace(PATIENT_TOKEN, patient_id)
         value = prefetch.get(key, _ABSENT)
         if value is None:
             if category == D.PATIENT:
@@ -164,7 +163,7 @@ def gather_chart(
             reason = failure or "not prefetched"
             chart.unavailable[category] = f"{reason}; FHIR server not usable ({access.refusal})"
             continue
-        jobs[key] = _fetch_job(client, category, query)
+        jobs[key] = _fetch_job(client, category, template.replace(PATIENT_TOKEN, patient_id))
     if set(missing) & REQUIRED_KEYS:
         # Spec #http-status-codes: required data neither prefetched nor fetchable -> 412. The
         # answer names every key the discovery asks for and the request lacks.

@@ -269,12 +269,13 @@ def read_bundle(bundle: Resource, expected: frozenset[str], where: str) -> Bundl
     over its entries (a prefetched chart can hold thousands, issue 14)."""
     kept: list[Resource] = []
     unreadable: list[Unreadable] = []
-    kept_types = expected - {"OperationOutcome"}  # an OperationOutcome is never kept: it reports
     entries = bundle.get("entry")
     for entry in entries if isinstance(entries, list) else []:
         try:  # the usual entry first, in one expression: this runs for every entry
             resource = entry["resource"]
-            usual = resource["resourceType"] in kept_types
+            resource_type = resource["resourceType"]
+            # an OperationOutcome is never kept: it reports (or fails the Bundle)
+            usual = resource_type in expected and resource_type != "OperationOutcome"
         except (KeyError, TypeError):  # no object, no resource, no (hashable) resourceType
             usual = False
         if usual:
