@@ -66,6 +66,7 @@ def observation_series(
     those (``selection.pick``), and a result is kept as a plain row until then (issue 14).
     """
     rows_of: dict[DataCategory, list[Row]] = {}
+    rows_of_kind: dict[ObservationKind, list[Row]] = {}
     seen: dict[str, Any] = {}
     observation_match = mapper.terminology.observation_match_concept
     latest_allowed = now + FUTURE_TOLERANCE
@@ -76,7 +77,9 @@ def observation_series(
             match = observation_match(resource.get("code"))
             if match is None:
                 continue
-            key = str(resource.get("id") or id(resource))
+            key = resource.get("id")
+            if not isinstance(key, str) or not key:
+                key = str(key or id(resource))
             if key not in seen:
                 seen[key] = resource
             elif not first_copy(seen, resource):
@@ -86,18 +89,17 @@ def observation_series(
                 continue
             # effectiveDateTime first, as observation_time reads it; the other fields are rare.
             when = parse_datetime(resource.get("effectiveDateTime")) or observation_time(resource)
-            kind = match[0]
+            kind, code = match
             if when is None:
                 mapper.skip(resource, f"{kind} result has no date")
                 continue
             if when > latest_allowed:
                 mapper.skip(resource, f"{kind} result dated in the future ({when.date()})")
                 continue
-            category = _CATEGORY_OF_KIND[kind]
-            rows = rows_of.get(category)
-            if rows is None:
-                rows = rows_of[category] = []
-            rows.append((when, kind, match[1], resource))
+            rows = rows_of_kind.get(kind)
+            if rows is None:  # the kinds of one category share its list
+                rows = rows_of_kind[kind] = rows_of.setdefault(_CATEGORY_OF_KIND[kind], [])
+            rows.append((when, kind, code, resource))
     series = {}
     for category, rows in rows_of.items():
         rows.sort(key=_time_of)  # stable: results at one instant stay in chart order
