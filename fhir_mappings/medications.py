@@ -25,7 +25,7 @@ from fhir_mappings.references import (
     reference_of,
     relative_reference,
 )
-from fhir_mappings.supply import record_start, supply_until
+from fhir_mappings.supply import record_start, supplied_until
 from fhir_mappings.vocabulary import Role
 
 # Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
@@ -132,12 +132,13 @@ def _medication(
     # order's dosage is read by no rule, so it is not read at all (issue 14).
     read_dosage = bool(match.roles) and (draft_index is not None or is_voclosporin)
     record_type, intent = "MedicationRequest", None
-    authored_on, supplied_until = None, None
+    authored_on, covered_until = None, None
     if recorded:
         kind, stated_intent = resource.get("resourceType"), resource.get("intent")
         record_type = kind if isinstance(kind, str) else record_type
         intent = stated_intent if isinstance(stated_intent, str) else None
-        authored_on, supplied_until = record_start(resource), supply_until(resource)
+        authored_on = record_start(resource)
+        covered_until = supplied_until(resource, authored_on)
     else:
         authored_on = parse_datetime(resource.get("authoredOn"))
     return Medication(
@@ -152,7 +153,7 @@ def _medication(
         draft_index=draft_index,
         record_type=record_type,
         intent=intent,
-        supply_until=supplied_until,
+        supply_until=covered_until,
         dosage=dosage(resource, knowledge.dose_vocabulary, capsule_mg) if read_dosage else None,
         expected_supply_days=to_days(supply) if supply else None,
         number_of_repeats=repeats if isinstance(repeats, int) else None,

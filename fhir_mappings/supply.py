@@ -43,18 +43,23 @@ def supply_until(resource: Resource) -> date | None:
     valid day, so the later end is the one the patient may still be taking); a dispense:
     whenHandedOver + daysSupply; a statement: its effective period's end (or its one dateTime).
     """
+    return supplied_until(resource, record_start(resource))
+
+
+def supplied_until(resource: Resource, start: datetime | None) -> date | None:
+    """``supply_until`` of a record whose ``record_start`` is known already."""
     kind = resource.get("resourceType")
     if kind == "MedicationStatement":
         period = as_object(resource.get("effectivePeriod"))
         return parse_date(period.get("end")) or parse_date(resource.get("effectiveDateTime"))
     if kind == "MedicationDispense":
-        return _covered(record_start(resource), _days(resource.get("daysSupply")), 1)
+        return _covered(start, _days(resource.get("daysSupply")), 1)
     dispense = as_object(resource.get("dispenseRequest"))
     repeats = dispense.get("numberOfRepeatsAllowed")
     fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
     ends = [
         parse_date(as_object(dispense.get("validityPeriod")).get("end")),
-        _covered(record_start(resource), _days(dispense.get("expectedSupplyDuration")), fills),
+        _covered(start, _days(dispense.get("expectedSupplyDuration")), fills),
     ]
     known = [end for end in ends if end is not None]
     return max(known) if known else None
