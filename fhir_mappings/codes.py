@@ -33,9 +33,10 @@ UCUM = "http://unitsofmeasure.org"
 LUPUS_NEPHRITIS_TEXT = re.compile(r"\blupus\s+nephritis\b|\bsle\s+glomerulonephritis\b", re.I)
 
 
-# The memo of match_medication is bounded by entries and by characters (issue 13: 60 distinct
-# 4.5 MB order texts grew the process by 301 MB): concepts longer than MATCH_CACHE_MAX_KEY_CHARS
-# are matched every time and never kept; the kept keys total at most MATCH_CACHE_MAX_CHARS.
+# The memos of match_medication and exposure are bounded by entries and by characters (issue 13:
+# 60 distinct 4.5 MB order texts grew the process by 301 MB): concepts longer than
+# MATCH_CACHE_MAX_KEY_CHARS are matched every time and never kept; the kept keys of both memos
+# total at most MATCH_CACHE_MAX_CHARS.
 MATCH_CACHE_SIZE = 4096
 MATCH_CACHE_MAX_KEY_CHARS = 2048
 MATCH_CACHE_MAX_CHARS = 2_000_000
