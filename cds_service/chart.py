@@ -23,12 +23,13 @@ from cds_service.errors import FhirFetchError, FhirServerNotAllowed, Preconditio
 from cds_service.fhir_client import FhirClient, HostLimits, run_concurrently
 from cds_service.fhir_policy import FhirServerPolicy
 from fhir_mappings.bundles import (
-    bundle_resources,
+    BundleContents,
     is_bundle,
     next_link,
     of_expected_types,
     outcome_issue_codes,
     prefetch_failure,
+    read_bundle,
 )
 from fhir_mappings.categories import (
     CATEGORIES,
@@ -132,7 +133,6 @@ def gather_chart(
     missing: list[str] = []
     for key, template in templates.items():
         category = category_of_key(key)
-        query = template.replace(PATIENT_TOKEN, patient_id)
         value = prefetch.get(key, _ABSENT)
         if value is None:
             if category == D.PATIENT:
@@ -140,9 +140,17 @@ def gather_chart(
                 continue
             chart.resources[category] = []
             continue
-        failure = None if value is _ABSENT else prefetch_failure(value)
+        contents = None
+        if value is _ABSENT:
+            failure = None
+        elif is_bundle(value):  # one walk: its error, its resources and its reports
+            spec = CATEGORIES[category]
+            contents = read_bundle(value, spec.resource_types, spec.prefetch_key)
+            failure = contents.failure
+        else:
+            failure = prefetch_failure(value)
         if value is not _ABSENT and failure is None:
-            _use_prefetch(chart, category, value, client, jobs)
+            _use_prefetch(chart, category, value, contents, client, jobs)
             continue
         if failure is not None:  # issue codes only: diagnostics may name the patient
             log.info("prefetch %s reports an error (%s)", key, outcome_issue_codes(value))
@@ -155,7 +163,7 @@ def gather_chart(
             reason = failure or "not prefetched"
             chart.unavailable[category] = f"{reason}; FHIR server not usable ({access.refusal})"
             continue
-        jobs[key] = _fetch_job(client, category, query)
+        jobs[key] = _fetch_job(client, category, template.replace(PATIENT_TOKEN, patient_id))
     if set(missing) & REQUIRED_KEYS:
         # Spec #http-status-codes: required data neither prefetched nor fetchable -> 412. The
         # answer names every key the discovery asks for and the request lacks.
@@ -226,18 +234,21 @@ def _use_prefetch(
     chart: Chart,
     category: D,
     value: Resource,
+    contents: BundleContents | None,
     client: FhirClient | None,
     jobs: dict[str, Callable[[], Any]],
 ) -> None:
-    if not is_bundle(value):
+    """Keep a prefetched resource, or the ``contents`` read from a prefetched Bundle (or page on
+    from it when it has more pages and the server may be used)."""
+    if contents is None:
         _store(chart, category, value)
         return
     if next_link(value) is None:
-        _store(chart, category, bundle_resources(value))
+        _keep(chart, category, contents.resources, contents.unreadable)
     elif client is not None:
         jobs[prefetch_key(category)] = lambda: client.continue_paging(value)
     else:
-        _store(chart, category, bundle_resources(value))
+        _keep(chart, category, contents.resources, contents.unreadable)
         chart.unreadable.append(
             Unreadable(
                 f"prefetch {prefetch_key(category)}",
@@ -253,6 +264,10 @@ def _store(chart: Chart, category: D, value: Resource | list[Resource]) -> None:
     kept, unreadable = of_expected_types(
         value if isinstance(value, list) else [value], spec.resource_types, spec.prefetch_key
     )
+    _keep(chart, category, kept, unreadable)
+
+
+def _keep(chart: Chart, category: D, kept: list[Resource], unreadable: list[Unreadable]) -> None:
     chart.unreadable.extend(unreadable)
     if category == D.PATIENT:
         chart.patient = kept[0] if kept else None

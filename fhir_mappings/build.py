@@ -24,8 +24,8 @@ from fhir_mappings.medications import (
 from fhir_mappings.observations import ResultReader, egfr_series, observation_series
 from fhir_mappings.readers import Resource, parse_date
 from fhir_mappings.references import medications_by_reference, reference_of
-from fhir_mappings.selection import by_time, latest, pick, unique
-from fhir_mappings.supply import RECORD_TYPES, as_record
+from fhir_mappings.selection import NO_RESULTS, by_time, latest, pick, unique, unique_by_type
+from fhir_mappings.supply import RECORD_TYPES
 from fhir_mappings.vocabulary import DataCategory
 
 
@@ -72,10 +72,11 @@ def build_facts(
         drafts.append(
             medication(mapper, r, medications_by_ref, draft_index=index, selected=selected)
         )
+    records = unique_by_type(recorded, RECORD_TYPES)
     medications = [
-        mapper.checked(r, as_record(m, r))
+        mapper.checked(r, m)
         for record_type in RECORD_TYPES
-        for r in unique(recorded, record_type)
+        for r in records[record_type]
         if (m := recorded_medication(mapper, r, medications_by_ref)) is not None
     ]
     course_rules = terminology.knowledge.course
@@ -88,16 +89,17 @@ def build_facts(
         mapper.checked(r, c)
         for r in unique(chart.get(DataCategory.CONDITIONS, ()), "Condition")
         if (c := clinical.condition(mapper, r)) and c.kinds
-    ] + clinical.latest_status_answers(mapper, series.get(DataCategory.PREGNANCY_LACTATION, []))
+    ] + clinical.latest_status_answers(
+        mapper, series.get(DataCategory.PREGNANCY_LACTATION, NO_RESULTS).results()
+    )
     latest_only: tuple[datetime | None, ...] = (None,)
     read = ResultReader(mapper)
-    egfrs, creatinines = series.get(DataCategory.EGFR, []), series.get(DataCategory.CREATININE, [])
+    egfrs = series.get(DataCategory.EGFR, NO_RESULTS)
+    creatinines = series.get(DataCategory.CREATININE, NO_RESULTS)
     if courses and courses[-1].stopped:
         since = courses[-1].start.date()
         # One anchor per draw time (an eGFR and its creatinine share one).
-        anchors += tuple(
-            dict.fromkeys(r.when for r in (*egfrs, *creatinines) if r.when.date() >= since)
-        )
+        anchors += tuple(dict.fromkeys([*egfrs.since(since), *creatinines.since(since)]))
     # No eGFR from a dialysis patient's creatinine (knowledge: ESRD, dialysis).
     egfr_results = egfr_series(
         mapper,
@@ -108,10 +110,10 @@ def build_facts(
         sex,
         compute=not clinical.on_dialysis(conditions),
     )
-    bps = series.get(DataCategory.BLOOD_PRESSURE, [])
+    bps = series.get(DataCategory.BLOOD_PRESSURE, NO_RESULTS)
     blood_pressures = pick(bps, latest_only, read.systolic) + pick(bps, latest_only, read.diastolic)
-    potassium = series.get(DataCategory.POTASSIUM, [])
-    upcr = series.get(DataCategory.UPCR, [])
+    potassium = series.get(DataCategory.POTASSIUM, NO_RESULTS)
+    upcr = series.get(DataCategory.UPCR, NO_RESULTS)
 
     return PatientFacts(
         now=now,
@@ -124,7 +126,9 @@ def build_facts(
         egfr=latest(mapper, egfr_results, anchors),
         creatinine=latest(mapper, pick(creatinines, anchors, read.measurement), anchors),
         blood_pressures=tuple(
-            sorted({mapper.checked(r, bp) for bp, r in blood_pressures}, key=by_time)
+            # dict, not set: readings at one instant keep one order (a set's follows hashes,
+            # and hash(None) differs between processes before Python 3.12)
+            sorted(dict.fromkeys(mapper.checked(r, bp) for bp, r in blood_pressures), key=by_time)
         ),
         potassium=latest(mapper, pick(potassium, latest_only, read.measurement)),
         upcr=latest(mapper, pick(upcr, latest_only, read.measurement)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from fhir_mappings.facts import Unreadable
@@ -51,12 +52,8 @@ def bundle_error(bundle: Resource) -> str | None:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or resource.get("resourceType") != "OperationOutcome":
             continue
-        issues = resource.get("issue")
-        for issue in issues if isinstance(issues, list) else []:
-            if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
-                return "search answered with an OperationOutcome: " + operation_outcome_text(
-                    resource
-                )
+        if _is_error(resource):
+            return "search answered with an OperationOutcome: " + operation_outcome_text(resource)
     return None
 
 
@@ -194,14 +191,28 @@ def bundle_shape_problem(value: Any) -> str | None:
     for name in ("entry", "link"):
         if not isinstance(value.get(name, []), list):
             return f"Bundle.{name} must be an array"
-    for number, entry in enumerate(value.get("entry", [])):
+    for entry in value.get("entry", ()):  # every entry of a long chart: the cheap test first
+        try:
+            well_shaped = isinstance(entry["resource"]["resourceType"], str) and isinstance(
+                entry.get("search", entry), dict
+            )
+        except (KeyError, TypeError):
+            well_shaped = False
+        if not well_shaped:
+            return _entry_problem(value["entry"])
+    if not all(isinstance(link, dict) for link in value.get("link", [])):
+        return "Bundle.link entries must be objects"
+    return None
+
+
+def _entry_problem(entries: list[Any]) -> str | None:
+    """What is wrong with the first ill-shaped entry (``bundle_shape_problem``)."""
+    for number, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return f"entry[{number}] has no resource with a resourceType"
         if not isinstance(entry.get("search", {}), dict):
             return f"entry[{number}].search must be an object"
-    if not all(isinstance(link, dict) for link in value.get("link", [])):
-        return "Bundle.link entries must be objects"
     return None
 
 
@@ -215,26 +226,87 @@ def of_expected_types(
     for resource in values:
         if not isinstance(resource, dict):
             continue
-        resource_type = resource.get("resourceType")
-        if not isinstance(resource_type, str):
-            unreadable.append(
-                Unreadable(f"prefetch {where}", "an entry without a valid resourceType was skipped")
-            )
-        elif resource_type == "OperationOutcome":
-            unreadable.append(
-                Unreadable(
-                    f"prefetch {where}", "OperationOutcome: " + operation_outcome_text(resource)
-                )
-            )
-        elif resource_type in expected:
+        if _is_expected(resource.get("resourceType"), expected):
             kept.append(resource)
         else:
-            unreadable.append(
-                Unreadable(
-                    reference_of(resource), f"a {resource_type} is not expected under '{where}'"
-                )
-            )
+            unreadable.append(_unexpected(resource, where))
     return kept, unreadable
+
+
+def _is_expected(resource_type: Any, expected: frozenset[str]) -> bool:
+    """A resource type kept under a key (an OperationOutcome never is: it reports)."""
+    return (
+        isinstance(resource_type, str)
+        and resource_type in expected
+        and resource_type != "OperationOutcome"
+    )
+
+
+def _unexpected(resource: Resource, where: str) -> Unreadable:
+    """The report of an entry under ``where`` that is not kept (``of_expected_types``)."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        return Unreadable(f"prefetch {where}", "an entry without a valid resourceType was skipped")
+    if resource_type == "OperationOutcome":
+        return Unreadable(
+            f"prefetch {where}", "OperationOutcome: " + operation_outcome_text(resource)
+        )
+    return Unreadable(reference_of(resource), f"a {resource_type} is not expected under '{where}'")
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """What one walk over a prefetched Bundle found (``read_bundle``)."""
+
+    # Why the Bundle stands for an error (``bundle_error``); then the rest is not read.
+    failure: str | None
+    resources: list[Resource]
+    unreadable: list[Unreadable]
+
+
+def read_bundle(bundle: Resource, expected: frozenset[str], where: str) -> BundleContents:
+    """``bundle_error``, ``bundle_resources`` and ``of_expected_types`` of a Bundle in one walk
+    over its entries (a prefetched chart can hold thousands, issue 14)."""
+    kept: list[Resource] = []
+    unreadable: list[Unreadable] = []
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
+        try:  # the usual entry first, in one expression: this runs for every entry
+            resource = entry["resource"]
+            resource_type = resource["resourceType"]
+            # an OperationOutcome is never kept: it reports (or fails the Bundle)
+            usual = resource_type in expected and resource_type != "OperationOutcome"
+        except (KeyError, TypeError):  # no object, no resource, no (hashable) resourceType
+            usual = False
+        if usual:
+            search = entry.get("search")
+            if not (isinstance(search, dict) and search.get("mode") == "outcome"):
+                kept.append(resource)
+            continue
+        if not isinstance(entry, dict):
+            continue
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") == "OperationOutcome" and _is_error(resource):
+            failure = "search answered with an OperationOutcome: " + operation_outcome_text(
+                resource
+            )
+            return BundleContents(failure, [], [])
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
+            continue
+        unreadable.append(_unexpected(resource, where))
+    return BundleContents(None, kept, unreadable)
+
+
+def _is_error(outcome: Resource) -> bool:
+    """An OperationOutcome with an error or fatal issue (a warning is no error)."""
+    issues = outcome.get("issue")
+    return any(
+        isinstance(issue, dict) and issue.get("severity") in ("error", "fatal")
+        for issue in (issues if isinstance(issues, list) else [])
+    )
 
 
 def entry_references(bundle: Resource) -> set[str]:

@@ -33,9 +33,10 @@ UCUM = "http://unitsofmeasure.org"
 LUPUS_NEPHRITIS_TEXT = re.compile(r"\blupus\s+nephritis\b|\bsle\s+glomerulonephritis\b", re.I)
 
 
-# The memo of match_medication is bounded by entries and by characters (issue 13: 60 distinct
-# 4.5 MB order texts grew the process by 301 MB): concepts longer than MATCH_CACHE_MAX_KEY_CHARS
-# are matched every time and never kept; the kept keys total at most MATCH_CACHE_MAX_CHARS.
+# The memos of match_medication and exposure are bounded by entries and by characters (issue 13:
+# 60 distinct 4.5 MB order texts grew the process by 301 MB): concepts longer than
+# MATCH_CACHE_MAX_KEY_CHARS are matched every time and never kept; the kept keys of both memos
+# total at most MATCH_CACHE_MAX_CHARS.
 MATCH_CACHE_SIZE = 4096
 MATCH_CACHE_MAX_KEY_CHARS = 2048
 MATCH_CACHE_MAX_CHARS = 2_000_000
@@ -114,6 +115,10 @@ class Coding:
     system: str
     code: str
     display: str = ""
+
+
+# A medication concept as the memos key it: its codings and its texts.
+_ConceptKey = tuple[tuple["Coding", ...], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,9 @@ class Terminology:
         self._near_words = re.compile(rf"(?<![a-z])[a-z]{{{shortest},{max(lengths) + 1}}}(?![a-z])")
         # Every whole word of every known name: such a word is another drug, never a near match.
         self._known_words = frozenset(w for t in self._by_term for w in _WORD.findall(t))
-        self._matches: dict[tuple[tuple[Coding, ...], tuple[str, ...]], MedicationMatch] = {}
+        # Memos of match_medication and exposure, sharing one bound (issue 13).
+        self._matches: dict[_ConceptKey, MedicationMatch] = {}
+        self._exposures: dict[_ConceptKey, tuple[str, str | None]] = {}
         self._cached_chars = 0
         self._ndc = {
             parsed: ingredient
@@ -229,6 +236,15 @@ class Terminology:
             if (parsed := normalize_ndc(prefix)) is not None
         }
         self._systems = dict(knowledge.code_system_aliases)
+        # (kind, LOINC code) of every code observations.csv knows, made once.
+        self._observation_codes = {
+            code: (kind, code) for code, kind in knowledge.observation_kinds.items()
+        }
+        # Every system string read as LOINC as sent (the URI and its OID aliases): the pass over
+        # a chart's Observations decides most codings with one set look-up (issue 14).
+        self._loinc_systems = frozenset(
+            {LOINC, *(a for a, uri in self._systems.items() if uri == LOINC and a == a.strip())}
+        )
         # Route and dose form (routes.csv; brands.csv ``exposure`` for one-route products).
         self._route_codes = {
             (r.system, r.value): r.exposure for r in knowledge.routes if r.kind == "code"
@@ -252,23 +268,30 @@ class Terminology:
         repeat the same few hundred products, and matching is a pure function of the concept)."""
         key = (tuple(codings), tuple(texts))
         match = self._matches.get(key)
-        if match is not None:
-            return match
-        match = self._match(*key)
+        if match is None:
+            match = self._match(*key)
+            if self._room_for(key):
+                self._matches[key] = match
+        return match
+
+    def _room_for(self, key: _ConceptKey) -> bool:
+        """Whether a memo may keep ``key``, making room when the memos are full; the memos
+        keep at most MATCH_CACHE_SIZE entries each and MATCH_CACHE_MAX_CHARS key characters."""
         size = sum(len(t) for t in key[1]) + sum(
             len(c.system) + len(c.code) + len(c.display) for c in key[0]
         )
         if size > MATCH_CACHE_MAX_KEY_CHARS:
-            return match  # a huge concept is rare: match it again rather than keep it
+            return False  # a huge concept is rare: match it again rather than keep it
         if (
             len(self._matches) >= MATCH_CACHE_SIZE
+            or len(self._exposures) >= MATCH_CACHE_SIZE
             or self._cached_chars + size > MATCH_CACHE_MAX_CHARS
         ):
             self._matches.clear()
+            self._exposures.clear()
             self._cached_chars = 0
-        self._matches[key] = match
         self._cached_chars += size
-        return match
+        return True
 
     @property
     def cached_chars(self) -> int:
@@ -348,7 +371,19 @@ class Terminology:
         exposure is SYSTEMIC, NON_SYSTEMIC or UNKNOWN; site names the non-systemic route
         (cutaneous, ophthalmic, otic). Any systemic sign wins, and no sign at all is unknown:
         both fire the interaction rules (knowledge "route and dose form": unknown fires).
+        Memoized like ``match_medication``: a chart's orders repeat the same products.
         """
+        key = (tuple(codings), tuple(texts))
+        exposure = self._exposures.get(key)
+        if exposure is None:
+            exposure = self._exposure(*key)
+            if self._room_for(key):
+                self._exposures[key] = exposure
+        return exposure
+
+    def _exposure(
+        self, codings: tuple[Coding, ...], texts: tuple[str, ...]
+    ) -> tuple[str, str | None]:
         found: set[str] = set()
         for coding in codings:
             exposure = self._route_codes.get((self.system(coding), coding.code.strip()))
@@ -382,17 +417,25 @@ class Terminology:
         coding_list = concept.get("coding")
         if not isinstance(coding_list, list):
             return None
-        kinds = self.knowledge.observation_kinds
+        table = self._observation_codes
         for c in coding_list:
-            if not isinstance(c, dict):
+            try:
+                match = table.get(c.get("code"))
+            except (AttributeError, TypeError):  # a coding that is no object, a code unhashable
                 continue
-            code = c.get("code")
-            if not isinstance(code, str) or code not in kinds:
+            if match is None:
                 continue
-            system = str(c.get("system") or "").strip()
-            if self._systems.get(system, system) == LOINC:
-                return kinds[code], code
+            system = c.get("system")
+            if isinstance(system, str) and system in self._loinc_systems:
+                return match
+            if self._is_loinc(system):
+                return match
         return None
+
+    def _is_loinc(self, system: Any) -> bool:
+        """A system sent in another spelling (blanks around it) that still names LOINC."""
+        text = str(system or "").strip()
+        return self._systems.get(text, text) == LOINC
 
     def observation_kind(self, codings: Iterable[Coding]) -> ObservationKind | None:
         match = self.observation_match(codings)

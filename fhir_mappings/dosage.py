@@ -88,8 +88,8 @@ def frequency(timing: Any, vocabulary: DoseVocabulary) -> tuple[float | None, tu
     if not isinstance(timing, dict):
         return None, ()
     repeat = as_object(timing.get("repeat"))
-    when = tuple(w for w in as_list(repeat.get("when")) if isinstance(w, str))
-    when += tuple(t for t in as_list(repeat.get("timeOfDay")) if isinstance(t, str))
+    named = as_list(repeat.get("when")) + as_list(repeat.get("timeOfDay"))
+    when = tuple([w for w in named if isinstance(w, str)]) if named else ()
     count = as_number(repeat.get("frequency"))
     most = as_number(repeat.get("frequencyMax"))
     if count is not None and most is not None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_mappings.codes import Coding, MedicationMatch
 from fhir_mappings.dosage import dosage, to_days
@@ -15,6 +14,7 @@ from fhir_mappings.readers import (
     as_list,
     as_object,
     codings,
+    codings_and_texts,
     concept_texts,
     parse_datetime,
     quantity,
@@ -25,6 +25,7 @@ from fhir_mappings.references import (
     reference_of,
     relative_reference,
 )
+from fhir_mappings.supply import record_start, supplied_until
 from fhir_mappings.vocabulary import Role
 
 # Request types read from draftOrders / medications (MedicationOrder: DSTU2 medication-prescribe,
@@ -78,7 +79,7 @@ def recorded_medication(
     identified = _identify(mapper, resource, medications_by_ref)
     if not identified[3].roles:
         return None
-    return _medication(mapper, resource, identified)
+    return _medication(mapper, resource, identified, recorded=True)
 
 
 _Identified = tuple["_Concept", list[Coding], list[str], MedicationMatch]
@@ -89,7 +90,8 @@ def _identify(
 ) -> _Identified:
     """The order's drug concept, its codings and names, and what the knowledge matched."""
     read = _medication_concept(resource, medications_by_ref)
-    concept_codings, texts = codings(read.concept), concept_texts(read.concept) + read.texts
+    concept_codings, texts = codings_and_texts(read.concept)
+    texts += read.texts
     match = mapper.terminology.match_medication(concept_codings, texts)
     if read.missing_note is not None and not (match.ingredients or match.roles):
         # The display named nothing the knowledge knows: say the drug could not be told.
@@ -104,11 +106,15 @@ def _medication(
     *,
     draft_index: int | None = None,
     selected: bool = False,
+    recorded: bool = False,
 ) -> Medication:
+    """The Medication of an identified order; ``recorded``: with what currency needs from its
+    record (type, intent, start and supply, ``supply.py``), else as a draft reads."""
     read, concept_codings, texts, match = identified
     terminology = mapper.terminology
-    route_codings = [c for d in _dosages(resource) for c in codings(d.get("route"))]
-    route_texts = [t for d in _dosages(resource) for t in concept_texts(d.get("route"))]
+    dosages = _dosages(resource)
+    route_codings = [c for d in dosages for c in codings(d.get("route"))]
+    route_texts = [t for d in dosages for t in concept_texts(d.get("route"))]
     exposure, site = terminology.exposure(
         route_codings + codings(read.form),
         [*route_texts, *concept_texts(read.form), *texts],
@@ -119,19 +125,36 @@ def _medication(
     # A code-only order (an NDC without text) shows the knowledge's product name.
     name = texts[0] if texts else match.product_name or "(unidentified medication)"
     knowledge = mapper.terminology.knowledge
+    is_voclosporin = Role.VOCLOSPORIN in match.roles
     # Capsule counts are voclosporin's 7.9 mg capsules; another drug's capsule is not known.
-    capsule_mg = knowledge.dose.capsule_mg if Role.VOCLOSPORIN in match.roles else None
+    capsule_mg = knowledge.dose.capsule_mg if is_voclosporin else None
+    # The dose rules read the drafts' doses (and a voclosporin record's): another recorded
+    # order's dosage is read by no rule, so it is not read at all (issue 14).
+    read_dosage = bool(match.roles) and (draft_index is not None or is_voclosporin)
+    record_type, intent = "MedicationRequest", None
+    authored_on, covered_until = None, None
+    if recorded:
+        kind, stated_intent = resource.get("resourceType"), resource.get("intent")
+        record_type = kind if isinstance(kind, str) else record_type
+        intent = stated_intent if isinstance(stated_intent, str) else None
+        authored_on = record_start(resource)
+        covered_until = supplied_until(resource, authored_on)
+    else:
+        authored_on = parse_datetime(resource.get("authoredOn"))
     return Medication(
         reference=reference_of(resource),
         name=name,
         ingredients=match.ingredients,
         roles=match.roles,
         status=resource.get("status") if isinstance(resource.get("status"), str) else None,
-        authored_on=parse_datetime(resource.get("authoredOn")),
+        authored_on=authored_on,
         is_draft=draft_index is not None,
         is_selected=selected,
         draft_index=draft_index,
-        dosage=dosage(resource, knowledge.dose_vocabulary, capsule_mg) if match.roles else None,
+        record_type=record_type,
+        intent=intent,
+        supply_until=covered_until,
+        dosage=dosage(resource, knowledge.dose_vocabulary, capsule_mg) if read_dosage else None,
         expected_supply_days=to_days(supply) if supply else None,
         number_of_repeats=repeats if isinstance(repeats, int) else None,
         identified=bool(concept_codings or texts),
@@ -142,8 +165,7 @@ def _medication(
     )
 
 
-@dataclass(frozen=True)
-class _Concept:
+class _Concept(NamedTuple):
     """What names an order's drug: its concept, extra names, the Medication.form, and the note
     to give when a referenced Medication is missing (used only if the names identify nothing)."""
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from fhir_mappings.categories import category_of_kind, observation_categories
@@ -16,12 +17,11 @@ from fhir_mappings.readers import (
     Resource,
     as_code,
     as_list,
-    codings,
     parse_datetime,
     quantity,
 )
 from fhir_mappings.references import reference_of
-from fhir_mappings.selection import Result, first_copy, pick, tie_order
+from fhir_mappings.selection import Result, Row, Series, first_copy, pick, tie_order
 from fhir_mappings.vocabulary import DataCategory, ObservationKind
 
 # Observation statuses that carry no result: retracted ones never count, not even as "the latest"
@@ -58,15 +58,18 @@ def observation_time(resource: Resource) -> datetime | None:
 
 def observation_series(
     mapper: Mapper, chart: Mapping[DataCategory, Sequence[Resource]], now: datetime
-) -> dict[DataCategory, list[Result]]:
+) -> dict[DataCategory, Series]:
     """Every dated lab result of a kind the rules read, oldest first, keyed by its category.
 
-    Only the code and date are read here: a chart can hold thousands of results and the rules
-    read a handful, so values are read (and checked) only for those (``selection.pick``).
+    One pass over the raw resources that reads only the code, status and date: a chart can hold
+    thousands of results and the rules read a handful, so values are read (and checked) only for
+    those (``selection.pick``), and a result is kept as a plain row until then (issue 14).
     """
-    series: dict[DataCategory, list[Result]] = {}
+    rows_of: dict[DataCategory, list[Row]] = {}
+    rows_of_kind: dict[ObservationKind, list[Row]] = {}
     seen: dict[str, Any] = {}
     observation_match = mapper.terminology.observation_match_concept
+    latest_allowed = now + FUTURE_TOLERANCE
     for spec in observation_categories():
         for resource in chart.get(spec.category, ()):
             if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
@@ -74,28 +77,42 @@ def observation_series(
             match = observation_match(resource.get("code"))
             if match is None:
                 continue
+            key = resource.get("id")
+            if not isinstance(key, str) or not key:
+                key = str(key or id(resource))
+            if key not in seen:
+                seen[key] = resource
+            elif not first_copy(seen, resource):
+                continue
+            status = resource.get("status")
+            if isinstance(status, str) and status in _RETRACTED_OBSERVATION:
+                continue
+            # effectiveDateTime first, as observation_time reads it; the other fields are rare.
+            when = parse_datetime(resource.get("effectiveDateTime")) or observation_time(resource)
             kind, code = match
-            if not first_copy(seen, resource):
-                continue
-            if as_code(resource.get("status")) in _RETRACTED_OBSERVATION:
-                continue
-            when = observation_time(resource)
             if when is None:
                 mapper.skip(resource, f"{kind} result has no date")
                 continue
-            if when > now + FUTURE_TOLERANCE:
+            if when > latest_allowed:
                 mapper.skip(resource, f"{kind} result dated in the future ({when.date()})")
                 continue
-            series.setdefault(category_of_kind(kind), []).append(Result(when, kind, code, resource))
-    for results in series.values():
-        results.sort(key=lambda r: r.when)
+            rows = rows_of_kind.get(kind)
+            if rows is None:  # the kinds of one category share its list
+                rows = rows_of_kind[kind] = rows_of.setdefault(_CATEGORY_OF_KIND[kind], [])
+            rows.append((when, kind, code, resource))
+    series = {}
+    for category, rows in rows_of.items():
+        rows.sort(key=_time_of)  # stable: results at one instant stay in chart order
+        series[category] = Series(rows)
     return series
 
 
-def measurement(
-    mapper: Mapper, resource: Resource, kind: ObservationKind, code: str
-) -> Measurement | None:
-    """One lab result of ``kind`` (LOINC ``code``) in canonical units, or None.
+_CATEGORY_OF_KIND = {kind: category_of_kind(kind) for kind in ObservationKind}
+_time_of = itemgetter(0)
+
+
+def measurement(mapper: Mapper, result: Result) -> Measurement | None:
+    """One lab result of its kind (its LOINC code) in canonical units, or None.
 
     None without a report for a result that has none (status registered/retracted, or a
     ``dataAbsentReason``: the chart has no value, a monitoring gap for the rule that wanted
@@ -103,6 +120,7 @@ def measurement(
     A comparator (``valueQuantity.comparator`` or a ``valueString`` such as ">60") makes the
     Measurement a bound (``comparator``), never a plain number.
     """
+    resource, kind, code = result.resource, result.kind, result.code
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return None
     amount = quantity(resource.get("valueQuantity")) or _value_string(resource, kind)
@@ -128,7 +146,7 @@ def measurement(
     return Measurement(
         value=value,
         unit=unit,
-        when=observation_time(resource),
+        when=result.when,  # observation_time, read by the pass that found the result
         source=reference_of(resource),
         code=code,
         method=method,
@@ -156,19 +174,19 @@ def _value_string(resource: Resource, kind: ObservationKind) -> tuple[float, str
     return (number, unit.strip(), comparator) if unit else None
 
 
-def blood_pressures(
-    mapper: Mapper, resource: Resource, kind: ObservationKind
-) -> Iterator[BloodPressure]:
+def blood_pressures(mapper: Mapper, result: Result) -> Iterator[BloodPressure]:
     """The readings of a BP panel (its components) or of a lone systolic/diastolic result."""
+    resource, kind = result.resource, result.kind
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return
-    when, source = observation_time(resource), reference_of(resource)
+    when, source = result.when, reference_of(resource)
     if kind == ObservationKind.BP_PANEL:
         parts: dict[str, float] = {}
         for component in as_list(resource.get("component")):
             if not isinstance(component, dict):
                 continue
-            part = mapper.terminology.observation_kind(codings(component.get("code")))
+            match = mapper.terminology.observation_match_concept(component.get("code"))
+            part = match[0] if match else None
             amount = quantity(component.get("valueQuantity"))
             if part in ("systolic", "diastolic") and amount:
                 parts[part] = amount[0]
@@ -192,7 +210,7 @@ class ResultReader:
 
     def measurement(self, result: Result) -> Measurement | None:
         """The result as a Measurement."""
-        return measurement(self.mapper, result.resource, result.kind, result.code)
+        return measurement(self.mapper, result)
 
     def systolic(self, result: Result) -> BloodPressure | None:
         """The first reading of the result that has a systolic value."""
@@ -203,7 +221,7 @@ class ResultReader:
         return self._reading(result, "diastolic")
 
     def _reading(self, result: Result, part: str) -> BloodPressure | None:
-        for bp in blood_pressures(self.mapper, result.resource, result.kind):
+        for bp in blood_pressures(self.mapper, result):
             if getattr(bp, part) is not None:
                 return bp
         return None
@@ -211,8 +229,8 @@ class ResultReader:
 
 def egfr_series(
     mapper: Mapper,
-    measured: Sequence[Result],
-    creatinine: Sequence[Result],
+    measured: Series,
+    creatinine: Series,
     anchors: Sequence[datetime | None],
     birth_date: date | None,
     sex: str | None,
@@ -232,7 +250,8 @@ def egfr_series(
 
     Results at one instant are ordered by ``selection.tie_order``. An unusable result (a
     string that is no number, a ``dataAbsentReason``, entered-in-error) is passed over, so it
-    never hides a usable one of the same day or an older day.
+    never hides a usable one of the same day or an older day. Only the days some anchor reaches
+    are read.
     """
     race_based = mapper.terminology.knowledge.race_based_egfr_codes
     reader = ResultReader(mapper)
@@ -241,41 +260,53 @@ def egfr_series(
         if compute and birth_date is not None and sex is not None
         else None
     )
-    by_day: dict[date, list[Result]] = {}
-    for result in sorted([*measured, *creatinine], key=lambda r: r.when):
-        by_day.setdefault(result.when.date(), []).append(result)
-    days = sorted(by_day)
     best: dict[date, tuple[Measurement, Resource] | None] = {}
 
-    def day_result(day: date) -> tuple[Measurement, Resource] | None:
-        results = by_day[day]
-        egfrs = [r for r in results if r.kind == ObservationKind.EGFR]
-        race_free = [r for r in egfrs if r.code not in race_based]
-        creatinines = [r for r in results if r.kind == ObservationKind.CREATININE]
-        steps: list[tuple[list[Result], Callable[[Result], Measurement | None] | None]] = [
-            (race_free, reader.measurement),
-            (creatinines, from_creatinine),
-            ([r for r in egfrs if r.code in race_based], reader.measurement),
+    def day_result(
+        egfr_rows: list[Row], creatinine_rows: list[Row]
+    ) -> tuple[Measurement, Resource] | None:
+        steps: list[tuple[list[Row], Callable[[Result], Measurement | None] | None]] = [
+            ([r for r in egfr_rows if r[2] not in race_based], reader.measurement),
+            (creatinine_rows, from_creatinine),
+            ([r for r in egfr_rows if r[2] in race_based], reader.measurement),
         ]
-        for group, read in steps:
-            if group and read is not None:
-                chosen = pick(group, (None,), read, _as_egfr)
+        for rows, read in steps:
+            if rows and read is not None:
+                chosen = pick(Series(rows), (None,), read, _as_egfr)
                 if chosen:
                     return chosen[0]
         return None
 
     chosen: dict[int, tuple[Measurement, Resource]] = {}
     for anchor in anchors:
-        for day in reversed(days):
-            if anchor is not None and day > anchor.date():
-                continue
+        for day, egfr_rows, creatinine_rows in _days(measured, creatinine, anchor):
             if day not in best:
-                best[day] = day_result(day)
+                best[day] = day_result(egfr_rows, creatinine_rows)
             item = best[day]
             if item is not None:
                 chosen[id(item[1])] = item
                 break
     return list(chosen.values())
+
+
+def _days(
+    first: Series, second: Series, anchor: datetime | None
+) -> Iterator[tuple[date, list[Row], list[Row]]]:
+    """(day, rows of ``first``, rows of ``second``) of each day either has, newest first, from
+    ``anchor``'s day."""
+    days_first, days_second = first.days(anchor), second.days(anchor)
+    a, b = next(days_first, None), next(days_second, None)
+    while a is not None or b is not None:
+        day = max(d[0] for d in (a, b) if d is not None)
+        rows_first: list[Row] = []
+        rows_second: list[Row] = []
+        if a is not None and a[0] == day:
+            rows_first = first.rows[a[1] : a[2]]
+            a = next(days_first, None)
+        if b is not None and b[0] == day:
+            rows_second = second.rows[b[1] : b[2]]
+            b = next(days_second, None)
+        yield day, rows_first, rows_second
 
 
 def _as_egfr(kind: ObservationKind, item: Measurement) -> tuple[object, ...]:
@@ -294,7 +325,7 @@ class _EgfrFromCreatinine:
     def read(self, result: Result) -> Measurement | None:
         """The computed eGFR, or None (too young, or no usable creatinine)."""
         k = self.mapper.terminology.knowledge.ckd_epi
-        creatinine_mg_dl = measurement(self.mapper, result.resource, result.kind, result.code)
+        creatinine_mg_dl = measurement(self.mapper, result)
         if creatinine_mg_dl is None:
             return None
         age = (result.when.date() - self.birth_date).days / 365.25

@@ -29,8 +29,28 @@ def concept_texts(concept: Any) -> list[str]:
     if not isinstance(concept, dict):
         return []
     texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    texts += [c.display for c in codings(concept) if c.display]
+    for c in as_list(concept.get("coding")):  # the displays of ``codings``, without Codings
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            display = str(c.get("display") or "")
+            if display:
+                texts.append(display)
     return texts
+
+
+def codings_and_texts(concept: Any) -> tuple[list[Coding], list[str]]:
+    """``codings`` and ``concept_texts`` of a CodeableConcept, read at once (every order of a
+    chart is read so)."""
+    if not isinstance(concept, dict):
+        return [], []
+    result = []
+    texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
+    for c in as_list(concept.get("coding")):
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            display = str(c.get("display") or "")
+            result.append(Coding(str(c.get("system") or ""), c["code"], display))
+            if display:
+                texts.append(display)
+    return result, texts
 
 
 def concept_name(concept: Any) -> str:
@@ -52,14 +72,22 @@ def parse_datetime(value: Any) -> datetime | None:
         return None
     text = value.strip()
     try:
-        if len(text) == 4:
+        size = len(text)
+        if size == 4:
             return datetime(int(text), 1, 1, tzinfo=UTC)
-        if len(text) == 7:
+        if size == 7:
             return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        parsed = _from_iso(text.replace("Z", "+00:00"))
+        zone = parsed.tzinfo
+        if zone is UTC:  # the usual "...Z" / "+00:00": already what astimezone would give
+            return parsed
+        return parsed.replace(tzinfo=UTC) if zone is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted past the range
         return None
+
+
+# Bound once: this runs for every dated result of a long chart (issue 14).
+_from_iso = datetime.fromisoformat
 
 
 def parse_date(value: Any) -> date | None:

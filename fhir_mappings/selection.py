@@ -7,10 +7,10 @@ by code and date, and only the picked ones are read in full (and validated).
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from itertools import groupby
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from fhir_mappings.facts import BloodPressure, Measurement
@@ -31,8 +31,83 @@ class Result:
     resource: Resource = field(compare=False)
 
 
+# One dated result as the pass over a chart keeps it: (when, kind, LOINC code, resource). A plain
+# tuple costs a tenth of a Result; a Result is made only for a row some rule reads (issue 14).
+Row = tuple[datetime, ObservationKind, str, Resource]
+
+
+def _day_of(row: Row) -> date:
+    return row[0].date()
+
+
+class Series:
+    """The dated results of one category, oldest first (results at one instant in chart order).
+
+    Results are made only for the rows read: the newest ones, and those on or before an anchor.
+    """
+
+    __slots__ = ("_results", "rows")
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self._results: dict[int, Result] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def result(self, index: int) -> Result:
+        """The result of row ``index`` (one object per row, so callers may key by identity)."""
+        result = self._results.get(index)
+        if result is None:
+            result = self._results[index] = Result(*self.rows[index])
+        return result
+
+    def results(self) -> list[Result]:
+        """Every result, oldest first."""
+        return [self.result(i) for i in range(len(self.rows))]
+
+    def end(self, anchor: datetime | None) -> int:
+        """How many rows lie on or before ``anchor``'s day (every row for None)."""
+        if anchor is None:
+            return len(self.rows)
+        return bisect_right(self.rows, anchor.date(), key=_day_of)
+
+    def since(self, day: date) -> list[datetime]:
+        """The times of the rows on or after ``day``, oldest first."""
+        start = bisect_left(self.rows, day, key=_day_of)
+        return [row[0] for row in self.rows[start:]]
+
+    def groups(self, anchor: datetime | None) -> Iterator[list[Result]]:
+        """Results taken at one instant, newest first, from the newest on or before ``anchor``'s
+        day (each group in chart order)."""
+        rows = self.rows
+        stop = self.end(anchor)
+        while stop > 0:
+            when = rows[stop - 1][0]
+            start = stop - 1
+            while start > 0 and rows[start - 1][0] == when:
+                start -= 1
+            yield [self.result(i) for i in range(start, stop)]
+            stop = start
+
+    def days(self, anchor: datetime | None) -> Iterator[tuple[date, int, int]]:
+        """(day, start, stop) of the rows of each day, newest first, from ``anchor``'s day."""
+        rows = self.rows
+        stop = self.end(anchor)
+        while stop > 0:
+            day = rows[stop - 1][0].date()
+            start = stop - 1
+            while start > 0 and rows[start - 1][0].date() == day:
+                start -= 1
+            yield day, start, stop
+            stop = start
+
+
+NO_RESULTS = Series([])
+
+
 def pick(
-    results: Sequence[Result],
+    series: Series,
     anchors: Sequence[datetime | None],
     read: Callable[[Result], Dated | None],
     order: Callable[[ObservationKind, Dated], Any] | None = None,
@@ -47,11 +122,8 @@ def pick(
     key = order or tie_order
     chosen: dict[int, tuple[Dated, Resource]] = {}
     cache: dict[int, Dated | None] = {}
-    groups = [list(group) for _, group in groupby(results, key=lambda r: r.when)]
     for anchor in anchors:
-        for group in reversed(groups):
-            if anchor is not None and group[0].when.date() > anchor.date():
-                continue
+        for group in series.groups(anchor):
             readable = []
             for result in group:
                 if id(result) not in cache:
@@ -97,7 +169,9 @@ def latest(
             if anchor is None or (when is not None and when.date() <= anchor.date()):
                 chosen[id(item)] = item
                 break
-    return tuple(sorted({mapper.checked(r, item) for item, r in chosen.values()}, key=by_time))
+    # dict, not set: items at one instant keep one order in every process (``build_facts``)
+    checked = dict.fromkeys(mapper.checked(r, item) for item, r in chosen.values())
+    return tuple(sorted(checked, key=by_time))
 
 
 def by_time(item: Measurement | BloodPressure) -> datetime:
@@ -113,6 +187,23 @@ def unique(resources: Iterable[Resource], resource_type: str) -> Iterator[Resour
             continue
         if first_copy(seen, resource):
             yield resource
+
+
+def unique_by_type(
+    resources: Iterable[Resource], resource_types: Sequence[str]
+) -> dict[str, list[Resource]]:
+    """``unique`` for each of ``resource_types`` (a key each, in that order), in one pass."""
+    kept: dict[str, list[Resource]] = {t: [] for t in resource_types}
+    seen: dict[str, dict[str, Any]] = {t: {} for t in resource_types}
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str) or resource_type not in kept:
+            continue
+        if first_copy(seen[resource_type], resource):
+            kept[resource_type].append(resource)
+    return kept
 
 
 def first_copy(seen: dict[str, Any], resource: Resource) -> bool:

@@ -8,11 +8,9 @@ still taken while its supply lasts (FHIR R4: "completed" = all actions done).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 from fhir_mappings.dosage import to_days
-from fhir_mappings.facts import Medication
 from fhir_mappings.readers import Resource, as_object, parse_date, parse_datetime, quantity
 
 # Recorded medications: orders, what the patient reports taking, what a pharmacy handed over.
@@ -45,34 +43,26 @@ def supply_until(resource: Resource) -> date | None:
     valid day, so the later end is the one the patient may still be taking); a dispense:
     whenHandedOver + daysSupply; a statement: its effective period's end (or its one dateTime).
     """
+    return supplied_until(resource, record_start(resource))
+
+
+def supplied_until(resource: Resource, start: datetime | None) -> date | None:
+    """``supply_until`` of a record whose ``record_start`` is known already."""
     kind = resource.get("resourceType")
     if kind == "MedicationStatement":
         period = as_object(resource.get("effectivePeriod"))
         return parse_date(period.get("end")) or parse_date(resource.get("effectiveDateTime"))
     if kind == "MedicationDispense":
-        return _covered(record_start(resource), _days(resource.get("daysSupply")), 1)
+        return _covered(start, _days(resource.get("daysSupply")), 1)
     dispense = as_object(resource.get("dispenseRequest"))
     repeats = dispense.get("numberOfRepeatsAllowed")
     fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
     ends = [
         parse_date(as_object(dispense.get("validityPeriod")).get("end")),
-        _covered(record_start(resource), _days(dispense.get("expectedSupplyDuration")), fills),
+        _covered(start, _days(dispense.get("expectedSupplyDuration")), fills),
     ]
     known = [end for end in ends if end is not None]
     return max(known) if known else None
-
-
-def as_record(medication: Medication, resource: Resource) -> Medication:
-    """A Medication read by ``medications.medication`` with what currency needs from its record."""
-    kind = resource.get("resourceType")
-    intent = resource.get("intent")
-    return replace(
-        medication,
-        record_type=kind if isinstance(kind, str) else medication.record_type,
-        intent=intent if isinstance(intent, str) else None,
-        authored_on=record_start(resource),
-        supply_until=supply_until(resource),
-    )
 
 
 def _days(value: object) -> float | None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from fhir_mappings.bundles import (
+    bundle_error,
+    bundle_resources,
     collection_bundle,
     error_outcome,
     merged_searchset,
+    of_expected_types,
     operation_outcome_text,
     operation_outcome_texts,
+    read_bundle,
     resource_ids,
     search_matches,
 )
@@ -68,3 +72,60 @@ def test_collection_bundle_and_resource_ids_round_trip():
     assert bundle["type"] == "collection"
     assert resource_ids(bundle, "Patient") == ["p1"]
     assert resource_ids("not a bundle", "Patient") == []
+
+
+def _entry(resource: object, mode: str | None = None) -> dict:
+    entry: dict = {"resource": resource}
+    if mode:
+        entry["search"] = {"mode": mode}
+    return entry
+
+
+def _outcome(severity: str, text: str) -> dict:
+    issue = {"severity": severity, "code": "processing", "diagnostics": text}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def test_read_bundle_does_in_one_walk_what_the_three_readers_do():
+    """One walk gives what bundle_error, bundle_resources and of_expected_types give: kept
+    resources in order, a report per unexpected entry, outcome-mode entries skipped."""
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            _entry({"resourceType": "Observation", "id": "o1"}, "match"),
+            _entry(_outcome("warning", "ignored _sort"), "outcome"),
+            _entry({"resourceType": "Condition", "id": "c1"}),
+            "junk",
+            _entry({"id": "no-type"}),
+            _entry(_outcome("information", "note")),
+            _entry({"resourceType": "Observation", "id": "o2"}, "include"),
+        ],
+    }
+    expected = frozenset({"Observation"})
+    contents = read_bundle(bundle, expected, "egfr")
+    kept, unreadable = of_expected_types(bundle_resources(bundle), expected, "egfr")
+    assert contents.failure is bundle_error(bundle) is None
+    assert [r["id"] for r in contents.resources] == ["o1", "o2"]
+    assert (contents.resources, contents.unreadable) == (kept, unreadable)
+    assert [u.reference for u in contents.unreadable] == [
+        "Condition/c1",
+        "prefetch egfr",
+        "prefetch egfr",
+    ]
+
+
+def test_read_bundle_reports_the_first_error_outcome_and_nothing_else():
+    """An error OperationOutcome anywhere (even after results) makes the Bundle a failure."""
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            _entry({"resourceType": "Observation", "id": "o1"}),
+            _entry(_outcome("error", "timeout"), "outcome"),
+            _entry(_outcome("fatal", "later")),
+        ],
+    }
+    contents = read_bundle(bundle, frozenset({"Observation"}), "egfr")
+    assert contents.failure == bundle_error(bundle)
+    assert contents.failure is not None
+    assert "timeout" in contents.failure
+    assert (contents.resources, contents.unreadable) == ([], [])

@@ -335,6 +335,60 @@ def test_observation_and_condition_codes_in_oid_form(terminology):
         assert terminology.condition_kinds([Coding(system, code)], []), system
 
 
+@pytest.mark.parametrize(
+    ("coding_list", "expected"),
+    [
+        ([{"system": LOINC, "code": "98979-8"}], "98979-8"),
+        ([{"system": OID_LOINC, "code": "98979-8"}], "98979-8"),
+        ([{"system": f" {LOINC} ", "code": "98979-8"}], "98979-8"),
+        ([{"system": "http://other", "code": "98979-8"}], None),
+        ([{"code": "98979-8"}], None),
+        ([{"system": LOINC, "code": ["98979-8"]}, {"system": LOINC, "code": "2160-0"}], "2160-0"),
+        (
+            [
+                "junk",
+                None,
+                {"system": LOINC, "code": "0000-0"},
+                {"system": LOINC, "code": "2823-3"},
+            ],
+            "2823-3",
+        ),
+        ([{"system": ["x"], "code": "98979-8"}], None),
+    ],
+    ids=[
+        "uri",
+        "oid",
+        "blanks",
+        "other-system",
+        "no-system",
+        "unhashable-code",
+        "junk-first",
+        "list-system",
+    ],
+)
+def test_raw_observation_code_matches_like_codings(terminology, coding_list, expected):
+    """The raw pass over a chart's Observations reads a code as ``observation_match`` does: the
+    first LOINC coding the knowledge knows, under its URI, its OID or with stray blanks."""
+    match = terminology.observation_match_concept({"coding": coding_list})
+    assert (match[1] if match else None) == expected
+    readable = [c for c in coding_list if isinstance(c, dict) and isinstance(c.get("code"), str)]
+    codings = [Coding(str(c.get("system") or ""), c["code"]) for c in readable]
+    assert match == terminology.observation_match(codings)
+
+
+def test_exposure_memo_gives_the_same_answer_and_shares_the_bound(knowledge, monkeypatch):
+    """Route reading is memoized like drug matching, within the same character bound."""
+    monkeypatch.setattr(codes, "MATCH_CACHE_MAX_CHARS", 10_000)
+    terminology = Terminology(knowledge)
+    first = terminology.exposure([], ["tacrolimus 0.1 % topical ointment"])
+    assert first == terminology.exposure([], ["tacrolimus 0.1 % topical ointment"])
+    assert first[0] == codes.NON_SYSTEMIC
+    for n in range(100):
+        terminology.exposure([], [f"{'y' * 900}{n:04d} oral tablet"])
+        assert terminology.cached_chars <= 10_000
+    assert terminology.exposure([], ["tacrolimus 0.1 % topical ointment"]) == first
+
+
 def test_immunization_cvx_codes_in_oid_form(terminology):
     """A recorded Immunization coded with the CVX OID keeps its CVX code and is live."""
     immunization = {

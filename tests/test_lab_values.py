@@ -293,3 +293,75 @@ def test_decline_over_30_from_a_bound_baseline_says_more_than(knowledge):
 def test_decline_bounds(baseline, current, expected):
     """The least and most decline two results allow (None: no limit on that side)."""
     assert decline_bounds(baseline, current) == expected
+
+
+# -- times as labs send them: offsets, one instant in two zones, UTC days -------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["as-listed", "reversed"])
+def test_latest_is_the_latest_instant_whatever_the_offsets(terminology, reverse):
+    """The latest eGFR is the latest instant: a result written on the 25th at -05:00 (the 26th,
+    04:30 UTC) is newer than one written on the 26th at +01:00 (the 26th, 01:00 UTC)."""
+    results = [
+        {**observation("98979-8", 50, EGFR_UNIT, when="2026-10-25T23:30:00-05:00"), "id": "a"},
+        {**observation("98979-8", 70, EGFR_UNIT, when="2026-10-26T02:00:00+01:00"), "id": "b"},
+    ]
+    f = facts_from(terminology, [PATIENT, *(reversed(results) if reverse else results)])
+    assert [(m.value, m.source) for m in f.egfr] == [(50, "Observation/a")]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["as-listed", "reversed"])
+def test_one_instant_written_in_two_zones_is_one_draw(terminology, reverse):
+    """10:00+02:00 and 08:00Z are one instant: a tie, so the lower eGFR, whatever the order."""
+    results = [
+        {**observation("98979-8", 64, EGFR_UNIT, when="2026-10-25T10:00:00+02:00"), "id": "a"},
+        {**observation("62238-1", 58, EGFR_UNIT, when="2026-10-25T08:00:00Z"), "id": "b"},
+    ]
+    f = facts_from(terminology, [PATIENT, *(reversed(results) if reverse else results)])
+    assert [m.value for m in f.egfr] == [58]
+
+
+def _voclosporin_order(status: str, authored: str) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"v-{status}",
+        "status": status,
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "LUPKYNIS 7.9 mg capsule"},
+        "authoredOn": authored,
+        "dispenseRequest": {"expectedSupplyDuration": {"value": 30, "unit": "days"}},
+    }
+
+
+def test_baseline_is_the_latest_on_the_course_start_day_in_utc(terminology):
+    """The baseline is read by UTC day: 01:00+03:00 on 2 June is 1 June (the start day) in UTC
+    and counts; 22:00-05:00 on 1 June is 2 June in UTC and does not."""
+    results = [
+        {**observation("98979-8", 90, EGFR_UNIT, when="2026-06-02T01:00:00+03:00"), "id": "x"},
+        {**observation("98979-8", 80, EGFR_UNIT, when="2026-06-01T22:00:00-05:00"), "id": "y"},
+        {**observation("98979-8", 70, EGFR_UNIT, when="2026-10-25T09:00:00Z"), "id": "z"},
+    ]
+    order = _voclosporin_order("active", "2026-06-01")
+    f = facts_from(terminology, [PATIENT, order, *results])
+    assert [m.value for m in f.egfr] == [90, 70]
+
+
+def test_after_a_stopped_course_every_day_since_its_start_is_read(terminology):
+    """After a stopped course the rules get the eGFR of every day since it started (measured, or
+    computed from that day's creatinine), plus the baseline; older days only as the baseline."""
+    order = _voclosporin_order("stopped", "2026-06-01")
+    results = [
+        {**observation("98979-8", 95, EGFR_UNIT, when="2026-05-20T09:00:00Z"), "id": "e0"},
+        {**observation("98979-8", 99, EGFR_UNIT, when="2026-05-10T09:00:00Z"), "id": "e00"},
+        {**observation("98979-8", 88, EGFR_UNIT, when="2026-07-01T09:00:00Z"), "id": "e1"},
+        {**observation("2160-0", 1.4, "mg/dL", when="2026-08-01T09:00:00Z"), "id": "c2"},
+        {**observation("98979-8", 61, EGFR_UNIT, when="2026-09-01T09:00:00+02:00"), "id": "e3"},
+    ]
+    f = facts_from(terminology, [PATIENT, order, *results])
+    assert [(m.source, m.computed) for m in f.egfr] == [
+        ("Observation/e0", False),
+        ("Observation/e1", False),
+        ("Observation/c2", True),
+        ("Observation/e3", False),
+    ]

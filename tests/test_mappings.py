@@ -182,6 +182,40 @@ def test_dosage_in_capsules_and_bid_code(terminology):
     assert f.draft_orders[0].dosage.doses_per_day == 2
 
 
+def test_recorded_orders_read_what_currency_needs_and_doses_only_where_a_rule_reads_them(
+    terminology,
+):
+    """A recorded order carries its intent, start and supply; its dose is read for a voclosporin
+    record (and every draft) but not for another drug: no dose rule reads it."""
+    dosage = {
+        "timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}},
+        "doseAndRate": [{"doseQuantity": {"value": 10, "unit": "mg"}}],
+    }
+    supply = {"expectedSupplyDuration": {"value": 30, "unit": "days"}}
+
+    def recorded(id_: str, text: str) -> dict[str, Any]:
+        return {
+            **draft(medicationCodeableConcept={"text": text}, dosageInstruction=[dosage]),
+            "id": id_,
+            "status": "completed",
+            "authoredOn": "2026-10-20",
+            "dispenseRequest": supply,
+        }
+
+    lisinopril = recorded("r1", "lisinopril 10 MG Oral Tablet")
+    lupkynis = recorded("r2", "LUPKYNIS 7.9 mg capsule")
+    f = facts_from(terminology, [PATIENT, lisinopril, lupkynis])
+    by_ref = {m.reference: m for m in f.medications}
+    for m in by_ref.values():
+        assert (m.intent, m.record_type) == ("order", "MedicationRequest")
+        assert (m.authored_on.date().isoformat(), m.supply_until.isoformat()) == (
+            "2026-10-20",
+            "2026-11-18",
+        )
+    assert by_ref["MedicationRequest/r1"].dosage is None
+    assert [d.mg for d in by_ref["MedicationRequest/r2"].dosage.doses] == [10, 10]
+
+
 # -- observations --------------------------------------------------------------------------------
 
 
@@ -237,6 +271,15 @@ def test_bp_as_separate_observations(terminology):
         [PATIENT, observation("8480-6", 150, "mm[Hg]"), observation("8462-4", 95, "mm[Hg]")],
     )
     assert {(bp.systolic, bp.diastolic) for bp in f.blood_pressures} == {(None, 95), (150, None)}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["as-listed", "reversed"])
+def test_bp_parts_at_one_instant_come_in_one_order(terminology, reverse):
+    """A lone systolic and a lone diastolic taken at one instant: the systolic reading first,
+    whatever the chart's order (the order must not follow hashes, which vary by process)."""
+    parts = [observation("8462-4", 95, "mm[Hg]"), observation("8480-6", 150, "mm[Hg]")]
+    f = facts_from(terminology, [PATIENT, *(reversed(parts) if reverse else parts)])
+    assert [(bp.systolic, bp.diastolic) for bp in f.blood_pressures] == [(150, None), (None, 95)]
 
 
 def test_entered_in_error_and_missing_values(terminology):
@@ -366,6 +409,10 @@ def test_only_results_the_rules_read_are_validated(terminology, monkeypatch):
         ("2026", "2026-01-01T00:00:00+00:00"),
         ("2026-03", "2026-03-01T00:00:00+00:00"),
         ("2026-03-04T10:00:00-05:00", "2026-03-04T15:00:00+00:00"),
+        ("2026-03-04T10:00:00Z", "2026-03-04T10:00:00+00:00"),
+        (" 2026-03-04T10:00:00.250+00:00 ", "2026-03-04T10:00:00.250000+00:00"),
+        ("2026-03-04T10:00:00", "2026-03-04T10:00:00+00:00"),
+        ("0001-01-01T00:30:00+01:00", None),
         ("nonsense", None),
     ],
 )
