@@ -258,8 +258,8 @@ _MAX_KEY_BYTES = 16 * 1024  # a larger element is validated every time rather th
 class VerdictCache:
     """The elements known valid, least recently used first out, bounded in bytes.
 
-    Per worker process (threads share it under a lock). The key is an element's canonical
-    JSON with its resource type and name (``_element_key``), so only an element identical in
+    Per worker process (threads share it under a lock). The key is an element's JSON with its
+    resource type and name (``_element_key``), so only an element identical in
     content and position is answered from it. Only valid elements are kept: a broken one is
     validated (and reported) every time.
     """
@@ -348,11 +348,12 @@ def validation_problem(resource: Resource) -> str | None:
 
 
 def _element_key(resource_type: str, key: str, value: Any) -> bytes | None:
-    """The verdict cache key of one complex element in its position: its canonical JSON
-    (the bytes themselves, not a hash of them, so two elements can never share a key);
+    """The verdict cache key of one complex element in its position: its JSON (the bytes
+    themselves, not a hash of them, so two elements can never share a key; keys in the order
+    sent: the same element in another order is validated once more, never taken for another);
     None when it has none (an integer beyond 64 bits, or too long to keep)."""
     try:
-        serialised = orjson.dumps([resource_type, key, value], option=orjson.OPT_SORT_KEYS)
+        serialised = orjson.dumps([resource_type, key, value])
     except (TypeError, orjson.JSONEncodeError):
         return None
     return serialised if len(serialised) <= _MAX_KEY_BYTES else None
@@ -371,7 +372,7 @@ class ElementGate:
     elements, an invalid value) answers False, and the caller validates the whole model.
     """
 
-    validators: dict[str, TypeAdapter[Any]]
+    validators: dict[str, Any]  # JSON name -> its TypeAdapter's core validator
     complex: frozenset[str]  # elements of a complex type (their verdicts are cached)
     complex_lists: frozenset[str]  # lists of a complex type: a null item is refused
     required: frozenset[str]  # present and not null (pydantic-required, element_required)
@@ -421,7 +422,7 @@ def _element_gate(resource_type: str) -> ElementGate | None:
     model = _model(resource_type)
     instance = model.model_construct()
     by_name = {name: field.alias or name for name, field in model.model_fields.items()}
-    validators: dict[str, TypeAdapter[Any]] = {}
+    validators: dict[str, Any] = {}
     complex_names, complex_lists, required = set(), set(), []
     for name, field in model.model_fields.items():
         alias = by_name[name]
@@ -430,9 +431,10 @@ def _element_gate(resource_type: str) -> ElementGate | None:
         if alias not in elements:
             continue  # never in a trimmed copy (``_x`` extensions, comments, unread elements)
         annotation = field.annotation
+        # The adapter's core validator itself: its Python wrapper costs more than a Code check.
         validators[alias] = TypeAdapter(
             Annotated[annotation, *field.metadata] if field.metadata else annotation
-        )
+        ).validator
         text = str(annotation)
         if _COMPLEX_TYPE.search(text) or "ResourceType" in text:
             complex_names.add(alias)

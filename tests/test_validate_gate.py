@@ -16,6 +16,7 @@ from fhir_mappings.validate import (
     VERDICTS,
     VerdictCache,
     _element_gate,
+    _element_key,
     _validate,
     trimmed,
     validation_problem,
@@ -219,6 +220,9 @@ def test_an_element_too_large_to_keep_is_validated_every_time() -> None:
     valid = _observation(code={"text": huge_text})
     assert validation_problem(valid) is None
     assert not VERDICTS.known(b'["Observation","code",{"text":"' + huge_text.encode() + b'"}]')
+    assert not VERDICTS.known(_element_key("Observation", "code", {"text": "x" * 100}) or b"")
+    assert validation_problem(_observation(code={"text": "x" * 100})) is None
+    assert VERDICTS.known(_element_key("Observation", "code", {"text": "x" * 100}) or b"")
     broken = _observation(code={"text": huge_text, "coding": "not-a-list"})
     assert validation_problem(broken) == _validate("Observation", trimmed(broken))
     assert validation_problem(broken) is not None
