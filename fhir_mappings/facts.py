@@ -259,7 +259,7 @@ class PatientFacts:
         """Voclosporin orders being written now (for order-select: the selected ones)."""
         return tuple(m for m in self.draft_orders if m.is_voclosporin and m.is_selected)
 
-    @property
+    @cached_property
     def ordering_voclosporin(self) -> bool:
         """Voclosporin is among the orders being written (initiation or renewal)."""
         return bool(self.draft_voclosporin)
@@ -331,18 +331,27 @@ class PatientFacts:
         roles a cutaneous, ophthalmic or otic product is no partner (knowledge "route and dose
         form"; unknown route fires) unless ``include_non_systemic`` asks for it.
         """
+        return self._partners_by_role.get((role, include_non_systemic), ())
+
+    @cached_property
+    def _partners_by_role(self) -> dict[tuple[Role, bool], tuple[Medication, ...]]:
+        """``partners`` of every role, keyed by (role, include_non_systemic), in pool order:
+        read in one pass, as the rules ask for a dozen roles per call (issue 14)."""
         if self.ordering_voclosporin:
-            pool = (*self.draft_orders, *self.current_medications)
+            pool: tuple[Medication, ...] = (*self.draft_orders, *self.current_medications)
         elif self.takes_voclosporin:
             pool = tuple(m for m in self.draft_orders if m.is_selected)
         else:
-            return ()
-        spare = role in SYSTEMIC_INTERACTION_ROLES and not include_non_systemic
-        return tuple(
-            m
-            for m in pool
-            if m.has_role(role) and not m.is_voclosporin and not (spare and m.is_non_systemic)
-        )
+            return {}
+        found: dict[tuple[Role, bool], list[Medication]] = {}
+        for m in pool:
+            if m.is_voclosporin:
+                continue
+            for role in m.roles:
+                found.setdefault((role, True), []).append(m)
+                if not (m.is_non_systemic and role in SYSTEMIC_INTERACTION_ROLES):
+                    found.setdefault((role, False), []).append(m)
+        return {key: tuple(medications) for key, medications in found.items()}
 
 
 # Roles whose interaction needs systemic exposure to the partner (knowledge "route and dose
