@@ -82,13 +82,24 @@ def recorded_medication(
     return _medication(mapper, resource, identified, recorded=True)
 
 
-_Identified = tuple["_Concept", list[Coding], list[str], MedicationMatch]
+# (the Medication.form that named it, its codings, its names, what the knowledge matched)
+_Identified = tuple[Any, list[Coding], list[str], MedicationMatch]
 
 
 def _identify(
     mapper: Mapper, resource: Resource, medications_by_ref: Mapping[str, Resource]
 ) -> _Identified:
-    """The order's drug concept, its codings and names, and what the knowledge matched."""
+    """The order's drug: its codings and names, what the knowledge matched, and the form of a
+    referenced Medication."""
+    inline = resource.get("medicationCodeableConcept")
+    if isinstance(inline, dict):  # the usual order: no Medication to look up (issue 14)
+        concept_codings, texts = codings_and_texts(inline)
+        return (
+            None,
+            concept_codings,
+            texts,
+            mapper.terminology.match_medication(concept_codings, texts),
+        )
     read = _medication_concept(resource, medications_by_ref)
     concept_codings, texts = codings_and_texts(read.concept)
     texts += read.texts
@@ -96,7 +107,7 @@ def _identify(
     if read.missing_note is not None and not (match.ingredients or match.roles):
         # The display named nothing the knowledge knows: say the drug could not be told.
         mapper.skip(resource, read.missing_note)
-    return read, concept_codings, texts, match
+    return read.form, concept_codings, texts, match
 
 
 def _medication(
@@ -110,14 +121,14 @@ def _medication(
 ) -> Medication:
     """The Medication of an identified order; ``recorded``: with what currency needs from its
     record (type, intent, start and supply, ``supply.py``), else as a draft reads."""
-    read, concept_codings, texts, match = identified
+    form, concept_codings, texts, match = identified
     terminology = mapper.terminology
     dosages = _dosages(resource)
     route_codings = [c for d in dosages for c in codings(d.get("route"))]
     route_texts = [t for d in dosages for t in concept_texts(d.get("route"))]
     exposure, site = terminology.exposure(
-        route_codings + codings(read.form),
-        [*route_texts, *concept_texts(read.form), *texts],
+        route_codings + codings(form),
+        [*route_texts, *concept_texts(form), *texts],
     )
     dispense = as_object(resource.get("dispenseRequest"))
     supply = quantity(dispense.get("expectedSupplyDuration"))

@@ -212,7 +212,9 @@ def first_copy(seen: dict[str, Any], resource: Resource) -> bool:
     Dropping a same-id resource with other content could hide an interacting drug or a lab
     result. Contents are compared only when an id repeats, so the usual case stays cheap.
     """
-    key = str(resource.get("id") or id(resource))
+    key = resource.get("id")
+    if type(key) is not str or not key:  # the usual non-empty string id is its own key
+        key = str(key or id(resource))
     earlier = seen.get(key)
     if earlier is None:
         seen[key] = resource
