@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from operator import itemgetter
 from typing import Any
@@ -207,6 +207,12 @@ class ResultReader:
     """Reads a picked result in full, for ``selection.pick`` (None: unusable, reported)."""
 
     mapper: Mapper
+    # The readings of each BP panel read so far (by the Result, kept alive here): the systolic
+    # and the diastolic pick read the same panels. Lone results are read each time, as they
+    # report a missing value on each read.
+    _panels: dict[int, tuple[Result, list[BloodPressure]]] = field(
+        default_factory=dict, compare=False
+    )
 
     def measurement(self, result: Result) -> Measurement | None:
         """The result as a Measurement."""
@@ -221,7 +227,18 @@ class ResultReader:
         return self._reading(result, "diastolic")
 
     def _reading(self, result: Result, part: str) -> BloodPressure | None:
-        for bp in blood_pressures(self.mapper, result):
+        readings: Iterable[BloodPressure]
+        if result.kind == ObservationKind.BP_PANEL:
+            known = self._panels.get(id(result))
+            if known is None:
+                known = self._panels[id(result)] = (
+                    result,
+                    list(blood_pressures(self.mapper, result)),
+                )
+            readings = known[1]
+        else:
+            readings = blood_pressures(self.mapper, result)
+        for bp in readings:
             if getattr(bp, part) is not None:
                 return bp
         return None

@@ -131,6 +131,10 @@ def pick(
                 item = cache[id(result)]
                 if item is not None:
                     readable.append((item, result))
+            if len(readable) == 1:  # the usual instant holds one result: nothing to order
+                item, result = readable[0]
+                chosen[id(result)] = (item, result.resource)
+                break
             if readable:
                 item, result = min(readable, key=lambda pair: key(pair[1].kind, pair[0]))
                 chosen[id(result)] = (item, result.resource)
