@@ -13,6 +13,7 @@ from fhir_mappings.readers import (
     as_code,
     as_list,
     codings,
+    codings_and_texts,
     concept_name,
     concept_texts,
     parse_datetime,
@@ -58,8 +59,8 @@ def condition(mapper: Mapper, resource: Resource) -> Condition | None:
     if verification in _UNUSABLE_VERIFICATION:
         return None
     concept = resource.get("code")
-    texts = concept_texts(concept)
-    kinds = mapper.terminology.condition_kinds(codings(concept), texts)
+    concept_codings, texts = codings_and_texts(concept)
+    kinds = mapper.terminology.condition_kinds(concept_codings, texts)
     stages = [
         text
         for stage in as_list(resource.get("stage"))
@@ -68,7 +69,7 @@ def condition(mapper: Mapper, resource: Resource) -> Condition | None:
     ]
     return Condition(
         reference_of(resource),
-        concept_name(concept),
+        texts[0] if texts else "(unnamed)",  # concept_name
         kinds,
         status,
         child_pugh_class=(

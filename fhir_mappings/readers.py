@@ -61,8 +61,11 @@ def concept_name(concept: Any) -> str:
 
 def status_code(concept: Any) -> str | None:
     """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
-    for coding in codings(concept):
-        return coding.code
+    if not isinstance(concept, dict):
+        return None
+    for c in as_list(concept.get("coding")):  # the first of ``codings``, without Codings
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            return str(c["code"])
     return None
 
 

@@ -165,6 +165,12 @@ def latest(
 
     Anchors compare by calendar day: an eGFR drawn on the day the course starts is its baseline.
     """
+    if len(series) <= 1:  # none or one (a short chart's lab): nothing to order
+        for only, resource in series:
+            when = only.when
+            if when is not None and any(a is None or when.date() <= a.date() for a in anchors):
+                return (mapper.checked(resource, only),)
+        return ()
     chosen: dict[int, tuple[Dated, Resource]] = {}
     dated = sorted((i for i in series if i[0].when is not None), key=lambda i: by_time(i[0]))
     for anchor in anchors:
