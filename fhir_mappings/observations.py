@@ -11,7 +11,7 @@ from typing import Any
 
 from fhir_mappings.categories import category_of_kind, observation_categories
 from fhir_mappings.egfr import ckd_epi_2021
-from fhir_mappings.facts import BloodPressure, Measurement
+from fhir_mappings.facts import BloodPressure, Measurement, built
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
@@ -143,12 +143,14 @@ def measurement(mapper: Mapper, result: Result) -> Measurement | None:
     method = f"LOINC {code}" + (f", reported as '{comparator}{value:g}'" if comparator else "")
     if kind == ObservationKind.EGFR and code in mapper.terminology.knowledge.race_based_egfr_codes:
         method += ", race-based equation"
-    return Measurement(
+    return built(
+        Measurement,
         value=value,
         unit=unit,
         when=result.when,  # observation_time, read by the pass that found the result
         source=reference_of(resource),
         code=code,
+        computed=False,
         method=method,
         reference_high=_reference_high(resource),
         comparator=comparator,
@@ -355,7 +357,8 @@ class _EgfrFromCreatinine:
             return None
         value = ckd_epi_2021(creatinine_mg_dl.value, age, self.sex == "female", k)
         bound = creatinine_mg_dl.comparator
-        return Measurement(
+        return built(
+            Measurement,
             value=round(value, 1),
             unit=EGFR_UNIT,
             when=result.when,
@@ -364,6 +367,7 @@ class _EgfrFromCreatinine:
             computed=True,
             method=f"computed with CKD-EPI 2021 from creatinine {bound or ''}"
             f"{creatinine_mg_dl.value:.2f} mg/dL, age {int(age)}, {self.sex}",
+            reference_high=None,
             comparator=_INVERTED[bound] if bound else None,
         )
 
