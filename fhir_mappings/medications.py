@@ -13,7 +13,6 @@ from fhir_mappings.readers import (
     Resource,
     as_list,
     as_object,
-    codings,
     codings_and_texts,
     concept_texts,
     parse_datetime,
@@ -123,13 +122,16 @@ def _medication(
     record (type, intent, start and supply, ``supply.py``), else as a draft reads."""
     form, concept_codings, texts, match = identified
     terminology = mapper.terminology
-    dosages = _dosages(resource)
-    route_codings = [c for d in dosages for c in codings(d.get("route"))]
-    route_texts = [t for d in dosages for t in concept_texts(d.get("route"))]
-    exposure, site = terminology.exposure(
-        route_codings + codings(form),
-        [*route_texts, *concept_texts(form), *texts],
-    )
+    # The routes of its dosages, then the referenced Medication's dose form (each read once).
+    route_codings: list[Coding] = []
+    route_texts: list[str] = []
+    for concept in [d.get("route") for d in _dosages(resource)] + [form]:
+        if concept is not None:
+            found_codings, found_texts = codings_and_texts(concept)
+            route_codings += found_codings
+            route_texts += found_texts
+    exposure, site = terminology.exposure(route_codings, [*route_texts, *texts])
+    status = resource.get("status")
     dispense = as_object(resource.get("dispenseRequest"))
     supply = quantity(dispense.get("expectedSupplyDuration"))
     repeats = dispense.get("numberOfRepeatsAllowed")
@@ -158,7 +160,7 @@ def _medication(
         name=name,
         ingredients=match.ingredients,
         roles=match.roles,
-        status=resource.get("status") if isinstance(resource.get("status"), str) else None,
+        status=status if isinstance(status, str) else None,
         authored_on=authored_on,
         is_draft=draft_index is not None,
         is_selected=selected,

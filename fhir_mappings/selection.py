@@ -211,7 +211,11 @@ def unique_by_type(
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str) or resource_type not in kept:
             continue
-        if first_copy(seen[resource_type], resource):
+        key, seen_of_type = resource.get("id"), seen[resource_type]
+        if type(key) is str and key and key not in seen_of_type:  # ``first_copy``'s usual case
+            seen_of_type[key] = resource
+            kept[resource_type].append(resource)
+        elif first_copy(seen_of_type, resource):
             kept[resource_type].append(resource)
     return kept
 
