@@ -43,6 +43,14 @@ _UMOL_L = frozenset({"umol/l", "µmol/l", "μmol/l", "micromol/l"})
 _MMOL_L = frozenset({"mmol/l", "meq/l", "meq/liter"})
 # A result dated beyond this is a data error, not "the latest" result.
 FUTURE_TOLERANCE = timedelta(days=1)
+# Kinds bound once: each result read tests its kind, and a member looked up on its Enum class
+# costs about 65 ns (issue 14).
+_EGFR, _CREATININE, _POTASSIUM = (
+    ObservationKind.EGFR,
+    ObservationKind.CREATININE,
+    ObservationKind.POTASSIUM,
+)
+_BP_PANEL, _SYSTOLIC = ObservationKind.BP_PANEL, ObservationKind.SYSTOLIC
 
 
 def observation_time(resource: Resource) -> datetime | None:
@@ -131,17 +139,17 @@ def measurement(mapper: Mapper, result: Result) -> Measurement | None:
         return None
     value, unit, comparator = amount
     comparator = _COMPARATORS.get(comparator or "")
-    if kind == ObservationKind.CREATININE:
+    if kind == _CREATININE:
         converted = _creatinine_mg_dl(mapper, value, unit)
         if converted is None:
             mapper.skip(resource, f"creatinine unit {unit!r} not recognised (mg/dL or umol/L)")
             return None
         value, unit = converted, "mg/dL"
-    if kind == ObservationKind.POTASSIUM and unit.lower() not in _MMOL_L:
+    if kind == _POTASSIUM and unit.lower() not in _MMOL_L:
         mapper.skip(resource, f"potassium unit {unit!r} not recognised (mmol/L)")
         return None
     method = f"LOINC {code}" + (f", reported as '{comparator}{value:g}'" if comparator else "")
-    if kind == ObservationKind.EGFR and code in mapper.terminology.knowledge.race_based_egfr_codes:
+    if kind == _EGFR and code in mapper.terminology.knowledge.race_based_egfr_codes:
         method += ", race-based equation"
     return built(
         Measurement,
@@ -169,7 +177,7 @@ def _value_string(resource: Resource, kind: ObservationKind) -> tuple[float, str
     if match is None:
         return None
     comparator, number, unit = match.group(1) or "", float(match.group(2)), match.group(3) or ""
-    if kind == ObservationKind.EGFR:
+    if kind == _EGFR:
         if unit and not unit.lower().replace(" ", "").startswith("ml/min"):
             return None
         return number, unit.strip() or EGFR_UNIT, comparator
@@ -182,7 +190,7 @@ def blood_pressures(mapper: Mapper, result: Result) -> Iterator[BloodPressure]:
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return
     when, source = result.when, reference_of(resource)
-    if kind == ObservationKind.BP_PANEL:
+    if kind == _BP_PANEL:
         parts: dict[str, float] = {}
         for component in as_list(resource.get("component")):
             if not isinstance(component, dict):
@@ -198,7 +206,7 @@ def blood_pressures(mapper: Mapper, result: Result) -> Iterator[BloodPressure]:
     amount = quantity(resource.get("valueQuantity"))
     if amount is None:
         mapper.skip(resource, f"{kind} blood pressure has no numeric valueQuantity")
-    elif kind == ObservationKind.SYSTOLIC:
+    elif kind == _SYSTOLIC:
         yield BloodPressure(amount[0], None, when, source)
     else:
         yield BloodPressure(None, amount[0], when, source)
@@ -230,7 +238,7 @@ class ResultReader:
 
     def _reading(self, result: Result, part: str) -> BloodPressure | None:
         readings: Iterable[BloodPressure]
-        if result.kind == ObservationKind.BP_PANEL:
+        if result.kind == _BP_PANEL:
             known = self._panels.get(id(result))
             if known is None:
                 known = self._panels[id(result)] = (
@@ -330,7 +338,7 @@ def _days(
 
 def _as_egfr(kind: ObservationKind, item: Measurement) -> tuple[object, ...]:
     """Tie order of eGFR results, computed ones included (their results are creatinine)."""
-    return tie_order(ObservationKind.EGFR, item)
+    return tie_order(_EGFR, item)
 
 
 @dataclass(frozen=True)

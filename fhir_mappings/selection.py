@@ -19,6 +19,7 @@ from fhir_mappings.readers import Resource
 from fhir_mappings.vocabulary import ObservationKind
 
 Dated = TypeVar("Dated", Measurement, BloodPressure)
+_EGFR = ObservationKind.EGFR  # bound once: tie_order runs for every result read
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def tie_order(kind: ObservationKind, item: Measurement | BloodPressure) -> tuple
     """
     if isinstance(item, BloodPressure):
         return (-(item.systolic or 0.0), -(item.diastolic or 0.0), item.source)
-    value = item.value if kind == ObservationKind.EGFR else -item.value
+    value = item.value if kind == _EGFR else -item.value
     return (item.comparator is not None, value, item.code, item.source)
 
 
