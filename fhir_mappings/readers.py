@@ -16,7 +16,8 @@ def codings(concept: Any) -> list[Coding]:
     if not isinstance(concept, dict):
         return []
     result = []
-    for c in as_list(concept.get("coding")):
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             result.append(
                 Coding(str(c.get("system") or ""), c["code"], str(c.get("display") or ""))
@@ -29,7 +30,8 @@ def concept_texts(concept: Any) -> list[str]:
     if not isinstance(concept, dict):
         return []
     texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    for c in as_list(concept.get("coding")):  # the displays of ``codings``, without Codings
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():  # ``codings``' displays, no Codings
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             display = str(c.get("display") or "")
             if display:
@@ -44,7 +46,8 @@ def codings_and_texts(concept: Any) -> tuple[list[Coding], list[str]]:
         return [], []
     result = []
     texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    for c in as_list(concept.get("coding")):
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             display = str(c.get("display") or "")
             result.append(Coding(str(c.get("system") or ""), c["code"], display))
@@ -63,7 +66,8 @@ def status_code(concept: Any) -> str | None:
     """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
     if not isinstance(concept, dict):
         return None
-    for c in as_list(concept.get("coding")):  # the first of ``codings``, without Codings
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():  # the first of ``codings``
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             return str(c["code"])
     return None
