@@ -138,10 +138,22 @@ def quantity(value: Any) -> tuple[float, str, str | None] | None:
     """(value, unit, comparator) of a Quantity, or None."""
     if not isinstance(value, dict):
         return None
-    number = as_number(value.get("value"))
-    if number is None:
-        return None
-    unit = value.get("code") if value.get("system") == UCUM else None
-    unit = unit or value.get("unit") or value.get("code") or ""
-    comparator = value.get("comparator") if isinstance(value.get("comparator"), str) else None
-    return number, str(unit), comparator
+    number = value.get("value")
+    # ``as_number`` written out for the usual finite float or int: every result read comes here.
+    if type(number) is float and _isfinite(number):
+        pass
+    elif type(number) is int and -_EXACT_INT < number < _EXACT_INT:
+        number = float(number)
+    else:
+        number = as_number(number)
+        if number is None:
+            return None
+    code = value.get("code")
+    unit = (code if value.get("system") == UCUM else None) or value.get("unit") or code or ""
+    comparator = value.get("comparator")
+    return number, str(unit), comparator if isinstance(comparator, str) else None
+
+
+_isfinite = math.isfinite
+# Integers this small convert to a float exactly (no overflow, no rounding).
+_EXACT_INT = 2**53
