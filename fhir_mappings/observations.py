@@ -324,7 +324,11 @@ def _days(
     days_first, days_second = first.days(anchor), second.days(anchor)
     a, b = next(days_first, None), next(days_second, None)
     while a is not None or b is not None:
-        day = max(d[0] for d in (a, b) if d is not None)
+        if b is None or (a is not None and a[0] >= b[0]):  # the newer day of the two
+            assert a is not None  # the loop runs while one of them is set
+            day = a[0]
+        else:
+            day = b[0]
         rows_first: list[Row] = []
         rows_second: list[Row] = []
         if a is not None and a[0] == day:

@@ -467,6 +467,7 @@ def test_facts_built_without_init_hold_every_field(terminology):
     )
     computed = facts_from(terminology, [PATIENT, observation("2160-0", 1.1, "mg/dL")])
     built = [f, *f.medications, *f.draft_orders, *f.egfr, *f.creatinine, *computed.egfr]
+    built += facts_from(terminology, synthea("Neva_Hyatt")).conditions
     assert len(f.medications) == len(f.draft_orders) == 1
     assert [m.computed for m in (*f.egfr, *computed.egfr)] == [False, True]
     for item in built:
