@@ -115,7 +115,7 @@ def build_facts(
     potassium = series.get(DataCategory.POTASSIUM, NO_RESULTS)
     upcr = series.get(DataCategory.UPCR, NO_RESULTS)
 
-    return built(
+    facts = built(
         PatientFacts,
         now=now,
         patient_id=patient_id,
@@ -151,3 +151,7 @@ def build_facts(
         unreadable=tuple(mapper.unreadable),
         course_rules=course_rules,
     )
+    # The courses read above are what PatientFacts.courses computes (the same records, time and
+    # rules): kept for the rules, not computed a second time (issue 14).
+    vars(facts)["courses"] = courses
+    return facts
