@@ -6,13 +6,14 @@ import re
 from collections.abc import Iterable
 
 from fhir_mappings.codes import CVX
-from fhir_mappings.facts import Allergy, Condition, Immunization
+from fhir_mappings.facts import Allergy, Condition, Immunization, built
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
     as_code,
     as_list,
     codings,
+    codings_and_texts,
     concept_name,
     concept_texts,
     parse_datetime,
@@ -58,24 +59,25 @@ def condition(mapper: Mapper, resource: Resource) -> Condition | None:
     if verification in _UNUSABLE_VERIFICATION:
         return None
     concept = resource.get("code")
-    texts = concept_texts(concept)
-    kinds = mapper.terminology.condition_kinds(codings(concept), texts)
-    stages = [
-        text
-        for stage in as_list(resource.get("stage"))
-        if isinstance(stage, dict)
-        for text in concept_texts(stage.get("summary")) + concept_texts(stage.get("type"))
-    ]
-    return Condition(
-        reference_of(resource),
-        concept_name(concept),
-        kinds,
-        status,
-        child_pugh_class=(
-            child_pugh_class([*texts, *stages])
-            if ConditionKind.HEPATIC_IMPAIRMENT in kinds
-            else None
-        ),
+    concept_codings, texts = codings_and_texts(concept)
+    kinds = mapper.terminology.condition_kinds(concept_codings, texts)
+    pugh = None
+    if ConditionKind.HEPATIC_IMPAIRMENT in kinds:  # only a hepatic condition's stages are read
+        stages = [
+            text
+            for stage in as_list(resource.get("stage"))
+            if isinstance(stage, dict)
+            for text in concept_texts(stage.get("summary")) + concept_texts(stage.get("type"))
+        ]
+        pugh = child_pugh_class([*texts, *stages])
+    return built(
+        Condition,
+        reference=reference_of(resource),
+        name=texts[0] if texts else "(unnamed)",  # concept_name
+        kinds=kinds,
+        clinical_status=status,
+        child_pugh_class=pugh,
+        observed_on=None,
     )
 
 

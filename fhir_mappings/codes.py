@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_mappings.knowledge import Knowledge, normalize_cvx
 from fhir_mappings.vocabulary import ConditionKind, ObservationKind, Role
@@ -110,8 +110,10 @@ def within_one_edit(word: str, target: str) -> bool:
     return any(longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer)))
 
 
-@dataclass(frozen=True)
-class Coding:
+class Coding(NamedTuple):
+    """One coding as the matchers read it (a NamedTuple: the memos hash a tuple of them, and
+    every order and condition of a chart builds some; issue 14)."""
+
     system: str
     code: str
     display: str = ""

@@ -7,13 +7,12 @@ from typing import Any, NamedTuple
 
 from fhir_mappings.codes import Coding, MedicationMatch
 from fhir_mappings.dosage import dosage, to_days
-from fhir_mappings.facts import Medication
+from fhir_mappings.facts import Medication, built
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
     as_list,
     as_object,
-    codings,
     codings_and_texts,
     concept_texts,
     parse_datetime,
@@ -82,13 +81,24 @@ def recorded_medication(
     return _medication(mapper, resource, identified, recorded=True)
 
 
-_Identified = tuple["_Concept", list[Coding], list[str], MedicationMatch]
+# (the Medication.form that named it, its codings, its names, what the knowledge matched)
+_Identified = tuple[Any, list[Coding], list[str], MedicationMatch]
 
 
 def _identify(
     mapper: Mapper, resource: Resource, medications_by_ref: Mapping[str, Resource]
 ) -> _Identified:
-    """The order's drug concept, its codings and names, and what the knowledge matched."""
+    """The order's drug: its codings and names, what the knowledge matched, and the form of a
+    referenced Medication."""
+    inline = resource.get("medicationCodeableConcept")
+    if isinstance(inline, dict):  # the usual order: no Medication to look up (issue 14)
+        concept_codings, texts = codings_and_texts(inline)
+        return (
+            None,
+            concept_codings,
+            texts,
+            mapper.terminology.match_medication(concept_codings, texts),
+        )
     read = _medication_concept(resource, medications_by_ref)
     concept_codings, texts = codings_and_texts(read.concept)
     texts += read.texts
@@ -96,7 +106,7 @@ def _identify(
     if read.missing_note is not None and not (match.ingredients or match.roles):
         # The display named nothing the knowledge knows: say the drug could not be told.
         mapper.skip(resource, read.missing_note)
-    return read, concept_codings, texts, match
+    return read.form, concept_codings, texts, match
 
 
 def _medication(
@@ -110,15 +120,18 @@ def _medication(
 ) -> Medication:
     """The Medication of an identified order; ``recorded``: with what currency needs from its
     record (type, intent, start and supply, ``supply.py``), else as a draft reads."""
-    read, concept_codings, texts, match = identified
+    form, concept_codings, texts, match = identified
     terminology = mapper.terminology
-    dosages = _dosages(resource)
-    route_codings = [c for d in dosages for c in codings(d.get("route"))]
-    route_texts = [t for d in dosages for t in concept_texts(d.get("route"))]
-    exposure, site = terminology.exposure(
-        route_codings + codings(read.form),
-        [*route_texts, *concept_texts(read.form), *texts],
-    )
+    # The routes of its dosages, then the referenced Medication's dose form (each read once).
+    route_codings: list[Coding] = []
+    route_texts: list[str] = []
+    for concept in [d.get("route") for d in _dosages(resource)] + [form]:
+        if concept is not None:
+            found_codings, found_texts = codings_and_texts(concept)
+            route_codings += found_codings
+            route_texts += found_texts
+    exposure, site = terminology.exposure(route_codings, [*route_texts, *texts])
+    status = resource.get("status")
     dispense = as_object(resource.get("dispenseRequest"))
     supply = quantity(dispense.get("expectedSupplyDuration"))
     repeats = dispense.get("numberOfRepeatsAllowed")
@@ -141,12 +154,13 @@ def _medication(
         covered_until = supplied_until(resource, authored_on)
     else:
         authored_on = parse_datetime(resource.get("authoredOn"))
-    return Medication(
+    return built(
+        Medication,
         reference=reference_of(resource),
         name=name,
         ingredients=match.ingredients,
         roles=match.roles,
-        status=resource.get("status") if isinstance(resource.get("status"), str) else None,
+        status=status if isinstance(status, str) else None,
         authored_on=authored_on,
         is_draft=draft_index is not None,
         is_selected=selected,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
 from fhir_mappings.categories import category_of_kind, observation_categories
 from fhir_mappings.egfr import ckd_epi_2021
-from fhir_mappings.facts import BloodPressure, Measurement
+from fhir_mappings.facts import BloodPressure, Measurement, built
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
@@ -43,6 +43,14 @@ _UMOL_L = frozenset({"umol/l", "µmol/l", "μmol/l", "micromol/l"})
 _MMOL_L = frozenset({"mmol/l", "meq/l", "meq/liter"})
 # A result dated beyond this is a data error, not "the latest" result.
 FUTURE_TOLERANCE = timedelta(days=1)
+# Kinds bound once: each result read tests its kind, and a member looked up on its Enum class
+# costs about 65 ns (issue 14).
+_EGFR, _CREATININE, _POTASSIUM = (
+    ObservationKind.EGFR,
+    ObservationKind.CREATININE,
+    ObservationKind.POTASSIUM,
+)
+_BP_PANEL, _SYSTOLIC = ObservationKind.BP_PANEL, ObservationKind.SYSTOLIC
 
 
 def observation_time(resource: Resource) -> datetime | None:
@@ -131,24 +139,26 @@ def measurement(mapper: Mapper, result: Result) -> Measurement | None:
         return None
     value, unit, comparator = amount
     comparator = _COMPARATORS.get(comparator or "")
-    if kind == ObservationKind.CREATININE:
+    if kind == _CREATININE:
         converted = _creatinine_mg_dl(mapper, value, unit)
         if converted is None:
             mapper.skip(resource, f"creatinine unit {unit!r} not recognised (mg/dL or umol/L)")
             return None
         value, unit = converted, "mg/dL"
-    if kind == ObservationKind.POTASSIUM and unit.lower() not in _MMOL_L:
+    if kind == _POTASSIUM and unit.lower() not in _MMOL_L:
         mapper.skip(resource, f"potassium unit {unit!r} not recognised (mmol/L)")
         return None
     method = f"LOINC {code}" + (f", reported as '{comparator}{value:g}'" if comparator else "")
-    if kind == ObservationKind.EGFR and code in mapper.terminology.knowledge.race_based_egfr_codes:
+    if kind == _EGFR and code in mapper.terminology.knowledge.race_based_egfr_codes:
         method += ", race-based equation"
-    return Measurement(
+    return built(
+        Measurement,
         value=value,
         unit=unit,
         when=result.when,  # observation_time, read by the pass that found the result
         source=reference_of(resource),
         code=code,
+        computed=False,
         method=method,
         reference_high=_reference_high(resource),
         comparator=comparator,
@@ -167,7 +177,7 @@ def _value_string(resource: Resource, kind: ObservationKind) -> tuple[float, str
     if match is None:
         return None
     comparator, number, unit = match.group(1) or "", float(match.group(2)), match.group(3) or ""
-    if kind == ObservationKind.EGFR:
+    if kind == _EGFR:
         if unit and not unit.lower().replace(" ", "").startswith("ml/min"):
             return None
         return number, unit.strip() or EGFR_UNIT, comparator
@@ -180,7 +190,7 @@ def blood_pressures(mapper: Mapper, result: Result) -> Iterator[BloodPressure]:
     if as_code(resource.get("status")) in _UNUSABLE_OBSERVATION:
         return
     when, source = result.when, reference_of(resource)
-    if kind == ObservationKind.BP_PANEL:
+    if kind == _BP_PANEL:
         parts: dict[str, float] = {}
         for component in as_list(resource.get("component")):
             if not isinstance(component, dict):
@@ -196,7 +206,7 @@ def blood_pressures(mapper: Mapper, result: Result) -> Iterator[BloodPressure]:
     amount = quantity(resource.get("valueQuantity"))
     if amount is None:
         mapper.skip(resource, f"{kind} blood pressure has no numeric valueQuantity")
-    elif kind == ObservationKind.SYSTOLIC:
+    elif kind == _SYSTOLIC:
         yield BloodPressure(amount[0], None, when, source)
     else:
         yield BloodPressure(None, amount[0], when, source)
@@ -207,6 +217,12 @@ class ResultReader:
     """Reads a picked result in full, for ``selection.pick`` (None: unusable, reported)."""
 
     mapper: Mapper
+    # The readings of each BP panel read so far (by the Result, kept alive here): the systolic
+    # and the diastolic pick read the same panels. Lone results are read each time, as they
+    # report a missing value on each read.
+    _panels: dict[int, tuple[Result, list[BloodPressure]]] = field(
+        default_factory=dict, compare=False
+    )
 
     def measurement(self, result: Result) -> Measurement | None:
         """The result as a Measurement."""
@@ -221,7 +237,18 @@ class ResultReader:
         return self._reading(result, "diastolic")
 
     def _reading(self, result: Result, part: str) -> BloodPressure | None:
-        for bp in blood_pressures(self.mapper, result):
+        readings: Iterable[BloodPressure]
+        if result.kind == _BP_PANEL:
+            known = self._panels.get(id(result))
+            if known is None:
+                known = self._panels[id(result)] = (
+                    result,
+                    list(blood_pressures(self.mapper, result)),
+                )
+            readings = known[1]
+        else:
+            readings = blood_pressures(self.mapper, result)
+        for bp in readings:
             if getattr(bp, part) is not None:
                 return bp
         return None
@@ -297,7 +324,11 @@ def _days(
     days_first, days_second = first.days(anchor), second.days(anchor)
     a, b = next(days_first, None), next(days_second, None)
     while a is not None or b is not None:
-        day = max(d[0] for d in (a, b) if d is not None)
+        if b is None or (a is not None and a[0] >= b[0]):  # the newer day of the two
+            assert a is not None  # the loop runs while one of them is set
+            day = a[0]
+        else:
+            day = b[0]
         rows_first: list[Row] = []
         rows_second: list[Row] = []
         if a is not None and a[0] == day:
@@ -311,7 +342,7 @@ def _days(
 
 def _as_egfr(kind: ObservationKind, item: Measurement) -> tuple[object, ...]:
     """Tie order of eGFR results, computed ones included (their results are creatinine)."""
-    return tie_order(ObservationKind.EGFR, item)
+    return tie_order(_EGFR, item)
 
 
 @dataclass(frozen=True)
@@ -338,7 +369,8 @@ class _EgfrFromCreatinine:
             return None
         value = ckd_epi_2021(creatinine_mg_dl.value, age, self.sex == "female", k)
         bound = creatinine_mg_dl.comparator
-        return Measurement(
+        return built(
+            Measurement,
             value=round(value, 1),
             unit=EGFR_UNIT,
             when=result.when,
@@ -347,6 +379,7 @@ class _EgfrFromCreatinine:
             computed=True,
             method=f"computed with CKD-EPI 2021 from creatinine {bound or ''}"
             f"{creatinine_mg_dl.value:.2f} mg/dL, age {int(age)}, {self.sex}",
+            reference_high=None,
             comparator=_INVERTED[bound] if bound else None,
         )
 

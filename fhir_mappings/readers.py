@@ -16,7 +16,8 @@ def codings(concept: Any) -> list[Coding]:
     if not isinstance(concept, dict):
         return []
     result = []
-    for c in as_list(concept.get("coding")):
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             result.append(
                 Coding(str(c.get("system") or ""), c["code"], str(c.get("display") or ""))
@@ -29,7 +30,8 @@ def concept_texts(concept: Any) -> list[str]:
     if not isinstance(concept, dict):
         return []
     texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    for c in as_list(concept.get("coding")):  # the displays of ``codings``, without Codings
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():  # ``codings``' displays, no Codings
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             display = str(c.get("display") or "")
             if display:
@@ -44,7 +46,8 @@ def codings_and_texts(concept: Any) -> tuple[list[Coding], list[str]]:
         return [], []
     result = []
     texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    for c in as_list(concept.get("coding")):
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():
         if isinstance(c, dict) and isinstance(c.get("code"), str):
             display = str(c.get("display") or "")
             result.append(Coding(str(c.get("system") or ""), c["code"], display))
@@ -61,8 +64,12 @@ def concept_name(concept: Any) -> str:
 
 def status_code(concept: Any) -> str | None:
     """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
-    for coding in codings(concept):
-        return coding.code
+    if not isinstance(concept, dict):
+        return None
+    listed = concept.get("coding")  # as_list, written out: every concept read goes here
+    for c in listed if isinstance(listed, list) else ():  # the first of ``codings``
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            return str(c["code"])
     return None
 
 
@@ -131,10 +138,22 @@ def quantity(value: Any) -> tuple[float, str, str | None] | None:
     """(value, unit, comparator) of a Quantity, or None."""
     if not isinstance(value, dict):
         return None
-    number = as_number(value.get("value"))
-    if number is None:
-        return None
-    unit = value.get("code") if value.get("system") == UCUM else None
-    unit = unit or value.get("unit") or value.get("code") or ""
-    comparator = value.get("comparator") if isinstance(value.get("comparator"), str) else None
-    return number, str(unit), comparator
+    number = value.get("value")
+    # ``as_number`` written out for the usual finite float or int: every result read comes here.
+    if type(number) is float and _isfinite(number):
+        pass
+    elif type(number) is int and -_EXACT_INT < number < _EXACT_INT:
+        number = float(number)
+    else:
+        number = as_number(number)
+        if number is None:
+            return None
+    code = value.get("code")
+    unit = (code if value.get("system") == UCUM else None) or value.get("unit") or code or ""
+    comparator = value.get("comparator")
+    return number, str(unit), comparator if isinstance(comparator, str) else None
+
+
+_isfinite = math.isfinite
+# Integers this small convert to a float exactly (no overflow, no rounding).
+_EXACT_INT = 2**53

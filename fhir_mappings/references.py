@@ -17,8 +17,8 @@ def reference_of(resource: Resource) -> str:
 def medications_by_reference(resources: Iterable[Resource]) -> dict[str, Resource]:
     """The Medication resources among ``resources``, by ``Medication/id``."""
     result: dict[str, Resource] = {}
-    for resource in resources:
-        if is_resource_of(resource, "Medication"):
+    for resource in resources:  # every order of a chart: the test written out (issue 14)
+        if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
             result[f"Medication/{resource.get('id')}"] = resource
     return result
 

@@ -19,6 +19,7 @@ from fhir_mappings.readers import Resource
 from fhir_mappings.vocabulary import ObservationKind
 
 Dated = TypeVar("Dated", Measurement, BloodPressure)
+_EGFR = ObservationKind.EGFR  # bound once: tie_order runs for every result read
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ def pick(
                 item = cache[id(result)]
                 if item is not None:
                     readable.append((item, result))
+            if len(readable) == 1:  # the usual instant holds one result: nothing to order
+                item, result = readable[0]
+                chosen[id(result)] = (item, result.resource)
+                break
             if readable:
                 item, result = min(readable, key=lambda pair: key(pair[1].kind, pair[0]))
                 chosen[id(result)] = (item, result.resource)
@@ -148,7 +153,7 @@ def tie_order(kind: ObservationKind, item: Measurement | BloodPressure) -> tuple
     """
     if isinstance(item, BloodPressure):
         return (-(item.systolic or 0.0), -(item.diastolic or 0.0), item.source)
-    value = item.value if kind == ObservationKind.EGFR else -item.value
+    value = item.value if kind == _EGFR else -item.value
     return (item.comparator is not None, value, item.code, item.source)
 
 
@@ -161,6 +166,12 @@ def latest(
 
     Anchors compare by calendar day: an eGFR drawn on the day the course starts is its baseline.
     """
+    if len(series) <= 1:  # none or one (a short chart's lab): nothing to order
+        for only, resource in series:
+            when = only.when
+            if when is not None and any(a is None or when.date() <= a.date() for a in anchors):
+                return (mapper.checked(resource, only),)
+        return ()
     chosen: dict[int, tuple[Dated, Resource]] = {}
     dated = sorted((i for i in series if i[0].when is not None), key=lambda i: by_time(i[0]))
     for anchor in anchors:
@@ -201,7 +212,11 @@ def unique_by_type(
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str) or resource_type not in kept:
             continue
-        if first_copy(seen[resource_type], resource):
+        key, seen_of_type = resource.get("id"), seen[resource_type]
+        if type(key) is str and key and key not in seen_of_type:  # ``first_copy``'s usual case
+            seen_of_type[key] = resource
+            kept[resource_type].append(resource)
+        elif first_copy(seen_of_type, resource):
             kept[resource_type].append(resource)
     return kept
 
@@ -212,7 +227,9 @@ def first_copy(seen: dict[str, Any], resource: Resource) -> bool:
     Dropping a same-id resource with other content could hide an interacting drug or a lab
     result. Contents are compared only when an id repeats, so the usual case stays cheap.
     """
-    key = str(resource.get("id") or id(resource))
+    key = resource.get("id")
+    if type(key) is not str or not key:  # the usual non-empty string id is its own key
+        key = str(key or id(resource))
     earlier = seen.get(key)
     if earlier is None:
         seen[key] = resource

@@ -443,3 +443,44 @@ def test_draft_without_a_medication_element_is_no_order(terminology):
         ("MedicationRequest/unreadable", False)
     ]
     assert all("empty" not in u.reference for u in f.unreadable)
+
+
+def test_facts_built_without_init_hold_every_field(terminology):
+    """PatientFacts, Medications, Measurements and Conditions built by ``facts.built`` hold
+    every field and equal the same object built by their ``__init__``: no field is left unset."""
+    from dataclasses import fields, replace
+
+    from fhir_mappings.facts import treatment_courses
+
+    recorded = {
+        **draft(medicationCodeableConcept={"text": "lisinopril 10 MG Oral Tablet"}),
+        "id": "r1",
+        "status": "active",
+    }
+    on_voclosporin = {
+        **draft(medicationCodeableConcept={"text": "Lupkynis 7.9 mg capsule"}),
+        "id": "r2",
+        "status": "active",
+        "authoredOn": "2026-09-01",
+    }
+    f = facts_from(
+        terminology,
+        [
+            PATIENT,
+            recorded,
+            on_voclosporin,
+            observation("2160-0", 1.1, "mg/dL", when="2026-10-20"),
+            observation("98979-8", 52, "mL/min/{1.73_m2}", when="2026-10-25"),
+        ],
+        drafts=[draft(medicationCodeableConcept={"text": "Lupkynis 7.9 mg capsule"})],
+    )
+    computed = facts_from(terminology, [PATIENT, observation("2160-0", 1.1, "mg/dL")])
+    built = [f, *f.medications, *f.draft_orders, *f.egfr, *f.creatinine, *computed.egfr]
+    built += facts_from(terminology, synthea("Neva_Hyatt")).conditions
+    assert (len(f.medications), len(f.draft_orders), len(f.courses)) == (2, 1, 1)
+    # the courses build_facts read its anchors from are the ones PatientFacts computes
+    assert f.courses == treatment_courses(f.medications, f.now, f.course_rules)
+    assert [m.computed for m in (*f.egfr, *computed.egfr)] == [False, True]
+    for item in built:
+        assert set(vars(item)) >= {field.name for field in fields(item)}, type(item)
+        assert replace(item) == item
