@@ -13,7 +13,7 @@ from datetime import datetime
 from fhir_mappings import clinical
 from fhir_mappings.categories import MEDICATION_CATEGORIES, prefetch_key
 from fhir_mappings.codes import Terminology
-from fhir_mappings.facts import PatientFacts, built, treatment_courses
+from fhir_mappings.facts import PatientFacts, treatment_courses
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.medications import (
     DRAFT_TYPES,
@@ -115,8 +115,7 @@ def build_facts(
     potassium = series.get(DataCategory.POTASSIUM, NO_RESULTS)
     upcr = series.get(DataCategory.UPCR, NO_RESULTS)
 
-    facts = built(
-        PatientFacts,
+    facts = PatientFacts(
         now=now,
         patient_id=patient_id,
         order_entry_complete=order_entry_complete,

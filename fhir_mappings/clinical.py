@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 
 from fhir_mappings.codes import CVX
-from fhir_mappings.facts import Allergy, Condition, Immunization, built
+from fhir_mappings.facts import Allergy, Condition, Immunization
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
@@ -70,8 +70,7 @@ def condition(mapper: Mapper, resource: Resource) -> Condition | None:
             for text in concept_texts(stage.get("summary")) + concept_texts(stage.get("type"))
         ]
         pugh = child_pugh_class([*texts, *stages])
-    return built(
-        Condition,
+    return Condition(
         reference=reference_of(resource),
         name=texts[0] if texts else "(unnamed)",  # concept_name
         kinds=kinds,

@@ -10,30 +10,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import cached_property
-from typing import Any, TypeVar
 
 from fhir_mappings.knowledge import CourseRules
 from fhir_mappings.vocabulary import ConditionKind, DataCategory, Role
 
-_Frozen = TypeVar("_Frozen")
 # Bound once: the rules test these roles of every medication many times a call, and a member
 # looked up on its Enum class costs about 65 ns (issue 14).
 _VOCLOSPORIN, _LIVE_VACCINE = Role.VOCLOSPORIN, Role.LIVE_VACCINE
-
-
-def built(cls: type[_Frozen], **values: Any) -> _Frozen:
-    """An instance of the frozen dataclass ``cls`` with ``values``, which name every field.
-
-    Equal to ``cls(**values)``, without the generated ``__init__`` setting each field through
-    ``object.__setattr__`` (about 0.1 us a field): the hook path builds a Medication (20 fields)
-    per order with a role and a Measurement per result read (issue 14). No default is filled in
-    and no ``__post_init__`` runs, so it serves only classes without one, and the callers name
-    every field (tests check that they do). The instance keeps its fields in a dict of its own
-    (about 270 bytes more than an ``__init__``-built one): fine for the few objects of a call.
-    """
-    instance = object.__new__(cls)
-    instance.__dict__.update(values)
-    return instance
 
 
 @dataclass(frozen=True)

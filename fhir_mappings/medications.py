@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from fhir_mappings.codes import Coding, MedicationMatch
 from fhir_mappings.dosage import dosage, to_days
-from fhir_mappings.facts import Medication, built
+from fhir_mappings.facts import Medication
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
@@ -154,8 +154,7 @@ def _medication(
         covered_until = supplied_until(resource, authored_on)
     else:
         authored_on = parse_datetime(resource.get("authoredOn"))
-    return built(
-        Medication,
+    return Medication(
         reference=reference_of(resource),
         name=name,
         ingredients=match.ingredients,

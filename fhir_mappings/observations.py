@@ -11,7 +11,7 @@ from typing import Any
 
 from fhir_mappings.categories import category_of_kind, observation_categories
 from fhir_mappings.egfr import ckd_epi_2021
-from fhir_mappings.facts import BloodPressure, Measurement, built
+from fhir_mappings.facts import BloodPressure, Measurement
 from fhir_mappings.mapper import Mapper
 from fhir_mappings.readers import (
     Resource,
@@ -151,8 +151,7 @@ def measurement(mapper: Mapper, result: Result) -> Measurement | None:
     method = f"LOINC {code}" + (f", reported as '{comparator}{value:g}'" if comparator else "")
     if kind == _EGFR and code in mapper.terminology.knowledge.race_based_egfr_codes:
         method += ", race-based equation"
-    return built(
-        Measurement,
+    return Measurement(
         value=value,
         unit=unit,
         when=result.when,  # observation_time, read by the pass that found the result
@@ -369,8 +368,7 @@ class _EgfrFromCreatinine:
             return None
         value = ckd_epi_2021(creatinine_mg_dl.value, age, self.sex == "female", k)
         bound = creatinine_mg_dl.comparator
-        return built(
-            Measurement,
+        return Measurement(
             value=round(value, 1),
             unit=EGFR_UNIT,
             when=result.when,
