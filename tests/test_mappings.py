@@ -445,7 +445,7 @@ def test_draft_without_a_medication_element_is_no_order(terminology):
     assert all("empty" not in u.reference for u in f.unreadable)
 
 
-def test_courses_build_facts_keeps_are_the_computed_ones(terminology):
+def test_courses_kept_by_build_facts_are_the_computed_ones(terminology):
     """build_facts hands PatientFacts the courses it read its anchors from (computed once a
     call): they are the courses ``treatment_courses`` gives for the same medications."""
     from fhir_mappings.facts import treatment_courses
