@@ -235,7 +235,7 @@ class PayerCriterion:
 _HEAD = re.compile(r"[^.\[]*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A template with its knowledge values filled in ahead: what is left takes only facts.
 
@@ -297,6 +297,27 @@ def prepare(template: str, values: Mapping[str, Any]) -> Prepared:
     if not placeholders:
         return Prepared(template, constant="".join(literal))
     return Prepared("".join(escaped))
+
+
+@dataclass(frozen=True, slots=True)
+class CardTexts:
+    """The prepared templates of one rule's card: ``texts("summary", partners=...)``."""
+
+    rule_id: str
+    templates: dict[str, Prepared]
+    facts: frozenset[str]
+
+    def __call__(self, name: str, /, **facts: object) -> str:
+        """Fill template ``name`` with ``facts`` (each declared in the table's ``facts``)."""
+        if facts and not self.facts.issuperset(facts):  # no set built when all is well
+            undeclared = sorted(set(facts) - self.facts)
+            raise KnowledgeError(
+                f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
+            )
+        prepared = self.templates[name]
+        if prepared.constant is not None:
+            return prepared.constant
+        return prepared.fill(facts)
 
 
 @dataclass(frozen=True)
@@ -370,20 +391,44 @@ class Knowledge:
         them. The knowledge values never change after loading, so neither do these."""
         return {}
 
+    @cached_property
+    def _card_texts(self) -> dict[str, CardTexts]:
+        return {}
+
     def _prepare(self, template: str) -> Prepared:
         prepared = self._prepared.get(template)
         if prepared is None:
             prepared = self._prepared[template] = prepare(template, self.template_values)
         return prepared
 
+    def card_texts(self, rule_id: str) -> CardTexts:
+        """The prose of one rule's card (cards.toml), prepared once per Knowledge and rule."""
+        texts = self._card_texts.get(rule_id)
+        if texts is None:
+            card = self.cards[rule_id]
+            # The loader refuses facts that shadow knowledge values, so the prepared form applies.
+            prepared = {name: self._prepare(t) for name, t in card.templates.items()}
+            texts = self._card_texts[rule_id] = CardTexts(rule_id, prepared, card.facts)
+        return texts
+
+    def named_criteria(self, renewal: bool) -> tuple[tuple[PayerCriterion, str], ...]:
+        """The payer criteria of one set (renewal or initial approval), each with its name as
+        the card shows it (the ``name`` template filled, once per Knowledge)."""
+        return self._named_criteria[renewal]
+
+    @cached_property
+    def _named_criteria(self) -> dict[bool, tuple[tuple[PayerCriterion, str], ...]]:
+        return {
+            renewal: tuple((c, self.fill(c.name)) for c in criteria)
+            for renewal, criteria in (
+                (False, self.payer_criteria),
+                (True, self.payer_renewal_criteria),
+            )
+        }
+
     def card_text(self, rule_id: str, name: str, /, **facts: object) -> str:
         """Fill template ``name`` of ``rule_id`` (cards.toml) with the knowledge and ``facts``."""
-        card = self.cards[rule_id]
-        if not card.facts.issuperset(facts):  # no set built on the hot path when all is well
-            undeclared = sorted(set(facts) - card.facts)
-            raise KnowledgeError(f"cards.toml [{rule_id}]: facts {undeclared} are not declared")
-        # The loader refuses facts that shadow knowledge values, so the prepared form applies.
-        return self._prepare(card.templates[name]).fill(facts)
+        return self.card_texts(rule_id)(name, **facts)
 
     def fill(self, template: str, /, **facts: object) -> str:
         """Fill a checked template with the knowledge values and ``facts``."""
