@@ -314,9 +314,11 @@ class CardTexts:
             raise KnowledgeError(
                 f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
             )
-        prepared = self.templates[name]
+        prepared = self.templates[name]  # Prepared.fill, inlined: this is the hook path
         if prepared.constant is not None:
             return prepared.constant
+        if prepared.values is None:
+            return prepared.template.format_map(facts)
         return prepared.fill(facts)
 
 

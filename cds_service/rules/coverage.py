@@ -123,8 +123,8 @@ def _background_therapy(facts: PatientFacts, knowledge: Knowledge) -> tuple[Stat
     with MMF and corticosteroids (PI 1), so a steroid alone is not shown to be the regimen the
     policy means (clinical review)."""
     pool = _pool(facts)
-    mmf = [m for m in pool if m.has_role(Role.MYCOPHENOLATE)]
-    steroids = [m for m in pool if m.has_role(Role.CORTICOSTEROID)]
+    mmf = [m for m in pool if Role.MYCOPHENOLATE in m.roles]
+    steroids = [m for m in pool if Role.CORTICOSTEROID in m.roles]
     if mmf:
         return "met", names([*mmf, *steroids])
     if steroids:
@@ -133,7 +133,7 @@ def _background_therapy(facts: PatientFacts, knowledge: Knowledge) -> tuple[Stat
 
 
 def _no_cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
-    cyclophosphamide = [m for m in _pool(facts) if m.has_role(Role.CYCLOPHOSPHAMIDE)]
+    cyclophosphamide = [m for m in _pool(facts) if Role.CYCLOPHOSPHAMIDE in m.roles]
     status: Status = (
         "not met" if cyclophosphamide else _absent(facts, DataCategory.MEDICATIONS, "met")
     )

@@ -17,6 +17,7 @@ from fhir_mappings.facts import DoseAmount, Medication
 from fhir_mappings.knowledge import DAY_PARTS, Knowledge
 
 _RANK = {part: rank for rank, part in enumerate(DAY_PARTS)}
+_PART_RANKS = frozenset(_RANK.values())
 _UNTIMED, _CLOCK = -1, len(DAY_PARTS)
 
 
@@ -117,7 +118,7 @@ def _read(drafts: tuple[Medication, ...], parts: dict[str, str]) -> Regimen:
             untimed += key[0] == _UNTIMED
             before = slots.get(key)
             mg = round(dose.mg + (before.mg if before else 0.0), 2)
-            part = key[1] if key[0] in _RANK.values() else None
+            part = key[1] if key[0] in _PART_RANKS else None
             slots[key] = DoseAmount(mg, before.when if before else dose.when, part)
     per_day: float | None
     if unknown_frequency:
@@ -174,7 +175,7 @@ def _split_by_part(
     for order in orders:
         doses = order.dosage.doses if order.dosage else ()
         rank = _slot(doses[0], 0, parts)[0] if len(doses) == 1 else _UNTIMED
-        if rank not in _RANK.values():
+        if rank not in _PART_RANKS:
             return None
         ranked.append((rank, order))
     if len({rank for rank, _ in ranked}) != len(ranked):
