@@ -238,12 +238,15 @@ def _finish(
 def _near_match_note(facts: PatientFacts, knowledge: Knowledge) -> str:
     """Say on every card which order text was read as voclosporin though one letter off
     (knowledge "names as EHRs write them"); "" when every voclosporin name matched exactly."""
-    text = card_text(knowledge, "data-unavailable")
-    return "".join(
-        text("near_match", text=m.matched_text, reference=m.reference)
+    near = [
+        m
         for m in (*facts.draft_orders, *facts.medications)
-        if m.is_voclosporin and m.matched_text is not None
-    )
+        if m.matched_text is not None and m.is_voclosporin
+    ]
+    if not near:
+        return ""
+    text = card_text(knowledge, "data-unavailable")
+    return "".join(text("near_match", text=m.matched_text, reference=m.reference) for m in near)
 
 
 def _monitoring_gaps(monitoring: list[MonitoringGap], knowledge: Knowledge) -> Finding:
