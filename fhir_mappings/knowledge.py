@@ -13,7 +13,7 @@ import csv
 import hashlib
 import re
 import tomllib
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -320,6 +320,19 @@ class CardTexts:
         if prepared.values is None:
             return prepared.template.format_map(facts)
         return prepared.fill(facts)
+
+    def each(self, name: str, rows: Sequence[Mapping[str, object]]) -> list[str]:
+        """Fill template ``name`` once per mapping of facts in ``rows`` (a table's lines)."""
+        for facts in rows:
+            if not self.facts.issuperset(facts):
+                undeclared = sorted(set(facts) - self.facts)
+                raise KnowledgeError(
+                    f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
+                )
+        prepared = self.templates[name]
+        plain = prepared.constant is None and prepared.values is None
+        fill = prepared.template.format_map if plain else prepared.fill
+        return [fill(facts) for facts in rows]
 
 
 @dataclass(frozen=True)

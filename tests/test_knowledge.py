@@ -284,6 +284,19 @@ def test_fill_matches_str_format(knowledge: Knowledge, template: str, facts: dic
     assert knowledge.fill(template, **facts) == expected
 
 
+def test_each_fills_a_table_row_by_row_as_one_call_each(knowledge: Knowledge):
+    """``each`` gives the lines ``text(name, **facts)`` gives, and checks every row's facts."""
+    text = knowledge.card_texts("prior-authorization")
+    rows = [
+        {"name": "Age {x}", "status": "met", "evidence": "age 30"},
+        {"name": "Diagnosis", "status": "unknown", "evidence": "{braces} stay"},
+    ]
+    assert text.each("row", rows) == [text("row", **row) for row in rows]
+    assert text.each("set_renewal", [{}]) == [text("set_renewal")]  # a constant template
+    with pytest.raises(KnowledgeError, match="not declared"):
+        text.each("row", [*rows, {"name": "x", "status": "met", "evidence": "", "typo": 1}])
+
+
 def test_fill_still_refuses_a_missing_fact(knowledge: Knowledge):
     """A template naming a fact not given fails as str.format does, also once prepared."""
     for _ in range(2):

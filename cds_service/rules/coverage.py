@@ -52,9 +52,8 @@ def prior_authorization(facts: PatientFacts, knowledge: Knowledge) -> Iterator[R
     for _, status, _ in criteria:
         if status in counts:
             counts[status] += 1
-    rows = "\n".join(
-        [text("row", name=name, status=status, evidence=why) for name, status, why in criteria]
-    )
+    table = [{"name": name, "status": status, "evidence": why} for name, status, why in criteria]
+    rows = "\n".join(text.each("row", table))
     criteria_set = text("set_renewal" if renewal else "set_initiation")
     yield Finding(
         "info",

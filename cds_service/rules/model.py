@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Literal, TypeVar
 
 from fhir_mappings.facts import BloodPressure, Measurement, Medication, PatientFacts
-from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.knowledge import CardTexts, Knowledge
 from fhir_mappings.vocabulary import DataCategory
 
 Indicator = Literal["info", "warning", "critical"]
@@ -156,7 +156,7 @@ def latest(items: Iterable[T]) -> T | None:
     return max(dated, key=lambda i: i.when) if dated else None  # type: ignore[arg-type,return-value]
 
 
-def card_text(knowledge: Knowledge, rule_id: str) -> Callable[..., str]:
+def card_text(knowledge: Knowledge, rule_id: str) -> CardTexts:
     """The prose of one rule's card (cards.toml): ``text("summary", partners=...)``."""
     return knowledge.card_texts(rule_id)
 
