@@ -5,7 +5,7 @@ order is kept from the engine.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,45 +38,91 @@ def build_cards(
 ) -> list[BuiltCard]:
     """Cards for the findings; ``drafts`` (the session's draft orders, in request order) are what
     update suggestions rewrite."""
-    return [_card(finding, knowledge, drafts) for finding in findings]
+    frames = _frames(knowledge)
+    return [_card(finding, knowledge, drafts, frames) for finding in findings]
 
 
-def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any]]) -> BuiltCard:
-    citation = knowledge.rules.get(finding.rule_id)
-    title = citation.title if citation else finding.rule_id
-    suggestions = [_suggestion(s, knowledge, drafts) for s in _one_recommended(finding.suggestions)]
+@dataclass(frozen=True)
+class _Frame:
+    """What every card of one rule and citation says besides the finding: its source (with
+    the topic), the footer, the label link. Copied into each card, never shared by two."""
+
     source: dict[str, Any]
-    if finding.rule_id == DATA_UNAVAILABLE:
-        source = {"label": "Voclosporin safety service: data access"}
-    elif finding.rule_id == "prior-authorization":
-        source = {"label": knowledge.payer_policy_title}
-    else:
-        source = {"label": f"LUPKYNIS label: {finding.citation}"[:200], "url": knowledge.label_url}
-    source["topic"] = _compact(
-        {"system": RULE_TOPIC_SYSTEM, "code": finding.rule_id, "display": title}
-    )
-    footer = (
-        f"\n\n---\n_Rule `{finding.rule_id}` · {finding.citation} · knowledge "
-        f"{knowledge.full_version}_"
-    )
-    card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
-        "summary": _clip(finding.summary),
-        "indicator": finding.indicator,
-        "detail": finding.detail + footer,
-        "source": _compact(source),
-        "overrideReasons": [
+    topic: dict[str, Any]
+    footer: str
+    links: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """The frames of one Knowledge, made as cards need them, and its override reasons."""
+
+    knowledge: Knowledge
+    reasons: tuple[dict[str, Any], ...]
+    by_rule: dict[tuple[str, str], _Frame]
+
+
+# The frames of the Knowledge last used (one per app; a local policy makes another).
+_last_frames: _Frames | None = None
+
+
+def _frames(knowledge: Knowledge) -> _Frames:
+    global _last_frames
+    frames = _last_frames
+    if frames is None or frames.knowledge is not knowledge:
+        reasons = tuple(
             _compact({"system": r.system, "code": r.code, "display": r.display})
             for r in knowledge.override_reasons
-        ],
+        )
+        frames = _last_frames = _Frames(knowledge, reasons, {})
+    return frames
+
+
+def _frame(rule_id: str, citation_text: str, knowledge: Knowledge) -> _Frame:
+    citation = knowledge.rules.get(rule_id)
+    title = citation.title if citation else rule_id
+    source: dict[str, Any]
+    if rule_id == DATA_UNAVAILABLE:
+        source = {"label": "Voclosporin safety service: data access"}
+    elif rule_id == "prior-authorization":
+        source = {"label": knowledge.payer_policy_title}
+    else:
+        source = {"label": f"LUPKYNIS label: {citation_text}"[:200], "url": knowledge.label_url}
+    topic = _compact({"system": RULE_TOPIC_SYSTEM, "code": rule_id, "display": title})
+    source = _compact({**source, "topic": topic})
+    footer = f"\n\n---\n_Rule `{rule_id}` · {citation_text} · knowledge {knowledge.full_version}_"
+    links: tuple[dict[str, Any], ...] = ()
+    if citation is not None and citation.link is not None:  # rules.toml link_label / link_url
+        links = (
+            _compact({"label": citation.link.label, "url": citation.link.url, "type": "absolute"}),
+        )
+    return _Frame(source, topic, footer, links)
+
+
+def _card(
+    finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any]], frames: _Frames
+) -> BuiltCard:
+    key = (finding.rule_id, finding.citation)
+    frame = frames.by_rule.get(key)
+    if frame is None:
+        frame = frames.by_rule[key] = _frame(finding.rule_id, finding.citation, knowledge)
+    suggestions = [_suggestion(s, knowledge, drafts) for s in _one_recommended(finding.suggestions)]
+    source = {**frame.source}
+    if "topic" in source:
+        source["topic"] = {**frame.topic}
+    card: dict[str, Any] = {
+        "uuid": new_uuid(),
+        "summary": _clip(finding.summary),
+        "indicator": finding.indicator,
+        "detail": finding.detail + frame.footer,
+        "source": source,
+        "overrideReasons": [{**r} for r in frames.reasons],
     }
     if suggestions:
         card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one"
-    if citation is not None and citation.link is not None:  # rules.toml link_label / link_url
-        card["links"] = [
-            _compact({"label": citation.link.label, "url": citation.link.url, "type": "absolute"})
-        ]
+    if frame.links:
+        card["links"] = [{**link} for link in frame.links]
     card = _compact(card)
     return BuiltCard(
         rule_id=finding.rule_id,
@@ -87,6 +133,15 @@ def _card(finding: Finding, knowledge: Knowledge, drafts: Sequence[dict[str, Any
         finding_key=finding.finding_key,
         quieted=finding.quieted,
     )
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID as text: ``str(uuid.uuid4())`` without the UUID object."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _compact(data: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +199,7 @@ def _suggestion(
             )
     result: dict[str, Any] = {
         "label": suggestion.label[:200],
-        "uuid": str(uuid.uuid4()),
+        "uuid": new_uuid(),
         "actions": actions,
     }
     if suggestion.is_recommended:

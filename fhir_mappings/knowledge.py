@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import tomllib
-from collections.abc import Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
+from string import Formatter
 from typing import Any, TypeVar
 
 from fhir_mappings.prose import CardText, placeholder_problems, used_names
@@ -229,6 +231,110 @@ class PayerCriterion:
     wording: str = ""
 
 
+# The name a placeholder starts with, as str.format reads it ("renal" of "{renal.x:g}").
+_HEAD = re.compile(r"[^.\[]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A template with its knowledge values filled in ahead: what is left takes only facts.
+
+    ``constant`` is the finished text when no placeholder is left (no formatting at all);
+    otherwise ``template`` is a format string over the facts alone (braces of the filled-in
+    text escaped). A template this cannot prepare exactly keeps the whole mapping
+    (``values`` set): it is filled as before, knowledge values and facts together.
+    """
+
+    template: str
+    constant: str | None = None
+    values: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    def fill(self, facts: Mapping[str, object]) -> str:
+        """The text with ``facts`` filled in."""
+        if self.constant is not None:
+            return self.constant
+        if self.values is not None:
+            return self.template.format_map({**self.values, **facts})
+        return self.template.format_map(facts)
+
+
+def prepare(template: str, values: Mapping[str, Any]) -> Prepared:
+    """Fill the knowledge values of ``template`` now, as ``str.format`` would (``format(value,
+    spec)`` of the named attribute); placeholders of facts stay. Filling the result with the
+    facts gives the same text as filling ``template`` with knowledge values and facts at once
+    (for facts that do not shadow a knowledge value: the loader refuses those)."""
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError:  # malformed: leave the error to the fill, as before
+        return Prepared(template, values=values)
+    literal: list[str] = []  # the text as shown (braces not escaped)
+    escaped: list[str] = []  # the same as a format string over the facts
+    placeholders = False
+    for text, name, spec, conversion in parsed:
+        literal.append(text)
+        escaped.append(text.replace("{", "{{").replace("}", "}}"))
+        if name is None:
+            continue
+        head = _HEAD.match(name).group()  # type: ignore[union-attr]  # always matches
+        if head not in values:  # a fact: kept as written
+            placeholders = True
+            escaped.append(
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            continue
+        if conversion is not None or "[" in name or (spec and "{" in spec):
+            return Prepared(template, values=values)  # beyond plain names: fill as before
+        value = values[head]
+        for attribute in name.split(".")[1:]:
+            value = getattr(value, attribute)
+        shown = format(value, spec or "")
+        literal.append(shown)
+        escaped.append(shown.replace("{", "{{").replace("}", "}}"))
+    if not placeholders:
+        return Prepared(template, constant="".join(literal))
+    return Prepared("".join(escaped))
+
+
+@dataclass(frozen=True, slots=True)
+class CardTexts:
+    """The prepared templates of one rule's card: ``texts("summary", partners=...)``."""
+
+    rule_id: str
+    templates: dict[str, Prepared]
+    facts: frozenset[str]
+
+    def __call__(self, name: str, /, **facts: object) -> str:
+        """Fill template ``name`` with ``facts`` (each declared in the table's ``facts``)."""
+        if facts and not self.facts.issuperset(facts):  # no set built when all is well
+            undeclared = sorted(set(facts) - self.facts)
+            raise KnowledgeError(
+                f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
+            )
+        prepared = self.templates[name]  # Prepared.fill, inlined: this is the hook path
+        if prepared.constant is not None:
+            return prepared.constant
+        if prepared.values is None:
+            return prepared.template.format_map(facts)
+        return prepared.fill(facts)
+
+    def each(self, name: str, rows: Sequence[Mapping[str, object]]) -> list[str]:
+        """Fill template ``name`` once per mapping of facts in ``rows`` (a table's lines)."""
+        for facts in rows:
+            if not self.facts.issuperset(facts):
+                undeclared = sorted(set(facts) - self.facts)
+                raise KnowledgeError(
+                    f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
+                )
+        prepared = self.templates[name]
+        plain = prepared.constant is None and prepared.values is None
+        fill = prepared.template.format_map if plain else prepared.fill
+        return [fill(facts) for facts in rows]
+
+
 @dataclass(frozen=True)
 class Knowledge:
     """The whole reviewed knowledge base, immutable after loading."""
@@ -293,17 +399,57 @@ class Knowledge:
         """
         return _template_values(self)
 
+    @cached_property
+    def _prepared(self) -> dict[str, Prepared]:
+        """Template -> the template with its knowledge values already filled in (see
+        ``prepare``); filled lazily, once per template and Knowledge, as ``fill`` meets
+        them. The knowledge values never change after loading, so neither do these."""
+        return {}
+
+    @cached_property
+    def _card_texts(self) -> dict[str, CardTexts]:
+        return {}
+
+    def _prepare(self, template: str) -> Prepared:
+        prepared = self._prepared.get(template)
+        if prepared is None:
+            prepared = self._prepared[template] = prepare(template, self.template_values)
+        return prepared
+
+    def card_texts(self, rule_id: str) -> CardTexts:
+        """The prose of one rule's card (cards.toml), prepared once per Knowledge and rule."""
+        texts = self._card_texts.get(rule_id)
+        if texts is None:
+            card = self.cards[rule_id]
+            # The loader refuses facts that shadow knowledge values, so the prepared form applies.
+            prepared = {name: self._prepare(t) for name, t in card.templates.items()}
+            texts = self._card_texts[rule_id] = CardTexts(rule_id, prepared, card.facts)
+        return texts
+
+    def named_criteria(self, renewal: bool) -> tuple[tuple[PayerCriterion, str], ...]:
+        """The payer criteria of one set (renewal or initial approval), each with its name as
+        the card shows it (the ``name`` template filled, once per Knowledge)."""
+        return self._named_criteria[renewal]
+
+    @cached_property
+    def _named_criteria(self) -> dict[bool, tuple[tuple[PayerCriterion, str], ...]]:
+        return {
+            renewal: tuple((c, self.fill(c.name)) for c in criteria)
+            for renewal, criteria in (
+                (False, self.payer_criteria),
+                (True, self.payer_renewal_criteria),
+            )
+        }
+
     def card_text(self, rule_id: str, name: str, /, **facts: object) -> str:
         """Fill template ``name`` of ``rule_id`` (cards.toml) with the knowledge and ``facts``."""
-        card = self.cards[rule_id]
-        if not card.facts.issuperset(facts):  # no set built on the hot path when all is well
-            undeclared = sorted(set(facts) - card.facts)
-            raise KnowledgeError(f"cards.toml [{rule_id}]: facts {undeclared} are not declared")
-        return self.fill(card.templates[name], **facts)
+        return self.card_texts(rule_id)(name, **facts)
 
     def fill(self, template: str, /, **facts: object) -> str:
         """Fill a checked template with the knowledge values and ``facts``."""
-        return template.format_map({**self.template_values, **facts})
+        if facts and not self.template_values.keys().isdisjoint(facts):  # a fact shadows one
+            return template.format_map({**self.template_values, **facts})
+        return self._prepare(template).fill(facts)
 
     def with_local_policy(
         self,

@@ -246,6 +246,64 @@ def test_card_text_follows_the_data(knowledge: Knowledge):
         knowledge.card_text("egfr-baseline-low", "summary", egfr="39", typo="x")
 
 
+class _Fact:
+    """A fact value that shows its name and the format spec it was given."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __format__(self, spec: str) -> str:
+        return f"<{self.name}:{spec} {{x}}>"  # braces in a fact stay as they are
+
+
+def test_every_card_template_fills_as_formatted_at_once(knowledge: Knowledge):
+    """Knowledge values filled ahead (``prepare``) give the text of one str.format call."""
+    changed = knowledge.with_local_policy(potassium_high_default=5.25)  # a fresh cache
+    for rule_id, card in changed.cards.items():
+        facts = {name: _Fact(name) for name in card.facts}
+        for name, template in card.templates.items():
+            expected = template.format_map({**changed.template_values, **facts})
+            assert changed.card_text(rule_id, name, **facts) == expected, (rule_id, name)
+            assert changed.card_text(rule_id, name, **facts) == expected  # and from the cache
+
+
+@pytest.mark.parametrize(
+    ("template", "facts"),
+    [
+        pytest.param("{{literal}} {renal.baseline_low_max:g} {egfr}", {"egfr": "39"}, id="braces"),
+        pytest.param("{adult_from_years:>5}|{x!r:>8}", {"x": "a"}, id="spec-and-conversion"),
+        pytest.param("at {payer_policy_title}", {}, id="constant"),
+        pytest.param("{dose!r}", {}, id="conversion-of-a-value"),
+        pytest.param("{adult_from_years} {renal}", {"renal": "shadow"}, id="shadowing"),
+    ],
+)
+def test_fill_matches_str_format(knowledge: Knowledge, template: str, facts: dict[str, str]):
+    """``fill`` gives what str.format gives with the knowledge values and the facts."""
+    expected = template.format_map({**knowledge.template_values, **facts})
+    assert knowledge.fill(template, **facts) == expected
+    assert knowledge.fill(template, **facts) == expected
+
+
+def test_each_fills_a_table_row_by_row_as_one_call_each(knowledge: Knowledge):
+    """``each`` gives the lines ``text(name, **facts)`` gives, and checks every row's facts."""
+    text = knowledge.card_texts("prior-authorization")
+    rows = [
+        {"name": "Age {x}", "status": "met", "evidence": "age 30"},
+        {"name": "Diagnosis", "status": "unknown", "evidence": "{braces} stay"},
+    ]
+    assert text.each("row", rows) == [text("row", **row) for row in rows]
+    assert text.each("set_renewal", [{}]) == [text("set_renewal")]  # a constant template
+    with pytest.raises(KnowledgeError, match="not declared"):
+        text.each("row", [*rows, {"name": "x", "status": "met", "evidence": "", "typo": 1}])
+
+
+def test_fill_still_refuses_a_missing_fact(knowledge: Knowledge):
+    """A template naming a fact not given fails as str.format does, also once prepared."""
+    for _ in range(2):
+        with pytest.raises(KeyError, match="egfr"):
+            knowledge.fill("{renal.baseline_low_max:g} {egfr}")
+
+
 def _text_calls() -> dict[str, set[str]]:
     """rule id -> template names the rules code asks for via ``text = card_text(k, "<id>")``."""
     wanted: dict[str, set[str]] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -14,6 +14,7 @@ from cds_service.rules.model import (
     RemoveOrder,
     ReplaceDosage,
     RuleSpec,
+    Suggestion,
 )
 from cds_service.rules.renal import decline_percent
 from fhir_mappings.facts import Dosage, DoseAmount
@@ -429,6 +430,42 @@ def test_engine_stamps_rule_id_and_citation(knowledge):
     """Every finding carries its rule id and the label section from the data."""
     card = finding(facts(egfr=(egfr(40, 3),)), knowledge, "egfr-baseline-low")
     assert card.citation == knowledge.rules["egfr-baseline-low"].section
+
+
+def test_stamping_keeps_every_other_field_of_a_finding():
+    """``Finding.stamped`` is ``replace`` of rule id and citation: no field is lost on the way."""
+    original = Finding(
+        "warning",
+        "summary",
+        "detail",
+        (Suggestion("label", (RemoveOrder(voclosporin()),), is_recommended=True),),
+        rule_id="from-the-rule",
+        citation="old",
+        subject="subject",
+        quieted=True,
+    )
+    # A new Finding field must be added to ``stamped`` (and here) or this test fails.
+    assert [f.name for f in fields(Finding)] == [
+        "indicator", "summary", "detail", "suggestions", "rule_id", "citation", "subject",
+        "quieted",
+    ]  # fmt: skip
+    stamped = original.stamped("egfr-decline", "PI 2.2")
+    assert stamped == replace(original, rule_id="egfr-decline", citation="PI 2.2")
+
+
+def test_rule_yielding_something_else_becomes_could_not_check(knowledge, monkeypatch):
+    """A rule that yields what is not a RuleResult is a broken rule, said on the card."""
+
+    def confused(f, k):
+        yield "a string"
+
+    import cds_service.rules.engine as engine
+
+    monkeypatch.setattr(engine, "REGISTRY", (RuleSpec("hyperkalemia", confused),))
+    result = evaluate(facts(), knowledge)
+    card = next(x for x in result.findings if x.rule_id == DATA_UNAVAILABLE)
+    assert "hyperkalemia: internal error" in card.detail
+    assert [x.rule_id for x in result.findings] == [DATA_UNAVAILABLE]
 
 
 def test_rule_that_raises_becomes_could_not_check(knowledge, monkeypatch):

@@ -34,6 +34,7 @@ Status = Literal["met", "not met", "unknown"]
 Checker = Callable[[PatientFacts, Knowledge], tuple[Status, str]]
 _ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
 _ATTESTATION = "prescriber attestation"
+_RENAL_DATA = frozenset({DataCategory.EGFR, DataCategory.CREATININE})
 
 
 def prior_authorization(facts: PatientFacts, knowledge: Knowledge) -> Iterator[RuleResult]:
@@ -44,15 +45,15 @@ def prior_authorization(facts: PatientFacts, knowledge: Knowledge) -> Iterator[R
     text = card_text(knowledge, "prior-authorization")
     renewal = facts.is_renewal
     criteria = [
-        (knowledge.fill(criterion.name), *CHECKERS[criterion.id](facts, knowledge))
-        for criterion in (knowledge.payer_renewal_criteria if renewal else knowledge.payer_criteria)
+        (name, *CHECKERS[criterion.id](facts, knowledge))
+        for criterion, name in knowledge.named_criteria(renewal)
     ]
-    counts = {
-        s: sum(1 for _, status, _ in criteria if status == s) for s in ("met", "not met", "unknown")
-    }
-    rows = "\n".join(
-        text("row", name=name, status=status, evidence=why) for name, status, why in criteria
-    )
+    counts = dict.fromkeys(("met", "not met", "unknown"), 0)
+    for _, status, _ in criteria:
+        if status in counts:
+            counts[status] += 1
+    table = [{"name": name, "status": status, "evidence": why} for name, status, why in criteria]
+    rows = "\n".join(text.each("row", table))
     criteria_set = text("set_renewal" if renewal else "set_initiation")
     yield Finding(
         "info",
@@ -121,8 +122,8 @@ def _background_therapy(facts: PatientFacts, knowledge: Knowledge) -> tuple[Stat
     with MMF and corticosteroids (PI 1), so a steroid alone is not shown to be the regimen the
     policy means (clinical review)."""
     pool = _pool(facts)
-    mmf = [m for m in pool if m.has_role(Role.MYCOPHENOLATE)]
-    steroids = [m for m in pool if m.has_role(Role.CORTICOSTEROID)]
+    mmf = [m for m in pool if Role.MYCOPHENOLATE in m.roles]
+    steroids = [m for m in pool if Role.CORTICOSTEROID in m.roles]
     if mmf:
         return "met", names([*mmf, *steroids])
     if steroids:
@@ -131,7 +132,7 @@ def _background_therapy(facts: PatientFacts, knowledge: Knowledge) -> tuple[Stat
 
 
 def _no_cyclophosphamide(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status, str]:
-    cyclophosphamide = [m for m in _pool(facts) if m.has_role(Role.CYCLOPHOSPHAMIDE)]
+    cyclophosphamide = [m for m in _pool(facts) if Role.CYCLOPHOSPHAMIDE in m.roles]
     status: Status = (
         "not met" if cyclophosphamide else _absent(facts, DataCategory.MEDICATIONS, "met")
     )
@@ -179,13 +180,14 @@ def _clinical_benefit(facts: PatientFacts, knowledge: Knowledge) -> tuple[Status
     unknown, for the prescriber's documentation to settle.
     """
     text = card_text(knowledge, "prior-authorization")
-    if facts.unavailable & {DataCategory.EGFR, DataCategory.CREATININE}:
+    if facts.unavailable & _RENAL_DATA:
         return "unknown", text("benefit_unavailable")
     start = facts.course_start
     if start is None:
         return "unknown", text("no_course_start")
-    before = [m for m in facts.egfr if m.when is not None and m.when.date() <= start.date()]
-    after = [m for m in facts.egfr if m.when is not None and m.when.date() > start.date()]
+    start_day = start.date()
+    before = [m for m in facts.egfr if m.when is not None and m.when.date() <= start_day]
+    after = [m for m in facts.egfr if m.when is not None and m.when.date() > start_day]
     baseline, current = latest(before), latest(after)
     if baseline is None:
         return "unknown", text("benefit_no_baseline", start=when_text(start))

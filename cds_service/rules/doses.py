@@ -17,6 +17,7 @@ from fhir_mappings.facts import DoseAmount, Medication
 from fhir_mappings.knowledge import DAY_PARTS, Knowledge
 
 _RANK = {part: rank for rank, part in enumerate(DAY_PARTS)}
+_PART_RANKS = frozenset(_RANK.values())
 _UNTIMED, _CLOCK = -1, len(DAY_PARTS)
 
 
@@ -70,10 +71,33 @@ def _slot(dose: DoseAmount, untimed_index: int, parts: dict[str, str]) -> tuple[
 
 def regimen_of(orders: Iterable[Medication], knowledge: Knowledge) -> Regimen | None:
     """The voclosporin drafts among ``orders`` read as one regimen (None: there are none)."""
+    global _last_read
     parts = knowledge.dose_vocabulary.day_parts
     drafts = tuple(o for o in orders if o.is_voclosporin and o.is_draft)
     if not drafts:
         return None
+    last = _last_read
+    if last is not None and last[1] is parts and _same(last[0], drafts):
+        return last[2]
+    regimen = _read(drafts, parts)
+    _last_read = (drafts, parts, regimen)
+    return regimen
+
+
+# The last regimen read, with the drafts and the day-part vocabulary it was read from. Several
+# rules of one evaluation read the session's regimen (dose-check, the moderate CYP3A4 inhibitor,
+# the payer's quantity limit); drafts are frozen facts, so the same draft objects give the same
+# regimen. It holds them, so their ids cannot be reused while it does.
+_last_read: tuple[tuple[Medication, ...], dict[str, str], Regimen] | None = None
+
+
+def _same(a: tuple[Medication, ...], b: tuple[Medication, ...]) -> bool:
+    """The very same draft objects, in the same order."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _read(drafts: tuple[Medication, ...], parts: dict[str, str]) -> Regimen:
+    """Put the doses of ``drafts`` side by side by their slot in the day (one pass)."""
     slots: dict[tuple[int, str], DoseAmount] = {}
     without_dose = []
     regular, total_per_day = True, 0.0
@@ -94,7 +118,7 @@ def regimen_of(orders: Iterable[Medication], knowledge: Knowledge) -> Regimen | 
             untimed += key[0] == _UNTIMED
             before = slots.get(key)
             mg = round(dose.mg + (before.mg if before else 0.0), 2)
-            part = key[1] if key[0] in _RANK.values() else None
+            part = key[1] if key[0] in _PART_RANKS else None
             slots[key] = DoseAmount(mg, before.when if before else dose.when, part)
     per_day: float | None
     if unknown_frequency:
@@ -151,7 +175,7 @@ def _split_by_part(
     for order in orders:
         doses = order.dosage.doses if order.dosage else ()
         rank = _slot(doses[0], 0, parts)[0] if len(doses) == 1 else _UNTIMED
-        if rank not in _RANK.values():
+        if rank not in _PART_RANKS:
             return None
         ranked.append((rank, order))
     if len({rank for rank, _ in ranked}) != len(ranked):

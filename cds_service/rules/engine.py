@@ -114,6 +114,8 @@ RULE_IDS: tuple[str, ...] = (
     DATA_UNAVAILABLE,
 )
 
+_ORDER = {rule_id: n for n, rule_id in enumerate(RULE_IDS)}  # cards of one severity: registry order
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -165,20 +167,31 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
     findings: list[Finding] = []
     gaps: list[NotChecked] = []
     monitoring: list[MonitoringGap] = []
+    unavailable = facts.unavailable
+    citations = knowledge.rules
     for spec in REGISTRY:
-        absent = (spec.needs | spec.reads) & facts.unavailable
-        missing = sorted(prefetch_key(c) for c in absent) if absent else []
-        if absent and spec.needs & absent:
-            gaps.append(NotChecked("not run: " + ", ".join(missing) + " unavailable", spec.rule_id))
-            continue
+        missing: list[str] = []
+        if unavailable:
+            absent = spec.wants & unavailable
+            if absent:
+                missing = sorted(prefetch_key(c) for c in absent)
+                if spec.needs & absent:
+                    reason = "not run: " + ", ".join(missing) + " unavailable"
+                    gaps.append(NotChecked(reason, spec.rule_id))
+                    continue
         try:
             for result in spec.check(facts, knowledge):
-                if isinstance(result, NotChecked):
+                if isinstance(result, Finding):
+                    citation = citations.get(spec.rule_id)
+                    findings.append(
+                        result.stamped(spec.rule_id, citation.section if citation else "")
+                    )
+                elif isinstance(result, NotChecked):
                     gaps.append(replace(result, rule_id=spec.rule_id))
                 elif isinstance(result, MonitoringGap):
                     monitoring.append(replace(result, rule_id=spec.rule_id))
-                else:
-                    findings.append(_stamp(result, spec.rule_id, knowledge))
+                else:  # a broken rule: said as one below
+                    raise TypeError(f"yielded a {type(result).__name__}, not a RuleResult")
         except Exception:  # a broken rule must surface as "could not check", not as silence
             log.exception("rule %s raised", spec.rule_id)
             gaps.append(NotChecked("internal error while checking (logged)", spec.rule_id))
@@ -191,13 +204,13 @@ def evaluate(facts: PatientFacts, knowledge: Knowledge) -> Evaluation:
                     partial=True,
                 )
             )
-    evaluated = (*(s.rule_id for s in REGISTRY), MONITORING_GAPS)
+    evaluated = (*[s.rule_id for s in REGISTRY], MONITORING_GAPS)
     return _finish(facts, knowledge, findings, gaps, monitoring, evaluated)
 
 
 def _stamp(finding: Finding, rule_id: str, knowledge: Knowledge) -> Finding:
-    citation = knowledge.rules[rule_id].section if rule_id in knowledge.rules else ""
-    return replace(finding, rule_id=rule_id, citation=citation)
+    citation = knowledge.rules.get(rule_id)
+    return finding.stamped(rule_id, citation.section if citation else "")
 
 
 def _finish(
@@ -216,8 +229,7 @@ def _finish(
         findings[:] = [replace(f, detail=f.detail + near) for f in findings]
     if monitoring:
         findings.append(_stamp(_monitoring_gaps(monitoring, knowledge), MONITORING_GAPS, knowledge))
-    order = {rule_id: n for n, rule_id in enumerate(RULE_IDS)}
-    findings.sort(key=lambda f: (SEVERITY[f.indicator], order.get(f.rule_id, 99)))
+    findings.sort(key=lambda f: (SEVERITY[f.indicator], _ORDER.get(f.rule_id, 99)))
     return Evaluation(
         tuple(findings), (*evaluated, DATA_UNAVAILABLE), tuple(gaps), tuple(monitoring)
     )
@@ -226,12 +238,15 @@ def _finish(
 def _near_match_note(facts: PatientFacts, knowledge: Knowledge) -> str:
     """Say on every card which order text was read as voclosporin though one letter off
     (knowledge "names as EHRs write them"); "" when every voclosporin name matched exactly."""
-    text = card_text(knowledge, "data-unavailable")
-    return "".join(
-        text("near_match", text=m.matched_text, reference=m.reference)
+    near = [
+        m
         for m in (*facts.draft_orders, *facts.medications)
-        if m.is_voclosporin and m.matched_text is not None
-    )
+        if m.matched_text is not None and m.is_voclosporin
+    ]
+    if not near:
+        return ""
+    text = card_text(knowledge, "data-unavailable")
+    return "".join(text("near_match", text=m.matched_text, reference=m.reference) for m in near)
 
 
 def _monitoring_gaps(monitoring: list[MonitoringGap], knowledge: Knowledge) -> Finding:

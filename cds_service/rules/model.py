@@ -6,11 +6,11 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
+from functools import cached_property
 from typing import Literal, TypeVar
 
 from fhir_mappings.facts import BloodPressure, Measurement, Medication, PatientFacts
-from fhir_mappings.knowledge import Knowledge
+from fhir_mappings.knowledge import CardTexts, Knowledge
 from fhir_mappings.vocabulary import DataCategory
 
 Indicator = Literal["info", "warning", "critical"]
@@ -68,6 +68,20 @@ class Finding:
     subject: str = ""
     quieted: bool = False
 
+    def stamped(self, rule_id: str, citation: str) -> Finding:
+        """This finding with the engine's rule id and citation (``dataclasses.replace`` costs
+        several times more on the hook path; test_rules checks every field is kept)."""
+        return Finding(
+            self.indicator,
+            self.summary,
+            self.detail,
+            self.suggestions,
+            rule_id,
+            citation,
+            self.subject,
+            self.quieted,
+        )
+
     @property
     def finding_key(self) -> str:
         """Return a stable hash of rule id and subject (no patient data in it)."""
@@ -119,6 +133,11 @@ class RuleSpec:
     needs: frozenset[DataCategory] = field(default_factory=frozenset)
     reads: frozenset[DataCategory] = field(default_factory=frozenset)
 
+    @cached_property
+    def wants(self) -> frozenset[DataCategory]:
+        """Everything the rule needs or reads."""
+        return self.needs | self.reads
+
 
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the rule modules: pure functions of the facts.
@@ -137,9 +156,9 @@ def latest(items: Iterable[T]) -> T | None:
     return max(dated, key=lambda i: i.when) if dated else None  # type: ignore[arg-type,return-value]
 
 
-def card_text(knowledge: Knowledge, rule_id: str) -> Callable[..., str]:
+def card_text(knowledge: Knowledge, rule_id: str) -> CardTexts:
     """The prose of one rule's card (cards.toml): ``text("summary", partners=...)``."""
-    return partial(knowledge.card_text, rule_id)
+    return knowledge.card_texts(rule_id)
 
 
 def when_text(when: datetime | None) -> str:
