@@ -5,7 +5,7 @@ order is kept from the engine.
 
 from __future__ import annotations
 
-import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,12 +136,8 @@ def _card(
 
 
 def new_uuid() -> str:
-    """A random (version 4) UUID as text: ``str(uuid.uuid4())`` without the UUID object."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A fresh random (version 4) UUID as text, for a card or a suggestion."""
+    return str(uuid.uuid4())
 
 
 def _compact(data: dict[str, Any]) -> dict[str, Any]:

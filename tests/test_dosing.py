@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -465,24 +464,6 @@ def test_dose_check_reads_the_drafts_a_fixed_number_of_times(knowledge, monkeypa
     small, large = cost(100), cost(400)
     assert large <= 4 * small + 10
     assert small <= 20 * 100  # a few passes per draft, not one per other draft
-
-
-def test_the_session_regimen_is_read_once_per_set_of_drafts(knowledge):
-    """The rules reading one session's regimen share one reading; other drafts are read anew."""
-    from tests.support.clinical import bid, voclosporin
-
-    drafts = (
-        voclosporin(dosage=bid(23.7)),
-        voclosporin(dosage=bid(7.9), ref="MedicationRequest/b"),
-    )
-    first = regimen_of(drafts, knowledge)
-    assert regimen_of(tuple(drafts), knowledge) is first  # the same draft objects
-    equal = tuple(replace(d) for d in drafts)  # equal drafts, other objects (the next request)
-    again = regimen_of(equal, knowledge)
-    assert again is not first
-    assert again == replace(first, orders=equal)
-    changed = (drafts[0], voclosporin(dosage=bid(15.8), ref="MedicationRequest/b"))
-    assert regimen_of(changed, knowledge).doses != first.doses  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

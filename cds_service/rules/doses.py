@@ -71,29 +71,10 @@ def _slot(dose: DoseAmount, untimed_index: int, parts: dict[str, str]) -> tuple[
 
 def regimen_of(orders: Iterable[Medication], knowledge: Knowledge) -> Regimen | None:
     """The voclosporin drafts among ``orders`` read as one regimen (None: there are none)."""
-    global _last_read
-    parts = knowledge.dose_vocabulary.day_parts
     drafts = tuple(o for o in orders if o.is_voclosporin and o.is_draft)
     if not drafts:
         return None
-    last = _last_read
-    if last is not None and last[1] is parts and _same(last[0], drafts):
-        return last[2]
-    regimen = _read(drafts, parts)
-    _last_read = (drafts, parts, regimen)
-    return regimen
-
-
-# The last regimen read, with the drafts and the day-part vocabulary it was read from. Several
-# rules of one evaluation read the session's regimen (dose-check, the moderate CYP3A4 inhibitor,
-# the payer's quantity limit); drafts are frozen facts, so the same draft objects give the same
-# regimen. It holds them, so their ids cannot be reused while it does.
-_last_read: tuple[tuple[Medication, ...], dict[str, str], Regimen] | None = None
-
-
-def _same(a: tuple[Medication, ...], b: tuple[Medication, ...]) -> bool:
-    """The very same draft objects, in the same order."""
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+    return _read(drafts, knowledge.dose_vocabulary.day_parts)
 
 
 def _read(drafts: tuple[Medication, ...], parts: dict[str, str]) -> Regimen:
