@@ -283,7 +283,9 @@ class VerdictCache:
         with self._lock:
             if key in self._entries:
                 return
-            self._entries[key] = None
+            # A right-sized copy: orjson's output keeps the buffer it grew into (4 KiB for a
+            # 60-byte element), which would make the budget count a fraction of the memory.
+            self._entries[bytes(memoryview(key))] = None
             self.used += _ENTRY_OVERHEAD + len(key)
             while self.used > self.max_bytes and self._entries:
                 old_key, _ = self._entries.popitem(last=False)

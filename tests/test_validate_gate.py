@@ -226,3 +226,24 @@ def test_an_element_too_large_to_keep_is_validated_every_time() -> None:
     broken = _observation(code={"text": huge_text, "coding": "not-a-list"})
     assert validation_problem(broken) == _validate("Observation", trimmed(broken))
     assert validation_problem(broken) is not None
+
+
+def test_verdict_cache_memory_is_what_its_budget_counts() -> None:
+    """Keys are kept right-sized: a kept 60-byte key costs about that, not the 4 KiB buffer
+    orjson wrote it into (the budget would otherwise count a sixtieth of the memory)."""
+    import tracemalloc
+
+    cache = VerdictCache()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(1_000):
+            key = _element_key("Observation", "code", {"text": f"result {n}"})
+            assert key is not None
+            cache.add(key)
+            del key
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == 1_000
+    assert grown < cache.used  # the budget's count (200 bytes a slot + the key) covers it
