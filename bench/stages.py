@@ -14,6 +14,7 @@ in either count).
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import os
@@ -91,7 +92,6 @@ def _child(out: Path) -> None:
     from bench.floor_app import create_app as create_floor
     from bench.payloads import encode, prefetch_request, small_request, varied, vary_template
     from cds_service import create_app
-    from cds_service.gunicorn_conf import post_worker_init
 
     today = date.today()
     bodies = {
@@ -132,7 +132,7 @@ def _child(out: Path) -> None:
     for template in templates.values():  # warm every path before counting
         post(template)
         post_floor(template)
-    post_worker_init(None)  # gunicorn.conf.py's worker hook: gc.freeze() and the GC threshold
+    gc.freeze()  # as gunicorn.conf.py does after start-up: collections then walk only new objects
     labels: list[Any] = []
     for name, template in templates.items():  # the floor first, before any stage is wrapped
         _STACK.append(FLOOR)

@@ -58,22 +58,12 @@ def refuse_unshared_replay_cache(workers: int, environ: Mapping[str, str] | None
         )
 
 
-# A hook call allocates tens of thousands of objects (a 1,000-result prefetch: ~100,000) that
-# live until its answer. At the default threshold (700) young collections keep walking them and
-# move them on to older generations to walk again; at this one most of a call's objects are
-# freed before a collection sees them. Calls make little cyclic garbage, and the bound stays.
-GC_YOUNG_THRESHOLD = 20_000
-
-
 def post_worker_init(worker: object) -> None:
-    """Move start-up objects (knowledge, FHIR models) out of the GC's reach, and collect young
-    objects less often (``GC_YOUNG_THRESHOLD``).
+    """Move start-up objects (knowledge, FHIR models) out of the GC's reach.
 
     Every full collection would walk them again; json.loads of a large prefetch triggers many.
     """
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -995,21 +995,3 @@ def test_render_cards_shows_every_part() -> None:
     assert "update MedicationRequest/d1: Change the dose" in text
     assert "override reasons: Will monitor" in text
     assert "link: Calculator <https://example.org/calc> (absolute)" in text
-
-
-def test_worker_hook_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
-    """After start-up a worker moves what it built out of the collector's reach and collects
-    young objects every GC_YOUNG_THRESHOLD allocations, keeping the older generations' ratios."""
-    import gc
-
-    from cds_service import gunicorn_conf
-
-    before = gc.get_threshold()
-    try:
-        gc.unfreeze()
-        gunicorn_conf.post_worker_init(object())
-        assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (gunicorn_conf.GC_YOUNG_THRESHOLD, *before[1:])
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
