@@ -104,53 +104,37 @@ def _child(out: Path) -> None:
     app = create_app(
         {"CDS_DATABASE_URL": f"sqlite:///{tmp}/audit.sqlite3", "CDS_AUDIT_HASH_KEY": "bench"}
     )
-    client = app.test_client()
-    number = 0
+    clients = {"service": app.test_client(), FLOOR: create_floor().test_client()}
+    numbers = iter(range(1, 1 << 31))  # new ids on every call, whichever app answers it
 
-    def post(template: bytes) -> None:
-        nonlocal number
-        number += 1
-        response = client.post(
+    def post(template: bytes, to: str = "service") -> None:
+        response = clients[to].post(
             "/cds-services/voclosporin-order-sign",
-            data=varied(template, number),
+            data=varied(template, next(numbers)),
             content_type="application/json",
         )
         assert response.status_code == 200, response.data[:500]
 
-    floor_client = create_floor().test_client()
-
-    def post_floor(template: bytes) -> None:
-        nonlocal number
-        number += 1
-        response = floor_client.post(
-            "/cds-services/voclosporin-order-sign",
-            data=varied(template, number),
-            content_type="application/json",
-        )
-        assert response.status_code == 200
+    def count(labels: list[Any], to: str) -> None:
+        """One dump per body: ``CALLS`` calls of it, answered by ``to``."""
+        for name, template in templates.items():
+            _mark(labels)
+            _BODY[0] = name
+            for _ in range(CALLS[name]):
+                post(template, to)
+            _mark(labels)
+            _BODY[0] = None
 
     for template in templates.values():  # warm every path before counting
         post(template)
-        post_floor(template)
+        post(template, FLOOR)
     gc.freeze()  # as gunicorn.conf.py does after start-up: collections then walk only new objects
     labels: list[Any] = []
-    for name, template in templates.items():  # the floor first, before any stage is wrapped
-        _STACK.append(FLOOR)
-        _mark(labels)
-        _BODY[0] = name
-        for _ in range(CALLS[name]):
-            post_floor(template)
-        _mark(labels)
-        _BODY[0] = None
-        _STACK.pop()
+    _STACK.append(FLOOR)  # the floor first, before any stage is wrapped: all of it is "floor"
+    count(labels, FLOOR)
+    _STACK.pop()
     _instrument(labels)
-    for name, template in templates.items():
-        _mark(labels)
-        _BODY[0] = name
-        for _ in range(CALLS[name]):
-            post(template)
-        _mark(labels)
-        _BODY[0] = None
+    count(labels, "service")
     out.write_text(json.dumps(labels))
 
 
