@@ -309,30 +309,22 @@ class CardTexts:
 
     def __call__(self, name: str, /, **facts: object) -> str:
         """Fill template ``name`` with ``facts`` (each declared in the table's ``facts``)."""
-        if facts and not self.facts.issuperset(facts):  # no set built when all is well
-            undeclared = sorted(set(facts) - self.facts)
-            raise KnowledgeError(
-                f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
-            )
-        prepared = self.templates[name]  # Prepared.fill, inlined: this is the hook path
-        if prepared.constant is not None:
-            return prepared.constant
-        if prepared.values is None:
-            return prepared.template.format_map(facts)
-        return prepared.fill(facts)
+        self._check_declared(facts)
+        return self.templates[name].fill(facts)
 
     def each(self, name: str, rows: Sequence[Mapping[str, object]]) -> list[str]:
         """Fill template ``name`` once per mapping of facts in ``rows`` (a table's lines)."""
         for facts in rows:
-            if not self.facts.issuperset(facts):
-                undeclared = sorted(set(facts) - self.facts)
-                raise KnowledgeError(
-                    f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
-                )
-        prepared = self.templates[name]
-        plain = prepared.constant is None and prepared.values is None
-        fill = prepared.template.format_map if plain else prepared.fill
+            self._check_declared(facts)
+        fill = self.templates[name].fill
         return [fill(facts) for facts in rows]
+
+    def _check_declared(self, facts: Mapping[str, object]) -> None:
+        if not self.facts.issuperset(facts):  # no set built when all is well
+            undeclared = sorted(set(facts) - self.facts)
+            raise KnowledgeError(
+                f"cards.toml [{self.rule_id}]: facts {undeclared} are not declared"
+            )
 
 
 @dataclass(frozen=True)
