@@ -51,6 +51,19 @@ def rule_ids(response) -> list[str]:
     return [card["source"]["topic"]["code"] for card in response.json["cards"]]
 
 
+def _data_unavailable_card(client, patient_id: str, prefetch: dict[str, Any]) -> dict[str, Any]:
+    """Sign a voclosporin draft for ``patient_id`` with ``prefetch``; its data-unavailable card."""
+    response = client.post(
+        SIGN,
+        json=hook_request(
+            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
+        ),
+    )
+    ids = rule_ids(response)
+    card: dict[str, Any] = response.json["cards"][ids.index("data-unavailable")]
+    return card
+
+
 def errors_only(violations):
     return [v for v in violations if v.severity == "error"]
 
@@ -371,14 +384,7 @@ def test_outside_medications_sent_as_an_error_are_said(app, client):
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "exception"}],
     }
-    response = client.post(
-        SIGN,
-        json=hook_request(
-            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
-        ),
-    )
-    ids = rule_ids(response)
-    card = response.json["cards"][ids.index("data-unavailable")]
+    card = _data_unavailable_card(client, patient_id, prefetch)
     assert "medicationStatements" in card["detail"]
 
 
@@ -401,14 +407,7 @@ def test_error_outcome_inside_a_search_bundle_is_not_no_data(app, client):
             }
         ],
     }
-    response = client.post(
-        SIGN,
-        json=hook_request(
-            "order-sign", patient_id, [voclosporin_draft_order(patient_id, TODAY)], prefetch
-        ),
-    )
-    ids = rule_ids(response)
-    card = response.json["cards"][ids.index("data-unavailable")]
+    card = _data_unavailable_card(client, patient_id, prefetch)
     assert "backend down" in card["detail"]
     assert "hypersensitivity: not run" in card["detail"]
 
